@@ -1,0 +1,98 @@
+-- Ingest: persona_track, INSERT and COPY all maintain the profile in the
+-- same transaction.
+SET timezone = 'UTC';
+
+-- persona_track returns the event id and creates the profile.
+SELECT persona_track('u-ingest-1', 'page_view', '{"sku": "shoe-1"}',
+                     '2026-01-01 10:00+00', '{"channel": "web"}') > 0 AS tracked;
+SELECT user_id, event_count, first_seen, last_seen
+  FROM persona.profiles WHERE user_id = 'u-ingest-1';
+
+-- An anonymous event creates an anonymous profile.
+SELECT persona_track(NULL, 'page_view', anonymous_id => 'anon-ingest-1',
+                     occurred_at => '2026-01-01 09:00+00') > 0 AS tracked;
+SELECT p.user_id, p.event_count, i.kind
+  FROM persona.identities i JOIN persona.profiles p USING (profile_id)
+ WHERE i.id = 'anon-ingest-1';
+
+-- A known user id wins over the anonymous id; the anonymous id is kept on
+-- the event but not linked.
+SELECT persona_track('u-ingest-1', 'add_to_cart', '{"price": 120}',
+                     '2026-01-01 11:00+00', '{}', 'anon-ingest-2') > 0 AS tracked;
+SELECT e.anonymous_id, p.user_id
+  FROM persona.events e JOIN persona.profiles p USING (profile_id)
+ WHERE e.event_type = 'add_to_cart';
+SELECT count(*) AS linked FROM persona.identities WHERE id = 'anon-ingest-2';
+
+-- A multi-row INSERT: one profile per id, counts and first/last by occurred_at.
+INSERT INTO persona.events (user_id, anonymous_id, event_type, occurred_at)
+VALUES ('u-ingest-2', NULL, 'page_view', '2026-01-02 10:00+00'),
+       ('u-ingest-2', NULL, 'page_view', '2026-01-02 08:00+00'),
+       ('u-ingest-1', NULL, 'purchase',  '2026-01-03 12:00+00'),
+       (NULL, 'anon-ingest-1', 'page_view', '2026-01-01 07:00+00');
+SELECT i.id, p.event_count, p.first_seen, p.last_seen
+  FROM persona.identities i JOIN persona.profiles p USING (profile_id)
+ WHERE i.id IN ('u-ingest-1', 'u-ingest-2', 'anon-ingest-1')
+ ORDER BY i.id;
+
+-- A late event never moves last_seen back.
+SELECT persona_track('u-ingest-2', 'page_view', occurred_at => '2025-12-31 00:00+00') > 0 AS tracked;
+SELECT event_count, first_seen, last_seen FROM persona.profiles WHERE user_id = 'u-ingest-2';
+
+-- COPY takes the same path.
+COPY persona.events (user_id, anonymous_id, event_type, properties, context, occurred_at) FROM stdin;
+u-ingest-3	\N	page_view	{"sku": "shoe-2"}	{"geo": {"city": "Mumbai"}}	2026-01-04 10:00:00+00
+u-ingest-3	\N	purchase	{"revenue": 99.5}	{}	2026-01-04 10:05:00+00
+\N	anon-ingest-3	page_view	{}	{}	2026-01-04 09:00:00+00
+\.
+SELECT i.id, p.event_count, p.last_seen
+  FROM persona.identities i JOIN persona.profiles p USING (profile_id)
+ WHERE i.id IN ('u-ingest-3', 'anon-ingest-3') ORDER BY i.id;
+
+-- Every event carries the profile it resolved to, and the profile's count
+-- equals its events.
+SELECT count(*) AS mismatched
+  FROM persona.profiles p
+ WHERE p.event_count <> (SELECT count(*) FROM persona.events e WHERE e.profile_id = p.profile_id);
+
+-- A rolled-back insert leaves no trace: no event, no identity, no profile.
+BEGIN;
+SELECT persona_track('u-ingest-rollback', 'page_view') > 0 AS tracked;
+ROLLBACK;
+SELECT count(*) AS left_behind FROM persona.identities WHERE id = 'u-ingest-rollback';
+
+-- A failed statement inside a savepoint: counts stay exact.
+BEGIN;
+SELECT persona_track('u-ingest-4', 'page_view', occurred_at => '2026-01-05 10:00+00') > 0 AS tracked;
+SAVEPOINT s;
+INSERT INTO persona.events (user_id, event_type) VALUES ('u-ingest-4', 'ok'), ('u-ingest-4', '');
+ROLLBACK TO SAVEPOINT s;
+SELECT persona_track('u-ingest-4', 'page_view', occurred_at => '2026-01-05 11:00+00') > 0 AS tracked;
+COMMIT;
+SELECT event_count FROM persona.profiles WHERE user_id = 'u-ingest-4';
+
+-- A new id first seen inside a rolled-back savepoint is created for real later.
+BEGIN;
+SAVEPOINT s;
+SELECT persona_track('u-ingest-5', 'page_view') > 0 AS tracked;
+ROLLBACK TO SAVEPOINT s;
+SELECT persona_track('u-ingest-5', 'page_view') > 0 AS tracked;
+COMMIT;
+SELECT p.event_count, (SELECT count(*) FROM persona.events e WHERE e.profile_id = p.profile_id) AS events
+  FROM persona.identities i JOIN persona.profiles p USING (profile_id) WHERE i.id = 'u-ingest-5';
+
+-- INSERT ... ON CONFLICT DO NOTHING on a replayed event counts it once.
+INSERT INTO persona.events (event_id, user_id, event_type, occurred_at)
+VALUES (900001, 'u-ingest-6', 'page_view', '2026-01-06 10:00+00');
+INSERT INTO persona.events (event_id, user_id, event_type, occurred_at)
+VALUES (900001, 'u-ingest-6', 'page_view', '2026-01-06 10:00+00')
+ON CONFLICT DO NOTHING;
+SELECT event_count FROM persona.profiles WHERE user_id = 'u-ingest-6';
+
+-- Same-transaction visibility: the profile is current right after the event.
+BEGIN;
+SELECT persona_track('u-ingest-7', 'page_view') > 0 AS tracked;
+SELECT event_count FROM persona.profiles WHERE user_id = 'u-ingest-7';
+SELECT persona_track('u-ingest-7', 'page_view') > 0 AS tracked;
+SELECT event_count FROM persona.profiles WHERE user_id = 'u-ingest-7';
+COMMIT;

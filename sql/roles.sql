@@ -1,0 +1,82 @@
+-- The GRANT recipe of docs/roles.md, and what each role can and cannot do.
+\set VERBOSITY terse
+SET timezone = 'UTC';
+
+CREATE ROLE persona_ingest NOLOGIN;
+GRANT USAGE ON SCHEMA persona TO persona_ingest;
+GRANT INSERT ON persona.events TO persona_ingest;
+GRANT USAGE ON SEQUENCE persona.event_id_seq TO persona_ingest;
+GRANT EXECUTE ON FUNCTION persona_track(text, text, jsonb, timestamptz, jsonb, text),
+                          persona_identify(text, jsonb, text),
+                          persona_alias(text, text) TO persona_ingest;
+
+CREATE ROLE persona_reader NOLOGIN;
+GRANT USAGE ON SCHEMA persona TO persona_reader;
+GRANT SELECT ON ALL TABLES IN SCHEMA persona TO persona_reader;
+GRANT EXECUTE ON FUNCTION persona_profile(text) TO persona_reader;
+
+CREATE ROLE persona_admin NOLOGIN;
+GRANT persona_ingest, persona_reader TO persona_admin;
+GRANT ALL ON ALL TABLES IN SCHEMA persona TO persona_admin;
+GRANT ALL ON ALL SEQUENCES IN SCHEMA persona TO persona_admin;
+GRANT EXECUTE ON FUNCTION persona_forget(text) TO persona_admin;
+
+CREATE ROLE persona_nobody NOLOGIN;
+
+-- The ingest role tracks, inserts, copies, identifies and aliases ...
+SET ROLE persona_ingest;
+SELECT persona_track('u-role', 'page_view', occurred_at => '2026-04-01 10:00+00') > 0 AS tracked;
+INSERT INTO persona.events (anonymous_id, event_type, occurred_at)
+VALUES ('anon-role', 'page_view', '2026-04-01 09:00+00');
+COPY persona.events (user_id, event_type, occurred_at) FROM stdin;
+u-role	add_to_cart	2026-04-01 10:01:00+00
+\.
+SELECT persona_identify('u-role', '{"city": "Pune"}', 'anon-role') > 0 AS identified;
+-- ... but cannot read events or profiles, read profiles through the API,
+-- change or delete anything directly, or forget.
+SELECT count(*) FROM persona.events;
+SELECT count(*) FROM persona.profiles;
+SELECT persona_profile('u-role');
+UPDATE persona.profiles SET event_count = 0;
+DELETE FROM persona.events;
+SELECT persona_forget('u-role');
+RESET ROLE;
+
+-- The reader reads, and cannot write.
+SET ROLE persona_reader;
+SELECT user_id, event_count, traits FROM persona.profiles WHERE user_id = 'u-role';
+SELECT persona_profile('anon-role')->>'event_count' AS event_count;
+SELECT persona_track('u-role', 'page_view');
+INSERT INTO persona.events (user_id, event_type) VALUES ('u-role', 'page_view');
+SELECT persona_identify('u-role', '{}');
+UPDATE persona.profiles SET traits = '{}';
+SELECT persona_forget('u-role');
+RESET ROLE;
+
+-- A role with no grant can do nothing at all.
+SET ROLE persona_nobody;
+SELECT persona_track('u-role', 'page_view');
+SELECT persona_profile('u-role');
+SELECT count(*) FROM persona.profiles;
+RESET ROLE;
+
+-- The admin does everything, forget included.
+SET ROLE persona_admin;
+SELECT persona_forget('u-role') AS erased;
+SELECT count(*) AS left_behind FROM persona.identities WHERE id IN ('u-role', 'anon-role');
+RESET ROLE;
+
+-- Functions that write persona's tables run as definer with a pinned path.
+SELECT p.proname, p.prosecdef, p.proconfig
+  FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'persona'
+ WHERE p.proname LIKE 'persona\_%'
+ ORDER BY 1;
+-- Nothing is executable by PUBLIC.
+SELECT count(*) AS public_executable
+  FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+  JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'persona'
+ WHERE has_function_privilege('public', p.oid, 'EXECUTE');
+
+DROP OWNED BY persona_ingest, persona_reader, persona_admin, persona_nobody;
+DROP ROLE persona_ingest, persona_reader, persona_admin, persona_nobody;

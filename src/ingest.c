@@ -1,0 +1,1022 @@
+/*
+ * ingest.c
+ *	  The event path: validation and identity resolution per row, profile
+ *	  maintenance once per statement, and persona_track.
+ *
+ * Every way an event comes in (persona_track, INSERT, COPY) runs the same two
+ * triggers on persona.events:
+ *
+ *	- persona_events_resolve (BEFORE INSERT FOR EACH ROW) checks the row and
+ *	  sets its profile_id.  An id that is not known yet gets a profile id from
+ *	  persona.profile_id_seq at once; it is remembered as "pending" in a
+ *	  transaction-local map until its identity row is written.
+ *	- persona_events_apply (AFTER INSERT FOR EACH STATEMENT, with a transition
+ *	  table) folds the statement's rows per profile and writes each profile
+ *	  once: new identities in one INSERT, then one upsert of all profiles.
+ *
+ * Concurrency.  Two transactions may see the same new id at once: both
+ * allocate a profile id, the identity insert of the second one meets the
+ * first one's row (ON CONFLICT DO NOTHING), and the second moves its rows to
+ * the winner's profile.  A merge (identity.sql) may absorb a profile while
+ * this statement still holds rows resolved to it: the upsert then recreates
+ * a row for a profile that persona.merges says is gone, and the statement
+ * moves its rows on to the surviving profile.  Identities and profiles are
+ * always written in key order, so concurrent batches cannot deadlock on them.
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relscan.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "funcapi.h"
+#include "storage/proc.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "persona.h"
+
+/* Columns of persona.events, by name, for one relation. */
+typedef struct EventColumns
+{
+	Oid			relid;
+	AttrNumber	profile_id;
+	AttrNumber	user_id;
+	AttrNumber	anonymous_id;
+	AttrNumber	event_type;
+	AttrNumber	properties;
+	AttrNumber	context;
+	AttrNumber	occurred_at;
+} EventColumns;
+
+/*
+ * What this backend knows about an id: the profile it resolves to, and
+ * whether its identity row is still to be written (pending).
+ *
+ * The map outlives transactions, so that a stream of events for known people
+ * costs no index lookup.  It is emptied when it could hold something false:
+ * at the abort of a (sub)transaction, which may undo identities this backend
+ * wrote, and when persona.identities rows are updated or deleted anywhere
+ * (merge, forget), announced by a relcache invalidation.  An entry made stale
+ * by a merge that this backend has not heard of yet is still safe: the rows
+ * land on the absorbed profile and persona_events_apply follows the merge.
+ */
+typedef struct IdEntry
+{
+	char	   *id;				/* hash key: a NUL-terminated string */
+	int64		profile_id;
+	bool		pending;
+	bool		is_user;		/* came from user_id rather than anonymous_id */
+} IdEntry;
+
+/* The statement's rows of one profile, folded. */
+typedef struct ProfileDelta
+{
+	int64		profile_id;		/* hash key */
+	int64		events;
+	TimestampTz first_seen;
+	TimestampTz last_seen;
+	IdEntry    *new_id;			/* identity to write, when pending */
+	bool		written;		/* the upsert created or updated it */
+} ProfileDelta;
+
+/* Past this many ids the map starts over, bounding its memory. */
+#define ID_MAP_MAX_ENTRIES 200000
+
+static MemoryContext IngestContext = NULL;
+static HTAB *id_map = NULL;
+static int	id_map_pending = 0;
+static bool id_map_stale = false;
+static Oid	id_map_relid = InvalidOid;	/* persona.identities when filled */
+static EventColumns event_columns;
+
+/* Plans of the statement-level trigger, prepared once per backend. */
+static SPIPlanPtr insert_identities_plan = NULL;
+static SPIPlanPtr select_identities_plan = NULL;
+static SPIPlanPtr move_events_plan = NULL;
+static SPIPlanPtr insert_profiles_plan = NULL;
+static SPIPlanPtr update_profiles_plan = NULL;
+static SPIPlanPtr missing_profiles_plan = NULL;
+static SPIPlanPtr select_merges_plan = NULL;
+static SPIPlanPtr track_plan = NULL;
+
+/* ---------------------------------------------------------------------
+ * The transaction-local id map
+ * --------------------------------------------------------------------- */
+
+static uint32
+IdHash(const void *key, Size keysize)
+{
+	const char *s = *(const char *const *) key;
+
+	return hash_bytes((const unsigned char *) s, strlen(s));
+}
+
+static int
+IdCompare(const void *key1, const void *key2, Size keysize)
+{
+	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
+}
+
+static void
+ForgetIdMap(void)
+{
+	if (IngestContext != NULL)
+		MemoryContextReset(IngestContext);
+	id_map = NULL;
+	id_map_pending = 0;
+	id_map_stale = false;
+}
+
+static void
+IdMapXactCallback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			ForgetIdMap();
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_PREPARE:
+			/* An id still pending belongs to rows that never were. */
+			if (id_map_pending > 0)
+				ForgetIdMap();
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+IdMapSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+					 SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		ForgetIdMap();
+}
+
+/*
+ * Invalidation can arrive in the middle of a statement, while deltas point
+ * into the map: it only marks the map stale, and PruneIdMap drops what is
+ * stale at the next safe point.
+ */
+static void
+IdMapRelcacheCallback(Datum arg, Oid relid)
+{
+	if (id_map != NULL && (!OidIsValid(relid) || relid == id_map_relid))
+		id_map_stale = true;
+}
+
+/* Drops every resolved entry of a stale map; pending ones are our own. */
+static void
+PruneIdMap(void)
+{
+	HASH_SEQ_STATUS seq;
+	IdEntry    *entry;
+
+	if (!id_map_stale)
+		return;
+	id_map_stale = false;
+	if (id_map_pending == 0)
+	{
+		ForgetIdMap();
+		return;
+	}
+	hash_seq_init(&seq, id_map);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		if (!entry->pending)
+			hash_search(id_map, &entry->id, HASH_REMOVE, NULL);
+}
+
+static HTAB *
+GetIdMap(bool fresh)
+{
+	if (fresh)
+		ForgetIdMap();
+	if (id_map == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (IngestContext == NULL)
+			IngestContext = AllocSetContextCreate(TopMemoryContext,
+												  "persona ingest",
+												  ALLOCSET_DEFAULT_SIZES);
+		ctl.keysize = sizeof(char *);
+		ctl.entrysize = sizeof(IdEntry);
+		ctl.hash = IdHash;
+		ctl.match = IdCompare;
+		ctl.hcxt = IngestContext;
+		id_map = hash_create("persona ids", 1024, &ctl,
+							 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	}
+	return id_map;
+}
+
+/* ---------------------------------------------------------------------
+ * Row checks
+ * --------------------------------------------------------------------- */
+
+static void
+ResolveEventColumns(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	if (event_columns.relid == RelationGetRelid(rel))
+		return;
+	memset(&event_columns, 0, sizeof(event_columns));
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		const char *name = NameStr(att->attname);
+
+		if (att->attisdropped)
+			continue;
+		if (strcmp(name, "profile_id") == 0)
+			event_columns.profile_id = att->attnum;
+		else if (strcmp(name, "user_id") == 0)
+			event_columns.user_id = att->attnum;
+		else if (strcmp(name, "anonymous_id") == 0)
+			event_columns.anonymous_id = att->attnum;
+		else if (strcmp(name, "event_type") == 0)
+			event_columns.event_type = att->attnum;
+		else if (strcmp(name, "properties") == 0)
+			event_columns.properties = att->attnum;
+		else if (strcmp(name, "context") == 0)
+			event_columns.context = att->attnum;
+		else if (strcmp(name, "occurred_at") == 0)
+			event_columns.occurred_at = att->attnum;
+	}
+	if (!event_columns.profile_id || !event_columns.user_id ||
+		!event_columns.anonymous_id || !event_columns.event_type ||
+		!event_columns.properties || !event_columns.context ||
+		!event_columns.occurred_at)
+		elog(ERROR, "relation \"%s\" does not have the columns of persona.events",
+			 RelationGetRelationName(rel));
+	event_columns.relid = RelationGetRelid(rel);
+}
+
+static inline void
+RequireNotNull(bool isnull, const char *column)
+{
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s of an event must not be null", column)));
+}
+
+/* Returns the id as a C string, or NULL; rejects empty and over-long ids. */
+static char *
+CheckId(HeapTuple tuple, TupleDesc desc, AttrNumber attnum, const char *column)
+{
+	bool		isnull;
+	Datum		value = heap_getattr(tuple, attnum, desc, &isnull);
+	text	   *t;
+	int			len;
+
+	if (isnull)
+		return NULL;
+	t = DatumGetTextPP(value);
+	len = VARSIZE_ANY_EXHDR(t);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", column),
+				 errhint("Pass NULL when the id is not known.")));
+	if (len > PERSONA_MAX_ID_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("%s is too long", column),
+				 errdetail("The id has %d bytes; the limit is %d.",
+						   len, PERSONA_MAX_ID_BYTES)));
+	return text_to_cstring(t);
+}
+
+static Size
+CheckObject(HeapTuple tuple, TupleDesc desc, AttrNumber attnum, const char *column)
+{
+	bool		isnull;
+	Datum		value = heap_getattr(tuple, attnum, desc, &isnull);
+	Jsonb	   *jb;
+
+	RequireNotNull(isnull, column);
+	jb = DatumGetJsonbP(value);
+	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s of an event must be a JSON object", column),
+				 errhint("Use '{}' for no %s.", column)));
+	return VARSIZE(jb);
+}
+
+static void
+CheckEvent(HeapTuple tuple, TupleDesc desc)
+{
+	bool		isnull;
+	Datum		value;
+	text	   *type;
+	int			len;
+	Size		payload;
+
+	value = heap_getattr(tuple, event_columns.event_type, desc, &isnull);
+	RequireNotNull(isnull, "event_type");
+	type = DatumGetTextPP(value);
+	len = VARSIZE_ANY_EXHDR(type);
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event_type must not be empty")));
+	if (len > PERSONA_MAX_EVENT_TYPE_BYTES)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("event_type is too long"),
+				 errdetail("The event type has %d bytes; the limit is %d.",
+						   len, PERSONA_MAX_EVENT_TYPE_BYTES)));
+
+	payload = CheckObject(tuple, desc, event_columns.properties, "properties");
+	payload += CheckObject(tuple, desc, event_columns.context, "context");
+	if (payload > (Size) persona_max_event_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("event payload is too large"),
+				 errdetail("properties and context take %zu bytes; the limit is %d.",
+						   payload, persona_max_event_bytes),
+				 errhint("Raise persona.max_event_bytes or send less.")));
+
+	value = heap_getattr(tuple, event_columns.occurred_at, desc, &isnull);
+	RequireNotNull(isnull, "occurred_at");
+	if (TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(value)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("occurred_at of an event must be finite")));
+}
+
+/* ---------------------------------------------------------------------
+ * Identity resolution
+ * --------------------------------------------------------------------- */
+
+/* Looks an id up in persona.identities under the active snapshot. */
+static bool
+LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
+{
+	Relation	rel = table_open(cat->identities, AccessShareLock);
+	Relation	idx = index_open(cat->identities_pkey, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan;
+	ScanKeyData key;
+	text	   *t = cstring_to_text(id);
+	bool		found = false;
+
+	ScanKeyEntryInitialize(&key, 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[0], F_TEXTEQ,
+						   PointerGetDatum(t));
+	scan = index_beginscan(rel, idx, GetActiveSnapshot(), 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+
+		*profile_id = DatumGetInt64(slot_getattr(slot, 2, &isnull));
+		found = !isnull;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	pfree(t);
+	return found;
+}
+
+/*
+ * Returns the profile id for an event's id: from the id map, from
+ * persona.identities, or newly allocated (and then pending).
+ */
+static int64
+ResolveProfile(const char *id, bool is_user)
+{
+	const PersonaCatalog *cat = PersonaGetCatalog();
+	HTAB	   *map;
+	IdEntry    *entry;
+	int64		profile_id;
+	bool		found;
+
+	PruneIdMap();
+	map = GetIdMap(false);
+	id_map_relid = cat->identities;
+	entry = hash_search(map, &id, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->profile_id;
+
+	if (LookupIdentity(cat, id, &profile_id))
+		found = true;
+	else
+	{
+		profile_id = nextval_internal(cat->profile_id_seq, false);
+		found = false;
+	}
+
+	if (hash_get_num_entries(map) >= ID_MAP_MAX_ENTRIES && id_map_pending == 0)
+		map = GetIdMap(true);
+	entry = hash_search(map, &id, HASH_ENTER, NULL);
+	entry->id = MemoryContextStrdup(IngestContext, id);
+	entry->profile_id = profile_id;
+	entry->pending = !found;
+	entry->is_user = is_user;
+	if (!found)
+		id_map_pending++;
+	return profile_id;
+}
+
+/* ---------------------------------------------------------------------
+ * BEFORE INSERT FOR EACH ROW
+ * --------------------------------------------------------------------- */
+
+/* Checks an incoming event and sets its profile_id. */
+PG_FUNCTION_INFO_V1(persona_events_resolve);
+Datum
+persona_events_resolve(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	HeapTuple	tuple;
+	TupleDesc	desc;
+	char	   *user_id;
+	char	   *anonymous_id;
+	Datum		profile_id;
+	bool		isnull = false;
+	int			attnum;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("persona_events_resolve must be fired BEFORE INSERT FOR EACH ROW")));
+
+	tuple = trigdata->tg_trigtuple;
+	desc = RelationGetDescr(trigdata->tg_relation);
+	ResolveEventColumns(trigdata->tg_relation);
+
+	user_id = CheckId(tuple, desc, event_columns.user_id, "user_id");
+	anonymous_id = CheckId(tuple, desc, event_columns.anonymous_id, "anonymous_id");
+	if (user_id == NULL && anonymous_id == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("an event needs a user_id or an anonymous_id"),
+				 errhint("Pass the known user id, or the anonymous id of the device.")));
+	CheckEvent(tuple, desc);
+
+	/* A known user id wins; the anonymous id is kept on the event. */
+	if (user_id != NULL)
+		profile_id = Int64GetDatum(ResolveProfile(user_id, true));
+	else
+		profile_id = Int64GetDatum(ResolveProfile(anonymous_id, false));
+
+	attnum = event_columns.profile_id;
+	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 1, &attnum,
+													 &profile_id, &isnull));
+}
+
+/* ---------------------------------------------------------------------
+ * AFTER INSERT FOR EACH STATEMENT
+ * --------------------------------------------------------------------- */
+
+static SPIPlanPtr
+PreparePlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,
+			int cursor_options)
+{
+	if (*cache == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, cursor_options);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+				 sql, SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		*cache = plan;
+	}
+	return *cache;
+}
+
+static int
+CompareDeltas(const void *a, const void *b)
+{
+	int64		x = (*(ProfileDelta *const *) a)->profile_id;
+	int64		y = (*(ProfileDelta *const *) b)->profile_id;
+
+	return (x > y) - (x < y);
+}
+
+static int
+CompareIds(const void *a, const void *b)
+{
+	return strcmp((*(ProfileDelta *const *) a)->new_id->id,
+				  (*(ProfileDelta *const *) b)->new_id->id);
+}
+
+/* Folds ``from`` into ``into`` (same person). */
+static void
+CombineDeltas(ProfileDelta *into, const ProfileDelta *from)
+{
+	into->events += from->events;
+	if (from->first_seen < into->first_seen)
+		into->first_seen = from->first_seen;
+	if (from->last_seen > into->last_seen)
+		into->last_seen = from->last_seen;
+}
+
+static void
+MoveEvents(int64 from, int64 into)
+{
+	Datum		args[2] = {Int64GetDatum(from), Int64GetDatum(into)};
+	Oid			types[2] = {INT8OID, INT8OID};
+	SPIPlanPtr	plan = PreparePlan(&move_events_plan,
+								   "UPDATE persona.events SET profile_id = $2 "
+								   "WHERE profile_id = $1",
+								   2, types, 0);
+
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "moving events of profile " INT64_FORMAT " failed", from);
+}
+
+static Datum
+BuildArray(Datum *values, bool *nulls, int n, Oid type)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
+											  type, typlen, typbyval, typalign));
+}
+
+/*
+ * Writes the identity rows of the ids first seen in this statement.  An id
+ * another transaction created meanwhile keeps that transaction's profile;
+ * our rows move there and the delta joins the winner's.
+ */
+static void
+WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *pids = palloc(sizeof(Datum) * n);
+	Datum	   *kinds = palloc(sizeof(Datum) * n);
+	Datum		args[3];
+	Oid			types[3] = {TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
+	Oid			idtype = TEXTOID;
+	SPIPlanPtr	plan;
+
+	/* Key order, so that concurrent batches cannot deadlock. */
+	qsort(fresh, n, sizeof(ProfileDelta *), CompareIds);
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = CStringGetTextDatum(fresh[i]->new_id->id);
+		pids[i] = Int64GetDatum(fresh[i]->profile_id);
+		kinds[i] = CStringGetTextDatum(fresh[i]->new_id->is_user ? "user" : "anonymous");
+	}
+	args[0] = BuildArray(ids, NULL, n, TEXTOID);
+	args[1] = BuildArray(pids, NULL, n, INT8OID);
+	args[2] = BuildArray(kinds, NULL, n, TEXTOID);
+
+	/* A function scan returns its rows in order, so rows go in key order. */
+	plan = PreparePlan(&insert_identities_plan,
+					   "INSERT INTO persona.identities (id, profile_id, kind) "
+					   "SELECT u.id, u.profile_id, u.kind "
+					   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+					   "  pg_catalog.unnest($3)) AS u(id, profile_id, kind) "
+					   "ON CONFLICT (id) DO NOTHING",
+					   3, types, 0);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "writing new identities failed");
+	for (int i = 0; i < n; i++)
+		fresh[i]->new_id->pending = false;
+	id_map_pending -= n;
+	if (SPI_processed == (uint64) n)
+		return;
+
+	/* Some ids lost a race: find the winners' profiles, move our rows there. */
+	plan = PreparePlan(&select_identities_plan,
+					   "SELECT profile_id FROM persona.identities WHERE id = $1",
+					   1, &idtype, 0);
+	for (int i = 0; i < n; i++)
+	{
+		ProfileDelta *lost = fresh[i];
+		ProfileDelta *winner;
+		bool		found;
+		bool		isnull;
+		int64		winner_pid;
+
+		if (SPI_execute_plan(plan, &ids[i], NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "reading identities failed");
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to a concurrently created identity"),
+					 errdetail("The id \"%s\" was created by a concurrent transaction.",
+							   lost->new_id->id),
+					 errhint("Retry the transaction.")));
+		winner_pid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+		if (winner_pid == lost->profile_id)
+			continue;
+
+		MoveEvents(lost->profile_id, winner_pid);
+		lost->new_id->profile_id = winner_pid;
+		winner = hash_search(deltas, &winner_pid, HASH_ENTER, &found);
+		if (found)
+			CombineDeltas(winner, lost);
+		else
+		{
+			*winner = *lost;
+			winner->profile_id = winner_pid;
+		}
+		winner->new_id = NULL;
+		hash_search(deltas, &lost->profile_id, HASH_REMOVE, NULL);
+		fresh[i] = NULL;
+	}
+}
+
+/* The deltas of ``list`` as arrays $1..$4: profile ids, first, last, count. */
+static void
+DeltaArrays(ProfileDelta **list, int n, Datum *args)
+{
+	Datum	   *pids = palloc(sizeof(Datum) * n);
+	Datum	   *firsts = palloc(sizeof(Datum) * n);
+	Datum	   *lasts = palloc(sizeof(Datum) * n);
+	Datum	   *counts = palloc(sizeof(Datum) * n);
+
+	for (int i = 0; i < n; i++)
+	{
+		pids[i] = Int64GetDatum(list[i]->profile_id);
+		firsts[i] = TimestampTzGetDatum(list[i]->first_seen);
+		lasts[i] = TimestampTzGetDatum(list[i]->last_seen);
+		counts[i] = Int64GetDatum(list[i]->events);
+		list[i]->written = true;
+	}
+	args[0] = BuildArray(pids, NULL, n, INT8OID);
+	args[1] = BuildArray(firsts, NULL, n, TIMESTAMPTZOID);
+	args[2] = BuildArray(lasts, NULL, n, TIMESTAMPTZOID);
+	args[3] = BuildArray(counts, NULL, n, INT8OID);
+}
+
+/* Inserts the profiles whose identities this statement created. */
+static void
+InsertNewProfiles(ProfileDelta **list, int n)
+{
+	Datum	   *users = palloc(sizeof(Datum) * n);
+	bool	   *users_null = palloc(sizeof(bool) * n);
+	Datum		args[5];
+	Oid			types[5] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
+	INT8ARRAYOID, TEXTARRAYOID};
+	SPIPlanPtr	plan;
+
+	DeltaArrays(list, n, args);
+	for (int i = 0; i < n; i++)
+	{
+		users_null[i] = !list[i]->new_id->is_user;
+		users[i] = users_null[i] ? (Datum) 0 : CStringGetTextDatum(list[i]->new_id->id);
+	}
+	args[4] = BuildArray(users, users_null, n, TEXTOID);
+
+	plan = PreparePlan(&insert_profiles_plan,
+					   "INSERT INTO persona.profiles "
+					   "  (profile_id, first_seen, last_seen, event_count, user_id) "
+					   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+					   "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))",
+					   5, types, 0);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "inserting new profiles failed");
+}
+
+/*
+ * Adds the deltas of ``list`` to their profiles, in profile order (the plan
+ * is forced generic: a nested loop driven by the sorted arrays, so rows are
+ * locked in key order and concurrent batches cannot deadlock).  Returns the
+ * profiles that are gone: absorbed or erased by a concurrent transaction
+ * after this statement resolved its rows to them.
+ */
+static int
+UpdateProfiles(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
+{
+	Datum		args[4];
+	Oid			types[4] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
+	INT8ARRAYOID};
+	SPIPlanPtr	plan;
+	int			norphans = 0;
+
+	qsort(list, n, sizeof(ProfileDelta *), CompareDeltas);
+	DeltaArrays(list, n, args);
+
+	plan = PreparePlan(&update_profiles_plan,
+					   "UPDATE persona.profiles AS p SET "
+					   "  first_seen = LEAST(p.first_seen, u.first_seen), "
+					   "  last_seen = GREATEST(p.last_seen, u.last_seen), "
+					   "  event_count = p.event_count + u.event_count, "
+					   "  updated_at = pg_catalog.now() "
+					   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+					   "  pg_catalog.unnest($3), pg_catalog.unnest($4)) "
+					   "  AS u(profile_id, first_seen, last_seen, event_count) "
+					   "WHERE p.profile_id = u.profile_id",
+					   4, types, CURSOR_OPT_GENERIC_PLAN);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "updating profiles failed");
+	if (SPI_processed == (uint64) n)
+		return 0;
+
+	/* Some profiles are gone; the rows we updated stay locked meanwhile. */
+	plan = PreparePlan(&missing_profiles_plan,
+					   "SELECT u.profile_id FROM pg_catalog.unnest($1) AS u(profile_id) "
+					   "WHERE NOT EXISTS (SELECT FROM persona.profiles AS p "
+					   "                  WHERE p.profile_id = u.profile_id)",
+					   1, types, 0);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading profiles failed");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		int64		pid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+
+		orphans[norphans++] = hash_search(deltas, &pid, HASH_FIND, NULL);
+	}
+	return norphans;
+}
+
+/*
+ * A profile this statement resolved rows to was absorbed by a merge that
+ * committed meanwhile: carry the rows over to the surviving profile, which
+ * is returned.
+ */
+static int64
+FollowMerge(int64 pid)
+{
+	Datum		arg = Int64GetDatum(pid);
+	Oid			type = INT8OID;
+	SPIPlanPtr	plan;
+	bool		isnull;
+	int64		into;
+
+	plan = PreparePlan(&select_merges_plan,
+					   "SELECT into_profile_id FROM persona.merges WHERE from_profile_id = $1",
+					   1, &type, 0);
+	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading persona.merges failed");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not serialize access due to a concurrently erased profile"),
+				 errdetail("Profile " INT64_FORMAT " was erased by a concurrent transaction.", pid),
+				 errhint("Retry the transaction.")));
+	into = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	MoveEvents(pid, into);
+	return into;
+}
+
+/* Folds the statement's rows per profile and writes each profile once. */
+PG_FUNCTION_INFO_V1(persona_events_apply);
+Datum
+persona_events_apply(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Tuplestorestate *rows;
+	TupleTableSlot *slot;
+	MemoryContext batch;
+	MemoryContext old;
+	HTAB	   *deltas;
+	HASHCTL		ctl;
+	HTAB	   *map;
+	int			readptr;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ||
+		trigdata->tg_newtable == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("persona_events_apply must be fired AFTER INSERT FOR EACH STATEMENT with a NEW TABLE")));
+
+	batch = AllocSetContextCreate(CurrentMemoryContext, "persona batch",
+								  ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(batch);
+	ResolveEventColumns(trigdata->tg_relation);
+	map = GetIdMap(false);
+
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(ProfileDelta);
+	ctl.hcxt = batch;
+	deltas = hash_create("persona deltas", 1024, &ctl,
+						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	/* Fold the transition table. */
+	rows = trigdata->tg_newtable;
+	readptr = tuplestore_alloc_read_pointer(rows, EXEC_FLAG_REWIND);
+	tuplestore_select_read_pointer(rows, readptr);
+	tuplestore_rescan(rows);
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(trigdata->tg_relation),
+									&TTSOpsMinimalTuple);
+	while (tuplestore_gettupleslot(rows, true, false, slot))
+	{
+		bool		isnull;
+		int64		pid = DatumGetInt64(slot_getattr(slot, event_columns.profile_id, &isnull));
+		TimestampTz at = DatumGetTimestampTz(slot_getattr(slot, event_columns.occurred_at, &isnull));
+		ProfileDelta *d;
+		bool		found;
+
+		d = hash_search(deltas, &pid, HASH_ENTER, &found);
+		if (!found)
+		{
+			Datum		id;
+			char	   *key;
+			IdEntry    *entry;
+
+			d->events = 0;
+			d->first_seen = at;
+			d->last_seen = at;
+			d->new_id = NULL;
+			d->written = false;
+
+			/* Is this profile's id pending?  Look at the id the row used. */
+			id = slot_getattr(slot, event_columns.user_id, &isnull);
+			if (isnull)
+				id = slot_getattr(slot, event_columns.anonymous_id, &isnull);
+			key = TextDatumGetCString(id);
+			entry = hash_search(map, &key, HASH_FIND, NULL);
+			if (entry != NULL && entry->pending && entry->profile_id == pid)
+				d->new_id = entry;
+		}
+		d->events++;
+		if (at < d->first_seen)
+			d->first_seen = at;
+		if (at > d->last_seen)
+			d->last_seen = at;
+		ExecClearTuple(slot);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+
+	if (hash_get_num_entries(deltas) > 0)
+	{
+		HASH_SEQ_STATUS seq;
+		ProfileDelta *d;
+		ProfileDelta **list;
+		ProfileDelta **orphans;
+		int			n = 0;
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+
+		/* Ids first seen here: identities first, then their profiles. */
+		list = palloc(sizeof(ProfileDelta *) * hash_get_num_entries(deltas));
+		hash_seq_init(&seq, deltas);
+		while ((d = hash_seq_search(&seq)) != NULL)
+			if (d->new_id != NULL)
+				list[n++] = d;
+		if (n > 0)
+		{
+			int			nwon = 0;
+
+			WriteNewIdentities(deltas, list, n);
+			for (int i = 0; i < n; i++)
+				if (list[i] != NULL)
+					list[nwon++] = list[i];
+			if (nwon > 0)
+				InsertNewProfiles(list, nwon);
+		}
+
+		/* Known profiles; the loop follows merges until all are written. */
+		for (;;)
+		{
+			int			norphans;
+
+			n = 0;
+			list = palloc(sizeof(ProfileDelta *) * hash_get_num_entries(deltas));
+			hash_seq_init(&seq, deltas);
+			while ((d = hash_seq_search(&seq)) != NULL)
+				if (!d->written)
+					list[n++] = d;
+			if (n == 0)
+				break;
+			orphans = palloc(sizeof(ProfileDelta *) * n);
+			norphans = UpdateProfiles(deltas, list, n, orphans);
+			for (int i = 0; i < norphans; i++)
+			{
+				int64		into = FollowMerge(orphans[i]->profile_id);
+				ProfileDelta moved = *orphans[i];
+				bool		found;
+
+				hash_search(deltas, &moved.profile_id, HASH_REMOVE, NULL);
+				d = hash_search(deltas, &into, HASH_ENTER, &found);
+				if (found && !d->written)
+					CombineDeltas(d, &moved);
+				else
+				{
+					/* Only the moved rows are still to be written. */
+					*d = moved;
+					d->profile_id = into;
+					d->new_id = NULL;
+					d->written = false;
+				}
+			}
+		}
+		SPI_finish();
+	}
+
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(batch);
+	PruneIdMap();
+	return PointerGetDatum(NULL);
+}
+
+/* ---------------------------------------------------------------------
+ * AFTER UPDATE OR DELETE OR TRUNCATE ON persona.identities
+ * --------------------------------------------------------------------- */
+
+/* Tells every backend that id -> profile mappings changed (merge, forget). */
+PG_FUNCTION_INFO_V1(persona_identities_changed);
+Datum
+persona_identities_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("persona_identities_changed must be fired AFTER ... FOR EACH STATEMENT")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	return PointerGetDatum(NULL);
+}
+
+/* ---------------------------------------------------------------------
+ * persona_track
+ * --------------------------------------------------------------------- */
+
+/* Records one event; returns its event_id. */
+PG_FUNCTION_INFO_V1(persona_track);
+Datum
+persona_track(PG_FUNCTION_ARGS)
+{
+	Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID, JSONBOID, TIMESTAMPTZOID};
+	Datum		args[6];
+	char		nulls[6];
+	SPIPlanPtr	plan;
+	bool		isnull;
+	int64		event_id;
+
+	/* Arguments: user_id, event_type, properties, occurred_at, context, anonymous_id */
+	static const int order[6] = {0, 5, 1, 2, 4, 3};
+
+	for (int i = 0; i < 6; i++)
+	{
+		int			a = order[i];
+
+		nulls[i] = PG_ARGISNULL(a) ? 'n' : ' ';
+		args[i] = PG_ARGISNULL(a) ? (Datum) 0 : PG_GETARG_DATUM(a);
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	plan = PreparePlan(&track_plan,
+					   "INSERT INTO persona.events "
+					   "  (user_id, anonymous_id, event_type, properties, context, occurred_at) "
+					   "VALUES ($1, $2, $3, $4, $5, $6) RETURNING event_id",
+					   6, types, 0);
+	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != 1)
+		elog(ERROR, "inserting the event failed");
+	event_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	PG_RETURN_INT64(event_id);
+}
+
+void
+PersonaIngestInit(void)
+{
+	RegisterXactCallback(IdMapXactCallback, NULL);
+	RegisterSubXactCallback(IdMapSubXactCallback, NULL);
+	CacheRegisterRelcacheCallback(IdMapRelcacheCallback, (Datum) 0);
+}

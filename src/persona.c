@@ -1,0 +1,42 @@
+/*
+ * persona.c
+ *	  Module entry point: GUCs and the init of each module.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/guc.h"
+
+#include "persona.h"
+
+PG_MODULE_MAGIC;
+
+int			persona_max_event_bytes = 65536;
+
+void		_PG_init(void);
+
+/* The persona.max_event_bytes limit, for the SQL-language functions. */
+PG_FUNCTION_INFO_V1(persona_max_event_bytes_limit);
+Datum
+persona_max_event_bytes_limit(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(persona_max_event_bytes);
+}
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("persona.max_event_bytes",
+							"Sets the largest properties plus context payload of one event, in bytes.",
+							NULL,
+							&persona_max_event_bytes,
+							65536, 1024, 64 * 1024 * 1024,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("persona");
+
+	PersonaCatalogInit();
+	PersonaIngestInit();
+}

@@ -1,0 +1,34 @@
+/*
+ * persona.h
+ *	  Declarations shared by persona's modules.
+ */
+#ifndef PERSONA_H
+#define PERSONA_H
+
+#include "postgres.h"
+
+/* Longest id (user or anonymous) and event type, in bytes. */
+#define PERSONA_MAX_ID_BYTES		255
+#define PERSONA_MAX_EVENT_TYPE_BYTES 128
+
+/* GUCs (persona.c) */
+extern int	persona_max_event_bytes;
+
+/* OIDs of persona's own relations, looked up once and kept (catalog.c). */
+typedef struct PersonaCatalog
+{
+	Oid			schema;
+	Oid			events;
+	Oid			profiles;
+	Oid			identities;
+	Oid			identities_pkey;
+	Oid			profile_id_seq;
+} PersonaCatalog;
+
+extern const PersonaCatalog *PersonaGetCatalog(void);
+extern void PersonaCatalogInit(void);
+
+/* ingest.c */
+extern void PersonaIngestInit(void);
+
+#endif							/* PERSONA_H */

@@ -1,0 +1,80 @@
+-- The persona schema: where the data lives. API functions are created in
+-- @extschema@ by the fragments that implement them.
+
+CREATE SCHEMA persona;
+COMMENT ON SCHEMA persona IS 'persona data: events, profiles, identities';
+
+CREATE SEQUENCE persona.profile_id_seq CACHE 32;
+COMMENT ON SEQUENCE persona.profile_id_seq IS 'allocates profile ids';
+
+-- One row per live profile. A profile absorbed by a merge disappears from
+-- here and leaves a row in persona.merges. Rows are updated by every ingest
+-- statement that touches them: the fill factor leaves room for HOT updates.
+-- Ids are opaque byte strings: "C" collation compares them bytewise, which
+-- is both the right semantics and the cheapest index descent.
+CREATE TABLE persona.profiles (
+    profile_id  bigint      PRIMARY KEY,
+    user_id     text        COLLATE "C" UNIQUE,
+    traits      jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(traits) = 'object'),
+    first_seen  timestamptz,
+    last_seen   timestamptz,
+    event_count bigint      NOT NULL DEFAULT 0,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+) WITH (fillfactor = 70);
+COMMENT ON TABLE persona.profiles IS 'one row per person: declared traits and event statistics, maintained by persona';
+COMMENT ON COLUMN persona.profiles.user_id IS 'the known user id, NULL while the person is anonymous';
+COMMENT ON COLUMN persona.profiles.traits IS 'declared traits (persona_identify), a JSON object';
+COMMENT ON COLUMN persona.profiles.first_seen IS 'earliest occurred_at of the profile''s events';
+COMMENT ON COLUMN persona.profiles.last_seen IS 'latest occurred_at of the profile''s events';
+
+-- Every id a person is known by, known user ids and anonymous ids alike, in
+-- one namespace.
+CREATE TABLE persona.identities (
+    id          text        COLLATE "C" PRIMARY KEY,
+    profile_id  bigint      NOT NULL,
+    kind        text        NOT NULL CHECK (kind IN ('user', 'anonymous')),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX identities_profile_id_idx ON persona.identities (profile_id);
+COMMENT ON TABLE persona.identities IS 'every id (user or anonymous) and the profile it resolves to';
+
+-- The event stream. The primary key leads with profile_id (the natural
+-- distribution column) and contains occurred_at (the natural partition key),
+-- so the table can later be range-partitioned by time and distributed by
+-- profile without changing the API. profile_id is set by persona on insert.
+CREATE SEQUENCE persona.event_id_seq CACHE 32;
+COMMENT ON SEQUENCE persona.event_id_seq IS 'allocates event ids';
+
+CREATE TABLE persona.events (
+    event_id     bigint      NOT NULL DEFAULT nextval('persona.event_id_seq'),
+    profile_id   bigint      NOT NULL,
+    user_id      text,
+    anonymous_id text,
+    event_type   text        NOT NULL,
+    properties   jsonb       NOT NULL DEFAULT '{}',
+    context      jsonb       NOT NULL DEFAULT '{}',
+    occurred_at  timestamptz NOT NULL DEFAULT now(),
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (profile_id, occurred_at, event_id)
+);
+ALTER SEQUENCE persona.event_id_seq OWNED BY persona.events.event_id;
+COMMENT ON TABLE persona.events IS 'every tracked event; insert here, through persona_track, INSERT or COPY';
+COMMENT ON COLUMN persona.events.profile_id IS 'the profile the event belongs to, resolved from user_id or anonymous_id on insert';
+COMMENT ON COLUMN persona.events.context IS 'channel, device, session_id, geo, currency';
+
+-- Merge history: profiles that were absorbed into another one.
+CREATE TABLE persona.merges (
+    from_profile_id bigint      PRIMARY KEY,
+    into_profile_id bigint      NOT NULL,
+    merged_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX merges_into_profile_id_idx ON persona.merges (into_profile_id);
+COMMENT ON TABLE persona.merges IS 'profiles absorbed by identity merges, and where they went';
+
+SELECT pg_catalog.pg_extension_config_dump('persona.profiles', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.identities', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.events', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.merges', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.profile_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.event_id_seq', '');
