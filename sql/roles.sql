@@ -19,7 +19,9 @@ CREATE ROLE persona_admin NOLOGIN;
 GRANT persona_ingest, persona_reader TO persona_admin;
 GRANT ALL ON ALL TABLES IN SCHEMA persona TO persona_admin;
 GRANT ALL ON ALL SEQUENCES IN SCHEMA persona TO persona_admin;
-GRANT EXECUTE ON FUNCTION persona_forget(text) TO persona_admin;
+GRANT EXECUTE ON FUNCTION persona_forget(text),
+                          persona_define_trait(text, text, text, text, interval),
+                          persona_drop_trait(text) TO persona_admin;
 
 CREATE ROLE persona_nobody NOLOGIN;
 
@@ -42,9 +44,13 @@ DELETE FROM persona.events;
 SELECT persona_forget('u-role');
 RESET ROLE;
 
--- The reader reads, and cannot write.
+-- The reader reads, computed traits included, and cannot write.
+SELECT persona_define_trait('role_views', 'count', 'page_view');
 SET ROLE persona_reader;
 SELECT user_id, event_count, traits FROM persona.profiles WHERE user_id = 'u-role';
+SELECT t.role_views FROM persona.traits t JOIN persona.profiles p USING (profile_id)
+ WHERE p.user_id = 'u-role';
+SELECT persona_define_trait('role_views_2', 'count', 'page_view');
 SELECT persona_profile('anon-role')->>'event_count' AS event_count;
 SELECT persona_track('u-role', 'page_view');
 INSERT INTO persona.events (user_id, event_type) VALUES ('u-role', 'page_view');
@@ -62,6 +68,7 @@ RESET ROLE;
 
 -- The admin does everything, forget included.
 SET ROLE persona_admin;
+SELECT persona_drop_trait('role_views');
 SELECT persona_forget('u-role') AS erased;
 SELECT count(*) AS left_behind FROM persona.identities WHERE id IN ('u-role', 'anon-role');
 RESET ROLE;
@@ -72,11 +79,12 @@ SELECT p.proname, p.prosecdef, p.proconfig
   JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'persona'
  WHERE p.proname LIKE 'persona\_%'
  ORDER BY 1;
--- Nothing is executable by PUBLIC.
-SELECT count(*) AS public_executable
+-- PUBLIC may run only the decoders persona.traits calls, which write nothing.
+SELECT p.oid::regprocedure AS public_executable
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
   JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'persona'
- WHERE has_function_privilege('public', p.oid, 'EXECUTE');
+ WHERE has_function_privilege('public', p.oid, 'EXECUTE')
+ ORDER BY 1::text;
 
 DROP OWNED BY persona_ingest, persona_reader, persona_admin, persona_nobody;
 DROP ROLE persona_ingest, persona_reader, persona_admin, persona_nobody;

@@ -6,6 +6,8 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "fmgr.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 
@@ -55,6 +57,7 @@ PersonaGetCatalog(void)
 		catalog.identities = RequireRelation(schema, "identities");
 		catalog.identities_pkey = RequireRelation(schema, "identities_pkey");
 		catalog.profile_id_seq = RequireRelation(schema, "profile_id_seq");
+		catalog.trait_defs = RequireRelation(schema, "trait_defs");
 		catalog_valid = true;
 	}
 	return &catalog;
@@ -64,4 +67,25 @@ void
 PersonaCatalogInit(void)
 {
 	CacheRegisterRelcacheCallback(InvalidateCatalog, (Datum) 0);
+}
+
+/*
+ * Tells every backend that rows its caches are built from changed (id
+ * mappings after a merge or forget, trait definitions): a relcache
+ * invalidation of the trigger's table, sent at commit.
+ */
+PG_FUNCTION_INFO_V1(persona_announce_change);
+Datum
+persona_announce_change(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("persona_announce_change must be fired AFTER ... FOR EACH STATEMENT")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	return PointerGetDatum(NULL);
 }

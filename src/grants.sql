@@ -16,4 +16,20 @@ REVOKE ALL ON FUNCTION persona.ensure_profile(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.merge(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.link(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.max_event_bytes() FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.identities_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.announce_change() FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION @extschema@.persona_define_trait(text, text, text, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_drop_trait(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.state_merge(bytea, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.state_put(bytea, bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.rebuild_traits_view() FROM PUBLIC;
+-- Whoever may SELECT persona.traits runs these three as themselves: they
+-- decode bytes (checking every one) and write nothing, so they stay open;
+-- without USAGE on schema persona nobody can name them.
+REVOKE ALL ON FUNCTION persona.traits_json(bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.trait_agg_add(internal, int, text, interval, text, timestamptz, bigint, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.trait_agg_combine(internal, internal) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.trait_agg_serialize(internal) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.trait_agg_deserialize(bytea, internal) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.trait_agg_final(internal) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.trait_agg(int, text, interval, text, timestamptz, bigint, jsonb) FROM PUBLIC;

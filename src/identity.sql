@@ -161,6 +161,7 @@ BEGIN
            first_seen  = LEAST(p.first_seen, v_from.first_seen),
            last_seen   = GREATEST(p.last_seen, v_from.last_seen),
            event_count = p.event_count + v_from.event_count,
+           computed_state = persona.state_merge(p.computed_state, v_from.computed_state),
            updated_at  = now()
      WHERE p.profile_id = v_into.profile_id;
     UPDATE persona.merges AS m SET into_profile_id = v_into.profile_id
@@ -185,8 +186,19 @@ DECLARE
     v_other text := $2;
     v_pid   bigint;
 BEGIN
-    v_pid := persona.ensure_profile(v_id, 'user');
     IF persona.resolve(v_other) IS NULL THEN
+        -- Hold the profile (against a concurrent merge or forget) while the
+        -- new id is pointed at it.
+        FOR attempt IN 1..20 LOOP
+            v_pid := persona.ensure_profile(v_id, 'user');
+            PERFORM 1 FROM persona.profiles AS p WHERE p.profile_id = v_pid FOR KEY SHARE;
+            EXIT WHEN FOUND AND persona.resolve(v_id) = v_pid;
+            v_pid := NULL;
+        END LOOP;
+        IF v_pid IS NULL THEN
+            RAISE EXCEPTION 'could not serialize access due to concurrent merges'
+                USING ERRCODE = '40001', HINT = 'Retry the transaction.';
+        END IF;
         INSERT INTO persona.identities (id, profile_id, kind)
         VALUES (v_other, v_pid, 'anonymous')
         ON CONFLICT (id) DO NOTHING;
@@ -194,6 +206,7 @@ BEGIN
             RETURN v_pid;
         END IF;
     END IF;
+    PERFORM persona.ensure_profile(v_id, 'user');
     RETURN persona.merge(v_id, v_other);
 END
 $$;
@@ -242,6 +255,11 @@ BEGIN
            SET traits = persona.apply_traits(p.traits, v_traits),
                updated_at = now()
          WHERE p.profile_id = v_pid;
+        IF NOT FOUND THEN
+            -- Merged or erased by a transaction that committed meanwhile.
+            RAISE EXCEPTION 'could not serialize access due to a concurrent merge or forget'
+                USING ERRCODE = '40001', HINT = 'Retry the transaction.';
+        END IF;
     END IF;
     RETURN v_pid;
 END
@@ -276,7 +294,7 @@ CREATE FUNCTION @extschema@.persona_profile(user_id text)
                                                WHERE a.profile_id = p.profile_id
                                                  AND a.kind = 'anonymous'), '[]'::jsonb),
                    'traits',        p.traits,
-                   'computed',      '{}'::jsonb,
+                   'computed',      persona.traits_json(p.computed_state),
                    'segments',      '[]'::jsonb,
                    'consent',       '{}'::jsonb,
                    'first_seen',    p.first_seen,
@@ -309,7 +327,12 @@ BEGIN
         END IF;
         PERFORM 1 FROM persona.profiles AS p WHERE p.profile_id = v_pid FOR UPDATE;
         EXIT WHEN FOUND AND persona.resolve(v_id) = v_pid;
+        v_pid := NULL;
     END LOOP;
+    IF v_pid IS NULL THEN
+        RAISE EXCEPTION 'could not serialize access due to concurrent merges'
+            USING ERRCODE = '40001', HINT = 'Retry the transaction.';
+    END IF;
 
     DELETE FROM persona.events AS e WHERE e.profile_id = v_pid;
     GET DIAGNOSTICS v_n = ROW_COUNT;

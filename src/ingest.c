@@ -53,11 +53,13 @@
 #include "utils/tuplestore.h"
 
 #include "persona.h"
+#include "traits.h"
 
 /* Columns of persona.events, by name, for one relation. */
 typedef struct EventColumns
 {
 	Oid			relid;
+	AttrNumber	event_id;
 	AttrNumber	profile_id;
 	AttrNumber	user_id;
 	AttrNumber	anonymous_id;
@@ -95,6 +97,7 @@ typedef struct ProfileDelta
 	TimestampTz first_seen;
 	TimestampTz last_seen;
 	IdEntry    *new_id;			/* identity to write, when pending */
+	ProfileTraits *traits;		/* computed trait states, or NULL */
 	bool		written;		/* the upsert created or updated it */
 } ProfileDelta;
 
@@ -251,7 +254,9 @@ ResolveEventColumns(Relation rel)
 
 		if (att->attisdropped)
 			continue;
-		if (strcmp(name, "profile_id") == 0)
+		if (strcmp(name, "event_id") == 0)
+			event_columns.event_id = att->attnum;
+		else if (strcmp(name, "profile_id") == 0)
 			event_columns.profile_id = att->attnum;
 		else if (strcmp(name, "user_id") == 0)
 			event_columns.user_id = att->attnum;
@@ -266,7 +271,7 @@ ResolveEventColumns(Relation rel)
 		else if (strcmp(name, "occurred_at") == 0)
 			event_columns.occurred_at = att->attnum;
 	}
-	if (!event_columns.profile_id || !event_columns.user_id ||
+	if (!event_columns.event_id || !event_columns.profile_id || !event_columns.user_id ||
 		!event_columns.anonymous_id || !event_columns.event_type ||
 		!event_columns.properties || !event_columns.context ||
 		!event_columns.occurred_at)
@@ -538,6 +543,12 @@ static void
 CombineDeltas(ProfileDelta *into, const ProfileDelta *from)
 {
 	into->events += from->events;
+	if (from->traits != NULL)
+	{
+		if (into->traits == NULL)
+			into->traits = ProfileTraitsCreate();
+		ProfileTraitsCombine(into->traits, from->traits);
+	}
 	if (from->first_seen < into->first_seen)
 		into->first_seen = from->first_seen;
 	if (from->last_seen > into->last_seen)
@@ -658,7 +669,10 @@ WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
 	}
 }
 
-/* The deltas of ``list`` as arrays $1..$4: profile ids, first, last, count. */
+/*
+ * The deltas of ``list`` as arrays $1..$5: profile ids, first, last, count,
+ * and the trait states of the statement's events (NULL where none).
+ */
 static void
 DeltaArrays(ProfileDelta **list, int n, Datum *args)
 {
@@ -666,19 +680,29 @@ DeltaArrays(ProfileDelta **list, int n, Datum *args)
 	Datum	   *firsts = palloc(sizeof(Datum) * n);
 	Datum	   *lasts = palloc(sizeof(Datum) * n);
 	Datum	   *counts = palloc(sizeof(Datum) * n);
+	Datum	   *states = palloc(sizeof(Datum) * n);
+	bool	   *states_null = palloc(sizeof(bool) * n);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
 	for (int i = 0; i < n; i++)
 	{
+		bytea	   *state = NULL;
+
 		pids[i] = Int64GetDatum(list[i]->profile_id);
 		firsts[i] = TimestampTzGetDatum(list[i]->first_seen);
 		lasts[i] = TimestampTzGetDatum(list[i]->last_seen);
 		counts[i] = Int64GetDatum(list[i]->events);
+		if (list[i]->traits != NULL)
+			state = ProfileTraitsSerialize(list[i]->traits, now);
+		states[i] = PointerGetDatum(state);
+		states_null[i] = state == NULL;
 		list[i]->written = true;
 	}
 	args[0] = BuildArray(pids, NULL, n, INT8OID);
 	args[1] = BuildArray(firsts, NULL, n, TIMESTAMPTZOID);
 	args[2] = BuildArray(lasts, NULL, n, TIMESTAMPTZOID);
 	args[3] = BuildArray(counts, NULL, n, INT8OID);
+	args[4] = BuildArray(states, states_null, n, BYTEAOID);
 }
 
 /* Inserts the profiles whose identities this statement created. */
@@ -687,9 +711,9 @@ InsertNewProfiles(ProfileDelta **list, int n)
 {
 	Datum	   *users = palloc(sizeof(Datum) * n);
 	bool	   *users_null = palloc(sizeof(bool) * n);
-	Datum		args[5];
-	Oid			types[5] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
-	INT8ARRAYOID, TEXTARRAYOID};
+	Datum		args[6];
+	Oid			types[6] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
+	INT8ARRAYOID, BYTEAARRAYOID, TEXTARRAYOID};
 	SPIPlanPtr	plan;
 
 	DeltaArrays(list, n, args);
@@ -698,14 +722,15 @@ InsertNewProfiles(ProfileDelta **list, int n)
 		users_null[i] = !list[i]->new_id->is_user;
 		users[i] = users_null[i] ? (Datum) 0 : CStringGetTextDatum(list[i]->new_id->id);
 	}
-	args[4] = BuildArray(users, users_null, n, TEXTOID);
+	args[5] = BuildArray(users, users_null, n, TEXTOID);
 
 	plan = PreparePlan(&insert_profiles_plan,
 					   "INSERT INTO persona.profiles "
-					   "  (profile_id, first_seen, last_seen, event_count, user_id) "
+					   "  (profile_id, first_seen, last_seen, event_count, computed_state, user_id) "
 					   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-					   "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))",
-					   5, types, 0);
+					   "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), "
+					   "  pg_catalog.unnest($6))",
+					   6, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "inserting new profiles failed");
 }
@@ -720,9 +745,9 @@ InsertNewProfiles(ProfileDelta **list, int n)
 static int
 UpdateProfiles(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
 {
-	Datum		args[4];
-	Oid			types[4] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
-	INT8ARRAYOID};
+	Datum		args[5];
+	Oid			types[5] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
+	INT8ARRAYOID, BYTEAARRAYOID};
 	SPIPlanPtr	plan;
 	int			norphans = 0;
 
@@ -734,12 +759,14 @@ UpdateProfiles(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
 					   "  first_seen = LEAST(p.first_seen, u.first_seen), "
 					   "  last_seen = GREATEST(p.last_seen, u.last_seen), "
 					   "  event_count = p.event_count + u.event_count, "
+					   "  computed_state = CASE WHEN u.state IS NULL THEN p.computed_state "
+					   "    ELSE persona.state_merge(p.computed_state, u.state) END, "
 					   "  updated_at = pg_catalog.now() "
 					   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-					   "  pg_catalog.unnest($3), pg_catalog.unnest($4)) "
-					   "  AS u(profile_id, first_seen, last_seen, event_count) "
+					   "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) "
+					   "  AS u(profile_id, first_seen, last_seen, event_count, state) "
 					   "WHERE p.profile_id = u.profile_id",
-					   4, types, CURSOR_OPT_GENERIC_PLAN);
+					   5, types, CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "updating profiles failed");
 	if (SPI_processed == (uint64) n)
@@ -794,6 +821,35 @@ FollowMerge(int64 pid)
 	return into;
 }
 
+/* Folds one event into the states of the traits defined on its type. */
+static void
+FoldTraits(ProfileDelta *d, const TraitCatalog *traits, TupleTableSlot *slot,
+		   TimestampTz at, TimestampTz now)
+{
+	bool		isnull;
+	text	   *type = DatumGetTextPP(slot_getattr(slot, event_columns.event_type, &isnull));
+	const char *tp = VARDATA_ANY(type);
+	int			tlen = VARSIZE_ANY_EXHDR(type);
+	Jsonb	   *props = NULL;
+	int64		event_id = 0;
+
+	for (int i = 0; i < traits->ndefs; i++)
+	{
+		const TraitDef *def = &traits->defs[i];
+
+		if (strncmp(def->event_type, tp, tlen) != 0 || def->event_type[tlen] != '\0')
+			continue;
+		if (props == NULL)
+		{
+			props = DatumGetJsonbP(slot_getattr(slot, event_columns.properties, &isnull));
+			event_id = DatumGetInt64(slot_getattr(slot, event_columns.event_id, &isnull));
+		}
+		if (d->traits == NULL)
+			d->traits = ProfileTraitsCreate();
+		TraitAdd(ProfileTraitsGet(d->traits, def), def, at, event_id, props, now);
+	}
+}
+
 /* Folds the statement's rows per profile and writes each profile once. */
 PG_FUNCTION_INFO_V1(persona_events_apply);
 Datum
@@ -808,6 +864,8 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	HASHCTL		ctl;
 	HTAB	   *map;
 	int			readptr;
+	const TraitCatalog *traits;
+	TimestampTz now;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
@@ -823,6 +881,8 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	old = MemoryContextSwitchTo(batch);
 	ResolveEventColumns(trigdata->tg_relation);
 	map = GetIdMap(false);
+	traits = PersonaTraitCatalog();
+	now = GetCurrentTransactionStartTimestamp();
 
 	ctl.keysize = sizeof(int64);
 	ctl.entrysize = sizeof(ProfileDelta);
@@ -856,6 +916,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 			d->first_seen = at;
 			d->last_seen = at;
 			d->new_id = NULL;
+			d->traits = NULL;
 			d->written = false;
 
 			/* Is this profile's id pending?  Look at the id the row used. */
@@ -872,6 +933,8 @@ persona_events_apply(PG_FUNCTION_ARGS)
 			d->first_seen = at;
 		if (at > d->last_seen)
 			d->last_seen = at;
+		if (traits->ndefs > 0)
+			FoldTraits(d, traits, slot, at, now);
 		ExecClearTuple(slot);
 	}
 	ExecDropSingleTupleTableSlot(slot);
@@ -946,27 +1009,6 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(batch);
 	PruneIdMap();
-	return PointerGetDatum(NULL);
-}
-
-/* ---------------------------------------------------------------------
- * AFTER UPDATE OR DELETE OR TRUNCATE ON persona.identities
- * --------------------------------------------------------------------- */
-
-/* Tells every backend that id -> profile mappings changed (merge, forget). */
-PG_FUNCTION_INFO_V1(persona_identities_changed);
-Datum
-persona_identities_changed(PG_FUNCTION_ARGS)
-{
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("persona_identities_changed must be fired AFTER ... FOR EACH STATEMENT")));
-	CacheInvalidateRelcache(trigdata->tg_relation);
 	return PointerGetDatum(NULL);
 }
 

@@ -24,15 +24,10 @@ CREATE TRIGGER events_apply
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION persona.events_apply();
 
-CREATE FUNCTION persona.identities_changed() RETURNS trigger
-    LANGUAGE C
-    AS 'MODULE_PATHNAME', 'persona_identities_changed';
-COMMENT ON FUNCTION persona.identities_changed() IS
-    'tells every backend to drop its cached id -> profile mappings (AFTER UPDATE OR DELETE OR TRUNCATE on persona.identities)';
-
+-- Merges and forget change id -> profile mappings that backends cache.
 CREATE TRIGGER identities_changed
     AFTER UPDATE OR DELETE OR TRUNCATE ON persona.identities
-    FOR EACH STATEMENT EXECUTE FUNCTION persona.identities_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.announce_change();
 
 CREATE FUNCTION @extschema@.persona_track(
         user_id      text,

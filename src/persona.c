@@ -8,6 +8,7 @@
 #include "utils/guc.h"
 
 #include "persona.h"
+#include "traits.h"
 
 PG_MODULE_MAGIC;
 
@@ -39,4 +40,5 @@ _PG_init(void)
 
 	PersonaCatalogInit();
 	PersonaIngestInit();
+	PersonaTraitsInit();
 }

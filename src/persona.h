@@ -23,6 +23,7 @@ typedef struct PersonaCatalog
 	Oid			identities;
 	Oid			identities_pkey;
 	Oid			profile_id_seq;
+	Oid			trait_defs;
 } PersonaCatalog;
 
 extern const PersonaCatalog *PersonaGetCatalog(void);

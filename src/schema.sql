@@ -19,12 +19,14 @@ CREATE TABLE persona.profiles (
     first_seen  timestamptz,
     last_seen   timestamptz,
     event_count bigint      NOT NULL DEFAULT 0,
+    computed_state bytea,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 70);
 COMMENT ON TABLE persona.profiles IS 'one row per person: declared traits and event statistics, maintained by persona';
 COMMENT ON COLUMN persona.profiles.user_id IS 'the known user id, NULL while the person is anonymous';
 COMMENT ON COLUMN persona.profiles.traits IS 'declared traits (persona_identify), a JSON object';
+COMMENT ON COLUMN persona.profiles.computed_state IS 'the state of every computed trait (read them in persona.traits)';
 COMMENT ON COLUMN persona.profiles.first_seen IS 'earliest occurred_at of the profile''s events';
 COMMENT ON COLUMN persona.profiles.last_seen IS 'latest occurred_at of the profile''s events';
 

@@ -1,0 +1,170 @@
+-- Computed traits: every aggregate, windows, backfill, merges, the view.
+SET timezone = 'UTC';
+\set SHOW_CONTEXT never
+
+-- History stored before any trait exists: defining a trait backfills it.
+INSERT INTO persona.events (user_id, event_type, properties, occurred_at) VALUES
+  ('t-asha', 'page_view',   '{"sku": "shoe-1", "price": 120}',   now() - interval '10 days'),
+  ('t-asha', 'page_view',   '{"sku": "shoe-2", "price": "80.5"}', now() - interval '3 days'),
+  ('t-asha', 'page_view',   '{"sku": "shoe-1", "price": "n/a"}', now() - interval '2 hours'),
+  ('t-asha', 'add_to_cart', '{"sku": "shoe-2", "price": 80.5}',   now() - interval '1 hour'),
+  ('t-ravi', 'page_view',   '{"sku": "bag-1"}',                   now() - interval '1 day');
+
+SELECT persona_define_trait('t_views', 'count', 'page_view');
+SELECT persona_define_trait('t_views_7d', 'count', 'page_view', time_window => '7 days');
+SELECT persona_define_trait('t_spend', 'sum', 'page_view', 'price');
+SELECT persona_define_trait('t_avg_price', 'avg', 'page_view', 'price');
+SELECT persona_define_trait('t_min_price', 'min', 'page_view', 'price');
+SELECT persona_define_trait('t_max_price', 'max', 'page_view', 'price');
+SELECT persona_define_trait('t_first_sku', 'first', 'page_view', 'sku');
+SELECT persona_define_trait('t_last_sku', 'last', 'page_view', 'sku');
+SELECT persona_define_trait('t_skus', 'count_distinct', 'page_view', 'sku');
+SELECT persona_define_trait('t_cart_7d', 'sum', 'add_to_cart', 'price', '7 days');
+
+-- One typed column per trait.
+SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type
+  FROM pg_attribute a WHERE a.attrelid = 'persona.traits'::regclass AND a.attnum > 0
+ ORDER BY a.attnum;
+
+-- Backfilled values: the 10-day-old view is out of the 7-day window, the
+-- price "n/a" is skipped, the bag has no price.
+SELECT p.user_id, t.t_views, t.t_views_7d, t.t_spend, t.t_avg_price, t.t_min_price,
+       t.t_max_price, t.t_first_sku, t.t_last_sku, t.t_skus, t.t_cart_7d
+  FROM persona.traits t JOIN persona.profiles p USING (profile_id)
+ WHERE p.user_id IN ('t-asha', 't-ravi') ORDER BY 1;
+
+-- Live maintenance: persona_track, a multi-row INSERT and COPY.
+SELECT persona_track('t-asha', 'page_view', '{"sku": "shoe-3", "price": 99.5}') > 0 AS tracked;
+INSERT INTO persona.events (user_id, event_type, properties, occurred_at) VALUES
+  ('t-ravi', 'page_view', '{"sku": "bag-2", "price": 40}', now() - interval '5 minutes'),
+  ('t-ravi', 'page_view', '{"sku": "bag-1", "price": 60}', now() - interval '4 minutes'),
+  ('t-meera', 'add_to_cart', '{"price": 5000}', now());
+COPY persona.events (user_id, event_type, properties) FROM stdin;
+t-meera	page_view	{"sku": "saree-1", "price": 7000}
+\.
+SELECT p.user_id, t.t_views, t.t_views_7d, t.t_spend, t.t_avg_price, t.t_min_price,
+       t.t_max_price, t.t_first_sku, t.t_last_sku, t.t_skus, t.t_cart_7d
+  FROM persona.traits t JOIN persona.profiles p USING (profile_id)
+ WHERE p.user_id IN ('t-asha', 't-ravi', 't-meera') ORDER BY 1;
+
+-- A late event never becomes "last"; an early one becomes "first".
+SELECT persona_track('t-asha', 'page_view', '{"sku": "late"}', now() - interval '20 days') > 0 AS tracked;
+SELECT t.t_first_sku, t.t_last_sku, t.t_views, t.t_views_7d
+  FROM persona.traits t JOIN persona.profiles p USING (profile_id) WHERE p.user_id = 't-asha';
+
+-- A profile with no matching events reads 0 for count and sum, NULL otherwise.
+SELECT persona_identify('t-nobody') > 0 AS created;
+SELECT t.t_views, t.t_views_7d, t.t_spend, t.t_avg_price, t.t_min_price, t.t_first_sku, t.t_skus
+  FROM persona.traits t JOIN persona.profiles p USING (profile_id) WHERE p.user_id = 't-nobody';
+
+-- persona_profile shows the same values under "computed".
+SELECT (persona_profile('t-asha')->'computed') - 't_avg_price'::text AS computed;
+
+-- Merging an anonymous profile combines trait states exactly.
+INSERT INTO persona.events (anonymous_id, event_type, properties, occurred_at) VALUES
+  ('t-anon', 'page_view', '{"sku": "shoe-9", "price": 10}', now() - interval '30 days'),
+  ('t-anon', 'page_view', '{"sku": "shoe-1", "price": 500}', now() - interval '1 minute'),
+  ('t-anon', 'add_to_cart', '{"price": 1.5}', now() - interval '2 days');
+SELECT persona_identify('t-asha', '{}', 't-anon') > 0 AS merged;
+SELECT t.t_views, t.t_views_7d, t.t_spend, t.t_min_price, t.t_max_price, t.t_first_sku,
+       t.t_last_sku, t.t_skus, t.t_cart_7d
+  FROM persona.traits t JOIN persona.profiles p USING (profile_id) WHERE p.user_id = 't-asha';
+
+-- Ground truth: every live-maintained trait equals a trait backfilled now
+-- from the stored events, for every profile.
+SELECT persona_define_trait('c_views', 'count', 'page_view');
+SELECT persona_define_trait('c_views_7d', 'count', 'page_view', time_window => '7 days');
+SELECT persona_define_trait('c_spend', 'sum', 'page_view', 'price');
+SELECT persona_define_trait('c_avg_price', 'avg', 'page_view', 'price');
+SELECT persona_define_trait('c_min_price', 'min', 'page_view', 'price');
+SELECT persona_define_trait('c_max_price', 'max', 'page_view', 'price');
+SELECT persona_define_trait('c_first_sku', 'first', 'page_view', 'sku');
+SELECT persona_define_trait('c_last_sku', 'last', 'page_view', 'sku');
+SELECT persona_define_trait('c_skus', 'count_distinct', 'page_view', 'sku');
+SELECT persona_define_trait('c_cart_7d', 'sum', 'add_to_cart', 'price', '7 days');
+SELECT count(*) >= 4 AS several_profiles,
+       count(*) = count(*) FILTER (WHERE (t_views, t_views_7d, t_spend, t_avg_price, t_min_price, t_max_price,
+                               t_first_sku, t_last_sku, t_skus, t_cart_7d)
+                        IS NOT DISTINCT FROM
+                              (c_views, c_views_7d, c_spend, c_avg_price, c_min_price, c_max_price,
+                               c_first_sku, c_last_sku, c_skus, c_cart_7d)) AS all_equal
+  FROM persona.traits;
+-- ... and lifetime traits equal plain SQL over the events.
+SELECT count(*) AS mismatched FROM persona.traits t
+  JOIN (SELECT e.profile_id, count(*) AS views,
+               sum((e.properties->>'price')::numeric) FILTER (WHERE e.properties->>'price' ~ '^[0-9.]+$') AS spend,
+               count(DISTINCT e.properties->>'sku') AS skus
+          FROM persona.events e WHERE e.event_type = 'page_view' GROUP BY 1) r USING (profile_id)
+ WHERE (t.t_views, t.t_spend, t.t_skus) IS DISTINCT FROM (r.views, coalesce(r.spend, 0), r.skus);
+
+-- Dropping a trait removes its column.
+SELECT persona_drop_trait('t_max_price');
+SELECT count(*) AS t_max_price_columns FROM pg_attribute
+ WHERE attrelid = 'persona.traits'::regclass AND attname = 't_max_price';
+
+-- count_distinct is exact up to 128 values, then an estimate.
+INSERT INTO persona.events (user_id, event_type, properties)
+SELECT 't-many', 'page_view', jsonb_build_object('sku', 'sku-' || g) FROM generate_series(1, 128) g;
+SELECT t.t_skus FROM persona.traits t JOIN persona.profiles p USING (profile_id) WHERE p.user_id = 't-many';
+INSERT INTO persona.events (user_id, event_type, properties)
+SELECT 't-many', 'page_view', jsonb_build_object('sku', 'sku-' || g) FROM generate_series(1, 5000) g;
+SELECT t.t_skus BETWEEN 4500 AND 5500 AS estimate_close
+  FROM persona.traits t JOIN persona.profiles p USING (profile_id) WHERE p.user_id = 't-many';
+
+-- A window moves with the clock: with a 1-minute window (1-second buckets),
+-- an event 58.5 s old counts now and not 3 s later, with no new event.
+SELECT persona_define_trait('t_views_1m', 'count', 'page_view', time_window => '1 minute');
+SELECT persona_track('t-clock', 'page_view', occurred_at => now() - interval '58.5 seconds') > 0 AS tracked;
+SELECT t.t_views_1m FROM persona.traits t JOIN persona.profiles p USING (profile_id) WHERE p.user_id = 't-clock';
+SELECT pg_sleep(3);
+SELECT t.t_views_1m FROM persona.traits t JOIN persona.profiles p USING (profile_id) WHERE p.user_id = 't-clock';
+
+-- A trait state stays small: a dozen traits over a busy profile.
+SELECT octet_length(computed_state) < 4096 AS compact
+  FROM persona.profiles WHERE user_id = 't-asha';
+
+-- Bad input: each a clear error, and nothing changed.
+SELECT count(*) AS defs_before FROM persona.trait_defs \gset
+SELECT persona_define_trait('t_bad', 'median', 'page_view', 'price');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('t_bad', NULL, 'page_view');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('t_bad', 'sum', 'page_view');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('t_bad', 'first', 'page_view', '');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('t_views', 'count', 'page_view');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('event_count', 'count', 'page_view');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('Bad Name', 'count', 'page_view');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('x"; DROP TABLE persona.events;--', 'count', 'page_view');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('9lives', 'count', 'page_view');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait(NULL, 'count', 'page_view');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('t_bad', 'count', NULL);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('t_bad', 'count', '');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('t_bad', 'count', 'page_view', time_window => '0 seconds');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('t_bad', 'count', 'page_view', time_window => '-7 days');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('t_bad', 'count', 'page_view', time_window => '1 second');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_define_trait('t_bad', 'count', 'page_view', time_window => '500 years');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_drop_trait('no_such_trait');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_drop_trait(NULL);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT count(*) = :defs_before AS nothing_changed FROM persona.trait_defs;
+SELECT count(*) AS events_table_intact FROM pg_class WHERE oid = 'persona.events'::regclass;
+
+-- Clean up for the files that follow.
+SELECT persona_drop_trait(name) FROM persona.trait_defs ORDER BY trait_id;
+SELECT count(*) AS trait_columns FROM pg_attribute
+ WHERE attrelid = 'persona.traits'::regclass AND attnum > 1;

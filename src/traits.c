@@ -1,0 +1,1380 @@
+/*
+ * traits.c
+ *	  Computed traits: aggregate states, their wire format, the definitions
+ *	  cache, and the SQL-callable functions over them.
+ *
+ * A profile keeps the state of every trait in one bytea,
+ * persona.profiles.computed_state:
+ *
+ *	  uint8 version, int32 n, then n times (int32 length, entry)
+ *
+ * and an entry is the state of one trait:
+ *
+ *	  int32 trait_id, uint8 kind, int64 window_us, int64 bucket_us,
+ *	  int64 skipped, int32 ncells, cells, int32 nvalues, values, uint8 flags,
+ *	  [256 HyperLogLog registers]
+ *
+ * All integers in network byte order, numerics in numeric_send format, so
+ * the bytes survive pg_dump and a move to another machine.  Every reader
+ * checks what it reads: a state is data, never trusted.
+ *
+ * Windows.  A window of W is counted in TRAIT_WINDOW_BUCKETS buckets of
+ * width W / 60 (at least a second), numbered from the epoch so that states
+ * of two profiles line up when they merge.  A bucket counts while any part
+ * of it lies in (now - W, now]: an event counts for at least W and at most
+ * W + W/60 after it occurred.  Buckets wholly older than the window are
+ * dropped whenever the state is written.
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "libpq/pqformat.h"
+#include "port/pg_bitutils.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+#include "persona.h"
+#include "traits.h"
+
+#define STATE_VERSION 1
+
+#define FLAG_HLL		0x01
+#define FLAG_TRUNCATED	0x02
+
+static const char *const kind_names[] = {
+	NULL, "count", "sum", "min", "max", "avg", "first", "last", "count_distinct"
+};
+
+/* ---------------------------------------------------------------------
+ * Definitions cache
+ * --------------------------------------------------------------------- */
+
+static MemoryContext TraitCatalogContext = NULL;
+static TraitCatalog *trait_catalog = NULL;
+static Oid	trait_defs_relid = InvalidOid;
+
+static void
+TraitCatalogRelcacheCallback(Datum arg, Oid relid)
+{
+	/* Only a flag: this may run in the middle of a statement. */
+	if (!OidIsValid(relid) || relid == trait_defs_relid)
+		trait_defs_relid = InvalidOid;
+}
+
+TraitKind
+TraitKindFromName(const char *name)
+{
+	for (int k = TRAIT_COUNT; k <= TRAIT_COUNT_DISTINCT; k++)
+		if (strcmp(name, kind_names[k]) == 0)
+			return (TraitKind) k;
+	return 0;
+}
+
+static int64
+BucketWidth(int64 window_us)
+{
+	if (window_us <= 0)
+		return 0;
+	return Max(USECS_PER_SEC, (window_us + TRAIT_WINDOW_BUCKETS - 1) / TRAIT_WINDOW_BUCKETS);
+}
+
+/*
+ * Returns the trait definitions, read again after persona.trait_defs
+ * changed.  The list is replaced, never changed in place, so a caller may
+ * keep using the one it got for the rest of its statement.
+ */
+const TraitCatalog *
+PersonaTraitCatalog(void)
+{
+	const PersonaCatalog *cat = PersonaGetCatalog();
+	TraitCatalog *tc;
+	MemoryContext old;
+	MemoryContext cxt;
+
+	if (trait_catalog != NULL && trait_defs_relid == cat->trait_defs)
+		return trait_catalog;
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "persona traits",
+								ALLOCSET_SMALL_SIZES);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT trait_id, aggregate, name, event_type, property, "
+					"  (pg_catalog.date_part('epoch', time_window) * 1000000)::pg_catalog.int8 "
+					"FROM persona.trait_defs ORDER BY trait_id",
+					true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading persona.trait_defs failed");
+
+	old = MemoryContextSwitchTo(cxt);
+	tc = palloc0(sizeof(TraitCatalog));
+	tc->ndefs = (int) SPI_processed;
+	tc->defs = palloc0(sizeof(TraitDef) * Max(tc->ndefs, 1));
+	for (int i = 0; i < tc->ndefs; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		TraitDef   *d = &tc->defs[i];
+		bool		isnull;
+		Datum		w;
+
+		d->trait_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		d->kind = TraitKindFromName(SPI_getvalue(tup, desc, 2));
+		d->name = SPI_getvalue(tup, desc, 3);
+		d->event_type = SPI_getvalue(tup, desc, 4);
+		d->property = SPI_getvalue(tup, desc, 5);
+		w = SPI_getbinval(tup, desc, 6, &isnull);
+		d->window_us = isnull ? 0 : DatumGetInt64(w);
+		d->bucket_us = BucketWidth(d->window_us);
+		if (d->kind == 0)
+			elog(ERROR, "persona.trait_defs holds an unknown aggregate");
+	}
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+
+	/* The old list stays valid for whoever holds it until the next reload. */
+	if (TraitCatalogContext != NULL)
+		MemoryContextDelete(TraitCatalogContext);
+	TraitCatalogContext = cxt;
+	trait_catalog = tc;
+	trait_defs_relid = cat->trait_defs;
+	return tc;
+}
+
+void
+PersonaTraitsInit(void)
+{
+	CacheRegisterRelcacheCallback(TraitCatalogRelcacheCallback, (Datum) 0);
+}
+
+/* ---------------------------------------------------------------------
+ * Values out of event properties
+ * --------------------------------------------------------------------- */
+
+static bool
+FindProperty(Jsonb *props, const char *key, JsonbValue *out)
+{
+	JsonbValue	k;
+	JsonbValue *v;
+
+	if (props == NULL || !JB_ROOT_IS_OBJECT(props))
+		return false;
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	v = findJsonbValueFromContainer(&props->root, JB_FOBJECT, &k);
+	if (v == NULL || v->type == jbvNull)
+		return false;
+	*out = *v;
+	return true;
+}
+
+/* A decimal number in a string, as JSON would write it, or NULL. */
+static Numeric
+NumericFromString(const char *s, int len)
+{
+	int			i = 0;
+	int			digits = 0;
+	char	   *copy;
+
+	while (i < len && s[i] == ' ')
+		i++;
+	if (i < len && (s[i] == '-' || s[i] == '+'))
+		i++;
+	while (i < len && isdigit((unsigned char) s[i]))
+		i++, digits++;
+	if (i < len && s[i] == '.')
+	{
+		i++;
+		while (i < len && isdigit((unsigned char) s[i]))
+			i++, digits++;
+	}
+	if (digits == 0)
+		return NULL;
+	if (i < len && (s[i] == 'e' || s[i] == 'E'))
+	{
+		int			exp_digits = 0;
+
+		i++;
+		if (i < len && (s[i] == '-' || s[i] == '+'))
+			i++;
+		while (i < len && isdigit((unsigned char) s[i]))
+			i++, exp_digits++;
+		if (exp_digits == 0 || exp_digits > 4)
+			return NULL;
+	}
+	while (i < len && s[i] == ' ')
+		i++;
+	if (i != len || len > 1000)
+		return NULL;
+	copy = pnstrdup(s, len);
+	return DatumGetNumeric(DirectFunctionCall3(numeric_in, CStringGetDatum(copy),
+											   ObjectIdGetDatum(InvalidOid),
+											   Int32GetDatum(-1)));
+}
+
+/* A property as a number: JSON numbers and numeric strings, else NULL. */
+static Numeric
+NumericValue(const JsonbValue *v)
+{
+	if (v->type == jbvNumeric)
+		return v->val.numeric;
+	if (v->type == jbvString)
+		return NumericFromString(v->val.string.val, v->val.string.len);
+	return NULL;
+}
+
+/* A property as text: strings as they are, other scalars as JSON. */
+static text *
+TextValue(const JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvString:
+			return cstring_to_text_with_len(v->val.string.val, v->val.string.len);
+		case jbvNumeric:
+			return cstring_to_text(DatumGetCString(DirectFunctionCall1(numeric_out,
+																	   NumericGetDatum(v->val.numeric))));
+		case jbvBool:
+			return cstring_to_text(v->val.boolean ? "true" : "false");
+		default:
+			return cstring_to_text(JsonbToCString(NULL, v->val.binary.data, v->val.binary.len));
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Buckets and cells
+ * --------------------------------------------------------------------- */
+
+static inline int64
+FloorDiv(int64 a, int64 b)
+{
+	int64		q = a / b;
+
+	return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+static inline int64
+BucketOf(const TraitState *s, TimestampTz at)
+{
+	return s->bucket_us == 0 ? 0 : FloorDiv(at, s->bucket_us);
+}
+
+/* Does any part of the bucket lie in (now - window, now]? */
+static inline bool
+BucketLive(const TraitState *s, int64 bucket, TimestampTz now)
+{
+	int64		start;
+
+	if (s->bucket_us == 0)
+		return true;
+	start = bucket * s->bucket_us;
+	return start + s->bucket_us > now - s->window_us && start <= now;
+}
+
+/* Can the bucket still count, now or later? */
+static inline bool
+BucketKept(const TraitState *s, int64 bucket, TimestampTz now)
+{
+	return s->bucket_us == 0 ||
+		bucket * s->bucket_us + s->bucket_us > now - s->window_us;
+}
+
+static TraitCell *
+GetCell(TraitState *s, int64 bucket)
+{
+	int			lo = 0;
+	int			hi = s->ncells;
+
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (s->cells[mid].bucket < bucket)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < s->ncells && s->cells[lo].bucket == bucket)
+		return &s->cells[lo];
+
+	if (s->ncells == s->maxcells)
+	{
+		s->maxcells = Max(4, s->maxcells * 2);
+		s->cells = s->cells == NULL ? palloc(sizeof(TraitCell) * s->maxcells)
+			: repalloc(s->cells, sizeof(TraitCell) * s->maxcells);
+	}
+	memmove(&s->cells[lo + 1], &s->cells[lo], sizeof(TraitCell) * (s->ncells - lo));
+	s->ncells++;
+	memset(&s->cells[lo], 0, sizeof(TraitCell));
+	s->cells[lo].bucket = bucket;
+	return &s->cells[lo];
+}
+
+static inline int
+NumericCmp(Numeric a, Numeric b)
+{
+	return DatumGetInt32(DirectFunctionCall2(numeric_cmp, NumericGetDatum(a),
+											 NumericGetDatum(b)));
+}
+
+static inline Numeric
+NumericAdd(Numeric a, Numeric b)
+{
+	return DatumGetNumeric(DirectFunctionCall2(numeric_add, NumericGetDatum(a),
+											   NumericGetDatum(b)));
+}
+
+/* Is (at, seq) before (at2, seq2)? */
+static inline bool
+Earlier(TimestampTz at, int64 seq, TimestampTz at2, int64 seq2)
+{
+	return at < at2 || (at == at2 && seq < seq2);
+}
+
+/* Folds one value (or a whole cell) into a cell. */
+static void
+CellAdd(TraitKind kind, TraitCell *c, int64 n, Numeric num, TimestampTz at,
+		int64 seq, text *str)
+{
+	switch (kind)
+	{
+		case TRAIT_COUNT:
+			break;
+		case TRAIT_SUM:
+		case TRAIT_AVG:
+			c->num = c->n == 0 ? num : NumericAdd(c->num, num);
+			break;
+		case TRAIT_MIN:
+			if (c->n == 0 || NumericCmp(num, c->num) < 0)
+				c->num = num;
+			break;
+		case TRAIT_MAX:
+			if (c->n == 0 || NumericCmp(num, c->num) > 0)
+				c->num = num;
+			break;
+		case TRAIT_FIRST:
+			if (c->n == 0 || Earlier(at, seq, c->at, c->seq))
+				c->at = at, c->seq = seq, c->str = str;
+			break;
+		case TRAIT_LAST:
+			if (c->n == 0 || Earlier(c->at, c->seq, at, seq))
+				c->at = at, c->seq = seq, c->str = str;
+			break;
+		case TRAIT_COUNT_DISTINCT:
+			break;
+	}
+	c->n += n;
+}
+
+/* ---------------------------------------------------------------------
+ * count_distinct: an exact set of 64-bit hashes, then HyperLogLog
+ * --------------------------------------------------------------------- */
+
+static void
+HllAdd(uint8 *hll, uint64 h)
+{
+	int			idx = (int) (h >> 56);
+	uint64		rest = h << 8;
+	uint8		rho = rest == 0 ? 57 : (uint8) (pg_leftmost_one_pos64(rest) ^ 63) + 1;
+
+	if (rho > hll[idx])
+		hll[idx] = rho;
+}
+
+static int64
+HllEstimate(const uint8 *hll)
+{
+	double		m = TRAIT_HLL_REGISTERS;
+	double		sum = 0;
+	int			zeros = 0;
+	double		e;
+
+	for (int i = 0; i < TRAIT_HLL_REGISTERS; i++)
+	{
+		sum += ldexp(1.0, -hll[i]);
+		if (hll[i] == 0)
+			zeros++;
+	}
+	e = (0.7213 / (1 + 1.079 / m)) * m * m / sum;
+	if (e <= 2.5 * m && zeros > 0)
+		e = m * log(m / zeros);
+	return (int64) llround(e);
+}
+
+static int
+FindValue(const TraitState *s, uint64 h)
+{
+	for (int i = 0; i < s->nvalues; i++)
+		if (s->hashes[i] == h)
+			return i;
+	return -1;
+}
+
+static void
+DistinctAdd(TraitState *s, uint64 h, TimestampTz seen, TimestampTz now)
+{
+	int			i;
+
+	if (s->hll != NULL)
+	{
+		HllAdd(s->hll, h);
+		return;
+	}
+	i = FindValue(s, h);
+	if (i >= 0)
+	{
+		if (s->seen != NULL && seen > s->seen[i])
+			s->seen[i] = seen;
+		return;
+	}
+	if (s->nvalues == TRAIT_DISTINCT_EXACT)
+	{
+		if (s->window_us == 0)
+		{
+			/* Past the bound, a lifetime set becomes an estimate. */
+			s->hll = palloc0(TRAIT_HLL_REGISTERS);
+			for (int j = 0; j < s->nvalues; j++)
+				HllAdd(s->hll, s->hashes[j]);
+			HllAdd(s->hll, h);
+			s->nvalues = 0;
+			return;
+		}
+		else
+		{
+			/* A window keeps its most recent values. */
+			int			oldest = 0;
+
+			for (int j = 1; j < s->nvalues; j++)
+				if (s->seen[j] < s->seen[oldest])
+					oldest = j;
+			if (s->seen[oldest] >= seen)
+			{
+				if (seen > now - s->window_us)
+					s->truncated = true;
+				return;
+			}
+			if (s->seen[oldest] > now - s->window_us)
+				s->truncated = true;
+			s->hashes[oldest] = h;
+			s->seen[oldest] = seen;
+			return;
+		}
+	}
+	if (s->nvalues == s->maxvalues)
+	{
+		s->maxvalues = Max(8, s->maxvalues * 2);
+		s->hashes = s->hashes == NULL ? palloc(sizeof(uint64) * s->maxvalues)
+			: repalloc(s->hashes, sizeof(uint64) * s->maxvalues);
+		if (s->window_us != 0)
+			s->seen = s->seen == NULL ? palloc(sizeof(TimestampTz) * s->maxvalues)
+				: repalloc(s->seen, sizeof(TimestampTz) * s->maxvalues);
+	}
+	s->hashes[s->nvalues] = h;
+	if (s->seen != NULL)
+		s->seen[s->nvalues] = seen;
+	s->nvalues++;
+}
+
+/* ---------------------------------------------------------------------
+ * Trait states
+ * --------------------------------------------------------------------- */
+
+TraitState *
+TraitStateCreate(const TraitDef *def)
+{
+	TraitState *s = palloc0(sizeof(TraitState));
+
+	s->trait_id = def->trait_id;
+	s->kind = def->kind;
+	s->window_us = def->window_us;
+	s->bucket_us = def->bucket_us;
+	return s;
+}
+
+/* Folds one event into the state. */
+void
+TraitAdd(TraitState *s, const TraitDef *def, TimestampTz at, int64 event_id,
+		 Jsonb *properties, TimestampTz now)
+{
+	int64		bucket = BucketOf(s, at);
+	JsonbValue	v;
+	Numeric		num = NULL;
+	text	   *str = NULL;
+
+	if (!BucketKept(s, bucket, now))
+		return;					/* already out of the window */
+
+	if (def->property != NULL && !FindProperty(properties, def->property, &v))
+		return;					/* the event does not carry the property */
+
+	switch (s->kind)
+	{
+		case TRAIT_COUNT:
+			break;
+		case TRAIT_SUM:
+		case TRAIT_AVG:
+		case TRAIT_MIN:
+		case TRAIT_MAX:
+			num = NumericValue(&v);
+			if (num == NULL)
+			{
+				s->skipped++;
+				return;
+			}
+			break;
+		case TRAIT_FIRST:
+		case TRAIT_LAST:
+			str = TextValue(&v);
+			break;
+		case TRAIT_COUNT_DISTINCT:
+			str = TextValue(&v);
+			DistinctAdd(s, hash_bytes_extended((const unsigned char *) VARDATA_ANY(str),
+											   VARSIZE_ANY_EXHDR(str), 0),
+						at, now);
+			return;
+	}
+	CellAdd(s->kind, GetCell(s, bucket), 1, num, at, event_id, str);
+}
+
+/* Folds ``from`` into ``into``: the state of both profiles' events. */
+void
+TraitCombine(TraitState *into, const TraitState *from)
+{
+	into->skipped += from->skipped;
+	for (int i = 0; i < from->ncells; i++)
+	{
+		const TraitCell *c = &from->cells[i];
+
+		if (c->n > 0)
+			CellAdd(into->kind, GetCell(into, c->bucket), c->n, c->num, c->at,
+					c->seq, c->str);
+	}
+	if (into->kind != TRAIT_COUNT_DISTINCT)
+		return;
+
+	into->truncated |= from->truncated;
+	if (from->hll != NULL)
+	{
+		if (into->hll == NULL)
+		{
+			into->hll = palloc0(TRAIT_HLL_REGISTERS);
+			for (int j = 0; j < into->nvalues; j++)
+				HllAdd(into->hll, into->hashes[j]);
+			into->nvalues = 0;
+		}
+		for (int r = 0; r < TRAIT_HLL_REGISTERS; r++)
+			into->hll[r] = Max(into->hll[r], from->hll[r]);
+	}
+	for (int j = 0; j < from->nvalues; j++)
+		DistinctAdd(into, from->hashes[j],
+					from->seen != NULL ? from->seen[j] : 0,
+					GetCurrentTransactionStartTimestamp());
+}
+
+/*
+ * The value of a trait at ``now``: bigint for count and count_distinct,
+ * numeric for sum, avg, min and max, text for first and last.
+ */
+Datum
+TraitValue(const TraitState *s, TimestampTz now, bool *isnull)
+{
+	int64		n = 0;
+	Numeric		num = NULL;
+	const TraitCell *pick = NULL;
+
+	*isnull = false;
+	if (s->kind == TRAIT_COUNT_DISTINCT)
+	{
+		if (s->hll != NULL)
+			return Int64GetDatum(HllEstimate(s->hll));
+		for (int j = 0; j < s->nvalues; j++)
+			if (s->seen == NULL ||
+				(s->seen[j] > now - s->window_us && s->seen[j] <= now))
+				n++;
+		return Int64GetDatum(n);
+	}
+
+	for (int i = 0; i < s->ncells; i++)
+	{
+		const TraitCell *c = &s->cells[i];
+
+		if (c->n == 0 || !BucketLive(s, c->bucket, now))
+			continue;
+		switch (s->kind)
+		{
+			case TRAIT_SUM:
+			case TRAIT_AVG:
+				num = num == NULL ? c->num : NumericAdd(num, c->num);
+				break;
+			case TRAIT_MIN:
+				if (num == NULL || NumericCmp(c->num, num) < 0)
+					num = c->num;
+				break;
+			case TRAIT_MAX:
+				if (num == NULL || NumericCmp(c->num, num) > 0)
+					num = c->num;
+				break;
+			case TRAIT_FIRST:
+				if (pick == NULL || Earlier(c->at, c->seq, pick->at, pick->seq))
+					pick = c;
+				break;
+			case TRAIT_LAST:
+				if (pick == NULL || Earlier(pick->at, pick->seq, c->at, c->seq))
+					pick = c;
+				break;
+			default:
+				break;
+		}
+		n += c->n;
+	}
+
+	switch (s->kind)
+	{
+		case TRAIT_COUNT:
+			return Int64GetDatum(n);
+		case TRAIT_SUM:
+			if (num == NULL)
+				return DirectFunctionCall1(int8_numeric, Int64GetDatum(0));
+			return NumericGetDatum(num);
+		case TRAIT_AVG:
+			if (num == NULL)
+				break;
+			return DirectFunctionCall2(numeric_div, NumericGetDatum(num),
+									   DirectFunctionCall1(int8_numeric, Int64GetDatum(n)));
+		case TRAIT_MIN:
+		case TRAIT_MAX:
+			if (num == NULL)
+				break;
+			return NumericGetDatum(num);
+		case TRAIT_FIRST:
+		case TRAIT_LAST:
+			if (pick == NULL)
+				break;
+			return PointerGetDatum(pick->str);
+		default:
+			break;
+	}
+	*isnull = true;
+	return (Datum) 0;
+}
+
+/* Drops buckets that can no longer count. */
+static void
+TraitPrune(TraitState *s, TimestampTz now)
+{
+	int			keep = 0;
+
+	if (s->bucket_us == 0)
+		return;
+	for (int i = 0; i < s->ncells; i++)
+		if (BucketKept(s, s->cells[i].bucket, now))
+			s->cells[keep++] = s->cells[i];
+	s->ncells = keep;
+	if (s->seen != NULL)
+	{
+		keep = 0;
+		for (int j = 0; j < s->nvalues; j++)
+			if (s->seen[j] > now - s->window_us)
+			{
+				s->hashes[keep] = s->hashes[j];
+				s->seen[keep++] = s->seen[j];
+			}
+		s->nvalues = keep;
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Wire format
+ * --------------------------------------------------------------------- */
+
+static void
+SendNumeric(StringInfo buf, Numeric num)
+{
+	bytea	   *b = DatumGetByteaPP(DirectFunctionCall1(numeric_send, NumericGetDatum(num)));
+
+	pq_sendint32(buf, VARSIZE_ANY_EXHDR(b));
+	pq_sendbytes(buf, VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
+}
+
+static Numeric
+RecvNumeric(StringInfo buf)
+{
+	int			len = pq_getmsgint(buf, 4);
+	StringInfoData sub;
+
+	if (len < 0 || len > buf->len - buf->cursor)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("invalid trait state")));
+	sub.data = (char *) pq_getmsgbytes(buf, len);
+	sub.len = len;
+	sub.maxlen = len;
+	sub.cursor = 0;
+	return DatumGetNumeric(DirectFunctionCall3(numeric_recv, PointerGetDatum(&sub),
+											   ObjectIdGetDatum(InvalidOid),
+											   Int32GetDatum(-1)));
+}
+
+static void
+SendState(StringInfo buf, const TraitState *s)
+{
+	uint8		flags = (s->hll ? FLAG_HLL : 0) | (s->truncated ? FLAG_TRUNCATED : 0);
+
+	pq_sendint32(buf, s->trait_id);
+	pq_sendbyte(buf, (uint8) s->kind);
+	pq_sendint64(buf, s->window_us);
+	pq_sendint64(buf, s->bucket_us);
+	pq_sendint64(buf, s->skipped);
+	pq_sendint32(buf, s->ncells);
+	for (int i = 0; i < s->ncells; i++)
+	{
+		const TraitCell *c = &s->cells[i];
+
+		pq_sendint64(buf, c->bucket);
+		pq_sendint64(buf, c->n);
+		if (c->n == 0)
+			continue;
+		switch (s->kind)
+		{
+			case TRAIT_SUM:
+			case TRAIT_AVG:
+			case TRAIT_MIN:
+			case TRAIT_MAX:
+				SendNumeric(buf, c->num);
+				break;
+			case TRAIT_FIRST:
+			case TRAIT_LAST:
+				pq_sendint64(buf, c->at);
+				pq_sendint64(buf, c->seq);
+				pq_sendint32(buf, VARSIZE_ANY_EXHDR(c->str));
+				pq_sendbytes(buf, VARDATA_ANY(c->str), VARSIZE_ANY_EXHDR(c->str));
+				break;
+			default:
+				break;
+		}
+	}
+	pq_sendint32(buf, s->nvalues);
+	for (int j = 0; j < s->nvalues; j++)
+	{
+		pq_sendint64(buf, (int64) s->hashes[j]);
+		if (s->window_us != 0)
+			pq_sendint64(buf, s->seen[j]);
+	}
+	pq_sendbyte(buf, flags);
+	if (s->hll != NULL)
+		pq_sendbytes(buf, (char *) s->hll, TRAIT_HLL_REGISTERS);
+}
+
+static inline void
+CheckState(bool ok)
+{
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("invalid trait state")));
+}
+
+static TraitState *
+RecvState(StringInfo buf)
+{
+	TraitState *s = palloc0(sizeof(TraitState));
+	int			n;
+	uint8		flags;
+
+	s->trait_id = pq_getmsgint(buf, 4);
+	s->kind = (TraitKind) pq_getmsgbyte(buf);
+	CheckState(s->kind >= TRAIT_COUNT && s->kind <= TRAIT_COUNT_DISTINCT);
+	s->window_us = pq_getmsgint64(buf);
+	s->bucket_us = pq_getmsgint64(buf);
+	CheckState(s->window_us >= 0 && s->bucket_us >= 0 &&
+			   (s->window_us == 0) == (s->bucket_us == 0));
+	s->skipped = pq_getmsgint64(buf);
+	n = pq_getmsgint(buf, 4);
+	CheckState(n >= 0 && n <= (buf->len - buf->cursor) / 16);
+	s->ncells = s->maxcells = n;
+	s->cells = palloc0(sizeof(TraitCell) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		TraitCell  *c = &s->cells[i];
+
+		c->bucket = pq_getmsgint64(buf);
+		c->n = pq_getmsgint64(buf);
+		CheckState(c->n >= 0 && (i == 0 || c->bucket > s->cells[i - 1].bucket));
+		if (c->n == 0)
+			continue;
+		switch (s->kind)
+		{
+			case TRAIT_SUM:
+			case TRAIT_AVG:
+			case TRAIT_MIN:
+			case TRAIT_MAX:
+				c->num = RecvNumeric(buf);
+				break;
+			case TRAIT_FIRST:
+			case TRAIT_LAST:
+				{
+					int			len;
+
+					c->at = pq_getmsgint64(buf);
+					c->seq = pq_getmsgint64(buf);
+					len = pq_getmsgint(buf, 4);
+					CheckState(len >= 0 && len <= buf->len - buf->cursor);
+					c->str = cstring_to_text_with_len(pq_getmsgbytes(buf, len), len);
+					break;
+				}
+			default:
+				break;
+		}
+	}
+	n = pq_getmsgint(buf, 4);
+	CheckState(n >= 0 && n <= TRAIT_DISTINCT_EXACT &&
+			   (n == 0 || s->kind == TRAIT_COUNT_DISTINCT));
+	s->nvalues = s->maxvalues = n;
+	if (n > 0)
+	{
+		s->hashes = palloc(sizeof(uint64) * n);
+		if (s->window_us != 0)
+			s->seen = palloc(sizeof(TimestampTz) * n);
+	}
+	for (int j = 0; j < n; j++)
+	{
+		s->hashes[j] = (uint64) pq_getmsgint64(buf);
+		if (s->window_us != 0)
+			s->seen[j] = pq_getmsgint64(buf);
+	}
+	flags = pq_getmsgbyte(buf);
+	CheckState((flags & ~(FLAG_HLL | FLAG_TRUNCATED)) == 0);
+	s->truncated = (flags & FLAG_TRUNCATED) != 0;
+	if (flags & FLAG_HLL)
+	{
+		CheckState(s->kind == TRAIT_COUNT_DISTINCT && s->window_us == 0 && n == 0);
+		s->hll = palloc(TRAIT_HLL_REGISTERS);
+		memcpy(s->hll, pq_getmsgbytes(buf, TRAIT_HLL_REGISTERS), TRAIT_HLL_REGISTERS);
+	}
+	return s;
+}
+
+/* ---------------------------------------------------------------------
+ * A profile's states
+ * --------------------------------------------------------------------- */
+
+ProfileTraits *
+ProfileTraitsCreate(void)
+{
+	return palloc0(sizeof(ProfileTraits));
+}
+
+static void
+ProfileTraitsAppend(ProfileTraits *pt, TraitState *s)
+{
+	if (pt->nstates == pt->maxstates)
+	{
+		pt->maxstates = Max(4, pt->maxstates * 2);
+		pt->states = pt->states == NULL ? palloc(sizeof(TraitState *) * pt->maxstates)
+			: repalloc(pt->states, sizeof(TraitState *) * pt->maxstates);
+	}
+	pt->states[pt->nstates++] = s;
+}
+
+ProfileTraits *
+ProfileTraitsParse(bytea *blob)
+{
+	ProfileTraits *pt = ProfileTraitsCreate();
+	StringInfoData buf;
+	int			n;
+
+	if (blob == NULL)
+		return pt;
+	buf.data = VARDATA_ANY(blob);
+	buf.len = VARSIZE_ANY_EXHDR(blob);
+	buf.maxlen = buf.len;
+	buf.cursor = 0;
+	if (buf.len == 0)
+		return pt;
+	CheckState(pq_getmsgbyte(&buf) == STATE_VERSION);
+	n = pq_getmsgint(&buf, 4);
+	CheckState(n >= 0 && n <= buf.len);
+	for (int i = 0; i < n; i++)
+	{
+		int			len = pq_getmsgint(&buf, 4);
+		StringInfoData sub;
+		TraitState *s;
+
+		CheckState(len > 0 && len <= buf.len - buf.cursor);
+		sub.data = (char *) pq_getmsgbytes(&buf, len);
+		sub.len = sub.maxlen = len;
+		sub.cursor = 0;
+		s = RecvState(&sub);
+		CheckState(sub.cursor == sub.len && ProfileTraitsFind(pt, s->trait_id) == NULL);
+		ProfileTraitsAppend(pt, s);
+	}
+	CheckState(buf.cursor == buf.len);
+	return pt;
+}
+
+TraitState *
+ProfileTraitsFind(ProfileTraits *pt, int32 trait_id)
+{
+	for (int i = 0; i < pt->nstates; i++)
+		if (pt->states[i]->trait_id == trait_id)
+			return pt->states[i];
+	return NULL;
+}
+
+/* The state of a defined trait, created when the profile has none yet. */
+TraitState *
+ProfileTraitsGet(ProfileTraits *pt, const TraitDef *def)
+{
+	TraitState *s = ProfileTraitsFind(pt, def->trait_id);
+
+	if (s == NULL)
+	{
+		s = TraitStateCreate(def);
+		ProfileTraitsAppend(pt, s);
+	}
+	return s;
+}
+
+void
+ProfileTraitsCombine(ProfileTraits *into, const ProfileTraits *from)
+{
+	for (int i = 0; i < from->nstates; i++)
+	{
+		const TraitState *f = from->states[i];
+		TraitState *s = ProfileTraitsFind(into, f->trait_id);
+
+		if (s == NULL)
+		{
+			s = palloc0(sizeof(TraitState));
+			s->trait_id = f->trait_id;
+			s->kind = f->kind;
+			s->window_us = f->window_us;
+			s->bucket_us = f->bucket_us;
+			ProfileTraitsAppend(into, s);
+		}
+		else if (s->kind != f->kind || s->bucket_us != f->bucket_us)
+			CheckState(false);
+		TraitCombine(s, f);
+	}
+}
+
+static bool
+TraitDefined(const TraitCatalog *tc, int32 trait_id)
+{
+	for (int i = 0; i < tc->ndefs; i++)
+		if (tc->defs[i].trait_id == trait_id)
+			return true;
+	return false;
+}
+
+/*
+ * The bytes of a profile's states, leaving out traits that were dropped and
+ * buckets that can no longer count.  NULL when nothing is left.
+ */
+bytea *
+ProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now)
+{
+	const TraitCatalog *tc = PersonaTraitCatalog();
+	StringInfoData buf;
+	StringInfoData entry;
+	int			n = 0;
+	int			count_at;
+	bytea	   *result;
+
+	initStringInfo(&buf);
+	initStringInfo(&entry);
+	pq_sendbyte(&buf, STATE_VERSION);
+	count_at = buf.len;
+	pq_sendint32(&buf, 0);
+	for (int i = 0; i < pt->nstates; i++)
+	{
+		TraitState *s = pt->states[i];
+
+		if (!TraitDefined(tc, s->trait_id))
+			continue;
+		TraitPrune(s, now);
+		resetStringInfo(&entry);
+		SendState(&entry, s);
+		pq_sendint32(&buf, entry.len);
+		pq_sendbytes(&buf, entry.data, entry.len);
+		n++;
+	}
+	if (n == 0)
+		return NULL;
+	n = pg_hton32(n);
+	memcpy(buf.data + count_at, &n, 4);
+	result = palloc(VARHDRSZ + buf.len);
+	SET_VARSIZE(result, VARHDRSZ + buf.len);
+	memcpy(VARDATA(result), buf.data, buf.len);
+	return result;
+}
+
+/* ---------------------------------------------------------------------
+ * SQL: merging states, reading values
+ * --------------------------------------------------------------------- */
+
+/* The states of two profiles' events as one (identity merge, ingest). */
+PG_FUNCTION_INFO_V1(persona_state_merge);
+Datum
+persona_state_merge(PG_FUNCTION_ARGS)
+{
+	ProfileTraits *pt;
+	bytea	   *result;
+
+	if (PG_ARGISNULL(0) && PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	pt = ProfileTraitsParse(PG_ARGISNULL(0) ? NULL : PG_GETARG_BYTEA_PP(0));
+	if (!PG_ARGISNULL(1))
+		ProfileTraitsCombine(pt, ProfileTraitsParse(PG_GETARG_BYTEA_PP(1)));
+	result = ProfileTraitsSerialize(pt, GetCurrentTransactionStartTimestamp());
+	if (result == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_BYTEA_P(result);
+}
+
+/* Replaces one trait's state in a profile's states (backfill). */
+PG_FUNCTION_INFO_V1(persona_state_put);
+Datum
+persona_state_put(PG_FUNCTION_ARGS)
+{
+	ProfileTraits *pt = ProfileTraitsParse(PG_ARGISNULL(0) ? NULL : PG_GETARG_BYTEA_PP(0));
+	ProfileTraits *one;
+	bytea	   *result;
+
+	if (!PG_ARGISNULL(1))
+	{
+		one = ProfileTraitsParse(PG_GETARG_BYTEA_PP(1));
+		for (int i = 0; i < one->nstates; i++)
+		{
+			TraitState *s = one->states[i];
+			bool		replaced = false;
+
+			for (int j = 0; j < pt->nstates; j++)
+				if (pt->states[j]->trait_id == s->trait_id)
+				{
+					pt->states[j] = s;
+					replaced = true;
+				}
+			if (!replaced)
+				ProfileTraitsAppend(pt, s);
+		}
+	}
+	result = ProfileTraitsSerialize(pt, GetCurrentTransactionStartTimestamp());
+	if (result == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_BYTEA_P(result);
+}
+
+/* The value of one trait now, or NULL when the profile has no state. */
+#define KIND_BIT(k) (1 << (k))
+
+static Datum
+StateValue(FunctionCallInfo fcinfo, int kinds, bool *isnull)
+{
+	ProfileTraits *pt;
+	TraitState *s;
+	int32		trait_id = PG_GETARG_INT32(1);
+	const TraitCatalog *tc;
+
+	*isnull = true;
+	if (!PG_ARGISNULL(0))
+	{
+		pt = ProfileTraitsParse(PG_GETARG_BYTEA_PP(0));
+		s = ProfileTraitsFind(pt, trait_id);
+		if (s != NULL)
+		{
+			if ((KIND_BIT(s->kind) & kinds) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("trait %d is a %s, not read with this function",
+								trait_id, kind_names[s->kind])));
+			return TraitValue(s, GetCurrentTransactionStartTimestamp(), isnull);
+		}
+	}
+
+	/* No events yet: what the trait reads over no events. */
+	tc = PersonaTraitCatalog();
+	for (int i = 0; i < tc->ndefs; i++)
+		if (tc->defs[i].trait_id == trait_id)
+		{
+			s = TraitStateCreate(&tc->defs[i]);
+			if (KIND_BIT(s->kind) & kinds)
+				return TraitValue(s, GetCurrentTransactionStartTimestamp(), isnull);
+		}
+	return (Datum) 0;
+}
+
+/* A count or count_distinct trait of a profile's states. */
+PG_FUNCTION_INFO_V1(persona_trait_bigint);
+Datum
+persona_trait_bigint(PG_FUNCTION_ARGS)
+{
+	bool		isnull;
+	Datum		v = StateValue(fcinfo, KIND_BIT(TRAIT_COUNT) | KIND_BIT(TRAIT_COUNT_DISTINCT),
+								   &isnull);
+
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(v);
+}
+
+/* A sum, avg, min or max trait of a profile's states. */
+PG_FUNCTION_INFO_V1(persona_trait_numeric);
+Datum
+persona_trait_numeric(PG_FUNCTION_ARGS)
+{
+	bool		isnull;
+	Datum		v = StateValue(fcinfo, KIND_BIT(TRAIT_SUM) | KIND_BIT(TRAIT_AVG) |
+								   KIND_BIT(TRAIT_MIN) | KIND_BIT(TRAIT_MAX), &isnull);
+
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(v);
+}
+
+/* A first or last trait of a profile's states. */
+PG_FUNCTION_INFO_V1(persona_trait_text);
+Datum
+persona_trait_text(PG_FUNCTION_ARGS)
+{
+	bool		isnull;
+	Datum		v = StateValue(fcinfo, KIND_BIT(TRAIT_FIRST) | KIND_BIT(TRAIT_LAST), &isnull);
+
+	if (isnull)
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(v);
+}
+
+/* Every defined trait of a profile's states, as a JSON object. */
+PG_FUNCTION_INFO_V1(persona_traits_json);
+Datum
+persona_traits_json(PG_FUNCTION_ARGS)
+{
+	const TraitCatalog *tc = PersonaTraitCatalog();
+	ProfileTraits *pt = ProfileTraitsParse(PG_ARGISNULL(0) ? NULL : PG_GETARG_BYTEA_PP(0));
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	JsonbParseState *state = NULL;
+	JsonbValue *res;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	for (int i = 0; i < tc->ndefs; i++)
+	{
+		const TraitDef *d = &tc->defs[i];
+		TraitState *s = ProfileTraitsFind(pt, d->trait_id);
+		JsonbValue	k;
+		JsonbValue	v;
+		bool		isnull;
+		Datum		val;
+
+		if (s == NULL || s->kind != d->kind)
+			s = TraitStateCreate(d);
+		val = TraitValue(s, now, &isnull);
+		k.type = jbvString;
+		k.val.string.val = d->name;
+		k.val.string.len = strlen(d->name);
+		pushJsonbValue(&state, WJB_KEY, &k);
+		if (isnull)
+			v.type = jbvNull;
+		else if (d->kind == TRAIT_COUNT || d->kind == TRAIT_COUNT_DISTINCT)
+		{
+			v.type = jbvNumeric;
+			v.val.numeric = DatumGetNumeric(DirectFunctionCall1(int8_numeric, val));
+		}
+		else if (d->kind == TRAIT_FIRST || d->kind == TRAIT_LAST)
+		{
+			text	   *t = DatumGetTextPP(val);
+
+			v.type = jbvString;
+			v.val.string.val = VARDATA_ANY(t);
+			v.val.string.len = VARSIZE_ANY_EXHDR(t);
+		}
+		else
+		{
+			v.type = jbvNumeric;
+			v.val.numeric = DatumGetNumeric(val);
+		}
+		pushJsonbValue(&state, WJB_VALUE, &v);
+	}
+	res = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	PG_RETURN_JSONB_P(JsonbValueToJsonb(res));
+}
+
+/* ---------------------------------------------------------------------
+ * SQL: the backfill aggregate
+ *
+ * persona.trait_agg(trait_id, aggregate, time_window, property,
+ *                   occurred_at, event_id, properties) -> bytea
+ * returns one trait's state in the profile-states format, for
+ * persona.state_put.
+ * --------------------------------------------------------------------- */
+
+typedef struct TraitAggState
+{
+	TraitDef	def;
+	TraitState *state;
+} TraitAggState;
+
+static TraitAggState *
+TraitAggStateCreate(FunctionCallInfo fcinfo, MemoryContext agg)
+{
+	MemoryContext old = MemoryContextSwitchTo(agg);
+	TraitAggState   *a = palloc0(sizeof(TraitAggState));
+
+	if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("trait_id and aggregate must not be null")));
+	a->def.trait_id = PG_GETARG_INT32(1);
+	a->def.kind = TraitKindFromName(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	if (a->def.kind == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown trait aggregate")));
+	if (!PG_ARGISNULL(3))
+	{
+		Interval   *w = PG_GETARG_INTERVAL_P(3);
+
+		a->def.window_us = w->time + (int64) w->day * USECS_PER_DAY +
+			(int64) w->month * DAYS_PER_MONTH * USECS_PER_DAY;
+		a->def.bucket_us = BucketWidth(a->def.window_us);
+	}
+	a->def.property = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
+	a->state = TraitStateCreate(&a->def);
+	MemoryContextSwitchTo(old);
+	return a;
+}
+
+/* Transition: folds one event into the aggregate's state. */
+PG_FUNCTION_INFO_V1(persona_trait_agg_add);
+Datum
+persona_trait_agg_add(PG_FUNCTION_ARGS)
+{
+	MemoryContext agg;
+	MemoryContext old;
+	TraitAggState   *a;
+
+	if (!AggCheckCallContext(fcinfo, &agg))
+		elog(ERROR, "persona_trait_agg_add called in non-aggregate context");
+	a = PG_ARGISNULL(0) ? TraitAggStateCreate(fcinfo, agg) : (TraitAggState *) PG_GETARG_POINTER(0);
+	if (!PG_ARGISNULL(5))
+	{
+		old = MemoryContextSwitchTo(agg);
+		TraitAdd(a->state, &a->def, PG_GETARG_TIMESTAMPTZ(5),
+				 PG_ARGISNULL(6) ? 0 : PG_GETARG_INT64(6),
+				 PG_ARGISNULL(7) ? NULL : PG_GETARG_JSONB_P(7),
+				 GetCurrentTransactionStartTimestamp());
+		MemoryContextSwitchTo(old);
+	}
+	PG_RETURN_POINTER(a);
+}
+
+/* Combine: two partial states of one trait (parallel aggregation). */
+PG_FUNCTION_INFO_V1(persona_trait_agg_combine);
+Datum
+persona_trait_agg_combine(PG_FUNCTION_ARGS)
+{
+	MemoryContext agg;
+	MemoryContext old;
+	TraitAggState   *a;
+	TraitAggState   *b;
+
+	if (!AggCheckCallContext(fcinfo, &agg))
+		elog(ERROR, "persona_trait_agg_combine called in non-aggregate context");
+	if (PG_ARGISNULL(1))
+		PG_RETURN_POINTER(PG_ARGISNULL(0) ? NULL : PG_GETARG_POINTER(0));
+	b = (TraitAggState *) PG_GETARG_POINTER(1);
+	if (PG_ARGISNULL(0))
+	{
+		old = MemoryContextSwitchTo(agg);
+		a = palloc0(sizeof(TraitAggState));
+		a->def = b->def;
+		a->state = palloc0(sizeof(TraitState));
+		a->state->trait_id = b->state->trait_id;
+		a->state->kind = b->state->kind;
+		a->state->window_us = b->state->window_us;
+		a->state->bucket_us = b->state->bucket_us;
+		MemoryContextSwitchTo(old);
+	}
+	else
+		a = (TraitAggState *) PG_GETARG_POINTER(0);
+	old = MemoryContextSwitchTo(agg);
+	TraitCombine(a->state, b->state);
+	MemoryContextSwitchTo(old);
+	PG_RETURN_POINTER(a);
+}
+
+/* Serialize: a partial state to bytes (definition, then the state). */
+PG_FUNCTION_INFO_V1(persona_trait_agg_serialize);
+Datum
+persona_trait_agg_serialize(PG_FUNCTION_ARGS)
+{
+	TraitAggState   *a = (TraitAggState *) PG_GETARG_POINTER(0);
+	StringInfoData buf;
+
+	pq_begintypsend(&buf);
+	pq_sendstring(&buf, a->def.property ? a->def.property : "");
+	pq_sendbyte(&buf, a->def.property != NULL);
+	SendState(&buf, a->state);
+	PG_RETURN_BYTEA_P(pq_endtypsend(&buf));
+}
+
+/* Deserialize: the inverse of persona_trait_agg_serialize. */
+PG_FUNCTION_INFO_V1(persona_trait_agg_deserialize);
+Datum
+persona_trait_agg_deserialize(PG_FUNCTION_ARGS)
+{
+	bytea	   *b = PG_GETARG_BYTEA_PP(0);
+	TraitAggState   *a = palloc0(sizeof(TraitAggState));
+	StringInfoData buf;
+	const char *property;
+
+	if (!AggCheckCallContext(fcinfo, NULL))
+		elog(ERROR, "persona_trait_agg_deserialize called in non-aggregate context");
+	buf.data = VARDATA_ANY(b);
+	buf.len = buf.maxlen = VARSIZE_ANY_EXHDR(b);
+	buf.cursor = 0;
+	property = pq_getmsgstring(&buf);
+	if (pq_getmsgbyte(&buf))
+		a->def.property = pstrdup(property);
+	a->state = RecvState(&buf);
+	a->def.trait_id = a->state->trait_id;
+	a->def.kind = a->state->kind;
+	a->def.window_us = a->state->window_us;
+	a->def.bucket_us = a->state->bucket_us;
+	PG_RETURN_POINTER(a);
+}
+
+/* Final: the state in the profile-states format. */
+PG_FUNCTION_INFO_V1(persona_trait_agg_final);
+Datum
+persona_trait_agg_final(PG_FUNCTION_ARGS)
+{
+	TraitAggState   *a;
+	StringInfoData buf;
+	StringInfoData entry;
+	bytea	   *result;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	a = (TraitAggState *) PG_GETARG_POINTER(0);
+	initStringInfo(&entry);
+	SendState(&entry, a->state);
+	initStringInfo(&buf);
+	pq_sendbyte(&buf, STATE_VERSION);
+	pq_sendint32(&buf, 1);
+	pq_sendint32(&buf, entry.len);
+	pq_sendbytes(&buf, entry.data, entry.len);
+	result = palloc(VARHDRSZ + buf.len);
+	SET_VARSIZE(result, VARHDRSZ + buf.len);
+	memcpy(VARDATA(result), buf.data, buf.len);
+	PG_RETURN_BYTEA_P(result);
+}

@@ -1,0 +1,111 @@
+/*
+ * traits.h
+ *	  Computed traits: the definitions, and the state of each aggregate.
+ *
+ * One implementation of each aggregate's state serves three uses: live
+ * maintenance in the ingest trigger (TraitAdd), backfill as a custom
+ * aggregate, and identity merges (TraitCombine).
+ */
+#ifndef PERSONA_TRAITS_H
+#define PERSONA_TRAITS_H
+
+#include "postgres.h"
+
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+#include "utils/timestamp.h"
+
+typedef enum TraitKind
+{
+	TRAIT_COUNT = 1,
+	TRAIT_SUM,
+	TRAIT_MIN,
+	TRAIT_MAX,
+	TRAIT_AVG,
+	TRAIT_FIRST,
+	TRAIT_LAST,
+	TRAIT_COUNT_DISTINCT
+} TraitKind;
+
+/* A sliding window is counted in this many buckets. */
+#define TRAIT_WINDOW_BUCKETS	60
+
+/* count_distinct is exact up to this many values per profile. */
+#define TRAIT_DISTINCT_EXACT	128
+#define TRAIT_HLL_REGISTERS		256
+
+/* One row of persona.trait_defs, as the C code needs it. */
+typedef struct TraitDef
+{
+	int32		trait_id;
+	TraitKind	kind;
+	char	   *name;
+	char	   *event_type;
+	char	   *property;		/* NULL: none */
+	int64		window_us;		/* 0: lifetime */
+	int64		bucket_us;		/* 0: lifetime */
+} TraitDef;
+
+typedef struct TraitCatalog
+{
+	int			ndefs;
+	TraitDef   *defs;
+} TraitCatalog;
+
+/* One bucket of a windowed trait, or the whole lifetime (bucket 0). */
+typedef struct TraitCell
+{
+	int64		bucket;
+	int64		n;				/* values counted */
+	Numeric		num;			/* sum (sum, avg), min or max; NULL if n = 0 */
+	TimestampTz at;				/* first, last: when */
+	int64		seq;			/* first, last: event id, the tie-break */
+	text	   *str;			/* first, last: the value */
+} TraitCell;
+
+/* The state of one trait for one profile. */
+typedef struct TraitState
+{
+	int32		trait_id;
+	TraitKind	kind;
+	int64		window_us;
+	int64		bucket_us;
+	int64		skipped;		/* values that were not numbers */
+	int			ncells;
+	int			maxcells;
+	TraitCell  *cells;			/* ordered by bucket */
+	/* count_distinct */
+	int			nvalues;
+	int			maxvalues;
+	uint64	   *hashes;
+	TimestampTz *seen;			/* windowed: last occurrence of each value */
+	uint8	   *hll;			/* lifetime, past TRAIT_DISTINCT_EXACT values */
+	bool		truncated;		/* windowed, past the bound: a lower bound */
+} TraitState;
+
+/* Every trait state of one profile. */
+typedef struct ProfileTraits
+{
+	int			nstates;
+	int			maxstates;
+	TraitState **states;
+} ProfileTraits;
+
+extern const TraitCatalog *PersonaTraitCatalog(void);
+extern void PersonaTraitsInit(void);
+extern TraitKind TraitKindFromName(const char *name);
+
+extern TraitState *TraitStateCreate(const TraitDef *def);
+extern void TraitAdd(TraitState *state, const TraitDef *def, TimestampTz at,
+					 int64 event_id, Jsonb *properties, TimestampTz now);
+extern void TraitCombine(TraitState *into, const TraitState *from);
+extern Datum TraitValue(const TraitState *state, TimestampTz now, bool *isnull);
+
+extern ProfileTraits *ProfileTraitsCreate(void);
+extern ProfileTraits *ProfileTraitsParse(bytea *blob);
+extern TraitState *ProfileTraitsFind(ProfileTraits *pt, int32 trait_id);
+extern TraitState *ProfileTraitsGet(ProfileTraits *pt, const TraitDef *def);
+extern void ProfileTraitsCombine(ProfileTraits *into, const ProfileTraits *from);
+extern bytea *ProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now);
+
+#endif							/* PERSONA_TRAITS_H */

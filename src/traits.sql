@@ -1,0 +1,262 @@
+-- Computed traits: definitions, the state functions and backfill aggregate
+-- (src/traits.c), persona_define_trait / persona_drop_trait and the
+-- persona.traits view they keep current.
+
+CREATE SEQUENCE persona.trait_id_seq AS int;
+COMMENT ON SEQUENCE persona.trait_id_seq IS 'allocates trait ids';
+
+CREATE TABLE persona.trait_defs (
+    trait_id    int         PRIMARY KEY DEFAULT nextval('persona.trait_id_seq'),
+    name        text        NOT NULL UNIQUE,
+    aggregate   text        NOT NULL CHECK (aggregate IN ('count', 'sum', 'min', 'max', 'avg',
+                                                          'first', 'last', 'count_distinct')),
+    event_type  text        NOT NULL,
+    property    text,
+    time_window interval    CHECK (time_window > interval '0'),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+ALTER SEQUENCE persona.trait_id_seq OWNED BY persona.trait_defs.trait_id;
+COMMENT ON TABLE persona.trait_defs IS 'computed trait definitions (persona_define_trait)';
+SELECT pg_catalog.pg_extension_config_dump('persona.trait_defs', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.trait_id_seq', '');
+
+-- Ingest caches the definitions; changes reach every backend.
+CREATE TRIGGER trait_defs_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON persona.trait_defs
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.announce_change();
+
+CREATE FUNCTION persona.state_merge(a bytea, b bytea) RETURNS bytea
+    LANGUAGE C STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_state_merge';
+COMMENT ON FUNCTION persona.state_merge(bytea, bytea) IS
+    'the trait states of two sets of events as one (ingest and identity merges)';
+
+CREATE FUNCTION persona.state_put(states bytea, one bytea) RETURNS bytea
+    LANGUAGE C STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_state_put';
+COMMENT ON FUNCTION persona.state_put(bytea, bytea) IS
+    'a profile''s trait states with one trait''s state replaced (backfill)';
+
+CREATE FUNCTION persona.trait_bigint(states bytea, trait_id int) RETURNS bigint
+    LANGUAGE C STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_trait_bigint';
+COMMENT ON FUNCTION persona.trait_bigint(bytea, int) IS
+    'the value now of a count or count_distinct trait, from a profile''s trait states';
+
+CREATE FUNCTION persona.trait_numeric(states bytea, trait_id int) RETURNS numeric
+    LANGUAGE C STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_trait_numeric';
+COMMENT ON FUNCTION persona.trait_numeric(bytea, int) IS
+    'the value now of a sum, avg, min or max trait, from a profile''s trait states';
+
+CREATE FUNCTION persona.trait_text(states bytea, trait_id int) RETURNS text
+    LANGUAGE C STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_trait_text';
+COMMENT ON FUNCTION persona.trait_text(bytea, int) IS
+    'the value now of a first or last trait, from a profile''s trait states';
+
+CREATE FUNCTION persona.traits_json(states bytea) RETURNS jsonb
+    LANGUAGE C STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_traits_json';
+COMMENT ON FUNCTION persona.traits_json(bytea) IS
+    'every defined trait''s value now, as a JSON object, from a profile''s trait states';
+
+-- The backfill aggregate: the same state code as ingest, in parallel.
+CREATE FUNCTION persona.trait_agg_add(internal, int, text, interval, text, timestamptz, bigint, jsonb)
+    RETURNS internal
+    LANGUAGE C STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'persona_trait_agg_add';
+COMMENT ON FUNCTION persona.trait_agg_add(internal, int, text, interval, text, timestamptz, bigint, jsonb) IS
+    'transition function of persona.trait_agg';
+
+CREATE FUNCTION persona.trait_agg_combine(internal, internal) RETURNS internal
+    LANGUAGE C STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'persona_trait_agg_combine';
+COMMENT ON FUNCTION persona.trait_agg_combine(internal, internal) IS
+    'combine function of persona.trait_agg';
+
+CREATE FUNCTION persona.trait_agg_serialize(internal) RETURNS bytea
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'persona_trait_agg_serialize';
+COMMENT ON FUNCTION persona.trait_agg_serialize(internal) IS
+    'serialize function of persona.trait_agg';
+
+CREATE FUNCTION persona.trait_agg_deserialize(bytea, internal) RETURNS internal
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'persona_trait_agg_deserialize';
+COMMENT ON FUNCTION persona.trait_agg_deserialize(bytea, internal) IS
+    'deserialize function of persona.trait_agg';
+
+CREATE FUNCTION persona.trait_agg_final(internal) RETURNS bytea
+    LANGUAGE C IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'persona_trait_agg_final';
+COMMENT ON FUNCTION persona.trait_agg_final(internal) IS
+    'final function of persona.trait_agg';
+
+CREATE AGGREGATE persona.trait_agg(int, text, interval, text, timestamptz, bigint, jsonb) (
+    SFUNC = persona.trait_agg_add,
+    STYPE = internal,
+    COMBINEFUNC = persona.trait_agg_combine,
+    SERIALFUNC = persona.trait_agg_serialize,
+    DESERIALFUNC = persona.trait_agg_deserialize,
+    FINALFUNC = persona.trait_agg_final,
+    PARALLEL = SAFE
+);
+COMMENT ON AGGREGATE persona.trait_agg(int, text, interval, text, timestamptz, bigint, jsonb) IS
+    'one trait''s state over a profile''s events: (trait_id, aggregate, time_window, property, occurred_at, event_id, properties)';
+
+-- One typed column per trait; rebuilt by persona.rebuild_traits_view().
+CREATE VIEW persona.traits AS
+    SELECT p.profile_id FROM persona.profiles AS p;
+COMMENT ON VIEW persona.traits IS
+    'one row per profile, one typed column per computed trait, values as of now()';
+
+CREATE FUNCTION persona.rebuild_traits_view() RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_cols text := '';
+    v_acl  aclitem[];
+    r      record;
+BEGIN
+    SELECT c.relacl INTO v_acl FROM pg_class AS c WHERE c.oid = 'persona.traits'::regclass;
+    FOR r IN SELECT d.trait_id, d.name, d.aggregate FROM persona.trait_defs AS d ORDER BY d.trait_id LOOP
+        v_cols := v_cols || format(E',\n           persona.%s(p.computed_state, %s) AS %I',
+            CASE WHEN r.aggregate IN ('count', 'count_distinct') THEN 'trait_bigint'
+                 WHEN r.aggregate IN ('first', 'last') THEN 'trait_text'
+                 ELSE 'trait_numeric' END,
+            r.trait_id, r.name);
+    END LOOP;
+
+    ALTER EXTENSION persona DROP VIEW persona.traits;
+    DROP VIEW persona.traits;
+    EXECUTE format(E'CREATE VIEW persona.traits AS\n    SELECT p.profile_id%s\n      FROM persona.profiles AS p', v_cols);
+    ALTER EXTENSION persona ADD VIEW persona.traits;
+    COMMENT ON VIEW persona.traits IS
+        'one row per profile, one typed column per computed trait, values as of now()';
+    -- The new view keeps the grants of the old one.
+    FOR r IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM aclexplode(v_acl) AS a LOOP
+        EXECUTE format('GRANT %s ON persona.traits TO %s%s', r.privilege_type,
+                       CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.grantee::regrole::text) END,
+                       CASE WHEN r.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION persona.rebuild_traits_view() IS
+    'recreates persona.traits with one typed column per defined trait, keeping its grants';
+
+CREATE FUNCTION @extschema@.persona_define_trait(
+        name        text,
+        aggregate   text,
+        event_type  text,
+        property    text     DEFAULT NULL,
+        time_window interval DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_name   text     := $1;
+    v_agg    text     := lower($2);
+    v_type   text     := $3;
+    v_prop   text     := $4;
+    v_window interval := $5;
+    v_id     int;
+BEGIN
+    IF v_name IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF v_name !~ '^[a-z_][a-z0-9_]*$' OR octet_length(v_name) > 63 THEN
+        RAISE EXCEPTION 'invalid trait name "%"', v_name USING ERRCODE = '42602',
+            DETAIL = 'A trait name becomes a column of persona.traits.',
+            HINT = 'Use at most 63 lower-case letters, digits and underscores, not starting with a digit.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_attribute AS a
+                WHERE a.attrelid = 'persona.profiles'::regclass AND a.attnum > 0
+                  AND NOT a.attisdropped AND a.attname = v_name) THEN
+        RAISE EXCEPTION 'trait name "%" collides with a column of persona.profiles', v_name
+            USING ERRCODE = '42701', HINT = 'Choose another name.';
+    END IF;
+    IF v_agg IS NULL THEN
+        RAISE EXCEPTION 'aggregate must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF v_agg NOT IN ('count', 'sum', 'min', 'max', 'avg', 'first', 'last', 'count_distinct') THEN
+        RAISE EXCEPTION 'unknown aggregate "%"', $2 USING ERRCODE = '22023',
+            HINT = 'Use count, sum, min, max, avg, first, last or count_distinct.';
+    END IF;
+    IF v_type IS NULL THEN
+        RAISE EXCEPTION 'event_type must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF v_type = '' OR octet_length(v_type) > 128 THEN
+        RAISE EXCEPTION 'event_type must be 1 to 128 bytes' USING ERRCODE = '22023';
+    END IF;
+    IF v_prop IS NULL AND v_agg <> 'count' THEN
+        RAISE EXCEPTION 'aggregate % needs a property', v_agg USING ERRCODE = '22004',
+            HINT = 'Name the key of properties to aggregate, e.g. ''price''.';
+    END IF;
+    IF v_prop = '' THEN
+        RAISE EXCEPTION 'property must not be empty' USING ERRCODE = '22023';
+    END IF;
+    IF v_window IS NOT NULL AND (v_window < interval '1 minute' OR v_window > interval '10 years') THEN
+        RAISE EXCEPTION 'time_window must be between 1 minute and 10 years' USING ERRCODE = '22023',
+            DETAIL = format('The window given was "%s".', v_window),
+            HINT = 'Use an interval such as ''7 days'', or NULL for the whole lifetime.';
+    END IF;
+
+    -- One definition at a time; ingest waits while the backfill runs, so no
+    -- event is missed between the backfill and live maintenance.
+    LOCK TABLE persona.trait_defs IN EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM persona.trait_defs AS d WHERE d.name = v_name) THEN
+        RAISE EXCEPTION 'trait "%" already exists', v_name USING ERRCODE = '42710';
+    END IF;
+    INSERT INTO persona.trait_defs (name, aggregate, event_type, property, time_window)
+    VALUES (v_name, v_agg, v_type, v_prop, v_window)
+    RETURNING trait_id INTO v_id;
+    LOCK TABLE persona.events IN SHARE MODE;
+
+    -- Backfill in one pass; the aggregate runs in parallel where it can.
+    CREATE TEMP TABLE persona_backfill ON COMMIT DROP AS
+        SELECT e.profile_id,
+               persona.trait_agg(v_id, v_agg, v_window, v_prop, e.occurred_at, e.event_id, e.properties) AS state
+          FROM persona.events AS e
+         WHERE e.event_type = v_type
+           AND (v_window IS NULL OR e.occurred_at > now() - v_window - v_window / 60 - interval '1 second')
+         GROUP BY e.profile_id;
+    UPDATE persona.profiles AS p
+       SET computed_state = persona.state_put(p.computed_state, b.state)
+      FROM pg_temp.persona_backfill AS b
+     WHERE p.profile_id = b.profile_id;
+    DROP TABLE pg_temp.persona_backfill;
+
+    PERFORM persona.rebuild_traits_view();
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_define_trait(text, text, text, text, interval) IS
+    'defines a computed trait, backfills it from the stored events and adds its column to persona.traits';
+
+CREATE FUNCTION @extschema@.persona_drop_trait(name text) RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_name text := $1;
+BEGIN
+    IF v_name IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
+    END IF;
+    LOCK TABLE persona.trait_defs IN EXCLUSIVE MODE;
+    DELETE FROM persona.trait_defs AS d WHERE d.name = v_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'trait "%" does not exist', v_name USING ERRCODE = '42704';
+    END IF;
+    -- Profiles drop the trait's state the next time they are written.
+    PERFORM persona.rebuild_traits_view();
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_drop_trait(text) IS
+    'drops a computed trait and its column of persona.traits';
