@@ -115,3 +115,29 @@ SELECT e.context->'geo'->>'city' AS city,
  WHERE e.event_type = 'purchase'
  GROUP BY 1, 2
  ORDER BY orders DESC, city;
+
+\echo
+\echo '== 8. Computed traits: defined after the fact, backfilled, then live =='
+\echo 'Each definition backfills from every stored event in one (parallel) pass.'
+SELECT persona_define_trait('product_views_7d', 'count', 'product_view', time_window => '7 days');
+SELECT persona_define_trait('cart_value_7d', 'sum', 'add_to_cart', 'price', '7 days');
+SELECT persona_define_trait('purchases', 'count', 'purchase');
+SELECT persona_define_trait('revenue', 'sum', 'purchase', 'revenue');
+SELECT persona_define_trait('last_category', 'last', 'product_view', 'category');
+SELECT persona_define_trait('categories_seen', 'count_distinct', 'product_view', 'category');
+
+\echo 'persona.traits has one typed column per trait, for BI joins:'
+SELECT p.user_id, p.traits->>'city' AS city, t.purchases, t.revenue, t.product_views_7d,
+       t.cart_value_7d, t.last_category, t.categories_seen
+  FROM persona.traits AS t JOIN persona.profiles AS p USING (profile_id)
+ WHERE p.user_id IS NOT NULL
+ ORDER BY t.revenue DESC, p.user_id
+ LIMIT 5;
+
+\echo 'Asha puts a premium pair in the cart: her traits move in the same transaction.'
+SELECT persona_profile('user-asha')->'computed' AS before;
+SELECT persona_track('user-asha', 'add_to_cart',
+                     '{"sku": "SKU-RUN-PRO-1", "category": "running-shoes", "price": 15999, "quantity": 1}',
+                     context => '{"channel": "app", "device": "mobile", "session_id": "s-asha-app",
+                                  "geo": {"country": "IN", "city": "Mumbai"}}') AS event_id;
+SELECT persona_profile('user-asha')->'computed' AS after;
