@@ -119,6 +119,12 @@ SELECT t.t_views_1m FROM persona.traits t JOIN persona.profiles p USING (profile
 SELECT pg_sleep(3);
 SELECT t.t_views_1m FROM persona.traits t JOIN persona.profiles p USING (profile_id) WHERE p.user_id = 't-clock';
 
+-- Year-long windows: backfill and ingest count a year the same way.
+SELECT persona_define_trait('t_views_1y', 'count', 'page_view', time_window => '1 year');
+SELECT persona_track('t-asha', 'page_view', '{"sku": "shoe-4"}') > 0 AS tracked;
+SELECT t.t_views_1y = t.t_views AS year_counts_all
+  FROM persona.traits t JOIN persona.profiles p USING (profile_id) WHERE p.user_id = 't-asha';
+
 -- A trait state stays small: a dozen traits over a busy profile.
 SELECT octet_length(computed_state) < 4096 AS compact
   FROM persona.profiles WHERE user_id = 't-asha';
@@ -159,6 +165,18 @@ SELECT persona_define_trait('t_bad', 'count', 'page_view', time_window => '500 y
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT persona_drop_trait('no_such_trait');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+-- A backfill needs READ COMMITTED: a transaction snapshot would miss events.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT persona_define_trait('t_bad', 'count', 'page_view');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ROLLBACK;
+-- A view built on persona.traits is refused before any work is done.
+CREATE VIEW t_dependent AS SELECT profile_id, t_views FROM persona.traits;
+SELECT persona_define_trait('t_bad', 'count', 'page_view');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_drop_trait('t_views');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+DROP VIEW t_dependent;
 SELECT persona_drop_trait(NULL);
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT count(*) = :defs_before AS nothing_changed FROM persona.trait_defs;

@@ -10,6 +10,7 @@ REVOKE ALL ON FUNCTION @extschema@.persona_forget(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.events_resolve() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.events_apply() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_id(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.lock_order() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.apply_traits(jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.resolve(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.ensure_profile(text, text) FROM PUBLIC;
@@ -23,13 +24,15 @@ REVOKE ALL ON FUNCTION @extschema@.persona_drop_trait(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.state_merge(bytea, bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.state_put(bytea, bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.rebuild_traits_view() FROM PUBLIC;
--- Whoever may SELECT persona.traits runs these three as themselves: they
--- decode bytes (checking every one) and write nothing, so they stay open;
--- without USAGE on schema persona nobody can name them.
 REVOKE ALL ON FUNCTION persona.traits_json(bytea) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.check_traits_view_free() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.trait_agg_add(internal, int, text, interval, text, timestamptz, bigint, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.trait_agg_combine(internal, internal) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.trait_agg_serialize(internal) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.trait_agg_deserialize(bytea, internal) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.trait_agg_final(internal) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.trait_agg(int, text, interval, text, timestamptz, bigint, jsonb) FROM PUBLIC;
+-- Not revoked: persona.trait_bigint, trait_numeric and trait_text. Whoever
+-- may SELECT persona.traits runs them as themselves; they decode bytes
+-- (checking every one) and write nothing, and without USAGE on schema
+-- persona nobody can name them.

@@ -13,6 +13,20 @@ CREATE FUNCTION persona.max_event_bytes() RETURNS int
     AS 'MODULE_PATHNAME', 'persona_max_event_bytes_limit';
 COMMENT ON FUNCTION persona.max_event_bytes() IS 'the persona.max_event_bytes limit, in bytes';
 
+-- Every writer takes persona.events before persona.profiles: ingest by
+-- inserting, persona_define_trait by its SHARE lock, and the identity
+-- functions by calling this first. One order, no deadlock between them.
+CREATE FUNCTION persona.lock_order() RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    LOCK TABLE persona.events IN ROW EXCLUSIVE MODE;
+END
+$$;
+COMMENT ON FUNCTION persona.lock_order() IS
+    'takes persona.events before persona.profiles, the one lock order every writer follows';
+
 -- Checks an id argument; returns it.
 CREATE FUNCTION persona.check_id(id text, what text) RETURNS text
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
@@ -244,6 +258,7 @@ BEGIN
             HINT = 'Raise persona.max_event_bytes or declare fewer traits at once.';
     END IF;
 
+    PERFORM persona.lock_order();
     IF v_anon IS NULL THEN
         v_pid := persona.ensure_profile(v_user, 'user');
     ELSE
@@ -273,8 +288,12 @@ CREATE FUNCTION @extschema@.persona_alias(user_id text, anonymous_id text)
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS $$
+DECLARE
+    v_user text := persona.check_id($1, 'user_id');
+    v_anon text := persona.check_id($2, 'anonymous_id');
 BEGIN
-    RETURN persona.link(persona.check_id($1, 'user_id'), persona.check_id($2, 'anonymous_id'));
+    PERFORM persona.lock_order();
+    RETURN persona.link(v_user, v_anon);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_alias(text, text) IS
@@ -319,6 +338,7 @@ DECLARE
     v_rows  bigint := 0;
     v_n     bigint;
 BEGIN
+    PERFORM persona.lock_order();
     -- Lock the profile first: ingest that resolved to it waits, then retries.
     FOR attempt IN 1..20 LOOP
         v_pid := persona.resolve(v_id);

@@ -139,6 +139,38 @@ IdCompare(const void *key1, const void *key2, Size keysize)
 	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
 }
 
+/*
+ * An index scan of persona.identities kept open for the rows of one
+ * statement: the BEFORE ROW trigger looks up many ids in a row, and opening
+ * the relations and the scan once per id would cost more than the lookup.
+ * persona_events_apply closes it; an abort forgets it (the resource owner
+ * has released what it held).
+ */
+typedef struct IdentityScan
+{
+	Relation	rel;			/* NULL when closed */
+	Relation	idx;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	Snapshot	snapshot;
+	LocalTransactionId lxid;
+	CommandId	cid;
+} IdentityScan;
+
+static IdentityScan id_scan;
+
+static void
+CloseIdentityScan(void)
+{
+	if (id_scan.rel == NULL)
+		return;
+	index_endscan(id_scan.scan);
+	ExecDropSingleTupleTableSlot(id_scan.slot);
+	index_close(id_scan.idx, NoLock);
+	table_close(id_scan.rel, NoLock);
+	id_scan.rel = NULL;
+}
+
 static void
 ForgetIdMap(void)
 {
@@ -154,8 +186,14 @@ IdMapXactCallback(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			CloseIdentityScan();
+			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+			id_scan.rel = NULL;
 			ForgetIdMap();
 			break;
 		case XACT_EVENT_COMMIT:
@@ -175,7 +213,10 @@ IdMapSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 					 SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		id_scan.rel = NULL;
 		ForgetIdMap();
+	}
 }
 
 /*
@@ -383,30 +424,41 @@ CheckEvent(HeapTuple tuple, TupleDesc desc)
 static bool
 LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
 {
-	Relation	rel = table_open(cat->identities, AccessShareLock);
-	Relation	idx = index_open(cat->identities_pkey, AccessShareLock);
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	IndexScanDesc scan;
 	ScanKeyData key;
 	text	   *t = cstring_to_text(id);
 	bool		found = false;
 
+	if (id_scan.rel != NULL &&
+		(id_scan.snapshot != GetActiveSnapshot() || id_scan.lxid != MyProc->lxid ||
+		 id_scan.cid != GetCurrentCommandId(false) ||
+		 RelationGetRelid(id_scan.rel) != cat->identities))
+		CloseIdentityScan();
+	if (id_scan.rel == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+
+		id_scan.rel = table_open(cat->identities, AccessShareLock);
+		id_scan.idx = index_open(cat->identities_pkey, AccessShareLock);
+		id_scan.slot = table_slot_create(id_scan.rel, NULL);
+		id_scan.snapshot = GetActiveSnapshot();
+		id_scan.scan = index_beginscan(id_scan.rel, id_scan.idx, id_scan.snapshot, 1, 0);
+		id_scan.lxid = MyProc->lxid;
+		id_scan.cid = GetCurrentCommandId(false);
+		MemoryContextSwitchTo(old);
+	}
+
 	ScanKeyEntryInitialize(&key, 0, 1, BTEqualStrategyNumber, InvalidOid,
-						   idx->rd_indcollation[0], F_TEXTEQ,
+						   id_scan.idx->rd_indcollation[0], F_TEXTEQ,
 						   PointerGetDatum(t));
-	scan = index_beginscan(rel, idx, GetActiveSnapshot(), 1, 0);
-	index_rescan(scan, &key, 1, NULL, 0);
-	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	index_rescan(id_scan.scan, &key, 1, NULL, 0);
+	if (index_getnext_slot(id_scan.scan, ForwardScanDirection, id_scan.slot))
 	{
 		bool		isnull;
 
-		*profile_id = DatumGetInt64(slot_getattr(slot, 2, &isnull));
+		*profile_id = DatumGetInt64(slot_getattr(id_scan.slot, 2, &isnull));
 		found = !isnull;
+		ExecClearTuple(id_scan.slot);
 	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(idx, AccessShareLock);
-	table_close(rel, AccessShareLock);
 	pfree(t);
 	return found;
 }
@@ -876,6 +928,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("persona_events_apply must be fired AFTER INSERT FOR EACH STATEMENT with a NEW TABLE")));
 
+	CloseIdentityScan();
 	batch = AllocSetContextCreate(CurrentMemoryContext, "persona batch",
 								  ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(batch);

@@ -8,13 +8,20 @@ CREATE SEQUENCE persona.profile_id_seq CACHE 32;
 COMMENT ON SEQUENCE persona.profile_id_seq IS 'allocates profile ids';
 
 -- One row per live profile. A profile absorbed by a merge disappears from
--- here and leaves a row in persona.merges. Rows are updated by every ingest
--- statement that touches them: the fill factor leaves room for HOT updates.
+-- here and leaves a row in persona.merges.
+--
+-- Every ingest statement updates each profile it touches once, and a bulk
+-- statement updates every row of a page: a fill factor of 50 leaves room for
+-- a HOT copy of each, so no index is touched. user_id is unique through
+-- persona.identities (an id names one profile, and two known users never
+-- merge); it has no index of its own, so updates stay cheap: look a user up
+-- through persona.identities or persona_profile().
+--
 -- Ids are opaque byte strings: "C" collation compares them bytewise, which
 -- is both the right semantics and the cheapest index descent.
 CREATE TABLE persona.profiles (
     profile_id  bigint      PRIMARY KEY,
-    user_id     text        COLLATE "C" UNIQUE,
+    user_id     text        COLLATE "C",
     traits      jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(traits) = 'object'),
     first_seen  timestamptz,
     last_seen   timestamptz,
@@ -22,7 +29,7 @@ CREATE TABLE persona.profiles (
     computed_state bytea,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
-) WITH (fillfactor = 70);
+) WITH (fillfactor = 50);
 COMMENT ON TABLE persona.profiles IS 'one row per person: declared traits and event statistics, maintained by persona';
 COMMENT ON COLUMN persona.profiles.user_id IS 'the known user id, NULL while the person is anonymous';
 COMMENT ON COLUMN persona.profiles.traits IS 'declared traits (persona_identify), a JSON object';

@@ -29,9 +29,11 @@
 
 #include <math.h>
 
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "libpq/pqformat.h"
@@ -41,6 +43,7 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "persona.h"
@@ -88,10 +91,26 @@ BucketWidth(int64 window_us)
 	return Max(USECS_PER_SEC, (window_us + TRAIT_WINDOW_BUCKETS - 1) / TRAIT_WINDOW_BUCKETS);
 }
 
+/* An interval as microseconds: a month is 30 days, a day 24 hours. */
+int64
+TraitIntervalUs(const Interval *w)
+{
+	return w->time + (int64) w->day * USECS_PER_DAY +
+		(int64) w->month * DAYS_PER_MONTH * USECS_PER_DAY;
+}
+
+static int
+CompareDefs(const void *a, const void *b)
+{
+	return ((const TraitDef *) a)->trait_id - ((const TraitDef *) b)->trait_id;
+}
+
 /*
  * Returns the trait definitions, read again after persona.trait_defs
- * changed.  The list is replaced, never changed in place, so a caller may
- * keep using the one it got for the rest of its statement.
+ * changed.  They are read under a fresh snapshot, not the transaction's: a
+ * REPEATABLE READ transaction must not cache (and act on) definitions that
+ * are no longer current.  The scan checks no privileges: whoever may read
+ * persona.traits may know which traits exist.
  */
 const TraitCatalog *
 PersonaTraitCatalog(void)
@@ -100,45 +119,59 @@ PersonaTraitCatalog(void)
 	TraitCatalog *tc;
 	MemoryContext old;
 	MemoryContext cxt;
+	Relation	rel;
+	TableScanDesc scan;
+	Snapshot	snapshot;
+	HeapTuple	tup;
+	Datum	   *values;
+	bool	   *nulls;
+	int			max = 8;
 
 	if (trait_catalog != NULL && trait_defs_relid == cat->trait_defs)
 		return trait_catalog;
 
 	cxt = AllocSetContextCreate(TopMemoryContext, "persona traits",
 								ALLOCSET_SMALL_SIZES);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute("SELECT trait_id, aggregate, name, event_type, property, "
-					"  (pg_catalog.date_part('epoch', time_window) * 1000000)::pg_catalog.int8 "
-					"FROM persona.trait_defs ORDER BY trait_id",
-					true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading persona.trait_defs failed");
-
 	old = MemoryContextSwitchTo(cxt);
 	tc = palloc0(sizeof(TraitCatalog));
-	tc->ndefs = (int) SPI_processed;
-	tc->defs = palloc0(sizeof(TraitDef) * Max(tc->ndefs, 1));
-	for (int i = 0; i < tc->ndefs; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		TraitDef   *d = &tc->defs[i];
-		bool		isnull;
-		Datum		w;
+	tc->defs = palloc0(sizeof(TraitDef) * max);
 
-		d->trait_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		d->kind = TraitKindFromName(SPI_getvalue(tup, desc, 2));
-		d->name = SPI_getvalue(tup, desc, 3);
-		d->event_type = SPI_getvalue(tup, desc, 4);
-		d->property = SPI_getvalue(tup, desc, 5);
-		w = SPI_getbinval(tup, desc, 6, &isnull);
-		d->window_us = isnull ? 0 : DatumGetInt64(w);
+	rel = table_open(cat->trait_defs, AccessShareLock);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	if (RelationGetDescr(rel)->natts < 6)
+		elog(ERROR, "persona.trait_defs does not have the expected columns");
+	values = palloc(sizeof(Datum) * RelationGetDescr(rel)->natts);
+	nulls = palloc(sizeof(bool) * RelationGetDescr(rel)->natts);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		TraitDef   *d;
+
+		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
+		if (tc->ndefs == max)
+		{
+			max *= 2;
+			tc->defs = repalloc(tc->defs, sizeof(TraitDef) * max);
+		}
+		d = &tc->defs[tc->ndefs++];
+		memset(d, 0, sizeof(TraitDef));
+		d->trait_id = DatumGetInt32(values[0]);
+		d->name = TextDatumGetCString(values[1]);
+		d->kind = TraitKindFromName(TextDatumGetCString(values[2]));
+		d->event_type = TextDatumGetCString(values[3]);
+		d->property = nulls[4] ? NULL : TextDatumGetCString(values[4]);
+		d->window_us = nulls[5] ? 0 : TraitIntervalUs(DatumGetIntervalP(values[5]));
 		d->bucket_us = BucketWidth(d->window_us);
 		if (d->kind == 0)
 			elog(ERROR, "persona.trait_defs holds an unknown aggregate");
+		if (d->trait_id > tc->max_trait_id)
+			tc->max_trait_id = d->trait_id;
 	}
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	qsort(tc->defs, tc->ndefs, sizeof(TraitDef), CompareDefs);
 	MemoryContextSwitchTo(old);
-	SPI_finish();
 
 	/* The old list stays valid for whoever holds it until the next reload. */
 	if (TraitCatalogContext != NULL)
@@ -967,9 +1000,35 @@ ProfileTraitsCombine(ProfileTraits *into, const ProfileTraits *from)
 	}
 }
 
+/*
+ * Two scratch buffers that live as long as the backend, so that writing the
+ * states of many profiles allocates only the results.
+ */
+static StringInfo
+ScratchBuffer(int which)
+{
+	static StringInfo scratch[2];
+
+	if (scratch[which] == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		scratch[which] = makeStringInfo();
+		MemoryContextSwitchTo(old);
+	}
+	resetStringInfo(scratch[which]);
+	return scratch[which];
+}
+
+/*
+ * Is the trait still defined?  Ids only grow, so an id above every id this
+ * backend knows belongs to a trait defined after its list was read: keep it.
+ */
 static bool
 TraitDefined(const TraitCatalog *tc, int32 trait_id)
 {
+	if (trait_id > tc->max_trait_id)
+		return true;
 	for (int i = 0; i < tc->ndefs; i++)
 		if (tc->defs[i].trait_id == trait_id)
 			return true;
@@ -984,17 +1043,15 @@ bytea *
 ProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now)
 {
 	const TraitCatalog *tc = PersonaTraitCatalog();
-	StringInfoData buf;
-	StringInfoData entry;
+	StringInfo	buf = ScratchBuffer(0);
+	StringInfo	entry = ScratchBuffer(1);
 	int			n = 0;
 	int			count_at;
 	bytea	   *result;
 
-	initStringInfo(&buf);
-	initStringInfo(&entry);
-	pq_sendbyte(&buf, STATE_VERSION);
-	count_at = buf.len;
-	pq_sendint32(&buf, 0);
+	pq_sendbyte(buf, STATE_VERSION);
+	count_at = buf->len;
+	pq_sendint32(buf, 0);
 	for (int i = 0; i < pt->nstates; i++)
 	{
 		TraitState *s = pt->states[i];
@@ -1002,19 +1059,19 @@ ProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now)
 		if (!TraitDefined(tc, s->trait_id))
 			continue;
 		TraitPrune(s, now);
-		resetStringInfo(&entry);
-		SendState(&entry, s);
-		pq_sendint32(&buf, entry.len);
-		pq_sendbytes(&buf, entry.data, entry.len);
+		resetStringInfo(entry);
+		SendState(entry, s);
+		pq_sendint32(buf, entry->len);
+		pq_sendbytes(buf, entry->data, entry->len);
 		n++;
 	}
 	if (n == 0)
 		return NULL;
 	n = pg_hton32(n);
-	memcpy(buf.data + count_at, &n, 4);
-	result = palloc(VARHDRSZ + buf.len);
-	SET_VARSIZE(result, VARHDRSZ + buf.len);
-	memcpy(VARDATA(result), buf.data, buf.len);
+	memcpy(buf->data + count_at, &n, 4);
+	result = palloc(VARHDRSZ + buf->len);
+	SET_VARSIZE(result, VARHDRSZ + buf->len);
+	memcpy(VARDATA(result), buf->data, buf->len);
 	return result;
 }
 
@@ -1241,10 +1298,7 @@ TraitAggStateCreate(FunctionCallInfo fcinfo, MemoryContext agg)
 				 errmsg("unknown trait aggregate")));
 	if (!PG_ARGISNULL(3))
 	{
-		Interval   *w = PG_GETARG_INTERVAL_P(3);
-
-		a->def.window_us = w->time + (int64) w->day * USECS_PER_DAY +
-			(int64) w->month * DAYS_PER_MONTH * USECS_PER_DAY;
+		a->def.window_us = TraitIntervalUs(PG_GETARG_INTERVAL_P(3));
 		a->def.bucket_us = BucketWidth(a->def.window_us);
 	}
 	a->def.property = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));

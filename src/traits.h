@@ -49,7 +49,8 @@ typedef struct TraitDef
 typedef struct TraitCatalog
 {
 	int			ndefs;
-	TraitDef   *defs;
+	TraitDef   *defs;			/* ordered by trait_id */
+	int32		max_trait_id;
 } TraitCatalog;
 
 /* One bucket of a windowed trait, or the whole lifetime (bucket 0). */
@@ -94,6 +95,7 @@ typedef struct ProfileTraits
 extern const TraitCatalog *PersonaTraitCatalog(void);
 extern void PersonaTraitsInit(void);
 extern TraitKind TraitKindFromName(const char *name);
+extern int64 TraitIntervalUs(const Interval *w);
 
 extern TraitState *TraitStateCreate(const TraitDef *def);
 extern void TraitAdd(TraitState *state, const TraitDef *def, TimestampTz at,

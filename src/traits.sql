@@ -111,6 +111,32 @@ CREATE VIEW persona.traits AS
 COMMENT ON VIEW persona.traits IS
     'one row per profile, one typed column per computed trait, values as of now()';
 
+-- persona.traits is dropped and recreated when traits change: views built on
+-- it would block that, so they are refused up front.
+CREATE FUNCTION persona.check_traits_view_free() RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_dependent text;
+BEGIN
+    SELECT string_agg(DISTINCT r.ev_class::regclass::text, ', ') INTO v_dependent
+      FROM pg_depend AS d JOIN pg_rewrite AS r ON r.oid = d.objid
+     WHERE d.classid = 'pg_rewrite'::regclass
+       AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid = 'persona.traits'::regclass
+       AND r.ev_class <> 'persona.traits'::regclass;
+    IF v_dependent IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot change the traits while other views depend on persona.traits'
+            USING ERRCODE = '2BP01',
+                  DETAIL = format('Dependent views: %s.', v_dependent),
+                  HINT = 'Drop them first and create them again afterwards, in the same transaction.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION persona.check_traits_view_free() IS
+    'refuses to go on while views depend on persona.traits (it is about to be rebuilt)';
+
 CREATE FUNCTION persona.rebuild_traits_view() RETURNS void
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -206,8 +232,19 @@ BEGIN
             HINT = 'Use an interval such as ''7 days'', or NULL for the whole lifetime.';
     END IF;
 
+    -- The backfill must see every event committed before live maintenance
+    -- takes over, which a transaction-wide snapshot would not.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'persona_define_trait must run at READ COMMITTED'
+            USING ERRCODE = '25000',
+                  DETAIL = format('The transaction runs at %s.', current_setting('transaction_isolation'));
+    END IF;
+    -- The view is rebuilt at the end: refuse now, not after the backfill.
+    PERFORM persona.check_traits_view_free();
+
     -- One definition at a time; ingest waits while the backfill runs, so no
-    -- event is missed between the backfill and live maintenance.
+    -- event is missed between the backfill and live maintenance. persona
+    -- always locks events before profiles, so this cannot deadlock.
     LOCK TABLE persona.trait_defs IN EXCLUSIVE MODE;
     IF EXISTS (SELECT FROM persona.trait_defs AS d WHERE d.name = v_name) THEN
         RAISE EXCEPTION 'trait "%" already exists', v_name USING ERRCODE = '42710';
@@ -223,7 +260,9 @@ BEGIN
                persona.trait_agg(v_id, v_agg, v_window, v_prop, e.occurred_at, e.event_id, e.properties) AS state
           FROM persona.events AS e
          WHERE e.event_type = v_type
-           AND (v_window IS NULL OR e.occurred_at > now() - v_window - v_window / 60 - interval '1 second')
+           -- A generous cut (calendar months and DST days vary); the state
+           -- code drops what is really out of the window.
+           AND (v_window IS NULL OR e.occurred_at > now() - 2 * v_window - interval '1 day')
          GROUP BY e.profile_id;
     UPDATE persona.profiles AS p
        SET computed_state = persona.state_put(p.computed_state, b.state)
@@ -249,6 +288,7 @@ BEGIN
     IF v_name IS NULL THEN
         RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
     END IF;
+    PERFORM persona.check_traits_view_free();
     LOCK TABLE persona.trait_defs IN EXCLUSIVE MODE;
     DELETE FROM persona.trait_defs AS d WHERE d.name = v_name;
     IF NOT FOUND THEN
