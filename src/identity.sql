@@ -130,17 +130,23 @@ BEGIN
         END IF;
 
         -- Lock both rows in key order, then check nothing moved meanwhile.
-        SELECT count(*) INTO v_locked FROM (
-            SELECT 1 FROM persona.profiles AS p
-             WHERE p.profile_id IN (v_keep, v_other)
-             ORDER BY p.profile_id
-               FOR UPDATE) AS l;
-        IF v_locked = 2
-           AND persona.resolve(v_keep_id) = v_keep
-           AND persona.resolve(v_other_id) = v_other THEN
-            EXIT;
-        END IF;
-        v_keep := NULL;
+        -- A failed attempt must not keep its locks (they would be taken out
+        -- of order next time): it runs in a subtransaction and rolls back.
+        BEGIN
+            SELECT count(*) INTO v_locked FROM (
+                SELECT 1 FROM persona.profiles AS p
+                 WHERE p.profile_id IN (v_keep, v_other)
+                 ORDER BY p.profile_id
+                   FOR UPDATE) AS l;
+            IF v_locked = 2
+               AND persona.resolve(v_keep_id) = v_keep
+               AND persona.resolve(v_other_id) = v_other THEN
+                EXIT;
+            END IF;
+            RAISE EXCEPTION USING ERRCODE = 'PR001';
+        EXCEPTION WHEN SQLSTATE 'PR001' THEN
+            v_keep := NULL;
+        END;
     END LOOP;
     IF v_keep IS NULL THEN
         RAISE EXCEPTION 'could not serialize access due to concurrent merges'

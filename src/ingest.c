@@ -31,6 +31,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "utils/resowner.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
@@ -42,6 +43,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
@@ -108,6 +110,7 @@ static MemoryContext IngestContext = NULL;
 static HTAB *id_map = NULL;
 static int	id_map_pending = 0;
 static bool id_map_stale = false;
+static bool in_own_subxact = false;	/* UpdateProfilesOnce's: undoes no id */
 static Oid	id_map_relid = InvalidOid;	/* persona.identities when filled */
 static EventColumns event_columns;
 
@@ -212,7 +215,7 @@ static void
 IdMapSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 					 SubTransactionId parentSubid, void *arg)
 {
-	if (event == SUBXACT_EVENT_ABORT_SUB)
+	if (event == SUBXACT_EVENT_ABORT_SUB && !in_own_subxact)
 	{
 		id_scan.rel = NULL;
 		ForgetIdMap();
@@ -788,9 +791,33 @@ InsertNewProfiles(ProfileDelta **list, int n)
 }
 
 /*
- * Adds the deltas of ``list`` to their profiles, in profile order (the plan
- * is forced generic: a nested loop driven by the sorted arrays, so rows are
- * locked in key order and concurrent batches cannot deadlock).  Returns the
+ * Runs a plan that joins sorted arrays to persona.profiles so that it locks
+ * the rows in the arrays' order: with hash and merge joins, sequential and
+ * bitmap scans off, the only plan left is a nested loop driven by the
+ * arrays, probing profiles_pkey.  Merges lock profiles in key order too, so
+ * ingest and merges cannot deadlock.  A cached plan is built (or rebuilt
+ * after an invalidation) inside this call, under these settings.
+ */
+static int
+ExecuteInKeyOrder(SPIPlanPtr plan, Datum *args)
+{
+	static const char *const off[] = {
+		"enable_hashjoin", "enable_mergejoin", "enable_seqscan", "enable_bitmapscan"
+	};
+	int			nest = NewGUCNestLevel();
+	int			rc;
+
+	for (size_t i = 0; i < lengthof(off); i++)
+		(void) set_config_option(off[i], "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+	rc = SPI_execute_plan(plan, args, NULL, false, 0);
+	AtEOXact_GUC(true, nest);
+	return rc;
+}
+
+/*
+ * Adds the deltas of ``list`` to their profiles, in profile order (see
+ * ExecuteInKeyOrder).  Returns the
  * profiles that are gone: absorbed or erased by a concurrent transaction
  * after this statement resolved its rows to them.
  */
@@ -819,7 +846,7 @@ UpdateProfiles(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
 					   "  AS u(profile_id, first_seen, last_seen, event_count, state) "
 					   "WHERE p.profile_id = u.profile_id",
 					   5, types, CURSOR_OPT_GENERIC_PLAN);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+	if (ExecuteInKeyOrder(plan, args) != SPI_OK_UPDATE)
 		elog(ERROR, "updating profiles failed");
 	if (SPI_processed == (uint64) n)
 		return 0;
@@ -871,6 +898,42 @@ FollowMerge(int64 pid)
 	into = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	MoveEvents(pid, into);
 	return into;
+}
+
+/*
+ * UpdateProfiles, all or nothing.  When some profiles turn out absorbed by a
+ * concurrent merge, the rows of the survivors must be locked in key order
+ * together with the rest, not after them (which could deadlock with a merge
+ * or another batch): so a statement touching several profiles updates them
+ * in a subtransaction, and rolls it back, releasing every row lock, when
+ * there are merges to follow first.  A single profile needs no such care.
+ */
+static int
+UpdateProfilesOnce(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	int			norphans;
+
+	if (n == 1)
+		return UpdateProfiles(deltas, list, n, orphans);
+
+	in_own_subxact = true;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	norphans = UpdateProfiles(deltas, list, n, orphans);
+	if (norphans == 0)
+		ReleaseCurrentSubTransaction();
+	else
+	{
+		RollbackAndReleaseCurrentSubTransaction();
+		for (int i = 0; i < n; i++)
+			list[i]->written = false;
+	}
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	in_own_subxact = false;
+	return norphans;
 }
 
 /* Folds one event into the states of the traits defined on its type. */
@@ -1035,7 +1098,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 			if (n == 0)
 				break;
 			orphans = palloc(sizeof(ProfileDelta *) * n);
-			norphans = UpdateProfiles(deltas, list, n, orphans);
+			norphans = UpdateProfilesOnce(deltas, list, n, orphans);
 			for (int i = 0; i < norphans; i++)
 			{
 				int64		into = FollowMerge(orphans[i]->profile_id);
