@@ -846,7 +846,8 @@ UpdateProfiles(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
 					   "  AS u(profile_id, first_seen, last_seen, event_count, state) "
 					   "WHERE p.profile_id = u.profile_id",
 					   5, types, CURSOR_OPT_GENERIC_PLAN);
-	if (ExecuteInKeyOrder(plan, args) != SPI_OK_UPDATE)
+	if ((n == 1 ? SPI_execute_plan(plan, args, NULL, false, 0)
+		 : ExecuteInKeyOrder(plan, args)) != SPI_OK_UPDATE)
 		elog(ERROR, "updating profiles failed");
 	if (SPI_processed == (uint64) n)
 		return 0;

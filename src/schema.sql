@@ -22,7 +22,7 @@ COMMENT ON SEQUENCE persona.profile_id_seq IS 'allocates profile ids';
 CREATE TABLE persona.profiles (
     profile_id  bigint      PRIMARY KEY,
     user_id     text        COLLATE "C",
-    traits      jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(traits) = 'object'),
+    traits      jsonb       NOT NULL DEFAULT '{}',
     first_seen  timestamptz,
     last_seen   timestamptz,
     event_count bigint      NOT NULL DEFAULT 0,
@@ -32,7 +32,7 @@ CREATE TABLE persona.profiles (
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE persona.profiles IS 'one row per person: declared traits and event statistics, maintained by persona';
 COMMENT ON COLUMN persona.profiles.user_id IS 'the known user id, NULL while the person is anonymous';
-COMMENT ON COLUMN persona.profiles.traits IS 'declared traits (persona_identify), a JSON object';
+COMMENT ON COLUMN persona.profiles.traits IS 'declared traits (persona_identify), a JSON object (persona_identify checks it)';
 COMMENT ON COLUMN persona.profiles.computed_state IS 'the state of every computed trait (read them in persona.traits)';
 COMMENT ON COLUMN persona.profiles.first_seen IS 'earliest occurred_at of the profile''s events';
 COMMENT ON COLUMN persona.profiles.last_seen IS 'latest occurred_at of the profile''s events';
