@@ -13,7 +13,7 @@ GRANT EXECUTE ON FUNCTION persona_track(text, text, jsonb, timestamptz, jsonb, t
 CREATE ROLE persona_reader NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO persona_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA persona TO persona_reader;
-GRANT EXECUTE ON FUNCTION persona_profile(text) TO persona_reader;
+GRANT EXECUTE ON FUNCTION persona_profile(text), persona_in_segment(text, text) TO persona_reader;
 
 CREATE ROLE persona_admin NOLOGIN;
 GRANT persona_ingest, persona_reader TO persona_admin;
@@ -21,7 +21,11 @@ GRANT ALL ON ALL TABLES IN SCHEMA persona TO persona_admin;
 GRANT ALL ON ALL SEQUENCES IN SCHEMA persona TO persona_admin;
 GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_define_trait(text, text, text, text, interval),
-                          persona_drop_trait(text) TO persona_admin;
+                          persona_drop_trait(text),
+                          persona_create_segment(text, text),
+                          persona_drop_segment(text),
+                          persona_tick(),
+                          persona_schedule() TO persona_admin;
 
 CREATE ROLE persona_nobody NOLOGIN;
 
@@ -51,6 +55,7 @@ SELECT user_id, event_count, traits FROM persona.profiles WHERE user_id = 'u-rol
 SELECT t.role_views FROM persona.traits t JOIN persona.profiles p USING (profile_id)
  WHERE p.user_id = 'u-role';
 SELECT persona_define_trait('role_views_2', 'count', 'page_view');
+SELECT persona_create_segment('role_seg', 'event_count > 0');
 SELECT persona_profile('anon-role')->>'event_count' AS event_count;
 SELECT persona_track('u-role', 'page_view');
 INSERT INTO persona.events (user_id, event_type) VALUES ('u-role', 'page_view');
@@ -68,6 +73,14 @@ RESET ROLE;
 
 -- The admin does everything, forget included.
 SET ROLE persona_admin;
+SELECT persona_create_segment('role_seg', 'role_views > 1');
+SELECT persona_tick() >= 0 AS ticked;
+RESET ROLE;
+SET ROLE persona_reader;
+SELECT persona_in_segment('u-role', 'role_seg') AS in_segment;
+RESET ROLE;
+SET ROLE persona_admin;
+SELECT persona_drop_segment('role_seg');
 SELECT persona_drop_trait('role_views');
 SELECT persona_forget('u-role') AS erased;
 SELECT count(*) AS left_behind FROM persona.identities WHERE id IN ('u-role', 'anon-role');

@@ -58,6 +58,8 @@ PersonaGetCatalog(void)
 		catalog.identities_pkey = RequireRelation(schema, "identities_pkey");
 		catalog.profile_id_seq = RequireRelation(schema, "profile_id_seq");
 		catalog.trait_defs = RequireRelation(schema, "trait_defs");
+		catalog.segments = RequireRelation(schema, "segments");
+		catalog.segment_source = RequireRelation(schema, "segment_source");
 		catalog_valid = true;
 	}
 	return &catalog;

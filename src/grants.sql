@@ -32,6 +32,16 @@ REVOKE ALL ON FUNCTION persona.trait_agg_serialize(internal) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.trait_agg_deserialize(bytea, internal) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.trait_agg_final(internal) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.trait_agg(int, text, interval, text, timestamptz, bigint, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_create_segment(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_drop_segment(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_in_segment(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_tick() FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_schedule() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.segment_compile(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.refresh_segments(bigint[], text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.leave_segments(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.next_change(bytea) FROM PUBLIC;
+
 -- Not revoked: persona.trait_bigint, trait_numeric and trait_text. Whoever
 -- may SELECT persona.traits runs them as themselves; they decode bytes
 -- (checking every one) and write nothing, and without USAGE on schema

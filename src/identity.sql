@@ -182,6 +182,7 @@ BEGIN
            last_seen   = GREATEST(p.last_seen, v_from.last_seen),
            event_count = p.event_count + v_from.event_count,
            computed_state = persona.state_merge(p.computed_state, v_from.computed_state),
+           next_change_at = LEAST(p.next_change_at, v_from.next_change_at),
            updated_at  = now()
      WHERE p.profile_id = v_into.profile_id;
     UPDATE persona.merges AS m SET into_profile_id = v_into.profile_id
@@ -189,6 +190,10 @@ BEGIN
     INSERT INTO persona.merges (from_profile_id, into_profile_id)
     VALUES (v_from.profile_id, v_into.profile_id);
     DELETE FROM persona.profiles AS p WHERE p.profile_id = v_from.profile_id;
+    -- The absorbed profile leaves its segments; the survivor changed in
+    -- every column, so every segment is evaluated for it.
+    PERFORM persona.leave_segments(v_from.profile_id);
+    PERFORM persona.refresh_segments(ARRAY[v_into.profile_id], NULL);
     RETURN v_into.profile_id;
 END
 $$;
@@ -281,6 +286,7 @@ BEGIN
             RAISE EXCEPTION 'could not serialize access due to a concurrent merge or forget'
                 USING ERRCODE = '40001', HINT = 'Retry the transaction.';
         END IF;
+        PERFORM persona.refresh_segments(ARRAY[v_pid], ARRAY['traits', 'updated_at']);
     END IF;
     RETURN v_pid;
 END
@@ -320,7 +326,9 @@ CREATE FUNCTION @extschema@.persona_profile(user_id text)
                                                  AND a.kind = 'anonymous'), '[]'::jsonb),
                    'traits',        p.traits,
                    'computed',      persona.traits_json(p.computed_state),
-                   'segments',      '[]'::jsonb,
+                   'segments',      coalesce((SELECT jsonb_agg(m.segment ORDER BY m.segment)
+                                                FROM persona.segment_members AS m
+                                               WHERE m.profile_id = p.profile_id), '[]'::jsonb),
                    'consent',       '{}'::jsonb,
                    'first_seen',    p.first_seen,
                    'last_seen',     p.last_seen,
@@ -364,6 +372,16 @@ BEGIN
     GET DIAGNOSTICS v_n = ROW_COUNT;
     v_rows := v_rows + v_n;
     DELETE FROM persona.identities AS i WHERE i.profile_id = v_pid;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    v_rows := v_rows + v_n;
+    DELETE FROM persona.segment_members AS m WHERE m.profile_id = v_pid;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    v_rows := v_rows + v_n;
+    -- The log of this profile and of every profile it absorbed.
+    DELETE FROM persona.segment_log AS l
+     WHERE l.profile_id = v_pid
+        OR l.profile_id IN (SELECT m.from_profile_id FROM persona.merges AS m
+                             WHERE m.into_profile_id = v_pid);
     GET DIAGNOSTICS v_n = ROW_COUNT;
     v_rows := v_rows + v_n;
     DELETE FROM persona.merges AS m WHERE m.into_profile_id = v_pid;

@@ -55,6 +55,7 @@
 #include "utils/tuplestore.h"
 
 #include "persona.h"
+#include "segments.h"
 #include "traits.h"
 
 /* Columns of persona.events, by name, for one relation. */
@@ -725,8 +726,9 @@ WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
 }
 
 /*
- * The deltas of ``list`` as arrays $1..$5: profile ids, first, last, count,
- * and the trait states of the statement's events (NULL where none).
+ * The deltas of ``list`` as arrays $1..$6: profile ids, first, last, count,
+ * the trait states of the statement's events (NULL where none), and when
+ * those states next change by the clock alone (NULL: never).
  */
 static void
 DeltaArrays(ProfileDelta **list, int n, Datum *args)
@@ -737,20 +739,28 @@ DeltaArrays(ProfileDelta **list, int n, Datum *args)
 	Datum	   *counts = palloc(sizeof(Datum) * n);
 	Datum	   *states = palloc(sizeof(Datum) * n);
 	bool	   *states_null = palloc(sizeof(bool) * n);
+	Datum	   *changes = palloc(sizeof(Datum) * n);
+	bool	   *changes_null = palloc(sizeof(bool) * n);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
 	for (int i = 0; i < n; i++)
 	{
 		bytea	   *state = NULL;
+		TimestampTz next = 0;
 
 		pids[i] = Int64GetDatum(list[i]->profile_id);
 		firsts[i] = TimestampTzGetDatum(list[i]->first_seen);
 		lasts[i] = TimestampTzGetDatum(list[i]->last_seen);
 		counts[i] = Int64GetDatum(list[i]->events);
 		if (list[i]->traits != NULL)
+		{
 			state = ProfileTraitsSerialize(list[i]->traits, now);
+			next = ProfileTraitsNextChange(list[i]->traits, now);
+		}
 		states[i] = PointerGetDatum(state);
 		states_null[i] = state == NULL;
+		changes[i] = TimestampTzGetDatum(next);
+		changes_null[i] = next == 0;
 		list[i]->written = true;
 	}
 	args[0] = BuildArray(pids, NULL, n, INT8OID);
@@ -758,6 +768,7 @@ DeltaArrays(ProfileDelta **list, int n, Datum *args)
 	args[2] = BuildArray(lasts, NULL, n, TIMESTAMPTZOID);
 	args[3] = BuildArray(counts, NULL, n, INT8OID);
 	args[4] = BuildArray(states, states_null, n, BYTEAOID);
+	args[5] = BuildArray(changes, changes_null, n, TIMESTAMPTZOID);
 }
 
 /* Inserts the profiles whose identities this statement created. */
@@ -766,9 +777,9 @@ InsertNewProfiles(ProfileDelta **list, int n)
 {
 	Datum	   *users = palloc(sizeof(Datum) * n);
 	bool	   *users_null = palloc(sizeof(bool) * n);
-	Datum		args[6];
-	Oid			types[6] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
-	INT8ARRAYOID, BYTEAARRAYOID, TEXTARRAYOID};
+	Datum		args[7];
+	Oid			types[7] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
+	INT8ARRAYOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID};
 	SPIPlanPtr	plan;
 
 	DeltaArrays(list, n, args);
@@ -777,15 +788,16 @@ InsertNewProfiles(ProfileDelta **list, int n)
 		users_null[i] = !list[i]->new_id->is_user;
 		users[i] = users_null[i] ? (Datum) 0 : CStringGetTextDatum(list[i]->new_id->id);
 	}
-	args[5] = BuildArray(users, users_null, n, TEXTOID);
+	args[6] = BuildArray(users, users_null, n, TEXTOID);
 
 	plan = PreparePlan(&insert_profiles_plan,
 					   "INSERT INTO persona.profiles "
-					   "  (profile_id, first_seen, last_seen, event_count, computed_state, user_id) "
+					   "  (profile_id, first_seen, last_seen, event_count, computed_state, "
+					   "   next_change_at, user_id) "
 					   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
 					   "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), "
-					   "  pg_catalog.unnest($6))",
-					   6, types, 0);
+					   "  pg_catalog.unnest($6), pg_catalog.unnest($7))",
+					   7, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "inserting new profiles failed");
 }
@@ -824,9 +836,9 @@ ExecuteInKeyOrder(SPIPlanPtr plan, Datum *args)
 static int
 UpdateProfiles(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
 {
-	Datum		args[5];
-	Oid			types[5] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
-	INT8ARRAYOID, BYTEAARRAYOID};
+	Datum		args[6];
+	Oid			types[6] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
+	INT8ARRAYOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID};
 	SPIPlanPtr	plan;
 	int			norphans = 0;
 
@@ -840,12 +852,14 @@ UpdateProfiles(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
 					   "  event_count = p.event_count + u.event_count, "
 					   "  computed_state = CASE WHEN u.state IS NULL THEN p.computed_state "
 					   "    ELSE persona.state_merge(p.computed_state, u.state) END, "
+					   "  next_change_at = LEAST(p.next_change_at, u.next_change_at), "
 					   "  updated_at = pg_catalog.now() "
 					   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-					   "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) "
-					   "  AS u(profile_id, first_seen, last_seen, event_count, state) "
+					   "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), "
+					   "  pg_catalog.unnest($6)) "
+					   "  AS u(profile_id, first_seen, last_seen, event_count, state, next_change_at) "
 					   "WHERE p.profile_id = u.profile_id",
-					   5, types, CURSOR_OPT_GENERIC_PLAN);
+					   6, types, CURSOR_OPT_GENERIC_PLAN);
 	if ((n == 1 ? SPI_execute_plan(plan, args, NULL, false, 0)
 		 : ExecuteInKeyOrder(plan, args)) != SPI_OK_UPDATE)
 		elog(ERROR, "updating profiles failed");
@@ -940,7 +954,7 @@ UpdateProfilesOnce(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orph
 /* Folds one event into the states of the traits defined on its type. */
 static void
 FoldTraits(ProfileDelta *d, const TraitCatalog *traits, TupleTableSlot *slot,
-		   TimestampTz at, TimestampTz now)
+		   TimestampTz at, TimestampTz now, bool *touched)
 {
 	bool		isnull;
 	text	   *type = DatumGetTextPP(slot_getattr(slot, event_columns.event_type, &isnull));
@@ -963,7 +977,34 @@ FoldTraits(ProfileDelta *d, const TraitCatalog *traits, TupleTableSlot *slot,
 		if (d->traits == NULL)
 			d->traits = ProfileTraitsCreate();
 		TraitAdd(ProfileTraitsGet(d->traits, def), def, at, event_id, props, now);
+		touched[i] = true;
 	}
+}
+
+/*
+ * Re-evaluates the segments that read what the statement changed: the event
+ * statistics of every profile it touched, and the traits its events fed.
+ */
+static void
+RefreshSegments(HTAB *deltas, const TraitCatalog *traits, bool *touched)
+{
+	static const char *const stats[] = {"event_count", "first_seen", "last_seen", "updated_at"};
+	const char **changed = palloc(sizeof(char *) * (lengthof(stats) + traits->ndefs));
+	int			nchanged = 0;
+	int64	   *pids = palloc(sizeof(int64) * hash_get_num_entries(deltas));
+	int			n = 0;
+	HASH_SEQ_STATUS seq;
+	ProfileDelta *d;
+
+	for (size_t i = 0; i < lengthof(stats); i++)
+		changed[nchanged++] = stats[i];
+	for (int i = 0; i < traits->ndefs; i++)
+		if (touched[i])
+			changed[nchanged++] = traits->defs[i].name;
+	hash_seq_init(&seq, deltas);
+	while ((d = hash_seq_search(&seq)) != NULL)
+		pids[n++] = d->profile_id;
+	(void) SegmentsRefresh(pids, n, changed, nchanged);
 }
 
 /* Folds the statement's rows per profile and writes each profile once. */
@@ -981,6 +1022,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	HTAB	   *map;
 	int			readptr;
 	const TraitCatalog *traits;
+	bool	   *touched;
 	TimestampTz now;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
@@ -999,6 +1041,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	ResolveEventColumns(trigdata->tg_relation);
 	map = GetIdMap(false);
 	traits = PersonaTraitCatalog();
+	touched = palloc0(sizeof(bool) * Max(traits->ndefs, 1));
 	now = GetCurrentTransactionStartTimestamp();
 
 	ctl.keysize = sizeof(int64);
@@ -1051,7 +1094,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 		if (at > d->last_seen)
 			d->last_seen = at;
 		if (traits->ndefs > 0)
-			FoldTraits(d, traits, slot, at, now);
+			FoldTraits(d, traits, slot, at, now, touched);
 		ExecClearTuple(slot);
 	}
 	ExecDropSingleTupleTableSlot(slot);
@@ -1120,6 +1163,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 				}
 			}
 		}
+		RefreshSegments(deltas, traits, touched);
 		SPI_finish();
 	}
 

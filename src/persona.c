@@ -8,6 +8,7 @@
 #include "utils/guc.h"
 
 #include "persona.h"
+#include "segments.h"
 #include "traits.h"
 
 PG_MODULE_MAGIC;
@@ -41,4 +42,5 @@ _PG_init(void)
 	PersonaCatalogInit();
 	PersonaIngestInit();
 	PersonaTraitsInit();
+	PersonaSegmentsInit();
 }

@@ -24,6 +24,8 @@ typedef struct PersonaCatalog
 	Oid			identities_pkey;
 	Oid			profile_id_seq;
 	Oid			trait_defs;
+	Oid			segments;
+	Oid			segment_source;
 } PersonaCatalog;
 
 extern const PersonaCatalog *PersonaGetCatalog(void);

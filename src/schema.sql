@@ -27,6 +27,7 @@ CREATE TABLE persona.profiles (
     last_seen   timestamptz,
     event_count bigint      NOT NULL DEFAULT 0,
     computed_state bytea,
+    next_change_at timestamptz,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 ) WITH (fillfactor = 50);
@@ -34,8 +35,12 @@ COMMENT ON TABLE persona.profiles IS 'one row per person: declared traits and ev
 COMMENT ON COLUMN persona.profiles.user_id IS 'the known user id, NULL while the person is anonymous';
 COMMENT ON COLUMN persona.profiles.traits IS 'declared traits (persona_identify), a JSON object (persona_identify checks it)';
 COMMENT ON COLUMN persona.profiles.computed_state IS 'the state of every computed trait (read them in persona.traits)';
+COMMENT ON COLUMN persona.profiles.next_change_at IS 'when a windowed trait of the profile next changes by the clock alone (persona_tick)';
 COMMENT ON COLUMN persona.profiles.first_seen IS 'earliest occurred_at of the profile''s events';
 COMMENT ON COLUMN persona.profiles.last_seen IS 'latest occurred_at of the profile''s events';
+
+CREATE INDEX profiles_next_change_at_idx ON persona.profiles (next_change_at)
+    WHERE next_change_at IS NOT NULL;
 
 -- Every id a person is known by, known user ids and anonymous ids alike, in
 -- one namespace.

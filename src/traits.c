@@ -1075,6 +1075,42 @@ ProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now)
 	return result;
 }
 
+/*
+ * The earliest time after ``now`` at which a windowed trait of these states
+ * reads differently with no new event: a bucket leaves its window, or a
+ * bucket dated in the future enters it.  0 when no value will change.
+ */
+TimestampTz
+ProfileTraitsNextChange(const ProfileTraits *pt, TimestampTz now)
+{
+	TimestampTz next = 0;
+
+	for (int i = 0; i < pt->nstates; i++)
+	{
+		const TraitState *s = pt->states[i];
+
+		if (s->window_us == 0)
+			continue;
+		for (int c = 0; c < s->ncells; c++)
+		{
+			TimestampTz start = s->cells[c].bucket * s->bucket_us;
+			TimestampTz at = start > now ? start
+				: start + s->bucket_us + s->window_us;
+
+			if (s->cells[c].n > 0 && at > now && (next == 0 || at < next))
+				next = at;
+		}
+		for (int j = 0; j < s->nvalues; j++)
+		{
+			TimestampTz at = s->seen[j] > now ? s->seen[j] : s->seen[j] + s->window_us;
+
+			if (at > now && (next == 0 || at < next))
+				next = at;
+		}
+	}
+	return next;
+}
+
 /* ---------------------------------------------------------------------
  * SQL: merging states, reading values
  * --------------------------------------------------------------------- */
@@ -1096,6 +1132,22 @@ persona_state_merge(PG_FUNCTION_ARGS)
 	if (result == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_BYTEA_P(result);
+}
+
+/* When the windowed traits of a profile's states next change by themselves. */
+PG_FUNCTION_INFO_V1(persona_next_change);
+Datum
+persona_next_change(PG_FUNCTION_ARGS)
+{
+	TimestampTz next;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	next = ProfileTraitsNextChange(ProfileTraitsParse(PG_GETARG_BYTEA_PP(0)),
+								   GetCurrentTransactionStartTimestamp());
+	if (next == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_TIMESTAMPTZ(next);
 }
 
 /* Replaces one trait's state in a profile's states (backfill). */

@@ -109,5 +109,6 @@ extern TraitState *ProfileTraitsFind(ProfileTraits *pt, int32 trait_id);
 extern TraitState *ProfileTraitsGet(ProfileTraits *pt, const TraitDef *def);
 extern void ProfileTraitsCombine(ProfileTraits *into, const ProfileTraits *from);
 extern bytea *ProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now);
+extern TimestampTz ProfileTraitsNextChange(const ProfileTraits *pt, TimestampTz now);
 
 #endif							/* PERSONA_TRAITS_H */

@@ -31,6 +31,12 @@ CREATE FUNCTION persona.state_merge(a bytea, b bytea) RETURNS bytea
 COMMENT ON FUNCTION persona.state_merge(bytea, bytea) IS
     'the trait states of two sets of events as one (ingest and identity merges)';
 
+CREATE FUNCTION persona.next_change(states bytea) RETURNS timestamptz
+    LANGUAGE C STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_next_change';
+COMMENT ON FUNCTION persona.next_change(bytea) IS
+    'when a windowed trait of these states next reads differently by the clock alone, or NULL';
+
 CREATE FUNCTION persona.state_put(states bytea, one bytea) RETURNS bytea
     LANGUAGE C STABLE PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'persona_state_put';
@@ -111,6 +117,15 @@ CREATE VIEW persona.traits AS
 COMMENT ON VIEW persona.traits IS
     'one row per profile, one typed column per computed trait, values as of now()';
 
+-- What segment predicates see: the columns of persona.profiles and one per
+-- computed trait, in one relation. Rebuilt with persona.traits.
+CREATE VIEW persona.segment_source AS
+    SELECT p.profile_id, p.user_id, p.traits, p.first_seen, p.last_seen, p.event_count,
+           p.created_at, p.updated_at
+      FROM persona.profiles AS p;
+COMMENT ON VIEW persona.segment_source IS
+    'the columns segment predicates can name: persona.profiles and every computed trait';
+
 -- persona.traits is dropped and recreated when traits change: views built on
 -- it would block that, so they are refused up front.
 CREATE FUNCTION persona.check_traits_view_free() RETURNS void
@@ -156,9 +171,17 @@ BEGIN
     END LOOP;
 
     ALTER EXTENSION persona DROP VIEW persona.traits;
+    ALTER EXTENSION persona DROP VIEW persona.segment_source;
     DROP VIEW persona.traits;
+    DROP VIEW persona.segment_source;
     EXECUTE format(E'CREATE VIEW persona.traits AS\n    SELECT p.profile_id%s\n      FROM persona.profiles AS p', v_cols);
+    EXECUTE format(E'CREATE VIEW persona.segment_source AS\n'
+                   '    SELECT p.profile_id, p.user_id, p.traits, p.first_seen, p.last_seen, p.event_count,\n'
+                   '           p.created_at, p.updated_at%s\n      FROM persona.profiles AS p', v_cols);
     ALTER EXTENSION persona ADD VIEW persona.traits;
+    ALTER EXTENSION persona ADD VIEW persona.segment_source;
+    COMMENT ON VIEW persona.segment_source IS
+        'the columns segment predicates can name: persona.profiles and every computed trait';
     COMMENT ON VIEW persona.traits IS
         'one row per profile, one typed column per computed trait, values as of now()';
     -- The new view keeps the grants of the old one.
@@ -265,7 +288,8 @@ BEGIN
            AND (v_window IS NULL OR e.occurred_at > now() - 2 * v_window - interval '1 day')
          GROUP BY e.profile_id;
     UPDATE persona.profiles AS p
-       SET computed_state = persona.state_put(p.computed_state, b.state)
+       SET computed_state = persona.state_put(p.computed_state, b.state),
+           next_change_at = LEAST(p.next_change_at, persona.next_change(b.state))
       FROM pg_temp.persona_backfill AS b
      WHERE p.profile_id = b.profile_id;
     DROP TABLE pg_temp.persona_backfill;
@@ -290,6 +314,13 @@ BEGIN
     END IF;
     PERFORM persona.check_traits_view_free();
     LOCK TABLE persona.trait_defs IN EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM persona.segments AS s WHERE v_name = ANY (s.reads)) THEN
+        RAISE EXCEPTION 'cannot drop trait "%" because segments read it', v_name
+            USING ERRCODE = '2BP01',
+                  DETAIL = (SELECT format('Segments reading it: %s.', string_agg(quote_literal(s.name), ', ' ORDER BY s.name))
+                              FROM persona.segments AS s WHERE v_name = ANY (s.reads)),
+                  HINT = 'Drop those segments first.';
+    END IF;
     DELETE FROM persona.trait_defs AS d WHERE d.name = v_name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'trait "%" does not exist', v_name USING ERRCODE = '42704';

@@ -1,0 +1,147 @@
+-- Real-time segments: safe predicates, membership kept current by every
+-- change, the log, NOTIFY, time-driven re-evaluation.
+SET timezone = 'UTC';
+\set SHOW_CONTEXT never
+
+SELECT persona_define_trait('s_cart_value', 'sum', 'add_to_cart', 'price', '7 days');
+SELECT persona_define_trait('s_views', 'count', 'page_view');
+SELECT persona_identify('s-asha', '{"city": "Mumbai"}') > 0 AS identified;
+SELECT persona_identify('s-ravi', '{"city": "Delhi"}') > 0 AS identified;
+SELECT persona_track('s-asha', 'add_to_cart', '{"price": 3000}') > 0 AS tracked;
+SELECT persona_track('s-ravi', 'add_to_cart', '{"price": 9000}') > 0 AS tracked;
+
+-- The seed example. Creating a segment evaluates every existing profile.
+SELECT persona_create_segment('mumbai_big_cart', $$traits->>'city' = 'Mumbai' AND s_cart_value > 5000$$);
+SELECT name, predicate_sql, reads, clock FROM persona.segments ORDER BY segment_id;
+SELECT count(*) AS members FROM persona.segment_members WHERE segment = 'mumbai_big_cart';
+
+-- An event crosses the threshold: member at the commit of the event, and
+-- logged (the NOTIFY announcements are checked in test/specs/segments_notify).
+SELECT persona_track('s-asha', 'add_to_cart', '{"price": 2500}') > 0 AS tracked;
+SELECT persona_in_segment('s-asha', 'mumbai_big_cart') AS asha_in,
+       persona_in_segment('s-ravi', 'mumbai_big_cart') AS ravi_in;
+SELECT persona_profile('s-asha')->'segments' AS segments;
+SELECT l.segment, l.op, p.user_id FROM persona.segment_log l JOIN persona.profiles p USING (profile_id)
+ ORDER BY l.log_id;
+
+-- More events keep her in: no second entry.
+SELECT persona_track('s-asha', 'add_to_cart', '{"price": 100}') > 0 AS tracked;
+SELECT count(*) AS entries FROM persona.segment_log WHERE segment = 'mumbai_big_cart' AND op = 'enter';
+
+-- A declared trait change (identify) moves people too: Ravi moves to Mumbai.
+SELECT persona_identify('s-ravi', '{"city": "Mumbai"}') > 0 AS identified;
+SELECT persona_in_segment('s-ravi', 'mumbai_big_cart') AS ravi_in;
+-- ... and Asha leaves.
+SELECT persona_identify('s-asha', '{"city": "Pune"}') > 0 AS identified;
+SELECT persona_in_segment('s-asha', 'mumbai_big_cart') AS asha_in;
+
+-- A rolled-back event changes nothing and announces nothing.
+BEGIN;
+SELECT persona_identify('s-asha', '{"city": "Mumbai"}') > 0 AS identified;
+SELECT persona_in_segment('s-asha', 'mumbai_big_cart') AS asha_in_inside;
+ROLLBACK;
+SELECT persona_in_segment('s-asha', 'mumbai_big_cart') AS asha_in_after;
+
+-- A merge: the anonymous profile leaves its segments, the merged one is
+-- evaluated whole.
+SELECT persona_create_segment('viewers', 's_views >= 2');
+SELECT persona_track(NULL, 'page_view', anonymous_id => 's-anon') > 0 AS tracked;
+SELECT persona_track(NULL, 'page_view', anonymous_id => 's-anon') > 0 AS tracked;
+SELECT persona_in_segment('s-anon', 'viewers') AS anon_viewer;
+SELECT persona_identify('s-meera', '{}', 's-anon') > 0 AS merged;
+SELECT persona_in_segment('s-meera', 'viewers') AS meera_viewer;
+SELECT l.op, count(*) FROM persona.segment_log l WHERE l.segment = 'viewers' GROUP BY 1 ORDER BY 1;
+
+-- Only the segments that read what changed are evaluated: a page_view does
+-- not touch s_cart_value, so mumbai_big_cart is not re-evaluated even if
+-- its members were tampered with.
+DELETE FROM persona.segment_members WHERE segment = 'mumbai_big_cart';
+SELECT persona_track('s-ravi', 'page_view') > 0 AS tracked;
+SELECT count(*) AS not_reevaluated FROM persona.segment_members WHERE segment = 'mumbai_big_cart';
+SELECT persona_track('s-ravi', 'add_to_cart', '{"price": 1}') > 0 AS tracked;
+SELECT count(*) AS reevaluated FROM persona.segment_members WHERE segment = 'mumbai_big_cart';
+
+-- Time-driven: an event from 7 days minus a second ago counts in the window;
+-- a predicate on now() is flagged as moving with the clock.
+SELECT persona_create_segment('active_today', $$last_seen > now() - interval '1 day'$$);
+SELECT clock FROM persona.segments WHERE name = 'active_today';
+SELECT persona_identify('s-old', '{}') > 0 AS identified;
+SELECT persona_track('s-old', 'page_view', occurred_at => now() - interval '2 days') > 0 AS tracked;
+SELECT persona_in_segment('s-old', 'active_today') AS old_active;
+SELECT persona_track('s-old', 'page_view') > 0 AS tracked;
+SELECT persona_in_segment('s-old', 'active_today') AS old_active;
+-- persona_tick re-evaluates windowed traits whose bucket left the window:
+-- simulate the week passing by moving the profile's clock mark.
+SELECT persona_create_segment('big_cart_week', 's_cart_value > 100');
+UPDATE persona.profiles SET next_change_at = now() - interval '1 second'
+ WHERE user_id = 's-ravi';
+SELECT persona_tick() >= 0 AS ticked;
+SELECT next_change_at > now() AS rescheduled FROM persona.profiles WHERE user_id = 's-ravi';
+
+-- A name is data, never SQL.
+SELECT persona_create_segment('x"; DROP TABLE persona.events;--', 'event_count >= 1');
+SELECT persona_in_segment('s-asha', 'x"; DROP TABLE persona.events;--') AS in_odd;
+SELECT count(*) AS events_table_intact FROM pg_class WHERE oid = 'persona.events'::regclass;
+SELECT persona_drop_segment('x"; DROP TABLE persona.events;--');
+
+-- Unsafe or wrong predicates are refused at creation, saying what and where.
+\set VERBOSITY default
+SELECT persona_create_segment('bad', 'event_count > (SELECT count(*) FROM persona.events)');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', 'random() < 0.5');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', 'no_such_column > 1');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', 'true; DROP TABLE persona.events');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', 'true FROM pg_authid');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', 'public.persona_forget(user_id) > 0');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', 'pg_catalog.pg_sleep(1) IS NULL');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', 'nextval(''persona.event_id_seq'') > 0');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', 'event_count');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', 'count(*) > 1');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', 'event_count > 1 AND');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', 'computed_state IS NULL');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', '');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', NULL);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment(NULL, 'true');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('', 'true');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('viewers', 'true');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_drop_segment('no_such_segment');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_in_segment('s-asha', 'no_such_segment');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_drop_trait('s_cart_value');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT count(*) AS segments FROM persona.segments;
+SELECT persona_in_segment('nobody-at-all', 'viewers') AS unknown_user;
+
+-- pg_cron is not installed in this database: said clearly.
+SELECT persona_schedule();
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+
+-- forget erases memberships and the log of the person.
+SELECT persona_forget('s-meera') > 0 AS forgotten;
+SELECT count(*) AS left_behind FROM persona.segment_log l
+ WHERE NOT EXISTS (SELECT FROM persona.profiles p WHERE p.profile_id = l.profile_id)
+   AND NOT EXISTS (SELECT FROM persona.merges m WHERE m.from_profile_id = l.profile_id);
+
+-- Dropping a segment removes its members.
+SELECT persona_drop_segment('viewers');
+SELECT count(*) AS members FROM persona.segment_members WHERE segment = 'viewers';
+
+SELECT persona_drop_segment(name) FROM persona.segments ORDER BY segment_id;
+SELECT persona_drop_trait(name) FROM persona.trait_defs ORDER BY trait_id;

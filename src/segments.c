@@ -1,0 +1,690 @@
+/*
+ * segments.c
+ *	  Real-time segments: checking and compiling predicates, and keeping
+ *	  persona.segment_members current for the profiles a change touched.
+ *
+ * A predicate is parsed and analysed here, once, at persona_create_segment:
+ * one boolean expression over the columns of persona.segment_source (the
+ * columns of persona.profiles and one per computed trait), no subquery, only
+ * built-in functions that are not volatile.  What is stored and ever run is
+ * the expression deparsed from the checked tree, never the text a user gave.
+ *
+ * Refreshing.  SegmentsRefresh(profiles, changed columns) evaluates, in one
+ * query, every segment that reads one of the changed columns for those
+ * profiles, compares with the current members, and writes the entries and
+ * exits (persona.segment_members, persona.segment_log) with a NOTIFY on
+ * channel persona_segment for each.  Callers hold the profiles' row locks,
+ * so changes to one profile's memberships are serialized.
+ */
+#include "postgres.h"
+
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/optimizer.h"
+#include "parser/parse_coerce.h"
+#include "parser/parse_collate.h"
+#include "parser/parse_expr.h"
+#include "parser/parse_node.h"
+#include "parser/parse_relation.h"
+#include "parser/parser.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+#include "utils/snapmgr.h"
+
+#include "persona.h"
+#include "segments.h"
+
+#define PREDICATE_PREFIX "SELECT "
+
+/* One row of persona.segments, as the C code needs it. */
+typedef struct SegmentDef
+{
+	int32		segment_id;
+	char	   *name;
+	char	   *sql;			/* the checked, deparsed predicate */
+	int			nreads;
+	char	  **reads;			/* columns of persona.segment_source it reads */
+	bool		clock;			/* calls a function of the clock */
+} SegmentDef;
+
+typedef struct SegmentCatalog
+{
+	int			nsegments;
+	SegmentDef *segments;		/* ordered by segment_id */
+	SPIPlanPtr	evaluate;		/* built on first use */
+} SegmentCatalog;
+
+static MemoryContext SegmentCatalogContext = NULL;
+static SegmentCatalog *segment_catalog = NULL;
+static Oid	segments_relid = InvalidOid;
+
+static SPIPlanPtr enter_plan = NULL;
+static SPIPlanPtr exit_plan = NULL;
+
+/* ---------------------------------------------------------------------
+ * Checking and compiling a predicate
+ * --------------------------------------------------------------------- */
+
+/* Points errors at the predicate the user wrote, not at our wrapper. */
+static void
+PredicateErrorCallback(void *arg)
+{
+	const char *predicate = (const char *) arg;
+	int			pos = geterrposition();
+
+	if (pos > (int) strlen(PREDICATE_PREFIX))
+	{
+		errposition(0);
+		internalerrposition(pos - (int) strlen(PREDICATE_PREFIX));
+		internalerrquery(predicate);
+	}
+	errcontext("segment predicate");
+}
+
+static void
+RefusePredicate(const char *what, const char *hint, int location)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("segment predicates cannot contain %s", what),
+			 hint ? errhint("%s", hint) : 0,
+			 location >= 0 ? errposition(location + 1) : 0));
+}
+
+typedef struct CheckContext
+{
+	bool		clock;
+} CheckContext;
+
+static bool
+CheckFunction(Oid funcid, void *context)
+{
+	CheckContext *cx = (CheckContext *) context;
+	char		volatility = func_volatile(funcid);
+
+	if (volatility == PROVOLATILE_VOLATILE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("segment predicates cannot call volatile function %s",
+						format_procedure(funcid)),
+				 errhint("A predicate must give the same answer for the same profile at the same time.")));
+	if (get_func_namespace(funcid) != PG_CATALOG_NAMESPACE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("segment predicates cannot call function %s",
+						format_procedure(funcid)),
+				 errdetail("Only built-in functions and operators are allowed.")));
+	if (volatility != PROVOLATILE_IMMUTABLE)
+		cx->clock = true;
+	return false;
+}
+
+static bool
+CheckPredicateNode(Node *node, void *context)
+{
+	CheckContext *cx = (CheckContext *) context;
+
+	if (node == NULL)
+		return false;
+	if (IsA(node, SubLink))
+		RefusePredicate("subqueries", "Name columns of persona.profiles and persona.traits.",
+						((SubLink *) node)->location);
+	if (IsA(node, Param))
+		RefusePredicate("parameters", NULL, ((Param *) node)->location);
+	if (IsA(node, SQLValueFunction))
+		cx->clock = true;
+	if (IsA(node, NextValueExpr))
+		RefusePredicate("sequence functions", NULL, -1);
+	(void) check_functions_in_node(node, CheckFunction, context);
+	return expression_tree_walker(node, CheckPredicateNode, context);
+}
+
+/* The raw expression of "SELECT <predicate>", or an error saying why not. */
+static Node *
+ParsePredicate(const char *predicate, const char *sql)
+{
+	List	   *stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
+	SelectStmt *select;
+	ResTarget  *target;
+
+	if (list_length(stmts) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("a segment predicate must be exactly one expression"),
+				 errdetail("The text given holds %d statements.", list_length(stmts))));
+	select = (SelectStmt *) ((RawStmt *) linitial(stmts))->stmt;
+	if (!IsA(select, SelectStmt) || select->op != SETOP_NONE ||
+		select->fromClause != NIL || select->whereClause != NULL ||
+		select->groupClause != NIL || select->havingClause != NULL ||
+		select->windowClause != NIL || select->valuesLists != NIL ||
+		select->sortClause != NIL || select->limitCount != NULL ||
+		select->limitOffset != NULL || select->lockingClause != NIL ||
+		select->withClause != NULL || select->intoClause != NULL ||
+		select->distinctClause != NIL || list_length(select->targetList) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("a segment predicate must be exactly one expression"),
+				 errdetail("The text given is more than an expression: \"%s\".", predicate),
+				 errhint("Write a boolean expression such as traits->>'city' = 'Mumbai' AND cart_value > 5000.")));
+	target = linitial_node(ResTarget, select->targetList);
+	if (target->name != NULL || target->indirection != NIL ||
+		(IsA(target->val, ColumnRef) &&
+		 IsA(llast(((ColumnRef *) target->val)->fields), A_Star)))
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("a segment predicate must be exactly one expression"),
+				 errdetail("The text given is more than an expression: \"%s\".", predicate)));
+	return target->val;
+}
+
+/*
+ * Checks a predicate and returns it deparsed (over alias "s" of
+ * persona.segment_source), with the columns it reads and whether it calls a
+ * function of the clock.
+ */
+static char *
+CompilePredicate(const char *predicate, List **reads, bool *clock)
+{
+	const PersonaCatalog *cat = PersonaGetCatalog();
+	char	   *sql = psprintf("%s%s", PREDICATE_PREFIX, predicate);
+	ErrorContextCallback errcallback;
+	ParseState *pstate;
+	ParseNamespaceItem *nsitem;
+	Relation	rel;
+	Node	   *raw;
+	Node	   *expr;
+	CheckContext cx = {false};
+	Bitmapset  *attnos = NULL;
+	int			k = -1;
+	char	   *deparsed;
+
+	errcallback.callback = PredicateErrorCallback;
+	errcallback.arg = (void *) predicate;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	raw = ParsePredicate(predicate, sql);
+
+	rel = relation_open(cat->segment_source, AccessShareLock);
+	pstate = make_parsestate(NULL);
+	pstate->p_sourcetext = sql;
+	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
+										   makeAlias("s", NIL), false, true);
+	addNSItemToQuery(pstate, nsitem, false, true, true);
+	expr = transformExpr(pstate, raw, EXPR_KIND_WHERE);
+	expr = coerce_to_boolean(pstate, expr, "segment predicate");
+	assign_expr_collations(pstate, expr);
+	(void) CheckPredicateNode(expr, &cx);
+
+	pull_varattnos(expr, 1, &attnos);
+	*reads = NIL;
+	while ((k = bms_next_member(attnos, k)) >= 0)
+	{
+		AttrNumber	attno = k + FirstLowInvalidHeapAttributeNumber;
+
+		if (attno <= 0)
+			RefusePredicate("system columns", NULL, -1);
+		*reads = lappend(*reads, pstrdup(NameStr(TupleDescAttr(RelationGetDescr(rel), attno - 1)->attname)));
+	}
+	*clock = cx.clock;
+	deparsed = deparse_expression(expr, deparse_context_for("s", RelationGetRelid(rel)),
+								  true, false);
+	relation_close(rel, AccessShareLock);
+	free_parsestate(pstate);
+	error_context_stack = errcallback.previous;
+	return deparsed;
+}
+
+/* Checks a segment predicate; returns (sql, reads, clock). */
+PG_FUNCTION_INFO_V1(persona_segment_compile);
+Datum
+persona_segment_compile(PG_FUNCTION_ARGS)
+{
+	char	   *predicate;
+	List	   *reads;
+	bool		clock;
+	char	   *deparsed;
+	TupleDesc	desc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+	Datum	   *names;
+	int			i = 0;
+	ListCell   *lc;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("predicate must not be null")));
+	predicate = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (strspn(predicate, " \t\r\n") == strlen(predicate))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("predicate must not be empty")));
+	deparsed = CompilePredicate(predicate, &reads, &clock);
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "persona_segment_compile must return a record");
+	names = palloc(sizeof(Datum) * Max(list_length(reads), 1));
+	foreach(lc, reads)
+		names[i++] = CStringGetTextDatum((char *) lfirst(lc));
+	values[0] = CStringGetTextDatum(deparsed);
+	values[1] = PointerGetDatum(construct_array(names, i, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = BoolGetDatum(clock);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/* ---------------------------------------------------------------------
+ * Definitions cache
+ * --------------------------------------------------------------------- */
+
+static void
+SegmentCatalogRelcacheCallback(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == segments_relid)
+		segments_relid = InvalidOid;
+}
+
+static int
+CompareSegments(const void *a, const void *b)
+{
+	return ((const SegmentDef *) a)->segment_id - ((const SegmentDef *) b)->segment_id;
+}
+
+/*
+ * Returns the segment definitions, read again (under a fresh snapshot, as
+ * the trait definitions are) after persona.segments changed.  The kept
+ * evaluation plan is replanned by the plan cache when persona.segment_source
+ * is rebuilt; a trait a segment reads cannot be dropped.
+ */
+static SegmentCatalog *
+GetSegmentCatalog(void)
+{
+	const PersonaCatalog *cat = PersonaGetCatalog();
+	SegmentCatalog *sc;
+	MemoryContext old;
+	MemoryContext cxt;
+	Relation	rel;
+	TableScanDesc scan;
+	Snapshot	snapshot;
+	HeapTuple	tup;
+	Datum	   *values;
+	bool	   *nulls;
+	int			max = 8;
+
+	if (segment_catalog != NULL && segments_relid == cat->segments)
+		return segment_catalog;
+
+	cxt = AllocSetContextCreate(TopMemoryContext, "persona segments",
+								ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	sc = palloc0(sizeof(SegmentCatalog));
+	sc->segments = palloc0(sizeof(SegmentDef) * max);
+
+	rel = table_open(cat->segments, AccessShareLock);
+	if (RelationGetDescr(rel)->natts < 6)
+		elog(ERROR, "persona.segments does not have the expected columns");
+	values = palloc(sizeof(Datum) * RelationGetDescr(rel)->natts);
+	nulls = palloc(sizeof(bool) * RelationGetDescr(rel)->natts);
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	scan = table_beginscan(rel, snapshot, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		SegmentDef *d;
+		Datum	   *reads;
+		int			nreads;
+
+		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
+		if (sc->nsegments == max)
+		{
+			max *= 2;
+			sc->segments = repalloc(sc->segments, sizeof(SegmentDef) * max);
+		}
+		d = &sc->segments[sc->nsegments++];
+		d->segment_id = DatumGetInt32(values[0]);
+		d->name = TextDatumGetCString(values[1]);
+		d->sql = TextDatumGetCString(values[3]);
+		deconstruct_array(DatumGetArrayTypeP(values[4]), TEXTOID, -1, false,
+						  TYPALIGN_INT, &reads, NULL, &nreads);
+		d->nreads = nreads;
+		d->reads = palloc(sizeof(char *) * Max(nreads, 1));
+		for (int i = 0; i < nreads; i++)
+			d->reads[i] = TextDatumGetCString(reads[i]);
+		d->clock = DatumGetBool(values[5]);
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	table_close(rel, AccessShareLock);
+	qsort(sc->segments, sc->nsegments, sizeof(SegmentDef), CompareSegments);
+	MemoryContextSwitchTo(old);
+
+	if (segment_catalog != NULL && segment_catalog->evaluate != NULL)
+		SPI_freeplan(segment_catalog->evaluate);
+	if (SegmentCatalogContext != NULL)
+		MemoryContextDelete(SegmentCatalogContext);
+	SegmentCatalogContext = cxt;
+	segment_catalog = sc;
+	segments_relid = cat->segments;
+	return sc;
+}
+
+/*
+ * One query that evaluates every segment for a set of profiles: $1 the
+ * profile ids, $2 which segments to evaluate (the others read NULL).
+ */
+static SPIPlanPtr
+EvaluationPlan(SegmentCatalog *sc)
+{
+	StringInfoData sql;
+	Oid			types[2] = {INT8ARRAYOID, BOOLARRAYOID};
+
+	if (sc->evaluate != NULL)
+		return sc->evaluate;
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "SELECT s.profile_id, ARRAY[");
+	for (int k = 0; k < sc->nsegments; k++)
+		appendStringInfo(&sql, "%sCASE WHEN $2[%d] THEN COALESCE((%s), false) END",
+						 k > 0 ? ", " : "", k + 1, sc->segments[k].sql);
+	appendStringInfoString(&sql,
+						   "]::pg_catalog.bool[], "
+						   "ARRAY(SELECT m.segment FROM persona.segment_members AS m "
+						   "      WHERE m.profile_id = s.profile_id) "
+						   "FROM persona.segment_source AS s "
+						   "WHERE s.profile_id OPERATOR(pg_catalog.=) ANY ($1)");
+	sc->evaluate = SPI_prepare(sql.data, 2, types);
+	if (sc->evaluate == NULL)
+		elog(ERROR, "SPI_prepare failed for the segment evaluation: %s",
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(sc->evaluate);
+	return sc->evaluate;
+}
+
+/* ---------------------------------------------------------------------
+ * Refreshing memberships
+ * --------------------------------------------------------------------- */
+
+/*
+ * NOTIFY persona_segment with {"op": ..., "segment": ..., "profile_id": ...},
+ * written as jsonb_build_object(...)::text writes it, so that every path
+ * announces in one format.
+ */
+static void
+Announce(const char *segment, int64 profile_id, const char *op)
+{
+	StringInfoData payload;
+
+	initStringInfo(&payload);
+	appendStringInfo(&payload, "{\"op\": \"%s\", \"segment\": ", op);
+	escape_json(&payload, segment);
+	appendStringInfo(&payload, ", \"profile_id\": " INT64_FORMAT "}", profile_id);
+	Async_Notify("persona_segment", payload.data);
+	pfree(payload.data);
+}
+
+static SPIPlanPtr
+KeptPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *types)
+{
+	if (*cache == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		*cache = plan;
+	}
+	return *cache;
+}
+
+/* Writes entries (enter) or exits, logs and announces those that happened. */
+static uint64
+ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
+{
+	Oid			types[2] = {TEXTARRAYOID, INT8ARRAYOID};
+	Datum		args[2];
+	SPIPlanPtr	plan;
+	uint64		done;
+
+	if (n == 0)
+		return 0;
+	args[0] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_array(pids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (enter)
+		plan = KeptPlan(&enter_plan,
+						"WITH changed AS ("
+						" INSERT INTO persona.segment_members AS m (segment, profile_id, entered_at)"
+						" SELECT u.segment, u.profile_id, pg_catalog.now()"
+						" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(segment, profile_id)"
+						" ON CONFLICT (segment, profile_id) DO NOTHING"
+						" RETURNING m.segment, m.profile_id) "
+						"INSERT INTO persona.segment_log (segment, profile_id, op, at) "
+						"SELECT c.segment, c.profile_id, 'enter', pg_catalog.now() FROM changed AS c "
+						"RETURNING segment, profile_id",
+						2, types);
+	else
+		plan = KeptPlan(&exit_plan,
+						"WITH changed AS ("
+						" DELETE FROM persona.segment_members AS m"
+						" USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(segment, profile_id)"
+						" WHERE m.segment OPERATOR(pg_catalog.=) u.segment"
+						"   AND m.profile_id OPERATOR(pg_catalog.=) u.profile_id"
+						" RETURNING m.segment, m.profile_id) "
+						"INSERT INTO persona.segment_log (segment, profile_id, op, at) "
+						"SELECT c.segment, c.profile_id, 'exit', pg_catalog.now() FROM changed AS c "
+						"RETURNING segment, profile_id",
+						2, types);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "writing segment changes failed");
+	done = SPI_processed;
+	for (uint64 r = 0; r < done; r++)
+	{
+		bool		isnull;
+		char	   *segment = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+		int64		pid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													  SPI_tuptable->tupdesc, 2, &isnull));
+
+		Announce(segment, pid, enter ? "enter" : "exit");
+	}
+	return done;
+}
+
+/* Byte equality of two text datums (segment names). */
+static inline bool
+TextEquals(Datum a, Datum b)
+{
+	text	   *ta = DatumGetTextPP(a);
+	text	   *tb = DatumGetTextPP(b);
+
+	return VARSIZE_ANY_EXHDR(ta) == VARSIZE_ANY_EXHDR(tb) &&
+		memcmp(VARDATA_ANY(ta), VARDATA_ANY(tb), VARSIZE_ANY_EXHDR(ta)) == 0;
+}
+
+typedef struct ChangeList
+{
+	int			n;
+	int			max;
+	Datum	   *names;
+	Datum	   *pids;
+} ChangeList;
+
+static void
+AddChange(ChangeList *list, Datum name, int64 pid)
+{
+	if (list->n == list->max)
+	{
+		list->max = Max(16, list->max * 2);
+		list->names = list->names ? repalloc(list->names, sizeof(Datum) * list->max)
+			: palloc(sizeof(Datum) * list->max);
+		list->pids = list->pids ? repalloc(list->pids, sizeof(Datum) * list->max)
+			: palloc(sizeof(Datum) * list->max);
+	}
+	list->names[list->n] = name;
+	list->pids[list->n] = Int64GetDatum(pid);
+	list->n++;
+}
+
+static bool
+ReadsAny(const SegmentDef *seg, const char *const *changed, int nchanged)
+{
+	if (changed == NULL)
+		return true;
+	for (int r = 0; r < seg->nreads; r++)
+		for (int c = 0; c < nchanged; c++)
+			if (strcmp(seg->reads[r], changed[c]) == 0)
+				return true;
+	return false;
+}
+
+/*
+ * Re-evaluates the segments that read any of ``changed`` (NULL: all; the
+ * pseudo-column "now()" selects the segments that call clock functions) for
+ * the given profiles and applies the differences.  Returns the number of
+ * entries and exits.  Connects to SPI itself.
+ */
+uint64
+SegmentsRefresh(const int64 *profile_ids, int nprofiles,
+				const char *const *changed, int nchanged)
+{
+	SegmentCatalog *sc;
+	bool	   *evaluate;
+	Datum	   *flags;
+	Datum	   *pids;
+	Datum		args[2];
+	int			nevaluate = 0;
+	ChangeList changes[2] = {{0}};	/* 0: exits, 1: entries */
+	uint64		nchanges = 0;
+	bool		clock_requested = false;
+
+	if (nprofiles == 0)
+		return 0;
+	sc = GetSegmentCatalog();
+	if (sc->nsegments == 0)
+		return 0;
+
+	for (int c = 0; changed != NULL && c < nchanged; c++)
+		if (strcmp(changed[c], "now()") == 0)
+			clock_requested = true;
+	evaluate = palloc0(sizeof(bool) * sc->nsegments);
+	flags = palloc(sizeof(Datum) * sc->nsegments);
+	for (int k = 0; k < sc->nsegments; k++)
+	{
+		const SegmentDef *seg = &sc->segments[k];
+
+		evaluate[k] = ReadsAny(seg, changed, nchanged) || (clock_requested && seg->clock);
+		flags[k] = BoolGetDatum(evaluate[k]);
+		if (evaluate[k])
+			nevaluate++;
+	}
+	if (nevaluate == 0)
+		return 0;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	pids = palloc(sizeof(Datum) * nprofiles);
+	for (int i = 0; i < nprofiles; i++)
+		pids[i] = Int64GetDatum(profile_ids[i]);
+	args[0] = PointerGetDatum(construct_array(pids, nprofiles, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(flags, sc->nsegments, BOOLOID, 1,
+											  true, TYPALIGN_CHAR));
+	if (SPI_execute_plan(EvaluationPlan(sc), args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "evaluating segments failed");
+
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		pid = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		Datum	   *inside;
+		bool	   *inside_null;
+		int			ninside;
+		Datum	   *members;
+		int			nmembers;
+
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 2, &isnull)),
+						  BOOLOID, 1, true, TYPALIGN_CHAR, &inside, &inside_null, &ninside);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 3, &isnull)),
+						  TEXTOID, -1, false, TYPALIGN_INT, &members, NULL, &nmembers);
+		for (int k = 0; k < sc->nsegments && k < ninside; k++)
+		{
+			bool		is_in;
+			bool		was_in = false;
+			Datum		name;
+
+			if (!evaluate[k] || inside_null[k])
+				continue;
+			is_in = DatumGetBool(inside[k]);
+			name = CStringGetTextDatum(sc->segments[k].name);
+			for (int m = 0; m < nmembers && !was_in; m++)
+				was_in = TextEquals(members[m], name);
+			if (is_in != was_in)
+				AddChange(&changes[is_in ? 1 : 0], name, pid);
+		}
+	}
+
+	/* Exits first, then entries. */
+	nchanges += ApplyChanges(false, changes[0].names, changes[0].pids, changes[0].n);
+	nchanges += ApplyChanges(true, changes[1].names, changes[1].pids, changes[1].n);
+	SPI_finish();
+	return nchanges;
+}
+
+/* Re-evaluates segments for profiles; changed NULL means every segment. */
+PG_FUNCTION_INFO_V1(persona_refresh_segments);
+Datum
+persona_refresh_segments(PG_FUNCTION_ARGS)
+{
+	Datum	   *ids;
+	bool	   *ids_null;
+	int			nids;
+	int64	   *pids;
+	char	  **changed = NULL;
+	int			nchanged = 0;
+	int			n = 0;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_INT64(0);
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), INT8OID, 8, FLOAT8PASSBYVAL,
+					  TYPALIGN_DOUBLE, &ids, &ids_null, &nids);
+	pids = palloc(sizeof(int64) * Max(nids, 1));
+	for (int i = 0; i < nids; i++)
+		if (!ids_null[i])
+			pids[n++] = DatumGetInt64(ids[i]);
+	if (!PG_ARGISNULL(1))
+	{
+		Datum	   *names;
+		bool	   *names_null;
+
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(1), TEXTOID, -1, false,
+						  TYPALIGN_INT, &names, &names_null, &nchanged);
+		changed = palloc(sizeof(char *) * Max(nchanged, 1));
+		for (int i = 0; i < nchanged; i++)
+			changed[i] = names_null[i] ? "" : TextDatumGetCString(names[i]);
+	}
+	PG_RETURN_INT64((int64) SegmentsRefresh(pids, n, (const char *const *) changed, nchanged));
+}
+
+void
+PersonaSegmentsInit(void)
+{
+	CacheRegisterRelcacheCallback(SegmentCatalogRelcacheCallback, (Datum) 0);
+}

@@ -1,0 +1,14 @@
+/*
+ * segments.h
+ *	  Real-time segments (segments.c).
+ */
+#ifndef PERSONA_SEGMENTS_H
+#define PERSONA_SEGMENTS_H
+
+#include "postgres.h"
+
+extern uint64 SegmentsRefresh(const int64 *profile_ids, int nprofiles,
+							  const char *const *changed, int nchanged);
+extern void PersonaSegmentsInit(void);
+
+#endif							/* PERSONA_SEGMENTS_H */

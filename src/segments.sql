@@ -1,0 +1,274 @@
+-- Real-time segments: definitions, members and their log, the predicate
+-- compiler and the refresh (src/segments.c), and the API.
+
+CREATE SEQUENCE persona.segment_id_seq AS int;
+COMMENT ON SEQUENCE persona.segment_id_seq IS 'allocates segment ids';
+
+CREATE TABLE persona.segments (
+    segment_id    int         PRIMARY KEY DEFAULT nextval('persona.segment_id_seq'),
+    name          text        NOT NULL UNIQUE,
+    predicate     text        NOT NULL,
+    predicate_sql text        NOT NULL,
+    reads         text[]      NOT NULL,
+    clock         boolean     NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT now()
+);
+ALTER SEQUENCE persona.segment_id_seq OWNED BY persona.segments.segment_id;
+COMMENT ON TABLE persona.segments IS 'segment definitions (persona_create_segment)';
+COMMENT ON COLUMN persona.segments.predicate IS 'the predicate as given';
+COMMENT ON COLUMN persona.segments.predicate_sql IS 'the checked predicate, deparsed: what is evaluated';
+COMMENT ON COLUMN persona.segments.reads IS 'the columns of persona.segment_source the predicate reads';
+COMMENT ON COLUMN persona.segments.clock IS 'whether the predicate calls a function of the clock (now(), current_date, ...)';
+
+CREATE TABLE persona.segment_members (
+    segment    text        NOT NULL,
+    profile_id bigint      NOT NULL,
+    entered_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (segment, profile_id)
+);
+CREATE INDEX segment_members_profile_id_idx ON persona.segment_members (profile_id);
+COMMENT ON TABLE persona.segment_members IS 'current members of every segment, as of the last commit that changed them';
+
+CREATE TABLE persona.segment_log (
+    log_id     bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    segment    text        NOT NULL,
+    profile_id bigint      NOT NULL,
+    op         text        NOT NULL CHECK (op IN ('enter', 'exit')),
+    at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX segment_log_profile_id_idx ON persona.segment_log (profile_id);
+CREATE INDEX segment_log_segment_at_idx ON persona.segment_log (segment, at);
+COMMENT ON TABLE persona.segment_log IS 'every entry into and exit from a segment, also announced on NOTIFY channel persona_segment';
+
+SELECT pg_catalog.pg_extension_config_dump('persona.segments', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.segment_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.segment_members', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.segment_log', '');
+
+-- Ingest caches the definitions; changes reach every backend.
+CREATE TRIGGER segments_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON persona.segments
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.announce_change();
+
+CREATE FUNCTION persona.segment_compile(predicate text, OUT sql text, OUT reads text[], OUT clock boolean)
+    LANGUAGE C STABLE
+    AS 'MODULE_PATHNAME', 'persona_segment_compile';
+COMMENT ON FUNCTION persona.segment_compile(text) IS
+    'checks a segment predicate; returns it deparsed, the columns it reads, and whether it calls clock functions';
+
+CREATE FUNCTION persona.refresh_segments(profile_ids bigint[], changed text[]) RETURNS bigint
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'persona_refresh_segments';
+COMMENT ON FUNCTION persona.refresh_segments(bigint[], text[]) IS
+    're-evaluates for these profiles the segments that read a changed column (NULL: all); returns entries plus exits';
+
+-- Leaves every segment of a profile that is going away (absorbed by a
+-- merge), logged and announced as exits.
+CREATE FUNCTION persona.leave_segments(profile_id bigint) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_pid bigint := $1;
+    v_n   bigint;
+BEGIN
+    WITH gone AS (
+        DELETE FROM persona.segment_members AS m WHERE m.profile_id = v_pid
+        RETURNING m.segment, m.profile_id),
+    logged AS (
+        INSERT INTO persona.segment_log (segment, profile_id, op)
+        SELECT g.segment, g.profile_id, 'exit' FROM gone AS g
+        RETURNING segment, profile_id)
+    SELECT count(pg_notify('persona_segment',
+                           jsonb_build_object('segment', l.segment, 'profile_id', l.profile_id,
+                                             'op', 'exit')::text))
+      INTO v_n FROM logged AS l;
+    RETURN v_n;
+END
+$$;
+COMMENT ON FUNCTION persona.leave_segments(bigint) IS
+    'removes a profile from every segment, logging and announcing the exits';
+
+CREATE FUNCTION @extschema@.persona_create_segment(name text, predicate text)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_name text := $1;
+    v_c    record;
+BEGIN
+    IF v_name IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF v_name = '' OR octet_length(v_name) > 200 THEN
+        RAISE EXCEPTION 'a segment name must be 1 to 200 bytes' USING ERRCODE = '22023';
+    END IF;
+    v_c := persona.segment_compile($2);
+
+    LOCK TABLE persona.segments IN EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM persona.segments AS s WHERE s.name = v_name) THEN
+        RAISE EXCEPTION 'segment "%" already exists', v_name USING ERRCODE = '42710';
+    END IF;
+    -- Every profile is evaluated now; ingest waits meanwhile, so no change
+    -- slips between this evaluation and live maintenance.
+    PERFORM persona.lock_order();
+    LOCK TABLE persona.events IN SHARE MODE;
+    INSERT INTO persona.segments (name, predicate, predicate_sql, reads, clock)
+    VALUES (v_name, $2, v_c.sql, v_c.reads, v_c.clock);
+
+    -- v_c.sql is the checked expression deparsed from its parse tree, never
+    -- the text given; the name is only ever a parameter.
+    EXECUTE format($q$
+        WITH entered AS (
+            INSERT INTO persona.segment_members (segment, profile_id)
+            SELECT $1, s.profile_id FROM persona.segment_source AS s
+             WHERE coalesce((%s), false)
+            RETURNING segment, profile_id),
+        logged AS (
+            INSERT INTO persona.segment_log (segment, profile_id, op)
+            SELECT e.segment, e.profile_id, 'enter' FROM entered AS e
+            RETURNING segment, profile_id)
+        SELECT count(pg_notify('persona_segment',
+                               jsonb_build_object('segment', l.segment, 'profile_id', l.profile_id,
+                                                 'op', 'enter')::text))
+          FROM logged AS l$q$, v_c.sql)
+    USING v_name;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_create_segment(text, text) IS
+    'defines a segment by a boolean predicate over persona.profiles and persona.traits, and evaluates every profile';
+
+CREATE FUNCTION @extschema@.persona_drop_segment(name text)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_name text := $1;
+BEGIN
+    IF v_name IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
+    END IF;
+    LOCK TABLE persona.segments IN EXCLUSIVE MODE;
+    DELETE FROM persona.segments AS s WHERE s.name = v_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'segment "%" does not exist', v_name USING ERRCODE = '42704';
+    END IF;
+    DELETE FROM persona.segment_members AS m WHERE m.segment = v_name;
+    PERFORM pg_notify('persona_segment', jsonb_build_object('segment', v_name, 'op', 'drop')::text);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_drop_segment(text) IS
+    'drops a segment and its members (announced once, as op "drop"); its log stays';
+
+CREATE FUNCTION @extschema@.persona_in_segment(user_id text, segment text)
+    RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+BEGIN
+    IF $1 IS NULL OR $2 IS NULL THEN
+        RAISE EXCEPTION 'user_id and segment must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF NOT EXISTS (SELECT FROM persona.segments AS s WHERE s.name = $2) THEN
+        RAISE EXCEPTION 'segment "%" does not exist', $2 USING ERRCODE = '42704';
+    END IF;
+    RETURN EXISTS (SELECT FROM persona.identities AS i
+                     JOIN persona.segment_members AS m ON m.profile_id = i.profile_id
+                    WHERE i.id = $1 AND m.segment = $2);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_in_segment(text, text) IS
+    'whether the profile any id names is a member of the segment now';
+
+CREATE FUNCTION @extschema@.persona_tick()
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_changes  bigint := 0;
+    v_windowed text[];
+    v_due      bigint[];
+    v_batch    bigint[];
+BEGIN
+    PERFORM persona.lock_order();
+    SELECT array_agg(d.name) INTO v_windowed
+      FROM persona.trait_defs AS d WHERE d.time_window IS NOT NULL;
+
+    -- Profiles whose windowed traits changed by the clock alone since they
+    -- were last written (an index range, not a scan): prune their states,
+    -- note their next change, re-evaluate the segments that read windows.
+    WITH due AS (
+        SELECT p.profile_id FROM persona.profiles AS p
+         WHERE p.next_change_at <= now()
+         ORDER BY p.profile_id
+           FOR NO KEY UPDATE),
+    pruned AS (
+        UPDATE persona.profiles AS p
+           SET (computed_state, next_change_at) =
+               (SELECT q.s, persona.next_change(q.s)
+                  FROM (SELECT persona.state_merge(p.computed_state, NULL) AS s) AS q)
+          FROM due
+         WHERE p.profile_id = due.profile_id
+        RETURNING p.profile_id)
+    SELECT array_agg(pruned.profile_id ORDER BY pruned.profile_id) INTO v_due FROM pruned;
+    IF v_due IS NOT NULL AND v_windowed IS NOT NULL THEN
+        v_changes := v_changes + persona.refresh_segments(v_due, v_windowed);
+    END IF;
+
+    -- Predicates that call clock functions can change for anyone: every
+    -- profile, in batches, each held against concurrent ingest meanwhile.
+    IF EXISTS (SELECT FROM persona.segments AS s WHERE s.clock) THEN
+        FOR v_batch IN
+            SELECT array_agg(b.profile_id ORDER BY b.profile_id)
+              FROM (SELECT p.profile_id, (row_number() OVER (ORDER BY p.profile_id) - 1) / 10000 AS n
+                      FROM persona.profiles AS p) AS b
+             GROUP BY b.n ORDER BY b.n
+        LOOP
+            PERFORM 1 FROM persona.profiles AS p
+             WHERE p.profile_id = ANY (v_batch) ORDER BY p.profile_id FOR SHARE;
+            v_changes := v_changes + persona.refresh_segments(v_batch, ARRAY['now()']);
+        END LOOP;
+    END IF;
+    RETURN v_changes;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_tick() IS
+    're-evaluates the segments that time alone can change, for the profiles it can change; returns entries plus exits';
+
+CREATE FUNCTION @extschema@.persona_schedule()
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_job bigint;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension AS x WHERE x.extname = 'pg_cron') THEN
+        RAISE EXCEPTION 'pg_cron is not installed in database "%"', current_database()
+            USING ERRCODE = '55000',
+                  DETAIL = 'persona_schedule registers persona_tick() with pg_cron to run every minute.',
+                  HINT = 'Preload pg_cron (shared_preload_libraries), CREATE EXTENSION pg_cron in its cron.database_name, or call persona_tick() every minute from a scheduler of your own.';
+    END IF;
+    EXECUTE 'SELECT cron.schedule($1, $2, $3)'
+       INTO v_job
+      USING 'persona_tick', '* * * * *',
+            format('SELECT %I.persona_tick()',
+                   (SELECT n.nspname FROM pg_extension AS x JOIN pg_namespace AS n ON n.oid = x.extnamespace
+                     WHERE x.extname = 'persona'));
+    RETURN v_job;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_schedule() IS
+    'registers persona_tick() with pg_cron, every minute; returns the job id';
