@@ -7,14 +7,14 @@ EXTENSION  = persona
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" persona.control)
 
 MODULE_big = persona
-OBJS = src/persona.o src/catalog.o src/ingest.o src/traits.o src/segments.o
+OBJS = src/persona.o src/catalog.o src/ingest.o src/traits.o src/segments.o src/decide.o
 
 # The install script is assembled from the per-concept fragments in src/,
 # in this order, so each function's declaration sits beside its C body.
-SQL_FRAGMENTS = src/schema.sql src/catalog.sql src/ingest.sql src/traits.sql src/segments.sql src/identity.sql src/grants.sql
+SQL_FRAGMENTS = src/schema.sql src/catalog.sql src/ingest.sql src/traits.sql src/segments.sql src/decide.sql src/identity.sql src/grants.sql
 DATA_built = sql/persona--$(EXTVERSION).sql
 
-REGRESS = ingest identity bad_input traits segments roles
+REGRESS = ingest identity bad_input traits segments decide roles
 REGRESS_OPTS = --load-extension=persona
 
 ISOLATION = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))

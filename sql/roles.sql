@@ -8,7 +8,9 @@ GRANT INSERT ON persona.events TO persona_ingest;
 GRANT USAGE ON SEQUENCE persona.event_id_seq TO persona_ingest;
 GRANT EXECUTE ON FUNCTION persona_track(text, text, jsonb, timestamptz, jsonb, text),
                           persona_identify(text, jsonb, text),
-                          persona_alias(text, text) TO persona_ingest;
+                          persona_alias(text, text),
+                          persona_decide(text, jsonb, text, int),
+                          persona_feedback(bigint, text, float8) TO persona_ingest;
 
 CREATE ROLE persona_reader NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO persona_reader;
@@ -25,7 +27,11 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_create_segment(text, text),
                           persona_drop_segment(text),
                           persona_tick(),
-                          persona_schedule() TO persona_admin;
+                          persona_schedule(),
+                          persona_create_action(text, text, jsonb, text, text, int, float8, int, interval, timestamptz, timestamptz),
+                          persona_update_action(text, jsonb),
+                          persona_pause_action(text, boolean),
+                          persona_drop_action(text) TO persona_admin;
 
 CREATE ROLE persona_nobody NOLOGIN;
 
@@ -38,6 +44,13 @@ COPY persona.events (user_id, event_type, occurred_at) FROM stdin;
 u-role	add_to_cart	2026-04-01 10:01:00+00
 \.
 SELECT persona_identify('u-role', '{"city": "Pune"}', 'anon-role') > 0 AS identified;
+-- ... decides and reports feedback ...
+RESET ROLE;
+SELECT persona_create_action('role_banner', 'web', '{"title": "Hi {{city}}"}');
+SET ROLE persona_ingest;
+SELECT decision_id AS role_decision, content FROM persona_decide('u-role', '{}') \gset
+SELECT :'content' AS rendered;
+SELECT persona_feedback(:role_decision, 'click');
 -- ... but cannot read events or profiles, read profiles through the API,
 -- change or delete anything directly, or forget.
 SELECT count(*) FROM persona.events;
@@ -73,6 +86,7 @@ RESET ROLE;
 
 -- The admin does everything, forget included.
 SET ROLE persona_admin;
+SELECT persona_drop_action('role_banner');
 SELECT persona_create_segment('role_seg', 'role_views > 1');
 SELECT persona_tick() >= 0 AS ticked;
 RESET ROLE;

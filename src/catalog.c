@@ -60,6 +60,7 @@ PersonaGetCatalog(void)
 		catalog.trait_defs = RequireRelation(schema, "trait_defs");
 		catalog.segments = RequireRelation(schema, "segments");
 		catalog.segment_source = RequireRelation(schema, "segment_source");
+		catalog.actions = RequireRelation(schema, "actions");
 		catalog_valid = true;
 	}
 	return &catalog;

@@ -37,10 +37,18 @@ REVOKE ALL ON FUNCTION @extschema@.persona_drop_segment(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_in_segment(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_tick() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_schedule() FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.segment_compile(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.compile_predicate(text, regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.refresh_segments(bigint[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.leave_segments(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.next_change(bytea) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION @extschema@.persona_create_action(text, text, jsonb, text, text, int, float8, int, interval, timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_update_action(text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_pause_action(text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_drop_action(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_decide(text, jsonb, text, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_feedback(bigint, text, float8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.check_action(persona.actions) FROM PUBLIC;
 
 -- Not revoked: persona.trait_bigint, trait_numeric and trait_text. Whoever
 -- may SELECT persona.traits runs them as themselves; they decode bytes

@@ -176,6 +176,8 @@ BEGIN
      WHERE i.profile_id = v_from.profile_id;
     UPDATE persona.events AS e SET profile_id = v_into.profile_id
      WHERE e.profile_id = v_from.profile_id;
+    UPDATE persona.decisions AS d SET profile_id = v_into.profile_id
+     WHERE d.profile_id = v_from.profile_id;
     UPDATE persona.profiles AS p
        SET traits      = v_from.traits || p.traits,
            first_seen  = LEAST(p.first_seen, v_from.first_seen),
@@ -375,6 +377,14 @@ BEGIN
     GET DIAGNOSTICS v_n = ROW_COUNT;
     v_rows := v_rows + v_n;
     DELETE FROM persona.segment_members AS m WHERE m.profile_id = v_pid;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    v_rows := v_rows + v_n;
+    DELETE FROM persona.feedback AS f
+     USING persona.decisions AS d
+     WHERE d.decision_id = f.decision_id AND d.profile_id = v_pid;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    v_rows := v_rows + v_n;
+    DELETE FROM persona.decisions AS d WHERE d.profile_id = v_pid;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     v_rows := v_rows + v_n;
     -- The log of this profile and of every profile it absorbed.

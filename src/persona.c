@@ -43,4 +43,5 @@ _PG_init(void)
 	PersonaIngestInit();
 	PersonaTraitsInit();
 	PersonaSegmentsInit();
+	PersonaDecideInit();
 }

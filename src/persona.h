@@ -26,6 +26,7 @@ typedef struct PersonaCatalog
 	Oid			trait_defs;
 	Oid			segments;
 	Oid			segment_source;
+	Oid			actions;
 } PersonaCatalog;
 
 extern const PersonaCatalog *PersonaGetCatalog(void);
@@ -33,5 +34,8 @@ extern void PersonaCatalogInit(void);
 
 /* ingest.c */
 extern void PersonaIngestInit(void);
+
+/* decide.c */
+extern void PersonaDecideInit(void);
 
 #endif							/* PERSONA_H */

@@ -96,7 +96,7 @@ PredicateErrorCallback(void *arg)
 		internalerrposition(pos - (int) strlen(PREDICATE_PREFIX));
 		internalerrquery(predicate);
 	}
-	errcontext("segment predicate");
+	errcontext("predicate \"%s\"", predicate);
 }
 
 static void
@@ -104,7 +104,7 @@ RefusePredicate(const char *what, const char *hint, int location)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("segment predicates cannot contain %s", what),
+			 errmsg("predicates cannot contain %s", what),
 			 hint ? errhint("%s", hint) : 0,
 			 location >= 0 ? errposition(location + 1) : 0));
 }
@@ -123,13 +123,13 @@ CheckFunction(Oid funcid, void *context)
 	if (volatility == PROVOLATILE_VOLATILE)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("segment predicates cannot call volatile function %s",
+				 errmsg("predicates cannot call volatile function %s",
 						format_procedure(funcid)),
 				 errhint("A predicate must give the same answer for the same profile at the same time.")));
 	if (get_func_namespace(funcid) != PG_CATALOG_NAMESPACE)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("segment predicates cannot call function %s",
+				 errmsg("predicates cannot call function %s",
 						format_procedure(funcid)),
 				 errdetail("Only built-in functions and operators are allowed.")));
 	if (volatility != PROVOLATILE_IMMUTABLE)
@@ -168,7 +168,7 @@ ParsePredicate(const char *predicate, const char *sql)
 	if (list_length(stmts) != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("a segment predicate must be exactly one expression"),
+				 errmsg("a predicate must be exactly one expression"),
 				 errdetail("The text given holds %d statements.", list_length(stmts))));
 	select = (SelectStmt *) ((RawStmt *) linitial(stmts))->stmt;
 	if (!IsA(select, SelectStmt) || select->op != SETOP_NONE ||
@@ -181,7 +181,7 @@ ParsePredicate(const char *predicate, const char *sql)
 		select->distinctClause != NIL || list_length(select->targetList) != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("a segment predicate must be exactly one expression"),
+				 errmsg("a predicate must be exactly one expression"),
 				 errdetail("The text given is more than an expression: \"%s\".", predicate),
 				 errhint("Write a boolean expression such as traits->>'city' = 'Mumbai' AND cart_value > 5000.")));
 	target = linitial_node(ResTarget, select->targetList);
@@ -190,20 +190,20 @@ ParsePredicate(const char *predicate, const char *sql)
 		 IsA(llast(((ColumnRef *) target->val)->fields), A_Star)))
 		ereport(ERROR,
 				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("a segment predicate must be exactly one expression"),
+				 errmsg("a predicate must be exactly one expression"),
 				 errdetail("The text given is more than an expression: \"%s\".", predicate)));
 	return target->val;
 }
 
 /*
- * Checks a predicate and returns it deparsed (over alias "s" of
- * persona.segment_source), with the columns it reads and whether it calls a
- * function of the clock.
+ * Checks a predicate and returns it deparsed (over alias "s" of relation
+ * ``relid``: persona.segment_source, or persona.decision_source for action
+ * conditions), with the columns it reads and whether it calls a function of
+ * the clock.
  */
-static char *
-CompilePredicate(const char *predicate, List **reads, bool *clock)
+char *
+PersonaCompilePredicate(const char *predicate, Oid relid, List **reads, bool *clock)
 {
-	const PersonaCatalog *cat = PersonaGetCatalog();
 	char	   *sql = psprintf("%s%s", PREDICATE_PREFIX, predicate);
 	ErrorContextCallback errcallback;
 	ParseState *pstate;
@@ -223,14 +223,14 @@ CompilePredicate(const char *predicate, List **reads, bool *clock)
 
 	raw = ParsePredicate(predicate, sql);
 
-	rel = relation_open(cat->segment_source, AccessShareLock);
+	rel = relation_open(relid, AccessShareLock);
 	pstate = make_parsestate(NULL);
 	pstate->p_sourcetext = sql;
 	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
 										   makeAlias("s", NIL), false, true);
 	addNSItemToQuery(pstate, nsitem, false, true, true);
 	expr = transformExpr(pstate, raw, EXPR_KIND_WHERE);
-	expr = coerce_to_boolean(pstate, expr, "segment predicate");
+	expr = coerce_to_boolean(pstate, expr, "predicate");
 	assign_expr_collations(pstate, expr);
 	(void) CheckPredicateNode(expr, &cx);
 
@@ -253,10 +253,10 @@ CompilePredicate(const char *predicate, List **reads, bool *clock)
 	return deparsed;
 }
 
-/* Checks a segment predicate; returns (sql, reads, clock). */
-PG_FUNCTION_INFO_V1(persona_segment_compile);
+/* Checks a predicate over a source relation; returns (sql, reads, clock). */
+PG_FUNCTION_INFO_V1(persona_compile_predicate);
 Datum
-persona_segment_compile(PG_FUNCTION_ARGS)
+persona_compile_predicate(PG_FUNCTION_ARGS)
 {
 	char	   *predicate;
 	List	   *reads;
@@ -278,10 +278,10 @@ persona_segment_compile(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("predicate must not be empty")));
-	deparsed = CompilePredicate(predicate, &reads, &clock);
+	deparsed = PersonaCompilePredicate(predicate, PG_GETARG_OID(1), &reads, &clock);
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "persona_segment_compile must return a record");
+		elog(ERROR, "persona_compile_predicate must return a record");
 	names = palloc(sizeof(Datum) * Max(list_length(reads), 1));
 	foreach(lc, reads)
 		names[i++] = CStringGetTextDatum((char *) lfirst(lc));

@@ -7,8 +7,12 @@
 
 #include "postgres.h"
 
+#include "nodes/pg_list.h"
+
 extern uint64 SegmentsRefresh(const int64 *profile_ids, int nprofiles,
 							  const char *const *changed, int nchanged);
 extern void PersonaSegmentsInit(void);
+extern char *PersonaCompilePredicate(const char *predicate, Oid relid,
+									 List **reads, bool *clock);
 
 #endif							/* PERSONA_SEGMENTS_H */

@@ -51,11 +51,12 @@ CREATE TRIGGER segments_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON persona.segments
     FOR EACH STATEMENT EXECUTE FUNCTION persona.announce_change();
 
-CREATE FUNCTION persona.segment_compile(predicate text, OUT sql text, OUT reads text[], OUT clock boolean)
+CREATE FUNCTION persona.compile_predicate(predicate text, source regclass,
+                                          OUT sql text, OUT reads text[], OUT clock boolean)
     LANGUAGE C STABLE
-    AS 'MODULE_PATHNAME', 'persona_segment_compile';
-COMMENT ON FUNCTION persona.segment_compile(text) IS
-    'checks a segment predicate; returns it deparsed, the columns it reads, and whether it calls clock functions';
+    AS 'MODULE_PATHNAME', 'persona_compile_predicate';
+COMMENT ON FUNCTION persona.compile_predicate(text, regclass) IS
+    'checks a predicate over a source relation; returns it deparsed, the columns it reads, and whether it calls clock functions';
 
 CREATE FUNCTION persona.refresh_segments(profile_ids bigint[], changed text[]) RETURNS bigint
     LANGUAGE C VOLATILE
@@ -108,7 +109,7 @@ BEGIN
     IF v_name = '' OR octet_length(v_name) > 200 THEN
         RAISE EXCEPTION 'a segment name must be 1 to 200 bytes' USING ERRCODE = '22023';
     END IF;
-    v_c := persona.segment_compile($2);
+    v_c := persona.compile_predicate($2, 'persona.segment_source');
 
     LOCK TABLE persona.segments IN EXCLUSIVE MODE;
     IF EXISTS (SELECT FROM persona.segments AS s WHERE s.name = v_name) THEN

@@ -126,6 +126,12 @@ CREATE VIEW persona.segment_source AS
 COMMENT ON VIEW persona.segment_source IS
     'the columns segment predicates can name: persona.profiles and every computed trait';
 
+-- What action conditions see: the same, and the call's context.
+CREATE VIEW persona.decision_source AS
+    SELECT s.*, NULL::jsonb AS context FROM persona.segment_source AS s;
+COMMENT ON VIEW persona.decision_source IS
+    'the columns action conditions can name: those of persona.segment_source and context (the call''s jsonb)';
+
 -- persona.traits is dropped and recreated when traits change: views built on
 -- it would block that, so they are refused up front.
 CREATE FUNCTION persona.check_traits_view_free() RETURNS void
@@ -171,17 +177,24 @@ BEGIN
     END LOOP;
 
     ALTER EXTENSION persona DROP VIEW persona.traits;
+    ALTER EXTENSION persona DROP VIEW persona.decision_source;
     ALTER EXTENSION persona DROP VIEW persona.segment_source;
     DROP VIEW persona.traits;
+    DROP VIEW persona.decision_source;
     DROP VIEW persona.segment_source;
     EXECUTE format(E'CREATE VIEW persona.traits AS\n    SELECT p.profile_id%s\n      FROM persona.profiles AS p', v_cols);
     EXECUTE format(E'CREATE VIEW persona.segment_source AS\n'
                    '    SELECT p.profile_id, p.user_id, p.traits, p.first_seen, p.last_seen, p.event_count,\n'
                    '           p.created_at, p.updated_at%s\n      FROM persona.profiles AS p', v_cols);
+    CREATE VIEW persona.decision_source AS
+        SELECT s.*, NULL::jsonb AS context FROM persona.segment_source AS s;
     ALTER EXTENSION persona ADD VIEW persona.traits;
     ALTER EXTENSION persona ADD VIEW persona.segment_source;
+    ALTER EXTENSION persona ADD VIEW persona.decision_source;
     COMMENT ON VIEW persona.segment_source IS
         'the columns segment predicates can name: persona.profiles and every computed trait';
+    COMMENT ON VIEW persona.decision_source IS
+        'the columns action conditions can name: those of persona.segment_source and context (the call''s jsonb)';
     COMMENT ON VIEW persona.traits IS
         'one row per profile, one typed column per computed trait, values as of now()';
     -- The new view keeps the grants of the old one.
@@ -320,6 +333,13 @@ BEGIN
                   DETAIL = (SELECT format('Segments reading it: %s.', string_agg(quote_literal(s.name), ', ' ORDER BY s.name))
                               FROM persona.segments AS s WHERE v_name = ANY (s.reads)),
                   HINT = 'Drop those segments first.';
+    END IF;
+    IF EXISTS (SELECT FROM persona.actions AS a WHERE v_name = ANY (a.condition_reads)) THEN
+        RAISE EXCEPTION 'cannot drop trait "%" because action conditions read it', v_name
+            USING ERRCODE = '2BP01',
+                  DETAIL = (SELECT format('Actions reading it: %s.', string_agg(quote_literal(a.name), ', ' ORDER BY a.name))
+                              FROM persona.actions AS a WHERE v_name = ANY (a.condition_reads)),
+                  HINT = 'Change or drop those actions first.';
     END IF;
     DELETE FROM persona.trait_defs AS d WHERE d.name = v_name;
     IF NOT FOUND THEN

@@ -1,0 +1,321 @@
+-- Decisions: actions, persona_decide (src/decide.c), feedback and the
+-- per-action statistics the decisions learn from.
+
+CREATE SEQUENCE persona.action_id_seq AS int;
+COMMENT ON SEQUENCE persona.action_id_seq IS 'allocates action ids';
+
+CREATE TABLE persona.actions (
+    action_id       int         PRIMARY KEY DEFAULT nextval('persona.action_id_seq'),
+    name            text        NOT NULL UNIQUE,
+    channel         text        NOT NULL,
+    content         jsonb       NOT NULL,
+    segment         text,
+    condition       text,
+    condition_sql   text,
+    condition_reads text[]      NOT NULL DEFAULT '{}',
+    priority        int         NOT NULL DEFAULT 0,
+    value           float8      NOT NULL DEFAULT 1,
+    cap_per_day     int,
+    cooldown        interval,
+    starts_at       timestamptz,
+    ends_at         timestamptz,
+    paused          boolean     NOT NULL DEFAULT false,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+ALTER SEQUENCE persona.action_id_seq OWNED BY persona.actions.action_id;
+COMMENT ON TABLE persona.actions IS 'what persona_decide can choose from (persona_create_action)';
+COMMENT ON COLUMN persona.actions.condition_sql IS 'the checked condition, deparsed: what is evaluated';
+
+-- Learned from feedback; kept apart from the definitions, which are cached.
+CREATE TABLE persona.action_stats (
+    action_id   int    PRIMARY KEY,
+    trials      bigint NOT NULL DEFAULT 0,
+    successes   bigint NOT NULL DEFAULT 0,
+    conversions bigint NOT NULL DEFAULT 0,
+    revenue     float8 NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE persona.action_stats IS
+    'per action: decisions with feedback (trials), clicked or converted (successes), conversions, revenue';
+
+CREATE SEQUENCE persona.decision_id_seq CACHE 32;
+COMMENT ON SEQUENCE persona.decision_id_seq IS 'allocates decision ids';
+
+CREATE TABLE persona.decisions (
+    decision_id bigint      PRIMARY KEY DEFAULT nextval('persona.decision_id_seq'),
+    profile_id  bigint      NOT NULL,
+    action_id   int         NOT NULL,
+    action      text        NOT NULL,
+    channel     text        NOT NULL,
+    score       float8      NOT NULL,
+    reason      text        NOT NULL,
+    context     jsonb       NOT NULL,
+    content     jsonb       NOT NULL,
+    decided_at  timestamptz NOT NULL DEFAULT now()
+);
+ALTER SEQUENCE persona.decision_id_seq OWNED BY persona.decisions.decision_id;
+CREATE INDEX decisions_profile_action_idx ON persona.decisions (profile_id, action_id, decided_at);
+COMMENT ON TABLE persona.decisions IS 'every action persona_decide returned, with the content as rendered';
+
+CREATE TABLE persona.feedback (
+    decision_id bigint      NOT NULL,
+    outcome     text        NOT NULL CHECK (outcome IN ('impression', 'click', 'conversion', 'dismiss', 'ignore')),
+    value       float8,
+    at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (decision_id, outcome)
+);
+COMMENT ON TABLE persona.feedback IS 'outcomes of decisions (persona_feedback), at most one per decision and outcome';
+
+SELECT pg_catalog.pg_extension_config_dump('persona.actions', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.action_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.action_stats', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.decisions', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.decision_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.feedback', '');
+
+-- persona_decide caches the definitions; changes reach every backend.
+CREATE TRIGGER actions_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON persona.actions
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.announce_change();
+
+-- Checks an action's definition (all fields, as they would be stored).
+CREATE FUNCTION persona.check_action(a persona.actions) RETURNS persona.actions
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_c record;
+BEGIN
+    IF a.name IS NULL OR a.channel IS NULL OR a.content IS NULL THEN
+        RAISE EXCEPTION 'name, channel and content must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF a.name = '' OR octet_length(a.name) > 200 THEN
+        RAISE EXCEPTION 'an action name must be 1 to 200 bytes' USING ERRCODE = '22023';
+    END IF;
+    IF a.channel !~ '^[a-z][a-z0-9_]{0,31}$' THEN
+        RAISE EXCEPTION 'invalid channel name "%"', a.channel USING ERRCODE = '22023',
+            HINT = 'Use up to 32 lower-case letters, digits and underscores, starting with a letter, such as web, email or push.';
+    END IF;
+    IF jsonb_typeof(a.content) <> 'object' THEN
+        RAISE EXCEPTION 'content must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    IF a.segment IS NOT NULL AND NOT EXISTS (SELECT FROM persona.segments AS s WHERE s.name = a.segment) THEN
+        RAISE EXCEPTION 'segment "%" does not exist', a.segment USING ERRCODE = '42704';
+    END IF;
+    IF a.priority IS NULL OR a.value IS NULL OR a.paused IS NULL THEN
+        RAISE EXCEPTION 'priority, value and paused must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF NOT (a.value > 0) OR a.value = 'Infinity'::float8 THEN
+        RAISE EXCEPTION 'value must be a positive finite number' USING ERRCODE = '22023',
+            DETAIL = format('The value given was %s.', a.value);
+    END IF;
+    IF a.cap_per_day IS NOT NULL AND a.cap_per_day <= 0 THEN
+        RAISE EXCEPTION 'cap_per_day must be positive' USING ERRCODE = '22023',
+            HINT = 'Use NULL for no cap.';
+    END IF;
+    IF a.cooldown IS NOT NULL AND a.cooldown <= interval '0' THEN
+        RAISE EXCEPTION 'cooldown must be positive' USING ERRCODE = '22023',
+            HINT = 'Use NULL for no cooldown.';
+    END IF;
+    IF a.starts_at IS NOT NULL AND a.ends_at IS NOT NULL AND a.ends_at <= a.starts_at THEN
+        RAISE EXCEPTION 'ends_at must be after starts_at' USING ERRCODE = '22023',
+            DETAIL = format('The action would run from %s to %s.', a.starts_at, a.ends_at);
+    END IF;
+    IF a.condition IS NOT NULL THEN
+        v_c := persona.compile_predicate(a.condition, 'persona.decision_source');
+        a.condition_sql := v_c.sql;
+        a.condition_reads := v_c.reads;
+    ELSE
+        a.condition_sql := NULL;
+        a.condition_reads := '{}';
+    END IF;
+    RETURN a;
+END
+$$;
+COMMENT ON FUNCTION persona.check_action(persona.actions) IS
+    'checks an action definition and compiles its condition; returns it ready to store';
+
+CREATE FUNCTION @extschema@.persona_create_action(
+        name        text,
+        channel     text,
+        content     jsonb,
+        segment     text        DEFAULT NULL,
+        condition   text        DEFAULT NULL,
+        priority    int         DEFAULT 0,
+        value       float8      DEFAULT 1,
+        cap_per_day int         DEFAULT NULL,
+        cooldown    interval    DEFAULT NULL,
+        starts_at   timestamptz DEFAULT NULL,
+        ends_at     timestamptz DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    a persona.actions;
+BEGIN
+    a.name := $1; a.channel := $2; a.content := $3; a.segment := $4; a.condition := $5;
+    a.priority := $6; a.value := $7; a.cap_per_day := $8; a.cooldown := $9;
+    a.starts_at := $10; a.ends_at := $11; a.paused := false;
+    a := persona.check_action(a);
+    LOCK TABLE persona.actions IN EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM persona.actions AS x WHERE x.name = a.name) THEN
+        RAISE EXCEPTION 'action "%" already exists', a.name USING ERRCODE = '42710';
+    END IF;
+    INSERT INTO persona.actions (name, channel, content, segment, condition, condition_sql,
+                                 condition_reads, priority, value, cap_per_day, cooldown,
+                                 starts_at, ends_at)
+    VALUES (a.name, a.channel, a.content, a.segment, a.condition, a.condition_sql,
+            a.condition_reads, a.priority, a.value, a.cap_per_day, a.cooldown,
+            a.starts_at, a.ends_at)
+    RETURNING action_id INTO a.action_id;
+    INSERT INTO persona.action_stats (action_id) VALUES (a.action_id);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_create_action(text, text, jsonb, text, text, int, float8, int, interval, timestamptz, timestamptz) IS
+    'defines an action persona_decide can choose: channel, content template, eligibility (segment, condition, caps, cooldown, schedule), priority and value';
+
+CREATE FUNCTION @extschema@.persona_update_action(name text, changes jsonb)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    a      persona.actions;
+    v_key  text;
+    v_allowed text[] := ARRAY['channel', 'content', 'segment', 'condition', 'priority', 'value',
+                              'cap_per_day', 'cooldown', 'starts_at', 'ends_at', 'paused'];
+BEGIN
+    IF $1 IS NULL OR $2 IS NULL THEN
+        RAISE EXCEPTION 'name and changes must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF jsonb_typeof($2) <> 'object' THEN
+        RAISE EXCEPTION 'changes must be a JSON object' USING ERRCODE = '22023';
+    END IF;
+    FOR v_key IN SELECT jsonb_object_keys($2) LOOP
+        IF NOT v_key = ANY (v_allowed) THEN
+            RAISE EXCEPTION 'unknown action field "%"', v_key USING ERRCODE = '22023',
+                HINT = 'Change any of: ' || array_to_string(v_allowed, ', ') || '.';
+        END IF;
+    END LOOP;
+    LOCK TABLE persona.actions IN EXCLUSIVE MODE;
+    SELECT * INTO a FROM persona.actions AS x WHERE x.name = $1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'action "%" does not exist', $1 USING ERRCODE = '42704';
+    END IF;
+    -- A key set to JSON null clears the field; absent keys keep it.
+    a := jsonb_populate_record(a, $2);
+    a := persona.check_action(a);
+    UPDATE persona.actions AS x
+       SET channel = a.channel, content = a.content, segment = a.segment,
+           condition = a.condition, condition_sql = a.condition_sql,
+           condition_reads = a.condition_reads, priority = a.priority, value = a.value,
+           cap_per_day = a.cap_per_day, cooldown = a.cooldown, starts_at = a.starts_at,
+           ends_at = a.ends_at, paused = a.paused, updated_at = now()
+     WHERE x.action_id = a.action_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_update_action(text, jsonb) IS
+    'changes fields of an action ({"priority": 5, "paused": true, "ends_at": null, ...}); JSON null clears a field';
+
+CREATE FUNCTION @extschema@.persona_pause_action(name text, paused boolean DEFAULT true)
+    RETURNS void
+    LANGUAGE sql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    RETURN @extschema@.persona_update_action(name, jsonb_build_object('paused', paused));
+COMMENT ON FUNCTION @extschema@.persona_pause_action(text, boolean) IS
+    'pauses (or, with false, resumes) an action: a paused action is never decided';
+
+CREATE FUNCTION @extschema@.persona_drop_action(name text)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_id int;
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
+    END IF;
+    LOCK TABLE persona.actions IN EXCLUSIVE MODE;
+    DELETE FROM persona.actions AS a WHERE a.name = $1 RETURNING a.action_id INTO v_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'action "%" does not exist', $1 USING ERRCODE = '42704';
+    END IF;
+    DELETE FROM persona.action_stats AS s WHERE s.action_id = v_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_drop_action(text) IS
+    'drops an action and its statistics; its past decisions and feedback stay';
+
+CREATE FUNCTION @extschema@.persona_decide(
+        user_id text,
+        context jsonb DEFAULT '{}',
+        channel text  DEFAULT NULL,
+        n       int   DEFAULT 1)
+    RETURNS TABLE (decision_id bigint, action text, channel text, content jsonb,
+                   score float8, reason text)
+    LANGUAGE C VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'persona_decide';
+COMMENT ON FUNCTION @extschema@.persona_decide(text, jsonb, text, int) IS
+    'the next best actions for a person now: eligible by schedule, segment, condition, caps and cooldown; ranked by priority, then Thompson-sampled success times value; rendered and recorded';
+
+CREATE FUNCTION @extschema@.persona_feedback(decision_id bigint, outcome text, value float8 DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_id      bigint := $1;
+    v_outcome text   := lower($2);
+    v_value   float8 := $3;
+    v_action  int;
+    v_first   boolean;
+    v_success boolean;
+BEGIN
+    IF v_id IS NULL OR v_outcome IS NULL THEN
+        RAISE EXCEPTION 'decision_id and outcome must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF v_outcome NOT IN ('impression', 'click', 'conversion', 'dismiss', 'ignore') THEN
+        RAISE EXCEPTION 'unknown outcome "%"', $2 USING ERRCODE = '22023',
+            HINT = 'Use impression, click, conversion, dismiss or ignore.';
+    END IF;
+    IF v_value IS NOT NULL AND (v_outcome <> 'conversion' OR v_value <> v_value
+                                OR v_value IN ('Infinity', '-Infinity')) THEN
+        RAISE EXCEPTION 'only a conversion carries a value, and it must be finite' USING ERRCODE = '22023';
+    END IF;
+    -- One decision's feedback at a time: its counts stay exact.
+    SELECT d.action_id INTO v_action FROM persona.decisions AS d WHERE d.decision_id = v_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'decision % does not exist', v_id USING ERRCODE = '42704';
+    END IF;
+    INSERT INTO persona.feedback (decision_id, outcome, value)
+    VALUES (v_id, v_outcome, v_value)
+    ON CONFLICT (decision_id, outcome) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN;                     -- already recorded: idempotent
+    END IF;
+    v_first := NOT EXISTS (SELECT FROM persona.feedback AS f
+                            WHERE f.decision_id = v_id AND f.outcome <> v_outcome);
+    v_success := v_outcome IN ('click', 'conversion')
+                 AND NOT EXISTS (SELECT FROM persona.feedback AS f
+                                  WHERE f.decision_id = v_id AND f.outcome <> v_outcome
+                                    AND f.outcome IN ('click', 'conversion'));
+    UPDATE persona.action_stats AS s
+       SET trials = s.trials + v_first::int,
+           successes = s.successes + v_success::int,
+           conversions = s.conversions + (v_outcome = 'conversion')::int,
+           revenue = s.revenue + coalesce(v_value, 0)
+     WHERE s.action_id = v_action;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_feedback(bigint, text, float8) IS
+    'records an outcome of a decision (impression, click, conversion, dismiss, ignore); idempotent; the next decisions learn from it';
