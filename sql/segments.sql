@@ -50,7 +50,14 @@ SELECT persona_track(NULL, 'page_view', anonymous_id => 's-anon') > 0 AS tracked
 SELECT persona_in_segment('s-anon', 'viewers') AS anon_viewer;
 SELECT persona_identify('s-meera', '{}', 's-anon') > 0 AS merged;
 SELECT persona_in_segment('s-meera', 'viewers') AS meera_viewer;
-SELECT l.op, count(*) FROM persona.segment_log l WHERE l.segment = 'viewers' GROUP BY 1 ORDER BY 1;
+SELECT l.op, count(*) FROM persona.segment_log l
+ WHERE l.segment = 'viewers'
+   AND l.profile_id IN (SELECT profile_id FROM persona.identities WHERE id = 's-meera'
+                        UNION ALL
+                        SELECT m.from_profile_id FROM persona.merges m
+                          JOIN persona.identities i ON i.profile_id = m.into_profile_id
+                         WHERE i.id = 's-meera')
+ GROUP BY 1 ORDER BY 1;
 
 -- Only the segments that read what changed are evaluated: a page_view does
 -- not touch s_cart_value, so mumbai_big_cart is not re-evaluated even if
