@@ -511,6 +511,38 @@ ResolveProfile(const char *id, bool is_user)
  * BEFORE INSERT FOR EACH ROW
  * --------------------------------------------------------------------- */
 
+/*
+ * A copy of the tuple with a bigint column set, when that column and every
+ * column before it are fixed-width and not null (profile_id has a default,
+ * so it usually is): the value is written at its offset, without the
+ * deform-and-form of heap_modify_tuple.  NULL when the layout does not allow
+ * it.
+ */
+static HeapTuple
+SetInPlace(HeapTuple tuple, TupleDesc desc, int attnum, int64 value)
+{
+	HeapTupleHeader td = tuple->t_data;
+	bool		hasnulls = HeapTupleHasNulls(tuple);
+	uint32		off = 0;
+	HeapTuple	copy;
+
+	for (int i = 0; i < attnum; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attlen <= 0 || (hasnulls && att_isnull(i, td->t_bits)))
+			return NULL;
+		off = att_align_nominal(off, att->attalign);
+		if (i < attnum - 1)
+			off += att->attlen;
+	}
+	if (TupleDescAttr(desc, attnum - 1)->atttypid != INT8OID)
+		return NULL;
+	copy = heap_copytuple(tuple);
+	memcpy((char *) copy->t_data + copy->t_data->t_hoff + off, &value, sizeof(int64));
+	return copy;
+}
+
 /* Checks an incoming event and sets its profile_id. */
 PG_FUNCTION_INFO_V1(persona_events_resolve);
 Datum
@@ -553,6 +585,12 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 		profile_id = Int64GetDatum(ResolveProfile(anonymous_id, false));
 
 	attnum = event_columns.profile_id;
+	{
+		HeapTuple	copy = SetInPlace(tuple, desc, attnum, DatumGetInt64(profile_id));
+
+		if (copy != NULL)
+			return PointerGetDatum(copy);
+	}
 	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 1, &attnum,
 													 &profile_id, &isnull));
 }

@@ -62,7 +62,7 @@ COMMENT ON SEQUENCE persona.event_id_seq IS 'allocates event ids';
 
 CREATE TABLE persona.events (
     event_id     bigint      NOT NULL DEFAULT nextval('persona.event_id_seq'),
-    profile_id   bigint      NOT NULL,
+    profile_id   bigint      NOT NULL DEFAULT 0,
     user_id      text,
     anonymous_id text,
     event_type   text        NOT NULL,

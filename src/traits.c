@@ -39,6 +39,7 @@
 #include "libpq/pqformat.h"
 #include "port/pg_bitutils.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -1186,6 +1187,37 @@ persona_state_put(PG_FUNCTION_ARGS)
 /* The value of one trait now, or NULL when the profile has no state. */
 #define KIND_BIT(k) (1 << (k))
 
+/*
+ * The states of the last profile read, parsed.  A row of persona.traits or
+ * a segment evaluation reads several traits of one profile in a row: they
+ * share one parse.  Keyed by the bytes themselves, never by a pointer.
+ */
+static ProfileTraits *
+ParsedStates(bytea *blob)
+{
+	static MemoryContext cxt = NULL;
+	static char *bytes = NULL;
+	static Size nbytes = 0;
+	static ProfileTraits *parsed = NULL;
+	Size		len = VARSIZE_ANY_EXHDR(blob);
+	MemoryContext old;
+
+	if (parsed != NULL && len == nbytes && memcmp(bytes, VARDATA_ANY(blob), len) == 0)
+		return parsed;
+	if (cxt == NULL)
+		cxt = AllocSetContextCreate(TopMemoryContext, "persona parsed states",
+									ALLOCSET_SMALL_SIZES);
+	parsed = NULL;
+	MemoryContextReset(cxt);
+	old = MemoryContextSwitchTo(cxt);
+	bytes = palloc(Max(len, 1));
+	memcpy(bytes, VARDATA_ANY(blob), len);
+	nbytes = len;
+	parsed = ProfileTraitsParse(blob);
+	MemoryContextSwitchTo(old);
+	return parsed;
+}
+
 static Datum
 StateValue(FunctionCallInfo fcinfo, int kinds, bool *isnull)
 {
@@ -1197,16 +1229,24 @@ StateValue(FunctionCallInfo fcinfo, int kinds, bool *isnull)
 	*isnull = true;
 	if (!PG_ARGISNULL(0))
 	{
-		pt = ProfileTraitsParse(PG_GETARG_BYTEA_PP(0));
+		pt = ParsedStates(PG_GETARG_BYTEA_PP(0));
 		s = ProfileTraitsFind(pt, trait_id);
 		if (s != NULL)
 		{
+			Datum		v;
+
 			if ((KIND_BIT(s->kind) & kinds) == 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_DATATYPE_MISMATCH),
 						 errmsg("trait %d is a %s, not read with this function",
 								trait_id, kind_names[s->kind])));
-			return TraitValue(s, GetCurrentTransactionStartTimestamp(), isnull);
+			v = TraitValue(s, GetCurrentTransactionStartTimestamp(), isnull);
+			/* The cached states outlive this call's memory; the value must not. */
+			if (!*isnull && (s->kind == TRAIT_FIRST || s->kind == TRAIT_LAST))
+				v = PointerGetDatum(DatumGetTextPCopy(v));
+			else if (!*isnull && s->kind != TRAIT_COUNT && s->kind != TRAIT_COUNT_DISTINCT)
+				v = datumCopy(v, false, -1);
+			return v;
 		}
 	}
 
