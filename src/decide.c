@@ -24,9 +24,6 @@
 
 #include <math.h>
 
-#include "access/heapam.h"
-#include "access/table.h"
-#include "access/tableam.h"
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
@@ -44,6 +41,7 @@
 #include "utils/timestamp.h"
 
 #include "persona.h"
+#include "traits.h"
 
 #define MAX_DECISIONS 100
 #define ADVISORY_CLASS 0x50525341	/* "PRSA": persona's advisory locks */
@@ -69,6 +67,7 @@ typedef struct ActionDef
 typedef struct ActionCatalog
 {
 	int			nactions;
+	int			maxactions;
 	ActionDef  *actions;		/* ordered by action_id */
 	int			nconditions;	/* actions with a condition */
 	SPIPlanPtr	evaluate;		/* built on first use */
@@ -113,7 +112,44 @@ CompareActions(const void *a, const void *b)
 	return ((const ActionDef *) a)->action_id - ((const ActionDef *) b)->action_id;
 }
 
-/* The action definitions, read (under a fresh snapshot) after they changed. */
+static void
+AddActionDef(Datum *values, bool *nulls, void *arg)
+{
+	ActionCatalog *ac = (ActionCatalog *) arg;
+	ActionDef  *d;
+
+	if (ac->nactions == ac->maxactions)
+	{
+		ac->maxactions = Max(8, ac->maxactions * 2);
+		ac->actions = ac->actions
+			? repalloc(ac->actions, sizeof(ActionDef) * ac->maxactions)
+			: palloc(sizeof(ActionDef) * ac->maxactions);
+	}
+	d = &ac->actions[ac->nactions++];
+	d->action_id = DatumGetInt32(values[0]);
+	d->name = TextDatumGetCString(values[1]);
+	d->channel = TextDatumGetCString(values[2]);
+	d->content = DatumGetJsonbPCopy(values[3]);
+	d->segment = nulls[4] ? NULL : TextDatumGetCString(values[4]);
+	d->condition_sql = nulls[6] ? NULL : TextDatumGetCString(values[6]);
+	d->priority = DatumGetInt32(values[8]);
+	d->value = DatumGetFloat8(values[9]);
+	d->cap_per_day = nulls[10] ? 0 : DatumGetInt32(values[10]);
+	d->cooldown_us = nulls[11] ? 0 : TraitIntervalUs(DatumGetIntervalP(values[11]));
+	if (nulls[12])
+		TIMESTAMP_NOBEGIN(d->starts_at);
+	else
+		d->starts_at = DatumGetTimestampTz(values[12]);
+	if (nulls[13])
+		TIMESTAMP_NOEND(d->ends_at);
+	else
+		d->ends_at = DatumGetTimestampTz(values[13]);
+	d->paused = DatumGetBool(values[14]);
+	if (d->condition_sql != NULL)
+		ac->nconditions++;
+}
+
+/* The action definitions, read again after persona.actions changed. */
 static ActionCatalog *
 GetActionCatalog(void)
 {
@@ -121,13 +157,6 @@ GetActionCatalog(void)
 	ActionCatalog *ac;
 	MemoryContext old;
 	MemoryContext cxt;
-	Relation	rel;
-	TableScanDesc scan;
-	Snapshot	snapshot;
-	HeapTuple	tup;
-	Datum	   *values;
-	bool	   *nulls;
-	int			max = 8;
 
 	if (action_catalog != NULL && actions_relid == cat->actions)
 		return action_catalog;
@@ -135,59 +164,9 @@ GetActionCatalog(void)
 	cxt = AllocSetContextCreate(TopMemoryContext, "persona actions", ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 	ac = palloc0(sizeof(ActionCatalog));
-	ac->actions = palloc0(sizeof(ActionDef) * max);
-	rel = table_open(cat->actions, AccessShareLock);
-	if (RelationGetDescr(rel)->natts < 15)
-		elog(ERROR, "persona.actions does not have the expected columns");
-	values = palloc(sizeof(Datum) * RelationGetDescr(rel)->natts);
-	nulls = palloc(sizeof(bool) * RelationGetDescr(rel)->natts);
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	scan = table_beginscan(rel, snapshot, 0, NULL);
-	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		ActionDef  *d;
-
-		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
-		if (ac->nactions == max)
-		{
-			max *= 2;
-			ac->actions = repalloc(ac->actions, sizeof(ActionDef) * max);
-		}
-		d = &ac->actions[ac->nactions++];
-		d->action_id = DatumGetInt32(values[0]);
-		d->name = TextDatumGetCString(values[1]);
-		d->channel = TextDatumGetCString(values[2]);
-		d->content = DatumGetJsonbPCopy(values[3]);
-		d->segment = nulls[4] ? NULL : TextDatumGetCString(values[4]);
-		d->condition_sql = nulls[6] ? NULL : TextDatumGetCString(values[6]);
-		d->priority = DatumGetInt32(values[8]);
-		d->value = DatumGetFloat8(values[9]);
-		d->cap_per_day = nulls[10] ? 0 : DatumGetInt32(values[10]);
-		if (nulls[11])
-			d->cooldown_us = 0;
-		else
-		{
-			Interval   *iv = DatumGetIntervalP(values[11]);
-
-			d->cooldown_us = iv->time + (int64) iv->day * USECS_PER_DAY +
-				(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
-		}
-		if (nulls[12])
-			TIMESTAMP_NOBEGIN(d->starts_at);
-		else
-			d->starts_at = DatumGetTimestampTz(values[12]);
-		if (nulls[13])
-			TIMESTAMP_NOEND(d->ends_at);
-		else
-			d->ends_at = DatumGetTimestampTz(values[13]);
-		d->paused = DatumGetBool(values[14]);
-		if (d->condition_sql != NULL)
-			ac->nconditions++;
-	}
-	table_endscan(scan);
-	UnregisterSnapshot(snapshot);
-	table_close(rel, AccessShareLock);
-	qsort(ac->actions, ac->nactions, sizeof(ActionDef), CompareActions);
+	PersonaReadDefinitions(cat->actions, 15, AddActionDef, ac);
+	if (ac->nactions > 0)
+		qsort(ac->actions, ac->nactions, sizeof(ActionDef), CompareActions);
 	MemoryContextSwitchTo(old);
 
 	if (action_catalog != NULL && action_catalog->evaluate != NULL)
@@ -242,21 +221,6 @@ EvaluationPlan(ActionCatalog *ac)
 	return ac->evaluate;
 }
 
-static SPIPlanPtr
-KeptPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *types)
-{
-	if (*cache == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		*cache = plan;
-	}
-	return *cache;
-}
 
 /* ---------------------------------------------------------------------
  * Thompson sampling
@@ -562,16 +526,16 @@ persona_decide(PG_FUNCTION_ARGS)
 	{
 		Oid			type = TEXTOID;
 		Datum		arg = CStringGetTextDatum(id);
-		SPIPlanPtr	plan = KeptPlan(&resolve_plan,
+		SPIPlanPtr	plan = PersonaKeptPlan(&resolve_plan,
 									"SELECT i.profile_id FROM persona.identities AS i "
-									"WHERE i.id OPERATOR(pg_catalog.=) $1", 1, &type);
+									"WHERE i.id OPERATOR(pg_catalog.=) $1", 1, &type, 0);
 
 		if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "resolving the id failed");
 		if (SPI_processed == 0)
 		{
-			plan = KeptPlan(&create_plan,
-							"SELECT persona.ensure_profile($1, 'anonymous')", 1, &type);
+			plan = PersonaKeptPlan(&create_plan,
+							"SELECT persona.ensure_profile($1, 'anonymous')", 1, &type, 0);
 			if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
 				elog(ERROR, "creating a profile failed");
 		}
@@ -663,7 +627,7 @@ persona_decide(PG_FUNCTION_ARGS)
 			Oid			types[3] = {INT8OID, INTERVALOID, INT4ARRAYOID};
 			Interval	span;
 			Datum		a[3];
-			SPIPlanPtr	plan = KeptPlan(&recent_plan,
+			SPIPlanPtr	plan = PersonaKeptPlan(&recent_plan,
 										"SELECT d.action_id, "
 										"  count(*) FILTER (WHERE d.decided_at > pg_catalog.now() - interval '24 hours'), "
 										"  max(d.decided_at) "
@@ -671,8 +635,7 @@ persona_decide(PG_FUNCTION_ARGS)
 										"WHERE d.profile_id OPERATOR(pg_catalog.=) $1 "
 										"  AND d.decided_at > pg_catalog.now() - $2 "
 										"  AND d.action_id OPERATOR(pg_catalog.=) ANY ($3) "
-										"GROUP BY d.action_id",
-										3, types);
+										"GROUP BY d.action_id", 3, types, 0);
 
 			memset(&span, 0, sizeof(span));
 			span.time = max_cooldown;
@@ -716,10 +679,9 @@ persona_decide(PG_FUNCTION_ARGS)
 		Oid			type = INT4ARRAYOID;
 		Datum	   *ids = palloc(sizeof(Datum) * ncand);
 		Datum		a;
-		SPIPlanPtr	plan = KeptPlan(&stats_plan,
+		SPIPlanPtr	plan = PersonaKeptPlan(&stats_plan,
 									"SELECT s.action_id, s.trials, s.successes FROM persona.action_stats AS s "
-									"WHERE s.action_id OPERATOR(pg_catalog.=) ANY ($1)",
-									1, &type);
+									"WHERE s.action_id OPERATOR(pg_catalog.=) ANY ($1)", 1, &type, 0);
 
 		for (int i = 0; i < ncand; i++)
 			ids[i] = Int32GetDatum(cand[i].def->action_id);
@@ -769,7 +731,7 @@ persona_decide(PG_FUNCTION_ARGS)
 		Oid			types[8] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		FLOAT8ARRAYOID, TEXTARRAYOID, JSONBOID, JSONBARRAYOID};
 		Datum		a[8];
-		SPIPlanPtr	plan = KeptPlan(&record_plan,
+		SPIPlanPtr	plan = PersonaKeptPlan(&record_plan,
 									"INSERT INTO persona.decisions "
 									"  (profile_id, action_id, action, channel, score, reason, context, content) "
 									"SELECT u.profile_id, u.action_id, u.action, u.channel, u.score, u.reason, $7, u.content "
@@ -777,8 +739,7 @@ persona_decide(PG_FUNCTION_ARGS)
 									"  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
 									"  pg_catalog.unnest($8)) WITH ORDINALITY "
 									"  AS u(profile_id, action_id, action, channel, score, reason, content, n) "
-									"ORDER BY u.n RETURNING decision_id",
-									8, types);
+									"ORDER BY u.n RETURNING decision_id", 8, types, 0);
 
 		a[0] = PointerGetDatum(construct_array(rec[0], take, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 		a[1] = PointerGetDatum(construct_array(rec[1], take, INT4OID, 4, true, TYPALIGN_INT));

@@ -599,22 +599,6 @@ persona_events_resolve(PG_FUNCTION_ARGS)
  * AFTER INSERT FOR EACH STATEMENT
  * --------------------------------------------------------------------- */
 
-static SPIPlanPtr
-PreparePlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes,
-			int cursor_options)
-{
-	if (*cache == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, cursor_options);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-				 sql, SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		*cache = plan;
-	}
-	return *cache;
-}
 
 static int
 CompareDeltas(const void *a, const void *b)
@@ -654,7 +638,7 @@ MoveEvents(int64 from, int64 into)
 {
 	Datum		args[2] = {Int64GetDatum(from), Int64GetDatum(into)};
 	Oid			types[2] = {INT8OID, INT8OID};
-	SPIPlanPtr	plan = PreparePlan(&move_events_plan,
+	SPIPlanPtr	plan = PersonaKeptPlan(&move_events_plan,
 								   "UPDATE persona.events SET profile_id = $2 "
 								   "WHERE profile_id = $1",
 								   2, types, 0);
@@ -706,7 +690,7 @@ WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
 	args[2] = BuildArray(kinds, NULL, n, TEXTOID);
 
 	/* A function scan returns its rows in order, so rows go in key order. */
-	plan = PreparePlan(&insert_identities_plan,
+	plan = PersonaKeptPlan(&insert_identities_plan,
 					   "INSERT INTO persona.identities (id, profile_id, kind) "
 					   "SELECT u.id, u.profile_id, u.kind "
 					   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
@@ -722,7 +706,7 @@ WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
 		return;
 
 	/* Some ids lost a race: find the winners' profiles, move our rows there. */
-	plan = PreparePlan(&select_identities_plan,
+	plan = PersonaKeptPlan(&select_identities_plan,
 					   "SELECT profile_id FROM persona.identities WHERE id = $1",
 					   1, &idtype, 0);
 	for (int i = 0; i < n; i++)
@@ -828,7 +812,7 @@ InsertNewProfiles(ProfileDelta **list, int n)
 	}
 	args[6] = BuildArray(users, users_null, n, TEXTOID);
 
-	plan = PreparePlan(&insert_profiles_plan,
+	plan = PersonaKeptPlan(&insert_profiles_plan,
 					   "INSERT INTO persona.profiles "
 					   "  (profile_id, first_seen, last_seen, event_count, computed_state, "
 					   "   next_change_at, user_id) "
@@ -883,7 +867,7 @@ UpdateProfiles(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
 	qsort(list, n, sizeof(ProfileDelta *), CompareDeltas);
 	DeltaArrays(list, n, args);
 
-	plan = PreparePlan(&update_profiles_plan,
+	plan = PersonaKeptPlan(&update_profiles_plan,
 					   "UPDATE persona.profiles AS p SET "
 					   "  first_seen = LEAST(p.first_seen, u.first_seen), "
 					   "  last_seen = GREATEST(p.last_seen, u.last_seen), "
@@ -905,7 +889,7 @@ UpdateProfiles(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
 		return 0;
 
 	/* Some profiles are gone; the rows we updated stay locked meanwhile. */
-	plan = PreparePlan(&missing_profiles_plan,
+	plan = PersonaKeptPlan(&missing_profiles_plan,
 					   "SELECT u.profile_id FROM pg_catalog.unnest($1) AS u(profile_id) "
 					   "WHERE NOT EXISTS (SELECT FROM persona.profiles AS p "
 					   "                  WHERE p.profile_id = u.profile_id)",
@@ -937,7 +921,7 @@ FollowMerge(int64 pid)
 	bool		isnull;
 	int64		into;
 
-	plan = PreparePlan(&select_merges_plan,
+	plan = PersonaKeptPlan(&select_merges_plan,
 					   "SELECT into_profile_id FROM persona.merges WHERE from_profile_id = $1",
 					   1, &type, 0);
 	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
@@ -1240,7 +1224,7 @@ persona_track(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	plan = PreparePlan(&track_plan,
+	plan = PersonaKeptPlan(&track_plan,
 					   "INSERT INTO persona.events "
 					   "  (user_id, anonymous_id, event_type, properties, context, occurred_at) "
 					   "VALUES ($1, $2, $3, $4, $5, $6) RETURNING event_id",

@@ -32,6 +32,13 @@ typedef struct PersonaCatalog
 extern const PersonaCatalog *PersonaGetCatalog(void);
 extern void PersonaCatalogInit(void);
 
+typedef void (*PersonaRowFunc) (Datum *values, bool *nulls, void *arg);
+extern void PersonaReadDefinitions(Oid relid, int natts, PersonaRowFunc row, void *arg);
+
+struct _SPI_plan;
+extern struct _SPI_plan *PersonaKeptPlan(struct _SPI_plan **cache, const char *sql,
+										 int nargs, Oid *types, int cursor_options);
+
 /* ingest.c */
 extern void PersonaIngestInit(void);
 

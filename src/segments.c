@@ -18,9 +18,7 @@
  */
 #include "postgres.h"
 
-#include "access/heapam.h"
-#include "access/table.h"
-#include "access/tableam.h"
+#include "access/relation.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
@@ -68,6 +66,7 @@ typedef struct SegmentDef
 typedef struct SegmentCatalog
 {
 	int			nsegments;
+	int			maxsegments;
 	SegmentDef *segments;		/* ordered by segment_id */
 	SPIPlanPtr	evaluate;		/* built on first use */
 } SegmentCatalog;
@@ -314,6 +313,34 @@ CompareSegments(const void *a, const void *b)
  * evaluation plan is replanned by the plan cache when persona.segment_source
  * is rebuilt; a trait a segment reads cannot be dropped.
  */
+static void
+AddSegmentDef(Datum *values, bool *nulls, void *arg)
+{
+	SegmentCatalog *sc = (SegmentCatalog *) arg;
+	SegmentDef *d;
+	Datum	   *reads;
+	int			nreads;
+
+	if (sc->nsegments == sc->maxsegments)
+	{
+		sc->maxsegments = Max(8, sc->maxsegments * 2);
+		sc->segments = sc->segments
+			? repalloc(sc->segments, sizeof(SegmentDef) * sc->maxsegments)
+			: palloc(sizeof(SegmentDef) * sc->maxsegments);
+	}
+	d = &sc->segments[sc->nsegments++];
+	d->segment_id = DatumGetInt32(values[0]);
+	d->name = TextDatumGetCString(values[1]);
+	d->sql = TextDatumGetCString(values[3]);
+	deconstruct_array(DatumGetArrayTypeP(values[4]), TEXTOID, -1, false,
+					  TYPALIGN_INT, &reads, NULL, &nreads);
+	d->nreads = nreads;
+	d->reads = palloc(sizeof(char *) * Max(nreads, 1));
+	for (int i = 0; i < nreads; i++)
+		d->reads[i] = TextDatumGetCString(reads[i]);
+	d->clock = DatumGetBool(values[5]);
+}
+
 static SegmentCatalog *
 GetSegmentCatalog(void)
 {
@@ -321,13 +348,6 @@ GetSegmentCatalog(void)
 	SegmentCatalog *sc;
 	MemoryContext old;
 	MemoryContext cxt;
-	Relation	rel;
-	TableScanDesc scan;
-	Snapshot	snapshot;
-	HeapTuple	tup;
-	Datum	   *values;
-	bool	   *nulls;
-	int			max = 8;
 
 	if (segment_catalog != NULL && segments_relid == cat->segments)
 		return segment_catalog;
@@ -336,43 +356,9 @@ GetSegmentCatalog(void)
 								ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 	sc = palloc0(sizeof(SegmentCatalog));
-	sc->segments = palloc0(sizeof(SegmentDef) * max);
-
-	rel = table_open(cat->segments, AccessShareLock);
-	if (RelationGetDescr(rel)->natts < 6)
-		elog(ERROR, "persona.segments does not have the expected columns");
-	values = palloc(sizeof(Datum) * RelationGetDescr(rel)->natts);
-	nulls = palloc(sizeof(bool) * RelationGetDescr(rel)->natts);
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	scan = table_beginscan(rel, snapshot, 0, NULL);
-	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		SegmentDef *d;
-		Datum	   *reads;
-		int			nreads;
-
-		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
-		if (sc->nsegments == max)
-		{
-			max *= 2;
-			sc->segments = repalloc(sc->segments, sizeof(SegmentDef) * max);
-		}
-		d = &sc->segments[sc->nsegments++];
-		d->segment_id = DatumGetInt32(values[0]);
-		d->name = TextDatumGetCString(values[1]);
-		d->sql = TextDatumGetCString(values[3]);
-		deconstruct_array(DatumGetArrayTypeP(values[4]), TEXTOID, -1, false,
-						  TYPALIGN_INT, &reads, NULL, &nreads);
-		d->nreads = nreads;
-		d->reads = palloc(sizeof(char *) * Max(nreads, 1));
-		for (int i = 0; i < nreads; i++)
-			d->reads[i] = TextDatumGetCString(reads[i]);
-		d->clock = DatumGetBool(values[5]);
-	}
-	table_endscan(scan);
-	UnregisterSnapshot(snapshot);
-	table_close(rel, AccessShareLock);
-	qsort(sc->segments, sc->nsegments, sizeof(SegmentDef), CompareSegments);
+	PersonaReadDefinitions(cat->segments, 6, AddSegmentDef, sc);
+	if (sc->nsegments > 0)
+		qsort(sc->segments, sc->nsegments, sizeof(SegmentDef), CompareSegments);
 	MemoryContextSwitchTo(old);
 
 	if (segment_catalog != NULL && segment_catalog->evaluate != NULL)
@@ -438,21 +424,6 @@ Announce(const char *segment, int64 profile_id, const char *op)
 	pfree(payload.data);
 }
 
-static SPIPlanPtr
-KeptPlan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *types)
-{
-	if (*cache == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		*cache = plan;
-	}
-	return *cache;
-}
 
 /* Writes entries (enter) or exits, logs and announces those that happened. */
 static uint64
@@ -468,7 +439,7 @@ ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
 	args[0] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
 	args[1] = PointerGetDatum(construct_array(pids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	if (enter)
-		plan = KeptPlan(&enter_plan,
+		plan = PersonaKeptPlan(&enter_plan,
 						"WITH changed AS ("
 						" INSERT INTO persona.segment_members AS m (segment, profile_id, entered_at)"
 						" SELECT u.segment, u.profile_id, pg_catalog.now()"
@@ -477,10 +448,9 @@ ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
 						" RETURNING m.segment, m.profile_id) "
 						"INSERT INTO persona.segment_log (segment, profile_id, op, at) "
 						"SELECT c.segment, c.profile_id, 'enter', pg_catalog.now() FROM changed AS c "
-						"RETURNING segment, profile_id",
-						2, types);
+						"RETURNING segment, profile_id", 2, types, 0);
 	else
-		plan = KeptPlan(&exit_plan,
+		plan = PersonaKeptPlan(&exit_plan,
 						"WITH changed AS ("
 						" DELETE FROM persona.segment_members AS m"
 						" USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(segment, profile_id)"
@@ -489,8 +459,7 @@ ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
 						" RETURNING m.segment, m.profile_id) "
 						"INSERT INTO persona.segment_log (segment, profile_id, op, at) "
 						"SELECT c.segment, c.profile_id, 'exit', pg_catalog.now() FROM changed AS c "
-						"RETURNING segment, profile_id",
-						2, types);
+						"RETURNING segment, profile_id", 2, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "writing segment changes failed");
 	done = SPI_processed;

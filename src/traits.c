@@ -29,9 +29,7 @@
 
 #include <math.h>
 
-#include "access/heapam.h"
-#include "access/table.h"
-#include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "fmgr.h"
@@ -44,7 +42,6 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "persona.h"
@@ -113,6 +110,34 @@ CompareDefs(const void *a, const void *b)
  * are no longer current.  The scan checks no privileges: whoever may read
  * persona.traits may know which traits exist.
  */
+static void
+AddTraitDef(Datum *values, bool *nulls, void *arg)
+{
+	TraitCatalog *tc = (TraitCatalog *) arg;
+	TraitDef   *d;
+
+	if (tc->ndefs == tc->maxdefs)
+	{
+		tc->maxdefs = Max(8, tc->maxdefs * 2);
+		tc->defs = tc->defs ? repalloc(tc->defs, sizeof(TraitDef) * tc->maxdefs)
+			: palloc(sizeof(TraitDef) * tc->maxdefs);
+	}
+	d = &tc->defs[tc->ndefs++];
+	memset(d, 0, sizeof(TraitDef));
+	d->trait_id = DatumGetInt32(values[0]);
+	d->name = TextDatumGetCString(values[1]);
+	d->kind = TraitKindFromName(TextDatumGetCString(values[2]));
+	d->event_type = TextDatumGetCString(values[3]);
+	d->property = nulls[4] ? NULL : TextDatumGetCString(values[4]);
+	d->window_us = nulls[5] ? 0 : TraitIntervalUs(DatumGetIntervalP(values[5]));
+	d->bucket_us = BucketWidth(d->window_us);
+	if (d->kind == 0)
+		elog(ERROR, "persona.trait_defs holds an unknown aggregate");
+	if (d->trait_id > tc->max_trait_id)
+		tc->max_trait_id = d->trait_id;
+}
+
+/* Returns the trait definitions, read again after persona.trait_defs changed. */
 const TraitCatalog *
 PersonaTraitCatalog(void)
 {
@@ -120,13 +145,6 @@ PersonaTraitCatalog(void)
 	TraitCatalog *tc;
 	MemoryContext old;
 	MemoryContext cxt;
-	Relation	rel;
-	TableScanDesc scan;
-	Snapshot	snapshot;
-	HeapTuple	tup;
-	Datum	   *values;
-	bool	   *nulls;
-	int			max = 8;
 
 	if (trait_catalog != NULL && trait_defs_relid == cat->trait_defs)
 		return trait_catalog;
@@ -135,43 +153,9 @@ PersonaTraitCatalog(void)
 								ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(cxt);
 	tc = palloc0(sizeof(TraitCatalog));
-	tc->defs = palloc0(sizeof(TraitDef) * max);
-
-	rel = table_open(cat->trait_defs, AccessShareLock);
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	scan = table_beginscan(rel, snapshot, 0, NULL);
-	if (RelationGetDescr(rel)->natts < 6)
-		elog(ERROR, "persona.trait_defs does not have the expected columns");
-	values = palloc(sizeof(Datum) * RelationGetDescr(rel)->natts);
-	nulls = palloc(sizeof(bool) * RelationGetDescr(rel)->natts);
-	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		TraitDef   *d;
-
-		heap_deform_tuple(tup, RelationGetDescr(rel), values, nulls);
-		if (tc->ndefs == max)
-		{
-			max *= 2;
-			tc->defs = repalloc(tc->defs, sizeof(TraitDef) * max);
-		}
-		d = &tc->defs[tc->ndefs++];
-		memset(d, 0, sizeof(TraitDef));
-		d->trait_id = DatumGetInt32(values[0]);
-		d->name = TextDatumGetCString(values[1]);
-		d->kind = TraitKindFromName(TextDatumGetCString(values[2]));
-		d->event_type = TextDatumGetCString(values[3]);
-		d->property = nulls[4] ? NULL : TextDatumGetCString(values[4]);
-		d->window_us = nulls[5] ? 0 : TraitIntervalUs(DatumGetIntervalP(values[5]));
-		d->bucket_us = BucketWidth(d->window_us);
-		if (d->kind == 0)
-			elog(ERROR, "persona.trait_defs holds an unknown aggregate");
-		if (d->trait_id > tc->max_trait_id)
-			tc->max_trait_id = d->trait_id;
-	}
-	table_endscan(scan);
-	UnregisterSnapshot(snapshot);
-	table_close(rel, AccessShareLock);
-	qsort(tc->defs, tc->ndefs, sizeof(TraitDef), CompareDefs);
+	PersonaReadDefinitions(cat->trait_defs, 6, AddTraitDef, tc);
+	if (tc->ndefs > 0)
+		qsort(tc->defs, tc->ndefs, sizeof(TraitDef), CompareDefs);
 	MemoryContextSwitchTo(old);
 
 	/* The old list stays valid for whoever holds it until the next reload. */

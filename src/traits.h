@@ -49,6 +49,7 @@ typedef struct TraitDef
 typedef struct TraitCatalog
 {
 	int			ndefs;
+	int			maxdefs;
 	TraitDef   *defs;			/* ordered by trait_id */
 	int32		max_trait_id;
 } TraitCatalog;
