@@ -35,6 +35,12 @@ SELECT persona_in_segment('s-ravi', 'mumbai_big_cart') AS ravi_in;
 SELECT persona_identify('s-asha', '{"city": "Pune"}') > 0 AS identified;
 SELECT persona_in_segment('s-asha', 'mumbai_big_cart') AS asha_in;
 
+-- A segment is created at READ COMMITTED only (its evaluation must see
+-- every committed profile).
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT persona_create_segment('rr', 'true');
+ROLLBACK;
+
 -- A rolled-back event changes nothing and announces nothing.
 BEGIN;
 SELECT persona_identify('s-asha', '{"city": "Mumbai"}') > 0 AS identified;
@@ -85,6 +91,15 @@ UPDATE persona.profiles SET next_change_at = now() - interval '1 second'
 SELECT persona_tick() >= 0 AS ticked;
 SELECT next_change_at > now() AS rescheduled FROM persona.profiles WHERE user_id = 's-ravi';
 
+-- A profile created by an event is new to every segment, also to those
+-- that read nothing an event changes.
+SELECT persona_create_segment('anonymous', 'user_id IS NULL');
+SELECT persona_track(NULL, 'page_view', anonymous_id => 's-new-anon') > 0 AS tracked;
+SELECT persona_in_segment('s-new-anon', 'anonymous') AS new_anon_in;
+SELECT persona_identify('s-new-user') > 0 AS identified;
+SELECT persona_in_segment('s-new-user', 'anonymous') AS new_user_in;
+SELECT persona_drop_segment('anonymous');
+
 -- A name is data, never SQL.
 SELECT persona_create_segment('x"; DROP TABLE persona.events;--', 'event_count >= 1');
 SELECT persona_in_segment('s-asha', 'x"; DROP TABLE persona.events;--') AS in_odd;
@@ -109,6 +124,17 @@ SELECT persona_create_segment('bad', 'pg_catalog.pg_sleep(1) IS NULL');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT persona_create_segment('bad', 'nextval(''persona.event_id_seq'') > 0');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+-- Stable built-ins that read beyond the profile (predicates run with
+-- persona's privileges) are refused; only the clock and date/time are allowed.
+SELECT persona_create_segment('bad', $$table_to_xml('pg_catalog.pg_authid'::regclass, true, false, '')::text LIKE '%SCRAM%'$$);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', $$current_setting('data_directory') LIKE '/%'$$);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('bad', $$CURRENT_USER = 'postgres'$$);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_segment('weekday_shoppers', $$extract(isodow FROM last_seen) < 6 AND date_trunc('day', last_seen) <= now()$$);
+SELECT clock FROM persona.segments WHERE name = 'weekday_shoppers';
+SELECT persona_drop_segment('weekday_shoppers');
 SELECT persona_create_segment('bad', 'event_count');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT persona_create_segment('bad', 'count(*) > 1');

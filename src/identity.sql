@@ -95,6 +95,8 @@ BEGIN
     END IF;
     INSERT INTO persona.profiles (profile_id, user_id)
     VALUES (v_pid, CASE WHEN v_kind = 'user' THEN v_id END);
+    -- A new profile is new to every segment.
+    PERFORM persona.refresh_segments(ARRAY[v_pid], NULL);
     RETURN v_pid;
 END
 $$;

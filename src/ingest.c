@@ -102,6 +102,7 @@ typedef struct ProfileDelta
 	IdEntry    *new_id;			/* identity to write, when pending */
 	ProfileTraits *traits;		/* computed trait states, or NULL */
 	bool		written;		/* the upsert created or updated it */
+	bool		created;		/* this statement created the profile */
 } ProfileDelta;
 
 /* Past this many ids the map starts over, bounding its memory. */
@@ -774,6 +775,8 @@ DeltaArrays(ProfileDelta **list, int n, Datum *args)
 		firsts[i] = TimestampTzGetDatum(list[i]->first_seen);
 		lasts[i] = TimestampTzGetDatum(list[i]->last_seen);
 		counts[i] = Int64GetDatum(list[i]->events);
+		if (list[i]->new_id != NULL)
+			list[i]->created = true;
 		if (list[i]->traits != NULL)
 		{
 			state = ProfileTraitsSerialize(list[i]->traits, now);
@@ -1005,7 +1008,8 @@ FoldTraits(ProfileDelta *d, const TraitCatalog *traits, TupleTableSlot *slot,
 
 /*
  * Re-evaluates the segments that read what the statement changed: the event
- * statistics of every profile it touched, and the traits its events fed.
+ * statistics of every profile it touched, and the traits its events fed.  A
+ * profile the statement created is new to every segment.
  */
 static void
 RefreshSegments(HTAB *deltas, const TraitCatalog *traits, bool *touched)
@@ -1013,8 +1017,11 @@ RefreshSegments(HTAB *deltas, const TraitCatalog *traits, bool *touched)
 	static const char *const stats[] = {"event_count", "first_seen", "last_seen", "updated_at"};
 	const char **changed = palloc(sizeof(char *) * (lengthof(stats) + traits->ndefs));
 	int			nchanged = 0;
-	int64	   *pids = palloc(sizeof(int64) * hash_get_num_entries(deltas));
-	int			n = 0;
+	long		total = hash_get_num_entries(deltas);
+	int64	   *known = palloc(sizeof(int64) * total);
+	int64	   *created = palloc(sizeof(int64) * total);
+	int			nknown = 0;
+	int			ncreated = 0;
 	HASH_SEQ_STATUS seq;
 	ProfileDelta *d;
 
@@ -1025,8 +1032,14 @@ RefreshSegments(HTAB *deltas, const TraitCatalog *traits, bool *touched)
 			changed[nchanged++] = traits->defs[i].name;
 	hash_seq_init(&seq, deltas);
 	while ((d = hash_seq_search(&seq)) != NULL)
-		pids[n++] = d->profile_id;
-	(void) SegmentsRefresh(pids, n, changed, nchanged);
+	{
+		if (d->created)
+			created[ncreated++] = d->profile_id;
+		else
+			known[nknown++] = d->profile_id;
+	}
+	(void) SegmentsRefresh(known, nknown, changed, nchanged);
+	(void) SegmentsRefresh(created, ncreated, NULL, 0);
 }
 
 /* Folds the statement's rows per profile and writes each profile once. */
@@ -1100,6 +1113,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 			d->new_id = NULL;
 			d->traits = NULL;
 			d->written = false;
+			d->created = false;
 
 			/* Is this profile's id pending?  Look at the id the row used. */
 			id = slot_getattr(slot, event_columns.user_id, &isnull);

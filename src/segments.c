@@ -113,6 +113,35 @@ typedef struct CheckContext
 	bool		clock;
 } CheckContext;
 
+/*
+ * The stable built-ins a predicate may call: the clock and date/time
+ * arithmetic, which depend on the time (and the time zone) only.  Other
+ * stable built-ins can read what the profile does not hold (settings,
+ * statistics, whole tables as XML), and predicates run with persona's
+ * privileges, so they are refused.
+ */
+static bool
+ClockFunction(const char *name)
+{
+	static const char *const names[] = {
+		"now", "transaction_timestamp", "statement_timestamp", "date_trunc",
+		"date_part", "extract", "date_bin", "age", "timezone", "to_char",
+		"to_date", "to_timestamp", "make_timestamptz", "date", "timestamp",
+		"timestamptz", "time", "timetz", "overlaps", "isfinite"
+	};
+	static const char *const prefixes[] = {
+		"timestamptz_", "timestamp_", "date_", "interval_", "time_", "timetz_"
+	};
+
+	for (size_t i = 0; i < lengthof(names); i++)
+		if (strcmp(name, names[i]) == 0)
+			return true;
+	for (size_t i = 0; i < lengthof(prefixes); i++)
+		if (strncmp(name, prefixes[i], strlen(prefixes[i])) == 0)
+			return true;
+	return false;
+}
+
 static bool
 CheckFunction(Oid funcid, void *context)
 {
@@ -132,7 +161,15 @@ CheckFunction(Oid funcid, void *context)
 						format_procedure(funcid)),
 				 errdetail("Only built-in functions and operators are allowed.")));
 	if (volatility != PROVOLATILE_IMMUTABLE)
+	{
+		if (!ClockFunction(get_func_name(funcid)))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("predicates cannot call function %s",
+							format_procedure(funcid)),
+					 errdetail("Besides immutable built-ins, only clock and date/time functions are allowed.")));
 		cx->clock = true;
+	}
 	return false;
 }
 
@@ -149,7 +186,13 @@ CheckPredicateNode(Node *node, void *context)
 	if (IsA(node, Param))
 		RefusePredicate("parameters", NULL, ((Param *) node)->location);
 	if (IsA(node, SQLValueFunction))
+	{
+		SQLValueFunction *svf = (SQLValueFunction *) node;
+
+		if (svf->op > SVFOP_LOCALTIMESTAMP_N)
+			RefusePredicate("session functions such as CURRENT_USER", NULL, svf->location);
 		cx->clock = true;
+	}
 	if (IsA(node, NextValueExpr))
 		RefusePredicate("sequence functions", NULL, -1);
 	(void) check_functions_in_node(node, CheckFunction, context);
@@ -407,17 +450,20 @@ EvaluationPlan(SegmentCatalog *sc)
  * --------------------------------------------------------------------- */
 
 /*
- * NOTIFY persona_segment with {"op": ..., "segment": ..., "profile_id": ...},
+ * NOTIFY persona_segment with {"op", "log_id", "segment", "profile_id"},
  * written as jsonb_build_object(...)::text writes it, so that every path
- * announces in one format.
+ * announces in one format.  The log id keeps the payloads of one
+ * transaction distinct (NOTIFY folds identical ones) and lets a listener
+ * find its place in persona.segment_log.
  */
 static void
-Announce(const char *segment, int64 profile_id, const char *op)
+Announce(const char *segment, int64 profile_id, const char *op, int64 log_id)
 {
 	StringInfoData payload;
 
 	initStringInfo(&payload);
-	appendStringInfo(&payload, "{\"op\": \"%s\", \"segment\": ", op);
+	appendStringInfo(&payload, "{\"op\": \"%s\", \"log_id\": " INT64_FORMAT ", \"segment\": ",
+					 op, log_id);
 	escape_json(&payload, segment);
 	appendStringInfo(&payload, ", \"profile_id\": " INT64_FORMAT "}", profile_id);
 	Async_Notify("persona_segment", payload.data);
@@ -448,7 +494,7 @@ ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
 						" RETURNING m.segment, m.profile_id) "
 						"INSERT INTO persona.segment_log (segment, profile_id, op, at) "
 						"SELECT c.segment, c.profile_id, 'enter', pg_catalog.now() FROM changed AS c "
-						"RETURNING segment, profile_id", 2, types, 0);
+						"RETURNING segment, profile_id, log_id", 2, types, 0);
 	else
 		plan = PersonaKeptPlan(&exit_plan,
 						"WITH changed AS ("
@@ -459,7 +505,7 @@ ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
 						" RETURNING m.segment, m.profile_id) "
 						"INSERT INTO persona.segment_log (segment, profile_id, op, at) "
 						"SELECT c.segment, c.profile_id, 'exit', pg_catalog.now() FROM changed AS c "
-						"RETURNING segment, profile_id", 2, types, 0);
+						"RETURNING segment, profile_id, log_id", 2, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "writing segment changes failed");
 	done = SPI_processed;
@@ -469,8 +515,10 @@ ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
 		char	   *segment = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
 		int64		pid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
 													  SPI_tuptable->tupdesc, 2, &isnull));
+		int64		log_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+														 SPI_tuptable->tupdesc, 3, &isnull));
 
-		Announce(segment, pid, enter ? "enter" : "exit");
+		Announce(segment, pid, enter ? "enter" : "exit", log_id);
 	}
 	return done;
 }

@@ -81,10 +81,10 @@ BEGIN
     logged AS (
         INSERT INTO persona.segment_log (segment, profile_id, op)
         SELECT g.segment, g.profile_id, 'exit' FROM gone AS g
-        RETURNING segment, profile_id)
+        RETURNING log_id, segment, profile_id)
     SELECT count(pg_notify('persona_segment',
-                           jsonb_build_object('segment', l.segment, 'profile_id', l.profile_id,
-                                             'op', 'exit')::text))
+                           jsonb_build_object('op', 'exit', 'log_id', l.log_id, 'segment', l.segment,
+                                              'profile_id', l.profile_id)::text))
       INTO v_n FROM logged AS l;
     RETURN v_n;
 END
@@ -110,6 +110,13 @@ BEGIN
         RAISE EXCEPTION 'a segment name must be 1 to 200 bytes' USING ERRCODE = '22023';
     END IF;
     v_c := persona.compile_predicate($2, 'persona.segment_source');
+    -- The evaluation must see every profile committed before live
+    -- maintenance takes over, which a transaction-wide snapshot would not.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'persona_create_segment must run at READ COMMITTED'
+            USING ERRCODE = '25000',
+                  DETAIL = format('The transaction runs at %s.', current_setting('transaction_isolation'));
+    END IF;
 
     LOCK TABLE persona.segments IN EXCLUSIVE MODE;
     IF EXISTS (SELECT FROM persona.segments AS s WHERE s.name = v_name) THEN
@@ -133,10 +140,10 @@ BEGIN
         logged AS (
             INSERT INTO persona.segment_log (segment, profile_id, op)
             SELECT e.segment, e.profile_id, 'enter' FROM entered AS e
-            RETURNING segment, profile_id)
+            RETURNING log_id, segment, profile_id)
         SELECT count(pg_notify('persona_segment',
-                               jsonb_build_object('segment', l.segment, 'profile_id', l.profile_id,
-                                                 'op', 'enter')::text))
+                               jsonb_build_object('op', 'enter', 'log_id', l.log_id, 'segment', l.segment,
+                                                  'profile_id', l.profile_id)::text))
           FROM logged AS l$q$, v_c.sql)
     USING v_name;
 END
@@ -158,6 +165,9 @@ BEGIN
         RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
     END IF;
     LOCK TABLE persona.segments IN EXCLUSIVE MODE;
+    -- Ingest in flight may still add members: wait for it, as creation does.
+    PERFORM persona.lock_order();
+    LOCK TABLE persona.events IN SHARE MODE;
     DELETE FROM persona.segments AS s WHERE s.name = v_name;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'segment "%" does not exist', v_name USING ERRCODE = '42704';
