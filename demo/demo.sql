@@ -134,10 +134,101 @@ SELECT p.user_id, p.traits->>'city' AS city, t.purchases, t.revenue, t.product_v
  ORDER BY t.revenue DESC, p.user_id
  LIMIT 5;
 
-\echo 'Asha puts a premium pair in the cart: her traits move in the same transaction.'
+\echo 'Asha adds running socks to her cart: her traits move in the same transaction.'
 SELECT persona_profile('user-asha')->'computed' AS before;
 SELECT persona_track('user-asha', 'add_to_cart',
-                     '{"sku": "SKU-RUN-PRO-1", "category": "running-shoes", "price": 15999, "quantity": 1}',
+                     '{"sku": "SKU-RUN-SOCK-1", "category": "running-shoes", "price": 1299, "quantity": 1}',
                      context => '{"channel": "app", "device": "mobile", "session_id": "s-asha-app",
                                   "geo": {"country": "IN", "city": "Mumbai"}}') AS event_id;
 SELECT persona_profile('user-asha')->'computed' AS after;
+
+\echo
+\echo '== 9. Real-time segments =='
+\echo 'A segment is one boolean predicate over a profile and its computed traits.'
+\echo 'Creating it evaluates every profile; from then on, each change keeps it'
+\echo 'current in its own transaction.'
+SELECT persona_create_segment('mumbai_big_cart',
+                              $$traits->>'city' = 'Mumbai' AND cart_value_7d > 15000$$);
+\echo 'Every profile was evaluated; the members match the predicate run by hand:'
+SELECT (SELECT count(*) FROM persona.profiles) AS profiles_evaluated,
+       (SELECT count(*) FROM persona.segment_members WHERE segment = 'mumbai_big_cart') AS members,
+       (SELECT count(*) FROM persona.profiles AS p JOIN persona.traits AS t USING (profile_id)
+         WHERE p.traits->>'city' = 'Mumbai' AND t.cart_value_7d > 15000) AS by_hand;
+\echo 'What is stored, and ever executed, is the checked predicate, deparsed:'
+SELECT name, predicate_sql, reads, clock FROM persona.segments;
+
+\echo 'This session listens on channel persona_segment from now on.'
+LISTEN persona_segment;
+\echo 'Asha lives in Mumbai, but her cart this week is below 15000: not a member.'
+SELECT t.cart_value_7d, persona_in_segment('user-asha', 'mumbai_big_cart') AS member
+  FROM persona.traits AS t JOIN persona.profiles AS p USING (profile_id)
+ WHERE p.user_id = 'user-asha';
+\echo 'She adds a trail jacket. The "enter" notification arrives as the statement commits:'
+SELECT persona_track('user-asha', 'add_to_cart',
+                     '{"sku": "SKU-JAC-TRAIL-1", "category": "jackets", "price": 4499, "quantity": 1}',
+                     context => '{"channel": "app", "device": "mobile", "session_id": "s-asha-app",
+                                  "geo": {"country": "IN", "city": "Mumbai"}}') AS event_id;
+SELECT persona_in_segment('user-asha', 'mumbai_big_cart') AS member,
+       persona_profile('user-asha')->'segments' AS segments;
+\echo 'The entry is on record in persona.segment_log (and persona.segment_members):'
+SELECT l.log_id, l.segment, l.op, l.profile_id
+  FROM persona.segment_log AS l
+ WHERE l.profile_id = (persona_profile('user-asha')->>'profile_id')::bigint;
+\echo 'More cart events keep her in: no second notification.'
+SELECT persona_track('user-asha', 'add_to_cart',
+                     '{"sku": "SKU-YOG-002", "category": "yoga-mats", "price": 2499, "quantity": 1}') AS event_id;
+UNLISTEN persona_segment;
+
+\echo
+\echo 'Time moves segments too. A predicate calling now() is a clock segment;'
+\echo 'persona_tick() re-evaluates clock segments for every profile, and segments'
+\echo 'on windowed traits (cart_value_7d) for the profiles whose window moved.'
+SELECT persona_create_segment('active_today', $$last_seen > now() - interval '1 day'$$);
+SELECT name, reads, clock,
+       (SELECT count(*) FROM persona.segment_members AS m WHERE m.segment = s.name) AS members
+  FROM persona.segments AS s ORDER BY s.segment_id;
+\echo 'One tick. It returns the entries plus exits it made; its time is mostly the'
+\echo 'clock segment''s pass over every profile, which pg_cron will repeat every minute.'
+SELECT persona_tick() AS changes;
+\echo 'pg_cron is preloaded in this cluster; create its extension here (persona_demo'
+\echo 'is its cron.database_name) and let persona_schedule() register the tick:'
+CREATE EXTENSION IF NOT EXISTS pg_cron;
+SELECT persona_schedule() AS jobid;
+SELECT jobid, jobname, schedule, command, database, username FROM cron.job;
+
+\echo
+\echo '== 10. Decisions: the next best action, in the same breath =='
+\echo 'Asha hesitates at checkout. Three actions compete: a cart-recovery banner'
+\echo 'for the Mumbai big-cart segment at checkout (a rule: priority 10, once a'
+\echo 'day), a generic web banner, and a push reminder. The banner template pulls'
+\echo 'her first name, her last cart item and the live context into the content.'
+SELECT persona_identify('user-asha', '{"first_name": "Asha"}') AS profile_id;
+SELECT persona_define_trait('last_cart_item', 'last', 'add_to_cart', 'sku');
+SELECT persona_create_action('cart_recovery_banner', 'web',
+    '{"title": "{{first_name}}, your {{last_cart_item}} is waiting",
+      "body": "10% off your {{cart_value_7d}} cart if you check out in {{context.geo.city}} today",
+      "cta": "/checkout?coupon=STAY10"}',
+    segment => 'mumbai_big_cart', condition => $$context->>'page' = 'checkout'$$,
+    priority => 10, cap_per_day => 1);
+SELECT persona_create_action('new_arrivals_banner', 'web', '{"title": "New this week: trail running"}');
+SELECT persona_create_action('cart_push', 'push', '{"text": "Still thinking about it, {{first_name}}?"}',
+    cooldown => '4 hours');
+
+\echo 'The decision, rendered with live data and recorded (database time is shown):'
+SELECT decision_id, action, channel, jsonb_pretty(content) AS content, round(score::numeric, 3) AS score, reason
+  FROM persona_decide('user-asha', '{"page": "checkout", "geo": {"city": "Mumbai"}}');
+\echo 'Asking again: the rule is capped at once a day, so the learned ranking decides'
+\echo 'between the others (no feedback yet: both are explored).'
+SELECT action, channel, reason
+  FROM persona_decide('user-asha', '{"page": "checkout", "geo": {"city": "Mumbai"}}', n => 3);
+\echo 'She clicks the banner and buys: feedback is recorded and learned at once.'
+SELECT persona_feedback(d.decision_id, 'click'),
+       persona_feedback(d.decision_id, 'conversion', 26297)
+  FROM persona.decisions AS d
+ WHERE d.action = 'cart_recovery_banner'
+ ORDER BY d.decision_id LIMIT 1;
+SELECT a.name, s.trials, s.successes, s.conversions, s.revenue
+  FROM persona.action_stats AS s JOIN persona.actions AS a USING (action_id)
+ ORDER BY a.action_id;
+\echo 'A shopper persona has never seen gets a decision too, as a new anonymous profile:'
+SELECT action, reason FROM persona_decide('anon-first-visit', '{"page": "home"}', 'web');
