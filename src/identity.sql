@@ -80,6 +80,9 @@ BEGIN
     IF v_pid IS NOT NULL THEN
         RETURN v_pid;
     END IF;
+    -- Creating a profile is a write like ingest: same lock order, and a
+    -- segment or trait definition in progress is waited for.
+    PERFORM persona.lock_order();
     v_pid := nextval('persona.profile_id_seq');
     INSERT INTO persona.identities (id, profile_id, kind)
     VALUES (v_id, v_pid, v_kind)
