@@ -97,6 +97,30 @@ SELECT count(*) AS mismatched FROM persona.traits t
           FROM persona.events e WHERE e.event_type = 'page_view' GROUP BY 1) r USING (profile_id)
  WHERE (t.t_views, t.t_spend, t.t_skus) IS DISTINCT FROM (r.views, coalesce(r.spend, 0), r.skus);
 
+-- The backfill runs as a parallel aggregate where the planner allows it (here
+-- forced), and is exact there too: partial states are combined, not mixed up.
+INSERT INTO persona.events (user_id, event_type, properties, occurred_at)
+SELECT 't-par-' || (g % 200), 'purchase', jsonb_build_object('price', g % 97, 'sku', 'p' || g),
+       now() - (g || ' minutes')::interval
+  FROM generate_series(1, 5000) AS g;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SELECT persona_define_trait('p_spend', 'sum', 'purchase', 'price');
+SELECT persona_define_trait('p_min', 'min', 'purchase', 'price');
+SELECT persona_define_trait('p_last', 'last', 'purchase', 'sku');
+SELECT count(*) AS profiles, count(*) FILTER (WHERE (t.p_spend, t.p_min, t.p_last) IS DISTINCT FROM (r.s, r.m, r.l)) AS mismatched
+  FROM persona.traits t
+  JOIN (SELECT e.profile_id, sum((e.properties->>'price')::numeric) AS s,
+               min((e.properties->>'price')::numeric) AS m,
+               (array_agg(e.properties->>'sku' ORDER BY e.occurred_at DESC, e.event_id DESC))[1] AS l
+          FROM persona.events e WHERE e.event_type = 'purchase' GROUP BY 1) r USING (profile_id)
+  JOIN persona.profiles p USING (profile_id)
+ WHERE p.user_id LIKE 't-par-%';
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+RESET min_parallel_table_scan_size;
+
 -- Dropping a trait removes its column.
 SELECT persona_drop_trait('t_max_price');
 SELECT count(*) AS t_max_price_columns FROM pg_attribute

@@ -8,6 +8,7 @@
 #include "access/heapam.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
@@ -121,7 +122,8 @@ PersonaReadDefinitions(Oid relid, int natts, PersonaRowFunc row, void *arg)
 			 RelationGetRelationName(rel));
 	values = palloc(sizeof(Datum) * desc->natts);
 	nulls = palloc(sizeof(bool) * desc->natts);
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	/* A parallel query cannot take a new snapshot: its own is as fresh. */
+	snapshot = RegisterSnapshot(IsInParallelMode() ? GetActiveSnapshot() : GetLatestSnapshot());
 	scan = table_beginscan(rel, snapshot, 0, NULL);
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{

@@ -548,6 +548,8 @@ TraitAdd(TraitState *s, const TraitDef *def, TimestampTz at, int64 event_id,
 				s->skipped++;
 				return;
 			}
+			/* The event's memory goes with the row; the state must keep its own. */
+			num = DatumGetNumericCopy(NumericGetDatum(num));
 			break;
 		case TRAIT_FIRST:
 		case TRAIT_LAST:
@@ -572,9 +574,15 @@ TraitCombine(TraitState *into, const TraitState *from)
 	{
 		const TraitCell *c = &from->cells[i];
 
+		/*
+		 * Copy what the state keeps: ``from`` may live in shorter-lived memory
+		 * (a deserialized partial state of a parallel aggregate).
+		 */
 		if (c->n > 0)
-			CellAdd(into->kind, GetCell(into, c->bucket), c->n, c->num, c->at,
-					c->seq, c->str);
+			CellAdd(into->kind, GetCell(into, c->bucket), c->n,
+					c->num ? DatumGetNumericCopy(NumericGetDatum(c->num)) : NULL,
+					c->at, c->seq,
+					c->str ? DatumGetTextPCopy(PointerGetDatum(c->str)) : NULL);
 	}
 	if (into->kind != TRAIT_COUNT_DISTINCT)
 		return;
