@@ -210,48 +210,46 @@ CREATE FUNCTION @extschema@.persona_tick()
 DECLARE
     v_changes  bigint := 0;
     v_windowed text[];
-    v_due      bigint[];
+    v_clock    boolean;
     v_batch    bigint[];
+    v_due      bigint[];
 BEGIN
     PERFORM persona.lock_order();
     SELECT array_agg(d.name) INTO v_windowed
       FROM persona.trait_defs AS d WHERE d.time_window IS NOT NULL;
+    v_clock := EXISTS (SELECT FROM persona.segments AS s WHERE s.clock);
 
-    -- Profiles whose windowed traits changed by the clock alone since they
-    -- were last written (an index range, not a scan): prune their states,
-    -- note their next change, re-evaluate the segments that read windows.
-    WITH due AS (
-        SELECT p.profile_id FROM persona.profiles AS p
-         WHERE p.next_change_at <= now()
-         ORDER BY p.profile_id
-           FOR NO KEY UPDATE),
-    pruned AS (
-        UPDATE persona.profiles AS p
-           SET (computed_state, next_change_at) =
-               (SELECT q.s, persona.next_change(q.s)
-                  FROM (SELECT persona.state_merge(p.computed_state, NULL) AS s) AS q)
-          FROM due
-         WHERE p.profile_id = due.profile_id
-        RETURNING p.profile_id)
-    SELECT array_agg(pruned.profile_id ORDER BY pruned.profile_id) INTO v_due FROM pruned;
-    IF v_due IS NOT NULL AND v_windowed IS NOT NULL THEN
-        v_changes := v_changes + persona.refresh_segments(v_due, v_windowed);
-    END IF;
-
-    -- Predicates that call clock functions can change for anyone: every
-    -- profile, in batches, each held against concurrent ingest meanwhile.
-    IF EXISTS (SELECT FROM persona.segments AS s WHERE s.clock) THEN
-        FOR v_batch IN
-            SELECT array_agg(b.profile_id ORDER BY b.profile_id)
-              FROM (SELECT p.profile_id, (row_number() OVER (ORDER BY p.profile_id) - 1) / 10000 AS n
-                      FROM persona.profiles AS p) AS b
-             GROUP BY b.n ORDER BY b.n
-        LOOP
-            PERFORM 1 FROM persona.profiles AS p
-             WHERE p.profile_id = ANY (v_batch) ORDER BY p.profile_id FOR SHARE;
+    -- Batches in profile order, each locked before it is touched, so the
+    -- tick takes profile locks in the one order ingest and merges take them.
+    -- Without clock predicates only the profiles whose windowed traits
+    -- changed by the clock alone are visited (an index range on
+    -- next_change_at); predicates that call clock functions can change for
+    -- anyone, so then every profile is.
+    FOR v_batch IN
+        SELECT array_agg(b.profile_id ORDER BY b.profile_id)
+          FROM (SELECT p.profile_id, (row_number() OVER (ORDER BY p.profile_id) - 1) / 10000 AS n
+                  FROM persona.profiles AS p
+                 WHERE v_clock OR p.next_change_at <= now()) AS b
+         GROUP BY b.n ORDER BY b.n
+    LOOP
+        PERFORM 1 FROM persona.profiles AS p
+         WHERE p.profile_id = ANY (v_batch) ORDER BY p.profile_id FOR NO KEY UPDATE;
+        -- Prune the due states and note when each changes next.
+        WITH pruned AS (
+            UPDATE persona.profiles AS p
+               SET (computed_state, next_change_at) =
+                   (SELECT q.s, persona.next_change(q.s)
+                      FROM (SELECT persona.state_merge(p.computed_state, NULL) AS s) AS q)
+             WHERE p.profile_id = ANY (v_batch) AND p.next_change_at <= now()
+            RETURNING p.profile_id)
+        SELECT array_agg(pruned.profile_id ORDER BY pruned.profile_id) INTO v_due FROM pruned;
+        IF v_due IS NOT NULL AND v_windowed IS NOT NULL THEN
+            v_changes := v_changes + persona.refresh_segments(v_due, v_windowed);
+        END IF;
+        IF v_clock THEN
             v_changes := v_changes + persona.refresh_segments(v_batch, ARRAY['now()']);
-        END LOOP;
-    END IF;
+        END IF;
+    END LOOP;
     RETURN v_changes;
 END
 $$;

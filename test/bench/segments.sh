@@ -1,0 +1,581 @@
+#!/usr/bin/env bash
+# Segment maintenance cost: persona against baselines measured in the same run.
+#
+#  1. Bulk ingest with segments: one INSERT ... SELECT of $EVENTS add_to_cart
+#     events (with a price) over $USERS new users into persona.events, with 3
+#     computed traits (count, sum(price), 7-day windowed count) and 4
+#     segments reading them, against the same rows into `plain` (the columns,
+#     defaults and indexes of persona.events, no triggers). Then the same
+#     insert into persona without the segments, and without the traits
+#     either: where persona's time goes.
+#  2. The same logic as a naive PL/pgSQL implementation: a FOR EACH ROW
+#     trigger on a copy of the table upserts a per-user counters row (the
+#     windowed count by a query over the user's events), then runs each of
+#     the 4 segment predicates, stored as text, with EXECUTE format(...) and
+#     inserts or deletes a membership row, logs and NOTIFYs the change.
+#     $PL_EVENTS events over $PL_USERS users (it is slow); compared in
+#     events/s with persona's rate from 1, and with persona on the same rows.
+#  3. Irrelevant segments: the bulk ingest of 1 with 100 segments, 96 of
+#     them over traits of an event type the insert never carries, against
+#     the 4 segments alone, alternating: for known users (every profile
+#     exists: the target case), and for new users (a new profile is new to
+#     every segment, so all 100 are evaluated for it).
+#  4. persona_tick over $TICK_PROFILES profiles with a 7-day windowed trait,
+#     when 0.1%, 1% and 10% of them are due (next_change_at <= now()): the
+#     time should follow the due count, not the number of profiles.
+#
+# Every timed statement runs alone in a fresh session after a CHECKPOINT
+# (psql \timing, commit included); every figure is the median of several
+# runs; persona and its baseline alternate (ABBA). Nothing here asserts a
+# timing: the script fails only when something errors or persona's tables
+# end up wrong. Connection from PGHOST/PGPORT/PGUSER/PGDATABASE
+# (scripts/bench.sh); the database must have persona installed. The script
+# empties persona's tables and leaves no trait or segment behind.
+#
+# Knobs (environment): BENCH_SEG_USERS (100000; 2 events each),
+# BENCH_SEG_RUNS (4 bulk runs per side in 1), BENCH_SEG_BREAKDOWN_RUNS (3),
+# BENCH_SEG_IRR_RUNS (4 runs per side in 3, known users),
+# BENCH_SEG_IRR_NEW_RUNS (2, new users), BENCH_PL_USERS (10000; 2
+# events each), BENCH_PL_RUNS (3), BENCH_TICK_PROFILES (1000000),
+# BENCH_TICK_RUNS (3 per due fraction), BENCH_TICK_CLOCK (1: also time one
+# tick with a clock segment present).
+set -euo pipefail
+
+USERS=${BENCH_SEG_USERS:-100000}
+EVENTS=$((2 * USERS))
+RUNS=${BENCH_SEG_RUNS:-4}
+BREAKDOWN_RUNS=${BENCH_SEG_BREAKDOWN_RUNS:-3}
+IRR_RUNS=${BENCH_SEG_IRR_RUNS:-4}
+IRR_NEW_RUNS=${BENCH_SEG_IRR_NEW_RUNS:-2}
+PL_USERS=${BENCH_PL_USERS:-10000}
+PL_EVENTS=$((2 * PL_USERS))
+PL_RUNS=${BENCH_PL_RUNS:-3}
+TICK_PROFILES=${BENCH_TICK_PROFILES:-1000000}
+TICK_RUNS=${BENCH_TICK_RUNS:-3}
+TICK_CLOCK=${BENCH_TICK_CLOCK:-1}
+
+BULK_TARGET=33     # persona events/s as a % of plain's
+PL_TARGET=10       # persona events/s as a multiple of the PL/pgSQL triggers'
+IRRELEVANT_TARGET=1.3 # 100 segments (96 irrelevant) at most this many times the 4-segment time
+
+psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+val() { psql -X -q -v ON_ERROR_STOP=1 -At -c "$1"; }
+
+# Runs one statement in a fresh session; prints its duration in ms.
+timed() {
+	local out ms
+	out=$(psql_q -c '\timing on' -c "$1")
+	ms=$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out" | tail -n 1)
+	[[ -n $ms ]] || { printf 'bench: no timing from psql:\n%s\n' "$out" >&2; exit 1; }
+	echo "$ms"
+}
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {
+	if (NR == 0) exit 1
+	if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+calc() { awk "BEGIN { printf \"%s\", $1 }"; }
+fmt_int() { calc "int($1 + 0.5)" | sed ':a; s/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/; ta'; }
+met_ge() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t ? "yes" : "NO") }'; }
+met_le() { awk -v r="$1" -v t="$2" 'BEGIN { print (r <= t ? "yes" : "NO") }'; }
+
+# Fails the benchmark when persona's bookkeeping is not what the rows imply.
+expect() { # what sql expected
+	local got
+	got=$(val "$2")
+	[[ $got == "$3" ]] || { echo "bench: $1: got $got, expected $3" >&2; exit 1; }
+}
+
+# Empties persona's data (whatever other benchmarks left) and restarts the
+# profile ids; drops the traits and segments this script defines.
+RESET_DATA="DO \$\$ BEGIN
+	EXECUTE 'TRUNCATE persona.events, persona.profiles, persona.identities, persona.segment_members, persona.segment_log'
+		|| CASE WHEN to_regclass('persona.merges') IS NULL THEN '' ELSE ', persona.merges' END
+		|| ' CASCADE';
+	ALTER SEQUENCE persona.profile_id_seq RESTART;
+END \$\$"
+DROP_DEFS="DO \$\$ BEGIN
+	PERFORM persona_drop_segment(s.name) FROM persona.segments AS s WHERE s.name LIKE 'bseg\\_%';
+	PERFORM persona_drop_trait(d.name) FROM persona.trait_defs AS d WHERE d.name LIKE 'bseg\\_%';
+END \$\$"
+
+cleanup() {
+	psql_q -c "$DROP_DEFS" -c "$RESET_DATA" \
+		-c 'DROP TABLE IF EXISTS bseg_src, bseg_pl_src, plain, pl_events, pl_counters, pl_segments, pl_members, pl_log, bseg_snap_profiles, bseg_snap_identities, bseg_snap_members' \
+		-c 'DROP FUNCTION IF EXISTS pl_apply()' >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+echo "persona segments benchmark"
+echo "  $(val "SELECT split_part(version(), ' on ', 1)") | $(nproc) CPUs | persona $(val "SELECT extversion FROM pg_extension WHERE extname = 'persona'")"
+echo "  shared_buffers=$(val 'SHOW shared_buffers') max_wal_size=$(val 'SHOW max_wal_size')" \
+	"checkpoint_timeout=$(val 'SHOW checkpoint_timeout') work_mem=$(val 'SHOW work_mem')" \
+	"synchronous_commit=$(val 'SHOW synchronous_commit') fsync=$(val 'SHOW fsync')"
+
+# ---------------------------------------------------------------------------
+# Setup (untimed): source rows, the plain table, the PL/pgSQL implementation.
+#
+# Event n belongs to pass (n-1)/users; each pass visits every user once, in
+# a scrambled order (as test/bench/ingest.sh). Every event is an
+# add_to_cart with a price of 1 to 400, occurred in the last 6 days (inside
+# the 7-day window). `pid`, the number of the event where the user first
+# appears, is the profile id persona hands out after a restart of its
+# sequence: the plain table stores it as profile_id, so its primary key
+# sees the same keys in the same order.
+# ---------------------------------------------------------------------------
+cleanup
+psql_q -v users="$USERS" -v pl_users="$PL_USERS" <<'SQL'
+SET client_min_messages = warning;
+
+CREATE FUNCTION pg_temp.src(users int) RETURNS TABLE (
+    n bigint, pid bigint, user_id text, event_type text, properties jsonb, context jsonb, occurred_at timestamptz)
+LANGUAGE sql AS $$
+WITH ev AS (
+    SELECT n, (CASE WHEN (n - 1) / users % 2 = 0 THEN 7919 ELSE 3571 END
+               * ((n - 1) % users)::bigint) % users + 1 AS u
+    FROM generate_series(1, 2 * users) AS n
+), first AS (
+    SELECT u, min(n) AS pid FROM ev GROUP BY u
+)
+SELECT ev.n, first.pid, 'user-' || ev.u, 'add_to_cart',
+       jsonb_build_object('sku', 'sku-' || ev.n % 5000, 'price', ev.n * 7919 % 400 + 1),
+       jsonb_build_object('channel', 'web', 'device', (ARRAY['mobile', 'desktop', 'tablet'])[ev.n % 3 + 1],
+                          'session_id', 's-' || ev.n / 7),
+       now() - interval '6 days' + (ev.n % 500000) * interval '1 second'
+FROM ev JOIN first USING (u)
+ORDER BY ev.n
+$$;
+
+CREATE TABLE bseg_src AS SELECT * FROM pg_temp.src(:users);
+CREATE TABLE bseg_pl_src AS SELECT * FROM pg_temp.src(:pl_users);
+VACUUM (FREEZE, ANALYZE) bseg_src, bseg_pl_src;
+
+-- The baseline table: persona.events' columns, defaults and indexes.
+CREATE TABLE plain (LIKE persona.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE SEQUENCE plain_event_id_seq CACHE 32 OWNED BY plain.event_id;
+ALTER TABLE plain ALTER COLUMN event_id SET DEFAULT nextval('plain_event_id_seq');
+
+-- The naive implementation: the same table with a row trigger.
+CREATE TABLE pl_events (LIKE persona.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE SEQUENCE pl_event_id_seq CACHE 32 OWNED BY pl_events.event_id;
+ALTER TABLE pl_events ALTER COLUMN event_id SET DEFAULT nextval('pl_event_id_seq');
+CREATE TABLE pl_counters (user_id text PRIMARY KEY, carts bigint NOT NULL, cart_value numeric NOT NULL,
+                          carts_7d bigint NOT NULL);
+CREATE TABLE pl_segments (name text PRIMARY KEY, predicate text NOT NULL);
+CREATE TABLE pl_members (segment text, user_id text, entered_at timestamptz NOT NULL DEFAULT now(),
+                         PRIMARY KEY (segment, user_id));
+CREATE TABLE pl_log (log_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, segment text NOT NULL,
+                     user_id text NOT NULL, op text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+INSERT INTO pl_segments VALUES
+    ('frequent', 'carts >= 2'),
+    ('big_cart', 'cart_value > 500'),
+    ('recent', 'carts_7d >= 2'),
+    ('warm', 'cart_value > 200 AND carts_7d >= 1');
+
+CREATE FUNCTION pl_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    s     record;
+    v_in  boolean;
+    v_was boolean;
+BEGIN
+    IF NEW.event_type <> 'add_to_cart' THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO pl_counters AS c (user_id, carts, cart_value, carts_7d)
+    VALUES (NEW.user_id, 1, coalesce((NEW.properties->>'price')::numeric, 0),
+            (SELECT count(*) FROM pl_events AS e
+              WHERE e.profile_id = NEW.profile_id AND e.event_type = 'add_to_cart'
+                AND e.occurred_at > now() - interval '7 days'))
+    ON CONFLICT (user_id) DO UPDATE
+       SET carts = c.carts + 1, cart_value = c.cart_value + excluded.cart_value,
+           carts_7d = excluded.carts_7d;
+    FOR s IN SELECT g.name, g.predicate FROM pl_segments AS g ORDER BY g.name LOOP
+        EXECUTE format('SELECT %s FROM pl_counters WHERE user_id = $1', s.predicate)
+           INTO v_in USING NEW.user_id;
+        v_in := coalesce(v_in, false);
+        v_was := EXISTS (SELECT FROM pl_members AS m WHERE m.segment = s.name AND m.user_id = NEW.user_id);
+        IF v_in AND NOT v_was THEN
+            INSERT INTO pl_members (segment, user_id) VALUES (s.name, NEW.user_id);
+            INSERT INTO pl_log (segment, user_id, op) VALUES (s.name, NEW.user_id, 'enter');
+            PERFORM pg_notify('pl_segment', json_build_object('op', 'enter', 'segment', s.name,
+                                                              'user_id', NEW.user_id)::text);
+        ELSIF v_was AND NOT v_in THEN
+            DELETE FROM pl_members AS m WHERE m.segment = s.name AND m.user_id = NEW.user_id;
+            INSERT INTO pl_log (segment, user_id, op) VALUES (s.name, NEW.user_id, 'exit');
+            PERFORM pg_notify('pl_segment', json_build_object('op', 'exit', 'segment', s.name,
+                                                              'user_id', NEW.user_id)::text);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER pl_apply AFTER INSERT ON pl_events FOR EACH ROW EXECUTE FUNCTION pl_apply();
+SQL
+expect "distinct users in the source" "SELECT count(DISTINCT user_id) FROM bseg_src" "$USERS"
+expect "first appearance of each user" \
+	"SELECT count(DISTINCT pid) = $USERS AND max(pid) = $USERS FROM bseg_src" t
+
+# persona's definitions: 3 traits and 4 segments reading them (the same
+# predicates as pl_segments); 96 more segments over 8 traits of an event
+# type the inserts never carry.
+define_traits() {
+	psql_q >/dev/null <<'SQL'
+SELECT persona_define_trait('bseg_carts', 'count', 'add_to_cart');
+SELECT persona_define_trait('bseg_cart_value', 'sum', 'add_to_cart', 'price');
+SELECT persona_define_trait('bseg_carts_7d', 'count', 'add_to_cart', time_window => '7 days');
+SQL
+}
+drop_traits() {
+	psql_q -c "DO \$\$ BEGIN PERFORM persona_drop_trait(d.name) FROM persona.trait_defs AS d
+		WHERE d.name IN ('bseg_carts', 'bseg_cart_value', 'bseg_carts_7d'); END \$\$" >/dev/null
+}
+define_four() {
+	psql_q >/dev/null <<'SQL'
+SELECT persona_create_segment('bseg_frequent', 'bseg_carts >= 2');
+SELECT persona_create_segment('bseg_big_cart', 'bseg_cart_value > 500');
+SELECT persona_create_segment('bseg_recent', 'bseg_carts_7d >= 2');
+SELECT persona_create_segment('bseg_warm', 'bseg_cart_value > 200 AND bseg_carts_7d >= 1');
+SQL
+}
+drop_four() {
+	psql_q -c "DO \$\$ BEGIN PERFORM persona_drop_segment(s.name) FROM persona.segments AS s
+		WHERE s.name IN ('bseg_frequent', 'bseg_big_cart', 'bseg_recent', 'bseg_warm'); END \$\$" >/dev/null
+}
+define_irrelevant() {
+	psql_q >/dev/null <<'SQL'
+DO $$
+BEGIN
+    FOR t IN 1..8 LOOP
+        PERFORM persona_define_trait(format('bseg_x%s', t), CASE WHEN t % 2 = 0 THEN 'sum' ELSE 'count' END,
+                                     'wishlist', CASE WHEN t % 2 = 0 THEN 'price' END);
+    END LOOP;
+    FOR s IN 1..96 LOOP
+        PERFORM persona_create_segment(format('bseg_x_seg%s', s),
+                                       format('bseg_x%s > %s', (s - 1) % 8 + 1, s));
+    END LOOP;
+END
+$$;
+SQL
+}
+drop_irrelevant() {
+	psql_q >/dev/null <<'SQL'
+DO $$
+BEGIN
+    PERFORM persona_drop_segment(s.name) FROM persona.segments AS s WHERE s.name LIKE 'bseg\_x%';
+    PERFORM persona_drop_trait(d.name) FROM persona.trait_defs AS d WHERE d.name LIKE 'bseg\_x%';
+END
+$$;
+SQL
+}
+define_traits
+define_four
+
+cols="user_id, event_type, properties, context, occurred_at"
+PERSONA_INSERT="INSERT INTO persona.events ($cols) SELECT $cols FROM bseg_src"
+PERSONA_PL_INSERT="INSERT INTO persona.events ($cols) SELECT $cols FROM bseg_pl_src"
+PLAIN_INSERT="INSERT INTO plain (profile_id, $cols) SELECT pid, $cols FROM bseg_src"
+PL_INSERT="INSERT INTO pl_events (profile_id, $cols) SELECT pid, $cols FROM bseg_pl_src"
+
+# What the 4 segments must hold after an insert of SRC into an empty
+# table: "members/expected", the expected count by plain SQL over SRC.
+members_check() { # members_table src
+	echo "SELECT (SELECT count(*) FROM $1 WHERE segment NOT LIKE 'bseg\\_x%')
+	           || '/' || (SELECT sum((n >= 2)::int + (v > 500)::int + (n >= 2)::int + (v > 200)::int)
+	                        FROM (SELECT user_id, count(*) AS n, sum((properties->>'price')::numeric) AS v
+	                                FROM $2 GROUP BY user_id) AS u)"
+}
+members_expected() { # src
+	local v
+	v=$(val "SELECT sum((n >= 2)::int + (v > 500)::int + (n >= 2)::int + (v > 200)::int)
+	           FROM (SELECT user_id, count(*) AS n, sum((properties->>'price')::numeric) AS v
+	                   FROM $1 GROUP BY user_id) AS u")
+	echo "$v/$v"
+}
+MEMBERS_4=$(members_expected bseg_src)
+MEMBERS_PL=$(members_expected bseg_pl_src)
+
+# One measured run of a side -> ms
+bulk_run() { # side
+	local ms
+	case $1 in
+	plain)
+		psql_q -c 'TRUNCATE plain' -c CHECKPOINT
+		ms=$(timed "$PLAIN_INSERT")
+		expect "plain rows" "SELECT count(*) FROM plain" "$EVENTS"
+		psql_q -c 'VACUUM ANALYZE plain'
+		;;
+	persona | persona100 | persona_noseg)
+		psql_q -c "$RESET_DATA" -c CHECKPOINT
+		ms=$(timed "$PERSONA_INSERT")
+		expect "profiles created" "SELECT count(*) || '/' || sum(event_count) FROM persona.profiles" "$USERS/$EVENTS"
+		if [[ $1 == persona_noseg ]]; then
+			expect "segment members (no segments)" "SELECT count(*) FROM persona.segment_members" 0
+		else
+			expect "segment members (4 segments, against the source)" \
+				"$(members_check persona.segment_members bseg_src)" "$MEMBERS_4"
+		fi
+		if [[ $1 == persona100 ]]; then
+			expect "members of the 96 irrelevant segments" \
+				"SELECT count(*) FROM persona.segment_members WHERE segment LIKE 'bseg\\_x%'" 0
+		fi
+		psql_q -c 'VACUUM ANALYZE persona.events, persona.profiles, persona.identities, persona.segment_members, persona.segment_log'
+		;;
+	known | known100)
+		# Every profile exists: the state after one insert of bseg_src.
+		psql_q -c "$RESET_DATA" \
+			-c 'INSERT INTO persona.profiles SELECT * FROM bseg_snap_profiles' \
+			-c 'INSERT INTO persona.identities SELECT * FROM bseg_snap_identities' \
+			-c 'INSERT INTO persona.segment_members SELECT * FROM bseg_snap_members' \
+			-c 'VACUUM ANALYZE persona.profiles, persona.identities, persona.segment_members' -c CHECKPOINT
+		ms=$(timed "$PERSONA_INSERT")
+		expect "profiles (known users)" "SELECT count(*) || '/' || sum(event_count) FROM persona.profiles" \
+			"$USERS/$((2 * EVENTS))"
+		expect "segment members (4 segments, against persona.segment_source)" \
+			"SELECT count(*) FROM persona.segment_members WHERE segment NOT LIKE 'bseg\\_x%'" \
+			"$(val "SELECT sum((bseg_carts >= 2)::int + (bseg_cart_value > 500)::int + (bseg_carts_7d >= 2)::int
+			               + (bseg_cart_value > 200 AND bseg_carts_7d >= 1)::int) FROM persona.segment_source")"
+		expect "members of the 96 irrelevant segments" \
+			"SELECT count(*) FROM persona.segment_members WHERE segment LIKE 'bseg\\_x%'" 0
+		psql_q -c 'VACUUM ANALYZE persona.events, persona.profiles, persona.segment_members, persona.segment_log'
+		;;
+	persona_pl)
+		psql_q -c "$RESET_DATA" -c CHECKPOINT
+		ms=$(timed "$PERSONA_PL_INSERT")
+		expect "segment members (4 segments, $PL_EVENTS events)" "$(members_check persona.segment_members bseg_pl_src)" "$MEMBERS_PL"
+		psql_q -c 'VACUUM ANALYZE persona.events, persona.profiles, persona.identities, persona.segment_members, persona.segment_log'
+		;;
+	pl)
+		psql_q -c 'TRUNCATE pl_events, pl_counters, pl_members, pl_log' -c CHECKPOINT
+		ms=$(timed "$PL_INSERT")
+		expect "PL/pgSQL members (against the source)" \
+			"$(members_check pl_members bseg_pl_src)" \
+			"$MEMBERS_PL"
+		psql_q -c 'VACUUM ANALYZE pl_events, pl_counters, pl_members, pl_log'
+		;;
+	esac
+	echo "$ms"
+}
+
+# ABBA over two sides; prints the per-run line; sets MED_A, MED_B (ms).
+compare() { # side_a side_b label_a label_b events_a events_b runs
+	local a=$1 b=$2 la=$3 lb=$4 ea=$5 eb=$6 runs=$7 r side order ms ms_a ms_b all_a="" all_b=""
+	for ((r = 1; r <= runs; r++)); do
+		if ((r % 2)); then order="$a $b"; else order="$b $a"; fi
+		for side in $order; do
+			ms=$(bulk_run "$side")
+			if [[ $side == "$a" ]]; then ms_a=$ms; else ms_b=$ms; fi
+		done
+		printf '  run %d: %s %8.1f ms %9s ev/s | %s %8.1f ms %9s ev/s\n' "$r" \
+			"$la" "$ms_a" "$(fmt_int "$ea * 1000 / $ms_a")" "$lb" "$ms_b" "$(fmt_int "$eb * 1000 / $ms_b")"
+		all_a+=" $ms_a" all_b+=" $ms_b"
+	done
+	MED_A=$(median <<<"$all_a")
+	MED_B=$(median <<<"$all_b")
+}
+
+# ---------------------------------------------------------------------------
+# 1. Bulk ingest with 3 traits and 4 segments, against plain
+# ---------------------------------------------------------------------------
+echo
+echo "== 1. bulk INSERT ... SELECT, $EVENTS add_to_cart events over $USERS new users;"
+echo "      persona: 3 traits (count, sum(price), 7-day count), 4 segments over them"
+compare persona plain persona plain "$EVENTS" "$EVENTS" "$RUNS"
+P4_MS=$MED_A PLAIN_MS=$MED_B
+P4_RATE=$(calc "$EVENTS * 1000 / $P4_MS")
+PLAIN_RATE=$(calc "$EVENTS * 1000 / $PLAIN_MS")
+BULK_RATIO=$(calc "100 * $PLAIN_MS / $P4_MS")
+CHANGES=$(val "SELECT count(*) FROM persona.segment_log")
+printf '  median: persona %.1f ms = %s events/s | plain %.1f ms = %s events/s\n' \
+	"$P4_MS" "$(fmt_int "$P4_RATE")" "$PLAIN_MS" "$(fmt_int "$PLAIN_RATE")"
+printf '  persona/plain %.1f%% (target >= %d%%)\n' "$BULK_RATIO" "$BULK_TARGET"
+echo "  each persona run enters $(fmt_int "$CHANGES") memberships: $(val "SELECT string_agg(segment || ' ' || n, ', ' ORDER BY segment)
+	FROM (SELECT segment, count(*) AS n FROM persona.segment_members GROUP BY 1) AS m")"
+
+# Where the time goes: the same insert without the segments, then without
+# the traits either.
+echo "  where the time goes: the same insert into persona without the segments, then without the traits"
+drop_four
+all=""
+for ((r = 1; r <= BREAKDOWN_RUNS; r++)); do
+	ms=$(bulk_run persona_noseg)
+	printf '  run %d: persona, 3 traits, no segment %8.1f ms %9s ev/s\n' "$r" "$ms" "$(fmt_int "$EVENTS * 1000 / $ms")"
+	all+=" $ms"
+done
+P0_MS=$(median <<<"$all")
+drop_traits
+all=""
+for ((r = 1; r <= BREAKDOWN_RUNS; r++)); do
+	ms=$(bulk_run persona_noseg)
+	printf '  run %d: persona, no trait, no segment %8.1f ms %9s ev/s\n' "$r" "$ms" "$(fmt_int "$EVENTS * 1000 / $ms")"
+	all+=" $ms"
+done
+PB_MS=$(median <<<"$all")
+define_traits
+define_four
+printf '  median: plain %.1f ms | persona: no trait %.1f ms | 3 traits %.1f ms | 3 traits + 4 segments %.1f ms\n' \
+	"$PLAIN_MS" "$PB_MS" "$P0_MS" "$P4_MS"
+printf '  persona/plain without segments: %.1f%%, without traits either: %.1f%%\n' \
+	"$(calc "100 * $PLAIN_MS / $P0_MS")" "$(calc "100 * $PLAIN_MS / $PB_MS")"
+printf '  the 4 segments cost %.1f ms = %.1f us per membership entered (%s entries; the predicates\n' \
+	"$(calc "$P4_MS - $P0_MS")" "$(calc "1000 * ($P4_MS - $P0_MS) / $CHANGES")" "$(fmt_int "$CHANGES")"
+printf '  are evaluated for all %s profiles in one query; each entry writes a segment_members row\n' "$(fmt_int "$USERS")"
+printf '  and a segment_log row, 5 index entries between them, and sends a NOTIFY)\n'
+
+# ---------------------------------------------------------------------------
+# 2. The naive PL/pgSQL triggers
+# ---------------------------------------------------------------------------
+echo
+echo "== 2. naive PL/pgSQL: FOR EACH ROW trigger, counters upsert + 4 x EXECUTE format(predicate)"
+echo "      $PL_EVENTS events over $PL_USERS new users, against persona on the same rows"
+compare persona_pl pl "persona" "PL/pgSQL" "$PL_EVENTS" "$PL_EVENTS" "$PL_RUNS"
+PPL_MS=$MED_A PL_MS=$MED_B
+PPL_RATE=$(calc "$PL_EVENTS * 1000 / $PPL_MS")
+PL_RATE=$(calc "$PL_EVENTS * 1000 / $PL_MS")
+PL_FACTOR=$(calc "$P4_RATE / $PL_RATE")
+PL_FACTOR_SAME=$(calc "$PPL_RATE / $PL_RATE")
+printf '  median: PL/pgSQL %.1f ms = %s events/s | persona on the same %d events %.1f ms = %s events/s\n' \
+	"$PL_MS" "$(fmt_int "$PL_RATE")" "$PL_EVENTS" "$PPL_MS" "$(fmt_int "$PPL_RATE")"
+printf '  persona (%d events, from 1) / PL/pgSQL: %.1fx faster (target >= %dx); on the same %d events: %.1fx\n' \
+	"$EVENTS" "$PL_FACTOR" "$PL_TARGET" "$PL_EVENTS" "$PL_FACTOR_SAME"
+
+# ---------------------------------------------------------------------------
+# 3. 100 segments, 96 of them over traits the events never change
+# ---------------------------------------------------------------------------
+# Known users: a snapshot of persona after one insert of bseg_src with the 4
+# segments, restored before each run. Defining or dropping the 96 segments
+# happens while persona is empty (their predicates hold for no profile
+# either way), so both sides start from the same rows.
+psql_q -c "$RESET_DATA" -c "$PERSONA_INSERT" >/dev/null
+psql_q -c 'CREATE TABLE bseg_snap_profiles AS SELECT * FROM persona.profiles' \
+	-c 'CREATE TABLE bseg_snap_identities AS SELECT * FROM persona.identities' \
+	-c 'CREATE TABLE bseg_snap_members AS SELECT * FROM persona.segment_members' >/dev/null
+
+irrelevant_case() { # title side4 side100 runs -> IRR4 IRR100 (medians)
+	local r order side ms4 ms100 all4="" all100=""
+	echo "  $1"
+	for ((r = 1; r <= $4; r++)); do
+		if ((r % 2)); then order="100 4"; else order="4 100"; fi
+		for side in $order; do
+			if [[ $side == 100 ]]; then
+				psql_q -c "$RESET_DATA" >/dev/null
+				define_irrelevant
+				expect "segments defined" "SELECT count(*) FROM persona.segments WHERE name LIKE 'bseg\\_%'" 100
+				ms100=$(bulk_run "$3")
+				psql_q -c "$RESET_DATA" >/dev/null
+				drop_irrelevant
+			else
+				ms4=$(bulk_run "$2")
+			fi
+		done
+		printf '  run %d: 100 segments %8.1f ms %9s ev/s | 4 segments %8.1f ms %9s ev/s | %.2fx\n' "$r" \
+			"$ms100" "$(fmt_int "$EVENTS * 1000 / $ms100")" "$ms4" "$(fmt_int "$EVENTS * 1000 / $ms4")" \
+			"$(calc "$ms100 / $ms4")"
+		all100+=" $ms100" all4+=" $ms4"
+	done
+	IRR100=$(median <<<"$all100")
+	IRR4=$(median <<<"$all4")
+}
+
+echo
+echo "== 3. the bulk INSERT of 1 with 100 segments: the 4, and 96 over 8 traits of 'wishlist' events"
+echo "      (never sent here), against the 4 segments only, alternating (ABBA)"
+irrelevant_case "known users (every profile exists; the insert changes no trait the 96 read):" known known100 "$IRR_RUNS"
+P100_MS=$IRR100 P4B_MS=$IRR4
+IRR_RATIO=$(calc "$P100_MS / $P4B_MS")
+printf '  median: 100 segments %.1f ms | 4 segments %.1f ms = %s events/s (%.1f%% of plain) | %.2fx the time (target <= %.1fx)\n' \
+	"$P100_MS" "$P4B_MS" "$(fmt_int "$EVENTS * 1000 / $P4B_MS")" "$(calc "100 * $PLAIN_MS / $P4B_MS")" \
+	"$IRR_RATIO" "$IRRELEVANT_TARGET"
+irrelevant_case "new users (a new profile is evaluated against every segment, the 96 included):" \
+	persona persona100 "$IRR_NEW_RUNS"
+IRR_NEW_RATIO=$(calc "$IRR100 / $IRR4")
+printf '  median: 100 segments %.1f ms | 4 segments %.1f ms | %.2fx the time (information)\n' \
+	"$IRR100" "$IRR4" "$IRR_NEW_RATIO"
+psql_q -c 'DROP TABLE bseg_snap_profiles, bseg_snap_identities, bseg_snap_members' >/dev/null
+
+# ---------------------------------------------------------------------------
+# 4. persona_tick over many profiles, a fraction of them due
+# ---------------------------------------------------------------------------
+# The profiles are written directly (no events, no identities): each gets
+# the trait state of one real add_to_cart 3 days old, as ingest wrote it
+# for a template profile, so it holds a 7-day windowed count of 1. A
+# segment reads the windowed trait (no profile is in it: ticks evaluate,
+# and change nothing). next_change_at is put an hour in the future for all,
+# then a minute in the past for the due fraction before each tick.
+psql_q -c "$DROP_DEFS" -c "$RESET_DATA" >/dev/null
+psql_q -v n="$TICK_PROFILES" >/dev/null <<'SQL'
+SELECT persona_define_trait('bseg_w', 'count', 'add_to_cart', time_window => '7 days');
+SELECT persona_track('bseg-template', 'add_to_cart', '{"price": 1}', now() - interval '3 days');
+INSERT INTO persona.profiles (profile_id, user_id, first_seen, last_seen, event_count,
+                              computed_state, next_change_at)
+SELECT g, 'tick-' || g, t.first_seen, t.last_seen, 1, t.computed_state, now() + interval '1 hour'
+  FROM generate_series(1000001, 1000000 + :n) AS g,
+       (SELECT * FROM persona.profiles WHERE user_id = 'bseg-template') AS t;
+SELECT setval('persona.profile_id_seq', 1000000 + :n + 1);
+DO $$ BEGIN PERFORM persona_forget('bseg-template'); END $$;
+SELECT persona_create_segment('bseg_w_seg', 'bseg_w >= 2');
+VACUUM ANALYZE persona.profiles;
+SQL
+expect "profiles for the tick" "SELECT count(*) FROM persona.profiles" "$TICK_PROFILES"
+expect "their windowed trait" "SELECT count(*) FROM persona.traits WHERE bseg_w = 1" "$TICK_PROFILES"
+
+echo
+echo "== 4. persona_tick over $(fmt_int "$TICK_PROFILES") profiles with a 7-day windowed trait and a segment over it"
+declare -A TICK_ALL
+fractions=(0.1 1 10)
+for ((r = 1; r <= TICK_RUNS; r++)); do
+	line=""
+	# Rotate the order of the fractions run to run.
+	for ((k = 0; k < ${#fractions[@]}; k++)); do
+		f=${fractions[$(((k + r - 1) % ${#fractions[@]}))]}
+		per_mille=$(calc "int($f * 10 + 0.5)")
+		psql_q -c "UPDATE persona.profiles SET next_change_at = now() - interval '1 minute'
+		            WHERE profile_id % 1000 < $per_mille" \
+			-c 'VACUUM ANALYZE persona.profiles' -c CHECKPOINT
+		due=$(val "SELECT count(*) FROM persona.profiles WHERE next_change_at <= now()")
+		ms=$(timed 'SELECT persona_tick()')
+		expect "due after the tick" "SELECT count(*) FROM persona.profiles WHERE next_change_at <= now()" 0
+		TICK_ALL[$f]+=" $ms"
+		line+=$(printf ' | %s%% due (%s): %8.1f ms' "$f" "$(fmt_int "$due")" "$ms")
+	done
+	echo "  run $r:${line}"
+done
+declare -A TICK_MED
+for f in "${fractions[@]}"; do
+	TICK_MED[$f]=$(median <<<"${TICK_ALL[$f]}")
+	due=$(calc "$TICK_PROFILES * $f / 100")
+	printf '  median, %4s%% due (%9s profiles): %9.1f ms = %6.1f us per due profile\n' \
+		"$f" "$(fmt_int "$due")" "${TICK_MED[$f]}" "$(calc "1000 * ${TICK_MED[$f]} / $due")"
+done
+printf '  1%% / 0.1%%: %.1fx the time; 10%% / 1%%: %.1fx (proportional to the due count: 10x)\n' \
+	"$(calc "${TICK_MED[1]} / ${TICK_MED[0.1]}")" "$(calc "${TICK_MED[10]} / ${TICK_MED[1]}")"
+
+if [[ $TICK_CLOCK == 1 ]]; then
+	# For information: a predicate on now() makes every tick visit every
+	# profile (batches of 10000, each locked FOR SHARE).
+	psql_q -c "SELECT persona_create_segment('bseg_clock', \$\$last_seen > now() - interval '30 days'\$\$)" \
+		-c "UPDATE persona.profiles SET next_change_at = now() - interval '1 minute' WHERE profile_id % 1000 < 1" \
+		-c 'VACUUM ANALYZE persona.profiles, persona.segment_members' -c CHECKPOINT >/dev/null
+	ms=$(timed 'SELECT persona_tick()')
+	printf '  for information: one tick at 0.1%% due with a clock segment (last_seen > now() - 30 days) also\n'
+	printf '  present: %.1f ms (it re-evaluates every profile, not only the due ones)\n' "$ms"
+fi
+
+# ---------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------
+echo
+echo "== summary (medians; bulk: $RUNS runs per side, PL/pgSQL: $PL_RUNS, tick: $TICK_RUNS per fraction)"
+printf '  %-52s %14s %14s %9s %9s %4s\n' "measure" "persona" "baseline" "ratio" "target" "met"
+printf '  %-52s %14s %14s %8.1f%% %8s%% %4s\n' "1. bulk, 3 traits + 4 segments vs plain (events/s)" \
+	"$(fmt_int "$P4_RATE")" "$(fmt_int "$PLAIN_RATE")" "$BULK_RATIO" ">=$BULK_TARGET" "$(met_ge "$BULK_RATIO" "$BULK_TARGET")"
+printf '  %-52s %14s %14s %8.1fx %8sx %4s\n' "2. vs naive PL/pgSQL triggers (events/s)" \
+	"$(fmt_int "$P4_RATE")" "$(fmt_int "$PL_RATE")" "$PL_FACTOR" ">=$PL_TARGET" "$(met_ge "$PL_FACTOR" "$PL_TARGET")"
+printf '  %-52s %14s %14s %8.1fx\n' "   the same $PL_EVENTS events on both sides (events/s)" \
+	"$(fmt_int "$PPL_RATE")" "$(fmt_int "$PL_RATE")" "$PL_FACTOR_SAME"
+printf '  %-52s %14.1f %14.1f %8.2fx %8sx %4s\n' "3. 100 segments (96 irrelevant) vs 4, known users (ms)" \
+	"$P100_MS" "$P4B_MS" "$IRR_RATIO" "<=$IRRELEVANT_TARGET" "$(met_le "$IRR_RATIO" "$IRRELEVANT_TARGET")"
+printf '  %-52s %14.1f %14.1f %8.2fx\n' "   the same, new users (every segment evaluated) (ms)" \
+	"$IRR100" "$IRR4" "$IRR_NEW_RATIO"
+for f in "${fractions[@]}"; do
+	printf '  %-52s %14.1f\n' "4. persona_tick, $f% of $(fmt_int "$TICK_PROFILES") due (ms)" "${TICK_MED[$f]}"
+done
+echo "  (targets are information only: this benchmark never fails on a timing)"
