@@ -471,7 +471,11 @@ Announce(const char *segment, int64 profile_id, const char *op, int64 log_id)
 }
 
 
-/* Writes entries (enter) or exits, logs and announces those that happened. */
+/*
+ * Writes entries (enter) or exits, logs and announces them.  The callers
+ * hold the profiles' row locks and segment definitions wait for them, so no
+ * one else changes these memberships meanwhile: a plain INSERT suffices.
+ */
 static uint64
 ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
 {
@@ -490,7 +494,6 @@ ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
 						" INSERT INTO persona.segment_members AS m (segment, profile_id, entered_at)"
 						" SELECT u.segment, u.profile_id, pg_catalog.now()"
 						" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(segment, profile_id)"
-						" ON CONFLICT (segment, profile_id) DO NOTHING"
 						" RETURNING m.segment, m.profile_id) "
 						"INSERT INTO persona.segment_log (segment, profile_id, op, at) "
 						"SELECT c.segment, c.profile_id, 'enter', pg_catalog.now() FROM changed AS c "

@@ -37,7 +37,6 @@ CREATE TABLE persona.segment_log (
     at         timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX segment_log_profile_id_idx ON persona.segment_log (profile_id);
-CREATE INDEX segment_log_segment_at_idx ON persona.segment_log (segment, at);
 COMMENT ON TABLE persona.segment_log IS 'every entry into and exit from a segment, also announced on NOTIFY channel persona_segment';
 COMMENT ON SEQUENCE persona.segment_log_log_id_seq IS 'allocates segment log ids';
 
