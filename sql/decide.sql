@@ -117,6 +117,8 @@ SELECT persona_feedback(-1, 'click');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT persona_feedback(:first_decision, 'click', 5);
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_feedback(:first_decision, 'conversion', 'NaN');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT persona_create_action('new_arrivals', 'web', '{}');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT persona_create_action('bad', 'Web Push', '{}');
@@ -134,6 +136,8 @@ SELECT persona_create_action('bad', 'web', '{}', cap_per_day => 0);
 SELECT persona_create_action('bad', 'web', '{}', cooldown => '-1 hour');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT persona_create_action('bad', 'web', '{}', value => 0);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_create_action('bad', 'web', '{}', value => 'NaN');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT persona_create_action('bad', 'web', '{}', starts_at => '2026-02-01', ends_at => '2026-01-01');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE

@@ -94,6 +94,7 @@ static SPIPlanPtr create_plan = NULL;
 static SPIPlanPtr recent_plan = NULL;
 static SPIPlanPtr stats_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
+static SPIPlanPtr hold_plan = NULL;
 
 /* ---------------------------------------------------------------------
  * Definitions cache
@@ -451,6 +452,46 @@ Reason(const Candidate *c, const Candidate *all, int ncand, int rank)
 					c->def->value);
 }
 
+/*
+ * Holds the profile (FOR KEY SHARE: ingest goes on, a merge or forget waits
+ * for this decision to commit) and returns it; when a merge or forget got
+ * there first, resolves the id again.
+ */
+static int64
+HoldProfile(Datum id, int64 pid)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+
+	for (int attempt = 0; attempt < 20; attempt++)
+	{
+		Datum		args[2] = {Int64GetDatum(pid), id};
+		bool		isnull;
+		SPIPlanPtr	plan = PersonaKeptPlan(&hold_plan,
+										   "SELECT p.profile_id FROM persona.profiles AS p "
+										   "WHERE p.profile_id OPERATOR(pg_catalog.=) $1 "
+										   "  AND EXISTS (SELECT FROM persona.identities AS i "
+										   "              WHERE i.id OPERATOR(pg_catalog.=) $2 "
+										   "                AND i.profile_id OPERATOR(pg_catalog.=) $1) "
+										   "FOR KEY SHARE OF p",
+										   2, types, 0);
+
+		if (SPI_execute_plan(plan, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "holding the profile failed");
+		if (SPI_processed == 1)
+			return pid;
+		plan = PersonaKeptPlan(&create_plan, "SELECT persona.ensure_profile($1, 'anonymous')",
+							   1, &types[1], 0);
+		if (SPI_execute_plan(plan, &id, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "resolving the id failed");
+		pid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not serialize access due to concurrent merges"),
+			 errhint("Retry the transaction.")));
+	return 0;					/* keep compiler quiet */
+}
+
 /* The next best actions for a person now; each is recorded. */
 PG_FUNCTION_INFO_V1(persona_decide);
 Datum
@@ -542,6 +583,7 @@ persona_decide(PG_FUNCTION_ARGS)
 		pid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(ADVISORY_CLASS),
 							Int32GetDatum((int32) (pid ^ (pid >> 32))));
+		pid = HoldProfile(arg, pid);
 	}
 
 	/* 2. Candidates by schedule, pause and channel; their conditions. */
@@ -627,6 +669,8 @@ persona_decide(PG_FUNCTION_ARGS)
 			Oid			types[3] = {INT8OID, INTERVALOID, INT4ARRAYOID};
 			Interval	span;
 			Datum		a[3];
+			Snapshot	latest;
+			int			rc;
 			SPIPlanPtr	plan = PersonaKeptPlan(&recent_plan,
 										"SELECT d.action_id, "
 										"  count(*) FILTER (WHERE d.decided_at > pg_catalog.now() - interval '24 hours'), "
@@ -642,7 +686,15 @@ persona_decide(PG_FUNCTION_ARGS)
 			a[0] = Int64GetDatum(pid);
 			a[1] = IntervalPGetDatum(&span);
 			a[2] = PointerGetDatum(construct_array(limited, nlimited, INT4OID, 4, true, TYPALIGN_INT));
-			if (SPI_execute_plan(plan, a, NULL, false, 0) != SPI_OK_SELECT)
+			/*
+			 * Under the latest snapshot, not the transaction's: a decision
+			 * another session committed while this one waited for the
+			 * profile counts, whatever the isolation level.
+			 */
+			latest = RegisterSnapshot(GetLatestSnapshot());
+			rc = SPI_execute_snapshot(plan, a, NULL, latest, InvalidSnapshot, true, false, 0);
+			UnregisterSnapshot(latest);
+			if (rc != SPI_OK_SELECT)
 				elog(ERROR, "reading recent decisions failed");
 			for (uint64 r = 0; r < SPI_processed; r++)
 			{

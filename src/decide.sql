@@ -105,7 +105,7 @@ BEGIN
     IF a.priority IS NULL OR a.value IS NULL OR a.paused IS NULL THEN
         RAISE EXCEPTION 'priority, value and paused must not be null' USING ERRCODE = '22004';
     END IF;
-    IF NOT (a.value > 0) OR a.value = 'Infinity'::float8 THEN
+    IF NOT (a.value > 0) OR a.value IN ('Infinity'::float8, 'NaN'::float8) THEN
         RAISE EXCEPTION 'value must be a positive finite number' USING ERRCODE = '22023',
             DETAIL = format('The value given was %s.', a.value);
     END IF;
@@ -288,15 +288,18 @@ BEGIN
         RAISE EXCEPTION 'unknown outcome "%"', $2 USING ERRCODE = '22023',
             HINT = 'Use impression, click, conversion, dismiss or ignore.';
     END IF;
-    IF v_value IS NOT NULL AND (v_outcome <> 'conversion' OR v_value <> v_value
-                                OR v_value IN ('Infinity', '-Infinity')) THEN
+    IF v_value IS NOT NULL AND (v_outcome <> 'conversion'
+                                OR v_value IN ('Infinity', '-Infinity', 'NaN')) THEN
         RAISE EXCEPTION 'only a conversion carries a value, and it must be finite' USING ERRCODE = '22023';
     END IF;
-    -- One decision's feedback at a time: its counts stay exact.
-    SELECT d.action_id INTO v_action FROM persona.decisions AS d WHERE d.decision_id = v_id FOR UPDATE;
+    SELECT d.action_id INTO v_action FROM persona.decisions AS d WHERE d.decision_id = v_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'decision % does not exist', v_id USING ERRCODE = '42704';
     END IF;
+    -- One action's feedback at a time, then one decision's: its counts stay
+    -- exact, and every caller takes the two locks in the same order.
+    PERFORM 1 FROM persona.action_stats AS s WHERE s.action_id = v_action FOR UPDATE;
+    PERFORM 1 FROM persona.decisions AS d WHERE d.decision_id = v_id FOR UPDATE;
     INSERT INTO persona.feedback (decision_id, outcome, value)
     VALUES (v_id, v_outcome, v_value)
     ON CONFLICT (decision_id, outcome) DO NOTHING;
