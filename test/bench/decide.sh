@@ -48,6 +48,8 @@
 # BENCH_DECIDE_TIMING_RUNS (7 timed loops per side and case),
 # BENCH_DECIDE_EXPLAIN_CALLS (200 decides explained per case).
 set -euo pipefail
+# shellcheck source=test/bench/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 PROFILES=${BENCH_DECIDE_PROFILES:-100000}
 SMALL=${BENCH_DECIDE_SMALL:-10000}
@@ -75,13 +77,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 val() { psql -X -q -v ON_ERROR_STOP=1 -At "${@:2}" -c "$1"; }
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {
-	if (NR == 0) exit 1
-	if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-calc() { awk "BEGIN { printf \"%s\", $1 }"; }
-fmt_int() { calc "int($1 + 0.5)" | sed ':a; s/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/; ta'; }
 met() { awk -v r="$1" -v t="$2" -v dir="${3:-ge}" 'BEGIN {
 	ok = (dir == "ge") ? (r >= t) : (r <= t); print (ok ? "yes" : "NO") }'; }
 expect() { # what sql expected

@@ -20,6 +20,8 @@
 # BENCH_RUNS (5 bulk runs per side and case), BENCH_TPS_RUNS (5 pgbench runs
 # per side), BENCH_SECONDS (12 s per pgbench run), BENCH_TPS_USERS (10000).
 set -euo pipefail
+# shellcheck source=test/bench/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 USERS=${BENCH_USERS:-100000}
 EVENTS=$((2 * USERS))
@@ -35,7 +37,6 @@ TPS_TARGET=80  # persona tps as a % of plain's
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/persona-bench.XXXXXX")
 trap 'rm -rf -- "$WORK"' EXIT
 
-psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 val() { psql -X -q -v ON_ERROR_STOP=1 -At -c "$1"; }
 
 # Runs one statement in a fresh session; prints its duration in ms and the
@@ -49,11 +50,6 @@ timed() {
 	echo "$ms $(val "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$lsn')")"
 }
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {
-	if (NR == 0) exit 1
-	if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-calc() { awk "BEGIN { printf \"%s\", $1 }"; }
-fmt_int() { calc "int($1 + 0.5)" | sed ':a; s/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/; ta'; }
 met() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t ? "yes" : "NO") }'; }
 
 # Fails the benchmark when persona's bookkeeping is not what the rows imply.

@@ -40,6 +40,8 @@
 # BENCH_TICK_RUNS (3 per due fraction), BENCH_TICK_CLOCK (1: also time one
 # tick with a clock segment present).
 set -euo pipefail
+# shellcheck source=test/bench/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 USERS=${BENCH_SEG_USERS:-100000}
 EVENTS=$((2 * USERS))
@@ -58,7 +60,6 @@ BULK_TARGET=33     # persona events/s as a % of plain's
 PL_TARGET=10       # persona events/s as a multiple of the PL/pgSQL triggers'
 IRRELEVANT_TARGET=1.3 # 100 segments (96 irrelevant) at most this many times the 4-segment time
 
-psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 val() { psql -X -q -v ON_ERROR_STOP=1 -At -c "$1"; }
 
 # Runs one statement in a fresh session; prints its duration in ms.
@@ -70,11 +71,6 @@ timed() {
 	echo "$ms"
 }
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {
-	if (NR == 0) exit 1
-	if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-calc() { awk "BEGIN { printf \"%s\", $1 }"; }
-fmt_int() { calc "int($1 + 0.5)" | sed ':a; s/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/; ta'; }
 met_ge() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t ? "yes" : "NO") }'; }
 met_le() { awk -v r="$1" -v t="$2" 'BEGIN { print (r <= t ? "yes" : "NO") }'; }
 

@@ -45,6 +45,8 @@
 # Knobs (environment): BENCH_USERS (100000), BENCH_RUNS (5 bulk runs per side
 # and case), BENCH_BACKFILL_EVENTS (1000000), BENCH_BACKFILL_RUNS (7).
 set -euo pipefail
+# shellcheck source=test/bench/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
 USERS=${BENCH_USERS:-100000}
 EVENTS=$((2 * USERS))
@@ -55,7 +57,6 @@ BACKFILL_RUNS=${BENCH_BACKFILL_RUNS:-7}
 INGEST_TARGET=40  # persona with traits, events/s as a % of plain's (the issue's target)
 BACKFILL_TARGET=2 # definition time as a multiple of the plain GROUP BY's
 
-psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 val() { psql -X -q -v ON_ERROR_STOP=1 -At -c "$1"; }
 
 # Runs one statement in a fresh session; prints its duration in ms.
@@ -67,11 +68,6 @@ timed() {
 	echo "$ms"
 }
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {
-	if (NR == 0) exit 1
-	if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-calc() { awk "BEGIN { printf \"%s\", $1 }"; }
-fmt_int() { calc "int($1 + 0.5)" | sed ':a; s/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/; ta'; }
 met() { awk -v r="$1" -v t="$2" -v d="$3" 'BEGIN { print ((d == "min" ? r >= t : r <= t) ? "yes" : "NO") }'; }
 
 # Fails the benchmark when a result is not what the rows imply.

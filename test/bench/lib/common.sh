@@ -1,0 +1,15 @@
+# Helpers shared by the benchmarks in test/bench/*.sh (sourced, not run).
+
+# psql for statements whose output is not wanted: stop on the first error.
+psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+# The median of whitespace-separated numbers on stdin.
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {
+	if (NR == 0) exit 1
+	if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# Arithmetic in awk: calc "1 / 3".
+calc() { awk "BEGIN { printf \"%s\", $1 }"; }
+
+# An integer with thousands separators: fmt_int 1234567.8 -> 1,234,568.
+fmt_int() { calc "int($1 + 0.5)" | sed ':a; s/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/; ta'; }
