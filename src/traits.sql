@@ -300,9 +300,13 @@ BEGIN
            -- code drops what is really out of the window.
            AND (v_window IS NULL OR e.occurred_at > now() - 2 * v_window - interval '1 day')
          GROUP BY e.profile_id;
+    -- A profile's first trait needs no merging of states, and only a
+    -- window makes a state change by the clock alone.
     UPDATE persona.profiles AS p
-       SET computed_state = persona.state_put(p.computed_state, b.state),
-           next_change_at = LEAST(p.next_change_at, persona.next_change(b.state))
+       SET computed_state = CASE WHEN p.computed_state IS NULL THEN b.state
+                                 ELSE persona.state_put(p.computed_state, b.state) END,
+           next_change_at = CASE WHEN v_window IS NULL THEN p.next_change_at
+                                 ELSE LEAST(p.next_change_at, persona.next_change(b.state)) END
       FROM pg_temp.persona_backfill AS b
      WHERE p.profile_id = b.profile_id;
     DROP TABLE pg_temp.persona_backfill;
