@@ -11,6 +11,15 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 shopt -s nullglob
 benches=("$ROOT"/test/bench/*.sh)
 shopt -u nullglob
+# BENCH="traits decide" runs only those benchmarks.
+if [[ -n ${BENCH:-} ]]; then
+	chosen=()
+	for b in "${benches[@]}"; do
+		name=$(basename "$b" .sh)
+		[[ " $BENCH " == *" $name "* ]] && chosen+=("$b")
+	done
+	benches=("${chosen[@]}")
+fi
 if ((${#benches[@]} == 0)); then
 	echo "bench: no benchmarks yet (test/bench/*.sh)"
 	exit 0
