@@ -139,16 +139,22 @@ CREATE FUNCTION persona.check_traits_view_free() RETURNS void
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
+    v_rebuilt  regclass[] := ARRAY['persona.traits', 'persona.segment_source',
+                                   'persona.decision_source']::regclass[];
+    v_read     text;
     v_dependent text;
 BEGIN
-    SELECT string_agg(DISTINCT r.ev_class::regclass::text, ', ') INTO v_dependent
+    -- Views of one's own on any view the rebuild drops, persona's own aside.
+    SELECT string_agg(DISTINCT d.refobjid::regclass::text, ', '),
+           string_agg(DISTINCT r.ev_class::regclass::text, ', ')
+      INTO v_read, v_dependent
       FROM pg_depend AS d JOIN pg_rewrite AS r ON r.oid = d.objid
      WHERE d.classid = 'pg_rewrite'::regclass
        AND d.refclassid = 'pg_class'::regclass
-       AND d.refobjid = 'persona.traits'::regclass
-       AND r.ev_class <> 'persona.traits'::regclass;
+       AND d.refobjid = ANY (v_rebuilt)
+       AND NOT r.ev_class = ANY (v_rebuilt);
     IF v_dependent IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot change the traits while other views depend on persona.traits'
+        RAISE EXCEPTION 'cannot change the traits while other views depend on %', v_read
             USING ERRCODE = '2BP01',
                   DETAIL = format('Dependent views: %s.', v_dependent),
                   HINT = 'Drop them first and create them again afterwards, in the same transaction.';
@@ -156,7 +162,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION persona.check_traits_view_free() IS
-    'refuses to go on while views depend on persona.traits (it is about to be rebuilt)';
+    'refuses to go on while views depend on the views a trait change rebuilds (persona.traits, segment_source, decision_source)';
 
 CREATE FUNCTION persona.rebuild_traits_view() RETURNS void
     LANGUAGE plpgsql VOLATILE
