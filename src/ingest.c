@@ -55,6 +55,7 @@
 #include "utils/tuplestore.h"
 
 #include "persona.h"
+#include "rowwriter.h"
 #include "segments.h"
 #include "traits.h"
 
@@ -120,7 +121,6 @@ static EventColumns event_columns;
 static SPIPlanPtr insert_identities_plan = NULL;
 static SPIPlanPtr select_identities_plan = NULL;
 static SPIPlanPtr move_events_plan = NULL;
-static SPIPlanPtr insert_profiles_plan = NULL;
 static SPIPlanPtr update_profiles_plan = NULL;
 static SPIPlanPtr missing_profiles_plan = NULL;
 static SPIPlanPtr select_merges_plan = NULL;
@@ -663,6 +663,76 @@ BuildArray(Datum *values, bool *nulls, int n, Oid type)
 }
 
 /*
+ * Statements with at least this many new ids write their identities
+ * directly (InsertIdentitiesDirect); fewer go through INSERT ... ON CONFLICT,
+ * which costs a speculative insertion per row but no subtransaction.
+ */
+#define DIRECT_IDENTITIES_MIN 8
+
+/*
+ * Writes the identity rows of ``fresh`` (in key order) with plain inserts,
+ * in a subtransaction.  A concurrent transaction that created one of the
+ * ids first makes the unique index wait for it and then fail: the
+ * subtransaction is rolled back, every row it wrote with it, and false
+ * returned, for the caller to write the ids one by one with ON CONFLICT.
+ * Any other error propagates.
+ */
+static bool
+InsertIdentitiesDirect(ProfileDelta **fresh, int n)
+{
+	static const char *const columns[] = {"id", "profile_id", "kind"};
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Oid			relid = PersonaGetCatalog()->identities;
+	bool		written = true;
+
+	in_own_subxact = true;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		RowWriter  *w = RowWriterOpen(relid, columns, lengthof(columns));
+		Datum		user = CStringGetTextDatum("user");
+		Datum		anonymous = CStringGetTextDatum("anonymous");
+
+		for (int i = 0; i < n; i++)
+		{
+			Datum		values[3];
+
+			values[0] = CStringGetTextDatum(fresh[i]->new_id->id);
+			values[1] = Int64GetDatum(fresh[i]->profile_id);
+			values[2] = fresh[i]->new_id->is_user ? user : anonymous;
+			RowWriterInsert(w, values, NULL);
+			pfree(DatumGetPointer(values[0]));
+		}
+		RowWriterClose(w);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		in_own_subxact = false;
+		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
+			ReThrowError(edata);
+		FreeErrorData(edata);
+		written = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	in_own_subxact = false;
+	CommandCounterIncrement();
+	return written;
+}
+
+/*
  * Writes the identity rows of the ids first seen in this statement.  An id
  * another transaction created meanwhile keeps that transaction's profile;
  * our rows move there and the delta joins the winner's.
@@ -670,9 +740,9 @@ BuildArray(Datum *values, bool *nulls, int n, Oid type)
 static void
 WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
 {
-	Datum	   *ids = palloc(sizeof(Datum) * n);
-	Datum	   *pids = palloc(sizeof(Datum) * n);
-	Datum	   *kinds = palloc(sizeof(Datum) * n);
+	Datum	   *ids;
+	Datum	   *pids;
+	Datum	   *kinds;
 	Datum		args[3];
 	Oid			types[3] = {TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
 	Oid			idtype = TEXTOID;
@@ -680,6 +750,17 @@ WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
 
 	/* Key order, so that concurrent batches cannot deadlock. */
 	qsort(fresh, n, sizeof(ProfileDelta *), CompareIds);
+	if (n >= DIRECT_IDENTITIES_MIN && InsertIdentitiesDirect(fresh, n))
+	{
+		for (int i = 0; i < n; i++)
+			fresh[i]->new_id->pending = false;
+		id_map_pending -= n;
+		return;
+	}
+
+	ids = palloc(sizeof(Datum) * n);
+	pids = palloc(sizeof(Datum) * n);
+	kinds = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 	{
 		ids[i] = CStringGetTextDatum(fresh[i]->new_id->id);
@@ -749,9 +830,28 @@ WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
 }
 
 /*
+ * What a delta adds to its profile: the trait states of the statement's
+ * events (NULL where none) and when those states next change by the clock
+ * alone (0: never).  Marks the delta written.
+ */
+static void
+DeltaState(ProfileDelta *d, TimestampTz now, bytea **state, TimestampTz *next)
+{
+	*state = NULL;
+	*next = 0;
+	if (d->new_id != NULL)
+		d->created = true;
+	if (d->traits != NULL)
+	{
+		*state = ProfileTraitsSerialize(d->traits, now);
+		*next = ProfileTraitsNextChange(d->traits, now);
+	}
+	d->written = true;
+}
+
+/*
  * The deltas of ``list`` as arrays $1..$6: profile ids, first, last, count,
- * the trait states of the statement's events (NULL where none), and when
- * those states next change by the clock alone (NULL: never).
+ * trait states and next changes (see DeltaState).
  */
 static void
 DeltaArrays(ProfileDelta **list, int n, Datum *args)
@@ -768,25 +868,18 @@ DeltaArrays(ProfileDelta **list, int n, Datum *args)
 
 	for (int i = 0; i < n; i++)
 	{
-		bytea	   *state = NULL;
-		TimestampTz next = 0;
+		bytea	   *state;
+		TimestampTz next;
 
+		DeltaState(list[i], now, &state, &next);
 		pids[i] = Int64GetDatum(list[i]->profile_id);
 		firsts[i] = TimestampTzGetDatum(list[i]->first_seen);
 		lasts[i] = TimestampTzGetDatum(list[i]->last_seen);
 		counts[i] = Int64GetDatum(list[i]->events);
-		if (list[i]->new_id != NULL)
-			list[i]->created = true;
-		if (list[i]->traits != NULL)
-		{
-			state = ProfileTraitsSerialize(list[i]->traits, now);
-			next = ProfileTraitsNextChange(list[i]->traits, now);
-		}
 		states[i] = PointerGetDatum(state);
 		states_null[i] = state == NULL;
 		changes[i] = TimestampTzGetDatum(next);
 		changes_null[i] = next == 0;
-		list[i]->written = true;
 	}
 	args[0] = BuildArray(pids, NULL, n, INT8OID);
 	args[1] = BuildArray(firsts, NULL, n, TIMESTAMPTZOID);
@@ -796,35 +889,49 @@ DeltaArrays(ProfileDelta **list, int n, Datum *args)
 	args[5] = BuildArray(changes, changes_null, n, TIMESTAMPTZOID);
 }
 
-/* Inserts the profiles whose identities this statement created. */
+/*
+ * Inserts the profiles whose identities this statement created, in profile
+ * order.  Their ids are fresh from the sequence: nobody else can be writing
+ * them.
+ */
 static void
 InsertNewProfiles(ProfileDelta **list, int n)
 {
-	Datum	   *users = palloc(sizeof(Datum) * n);
-	bool	   *users_null = palloc(sizeof(bool) * n);
-	Datum		args[7];
-	Oid			types[7] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
-	INT8ARRAYOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID};
-	SPIPlanPtr	plan;
+	static const char *const columns[] = {
+		"profile_id", "first_seen", "last_seen", "event_count", "computed_state",
+		"next_change_at", "user_id"
+	};
+	RowWriter  *w = RowWriterOpen(PersonaGetCatalog()->profiles, columns, lengthof(columns));
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
-	DeltaArrays(list, n, args);
+	qsort(list, n, sizeof(ProfileDelta *), CompareDeltas);
 	for (int i = 0; i < n; i++)
 	{
-		users_null[i] = !list[i]->new_id->is_user;
-		users[i] = users_null[i] ? (Datum) 0 : CStringGetTextDatum(list[i]->new_id->id);
-	}
-	args[6] = BuildArray(users, users_null, n, TEXTOID);
+		ProfileDelta *d = list[i];
+		Datum		values[7];
+		bool		nulls[7] = {false};
+		bytea	   *state;
+		TimestampTz next;
 
-	plan = PersonaKeptPlan(&insert_profiles_plan,
-					   "INSERT INTO persona.profiles "
-					   "  (profile_id, first_seen, last_seen, event_count, computed_state, "
-					   "   next_change_at, user_id) "
-					   "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-					   "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), "
-					   "  pg_catalog.unnest($6), pg_catalog.unnest($7))",
-					   7, types, 0);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "inserting new profiles failed");
+		DeltaState(d, now, &state, &next);
+		values[0] = Int64GetDatum(d->profile_id);
+		values[1] = TimestampTzGetDatum(d->first_seen);
+		values[2] = TimestampTzGetDatum(d->last_seen);
+		values[3] = Int64GetDatum(d->events);
+		values[4] = PointerGetDatum(state);
+		nulls[4] = state == NULL;
+		values[5] = TimestampTzGetDatum(next);
+		nulls[5] = next == 0;
+		nulls[6] = !d->new_id->is_user;
+		values[6] = nulls[6] ? (Datum) 0 : CStringGetTextDatum(d->new_id->id);
+		RowWriterInsert(w, values, nulls);
+		if (state != NULL)
+			pfree(state);
+		if (!nulls[6])
+			pfree(DatumGetPointer(values[6]));
+	}
+	RowWriterClose(w);
+	CommandCounterIncrement();
 }
 
 /*
