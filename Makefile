@@ -36,4 +36,7 @@ sql/persona--$(EXTVERSION).sql: $(SQL_FRAGMENTS) persona.control
 	    '\echo Use "CREATE EXTENSION persona" to load this file. \quit'; \
 	  for f in $(SQL_FRAGMENTS); do printf '\n-- ---- %s\n' $$f; cat $$f; done; } > $@
 
+# Every object is rebuilt when a header changes (PGXS tracks no headers).
+$(OBJS): $(wildcard src/*.h)
+
 -include mk/harness.mk

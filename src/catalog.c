@@ -65,6 +65,8 @@ PersonaGetCatalog(void)
 		catalog.profile_id_seq = RequireRelation(schema, "profile_id_seq");
 		catalog.trait_defs = RequireRelation(schema, "trait_defs");
 		catalog.segments = RequireRelation(schema, "segments");
+		catalog.segment_members = RequireRelation(schema, "segment_members");
+		catalog.segment_log = RequireRelation(schema, "segment_log");
 		catalog.segment_source = RequireRelation(schema, "segment_source");
 		catalog.actions = RequireRelation(schema, "actions");
 		catalog_valid = true;

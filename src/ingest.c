@@ -335,12 +335,13 @@ RequireNotNull(bool isnull, const char *column)
 				 errmsg("%s of an event must not be null", column)));
 }
 
-/* Returns the id as a C string, or NULL; rejects empty and over-long ids. */
+/*
+ * Copies the id into ``buf`` (PERSONA_MAX_ID_BYTES + 1 bytes) as a C string
+ * and returns it, or NULL for a NULL id; rejects empty and over-long ids.
+ */
 static char *
-CheckId(HeapTuple tuple, TupleDesc desc, AttrNumber attnum, const char *column)
+CheckId(Datum value, bool isnull, const char *column, char *buf)
 {
-	bool		isnull;
-	Datum		value = heap_getattr(tuple, attnum, desc, &isnull);
 	text	   *t;
 	int			len;
 
@@ -359,38 +360,45 @@ CheckId(HeapTuple tuple, TupleDesc desc, AttrNumber attnum, const char *column)
 				 errmsg("%s is too long", column),
 				 errdetail("The id has %d bytes; the limit is %d.",
 						   len, PERSONA_MAX_ID_BYTES)));
-	return text_to_cstring(t);
+	memcpy(buf, VARDATA_ANY(t), len);
+	buf[len] = '\0';
+	return buf;
 }
 
+/*
+ * Checks that a jsonb value is an object and returns its size.  Only the
+ * root container's header is read, in place: no detoasting copy.
+ */
 static Size
-CheckObject(HeapTuple tuple, TupleDesc desc, AttrNumber attnum, const char *column)
+CheckObject(Datum value, bool isnull, const char *column)
 {
-	bool		isnull;
-	Datum		value = heap_getattr(tuple, attnum, desc, &isnull);
-	Jsonb	   *jb;
+	struct varlena *v;
+	uint32		header;
 
 	RequireNotNull(isnull, column);
-	jb = DatumGetJsonbP(value);
-	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
+	v = PG_DETOAST_DATUM_PACKED(value);
+	if (VARSIZE_ANY_EXHDR(v) < sizeof(uint32))
+		elog(ERROR, "invalid jsonb value in %s", column);
+	memcpy(&header, VARDATA_ANY(v), sizeof(uint32));
+	if ((header & JB_FOBJECT) == 0 || (header & JB_FSCALAR) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s of an event must be a JSON object", column),
 				 errhint("Use '{}' for no %s.", column)));
-	return VARSIZE(jb);
+	return VARSIZE_ANY_EXHDR(v) + VARHDRSZ;
 }
 
+/* Checks the columns of an event other than its ids. */
 static void
-CheckEvent(HeapTuple tuple, TupleDesc desc)
+CheckEvent(const Datum *values, const bool *nulls)
 {
-	bool		isnull;
-	Datum		value;
 	text	   *type;
 	int			len;
 	Size		payload;
+	int			at = event_columns.occurred_at - 1;
 
-	value = heap_getattr(tuple, event_columns.event_type, desc, &isnull);
-	RequireNotNull(isnull, "event_type");
-	type = DatumGetTextPP(value);
+	RequireNotNull(nulls[event_columns.event_type - 1], "event_type");
+	type = DatumGetTextPP(values[event_columns.event_type - 1]);
 	len = VARSIZE_ANY_EXHDR(type);
 	if (len == 0)
 		ereport(ERROR,
@@ -403,8 +411,10 @@ CheckEvent(HeapTuple tuple, TupleDesc desc)
 				 errdetail("The event type has %d bytes; the limit is %d.",
 						   len, PERSONA_MAX_EVENT_TYPE_BYTES)));
 
-	payload = CheckObject(tuple, desc, event_columns.properties, "properties");
-	payload += CheckObject(tuple, desc, event_columns.context, "context");
+	payload = CheckObject(values[event_columns.properties - 1],
+						  nulls[event_columns.properties - 1], "properties");
+	payload += CheckObject(values[event_columns.context - 1],
+						   nulls[event_columns.context - 1], "context");
 	if (payload > (Size) persona_max_event_bytes)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -413,9 +423,8 @@ CheckEvent(HeapTuple tuple, TupleDesc desc)
 						   payload, persona_max_event_bytes),
 				 errhint("Raise persona.max_event_bytes or send less.")));
 
-	value = heap_getattr(tuple, event_columns.occurred_at, desc, &isnull);
-	RequireNotNull(isnull, "occurred_at");
-	if (TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(value)))
+	RequireNotNull(nulls[at], "occurred_at");
+	if (TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(values[at])))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("occurred_at of an event must be finite")));
@@ -544,6 +553,11 @@ SetInPlace(HeapTuple tuple, TupleDesc desc, int attnum, int64 value)
 	return copy;
 }
 
+/* The deformed row of persona_events_resolve, grown as needed. */
+static Datum *row_values = NULL;
+static bool *row_nulls = NULL;
+static int	row_natts = 0;
+
 /* Checks an incoming event and sets its profile_id. */
 PG_FUNCTION_INFO_V1(persona_events_resolve);
 Datum
@@ -554,6 +568,8 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 	TupleDesc	desc;
 	char	   *user_id;
 	char	   *anonymous_id;
+	char		user_buf[PERSONA_MAX_ID_BYTES + 1];
+	char		anonymous_buf[PERSONA_MAX_ID_BYTES + 1];
 	Datum		profile_id;
 	bool		isnull = false;
 	int			attnum;
@@ -570,14 +586,26 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 	desc = RelationGetDescr(trigdata->tg_relation);
 	ResolveEventColumns(trigdata->tg_relation);
 
-	user_id = CheckId(tuple, desc, event_columns.user_id, "user_id");
-	anonymous_id = CheckId(tuple, desc, event_columns.anonymous_id, "anonymous_id");
+	/* Every column at once: the ids make later offsets uncacheable. */
+	if (desc->natts > row_natts)
+	{
+		row_values = MemoryContextAlloc(TopMemoryContext, sizeof(Datum) * desc->natts);
+		row_nulls = MemoryContextAlloc(TopMemoryContext, sizeof(bool) * desc->natts);
+		row_natts = desc->natts;
+	}
+	heap_deform_tuple(tuple, desc, row_values, row_nulls);
+
+	user_id = CheckId(row_values[event_columns.user_id - 1],
+					  row_nulls[event_columns.user_id - 1], "user_id", user_buf);
+	anonymous_id = CheckId(row_values[event_columns.anonymous_id - 1],
+						   row_nulls[event_columns.anonymous_id - 1], "anonymous_id",
+						   anonymous_buf);
 	if (user_id == NULL && anonymous_id == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("an event needs a user_id or an anonymous_id"),
 				 errhint("Pass the known user id, or the anonymous id of the device.")));
-	CheckEvent(tuple, desc);
+	CheckEvent(row_values, row_nulls);
 
 	/* A known user id wins; the anonymous id is kept on the event. */
 	if (user_id != NULL)
@@ -1223,13 +1251,17 @@ persona_events_apply(PG_FUNCTION_ARGS)
 			d->created = false;
 
 			/* Is this profile's id pending?  Look at the id the row used. */
-			id = slot_getattr(slot, event_columns.user_id, &isnull);
-			if (isnull)
-				id = slot_getattr(slot, event_columns.anonymous_id, &isnull);
-			key = TextDatumGetCString(id);
-			entry = hash_search(map, &key, HASH_FIND, NULL);
-			if (entry != NULL && entry->pending && entry->profile_id == pid)
-				d->new_id = entry;
+			if (id_map_pending > 0)
+			{
+				id = slot_getattr(slot, event_columns.user_id, &isnull);
+				if (isnull)
+					id = slot_getattr(slot, event_columns.anonymous_id, &isnull);
+				key = TextDatumGetCString(id);
+				entry = hash_search(map, &key, HASH_FIND, NULL);
+				if (entry != NULL && entry->pending && entry->profile_id == pid)
+					d->new_id = entry;
+				pfree(key);
+			}
 		}
 		d->events++;
 		if (at < d->first_seen)

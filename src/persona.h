@@ -25,6 +25,8 @@ typedef struct PersonaCatalog
 	Oid			profile_id_seq;
 	Oid			trait_defs;
 	Oid			segments;
+	Oid			segment_members;
+	Oid			segment_log;
 	Oid			segment_source;
 	Oid			actions;
 } PersonaCatalog;

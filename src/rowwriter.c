@@ -100,8 +100,11 @@ RowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 	return w;
 }
 
-/* Inserts one row: ``values`` and ``nulls`` in the order of the columns. */
-void
+/*
+ * Inserts one row: ``values`` and ``nulls`` in the order of the columns.
+ * Returns the row as written, defaults included, valid until the next call.
+ */
+TupleTableSlot *
 RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
 {
 	TupleTableSlot *slot = w->slot;
@@ -125,6 +128,7 @@ RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
 	ExecStoreVirtualTuple(slot);
 	ExecSimpleRelationInsert(w->rri, w->estate, slot);
 	ResetPerTupleExprContext(w->estate);
+	return slot;
 }
 
 /* Fires the queued AFTER ROW triggers and closes everything. */

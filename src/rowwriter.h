@@ -7,10 +7,12 @@
 
 #include "postgres.h"
 
+#include "executor/tuptable.h"
+
 typedef struct RowWriter RowWriter;
 
 extern RowWriter *RowWriterOpen(Oid relid, const char *const *columns, int ncolumns);
-extern void RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls);
+extern TupleTableSlot *RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls);
 extern void RowWriterClose(RowWriter *w);
 
 #endif							/* PERSONA_ROWWRITER_H */

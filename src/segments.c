@@ -48,6 +48,7 @@
 #include "utils/snapmgr.h"
 
 #include "persona.h"
+#include "rowwriter.h"
 #include "segments.h"
 
 #define PREDICATE_PREFIX "SELECT "
@@ -75,7 +76,6 @@ static MemoryContext SegmentCatalogContext = NULL;
 static SegmentCatalog *segment_catalog = NULL;
 static Oid	segments_relid = InvalidOid;
 
-static SPIPlanPtr enter_plan = NULL;
 static SPIPlanPtr exit_plan = NULL;
 
 /* ---------------------------------------------------------------------
@@ -472,12 +472,52 @@ Announce(const char *segment, int64 profile_id, const char *op, int64 log_id)
 
 
 /*
- * Writes entries (enter) or exits, logs and announces them.  The callers
- * hold the profiles' row locks and segment definitions wait for them, so no
- * one else changes these memberships meanwhile: a plain INSERT suffices.
+ * Writes entries: a member row and a log row each, through RowWriters, and
+ * announces them.  The callers hold the profiles' row locks and segment
+ * definitions wait for them, so no one else changes these memberships
+ * meanwhile: plain inserts suffice.
  */
 static uint64
-ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
+WriteEntries(Datum *names, Datum *pids, int n)
+{
+	static const char *const member_columns[] = {"segment", "profile_id"};
+	static const char *const log_columns[] = {"segment", "profile_id", "op"};
+	const PersonaCatalog *cat = PersonaGetCatalog();
+	AttrNumber	log_id = get_attnum(cat->segment_log, "log_id");
+	RowWriter  *members;
+	RowWriter  *log;
+	Datum		op = CStringGetTextDatum("enter");
+
+	if (n == 0)
+		return 0;
+	members = RowWriterOpen(cat->segment_members, member_columns, lengthof(member_columns));
+	log = RowWriterOpen(cat->segment_log, log_columns, lengthof(log_columns));
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[3] = {names[i], pids[i], op};
+		TupleTableSlot *written;
+		bool		isnull;
+		char	   *segment;
+
+		(void) RowWriterInsert(members, values, NULL);
+		written = RowWriterInsert(log, values, NULL);
+		segment = TextDatumGetCString(names[i]);
+		Announce(segment, DatumGetInt64(pids[i]), "enter",
+				 DatumGetInt64(slot_getattr(written, log_id, &isnull)));
+		pfree(segment);
+	}
+	RowWriterClose(log);
+	RowWriterClose(members);
+	CommandCounterIncrement();
+	return n;
+}
+
+/*
+ * Deletes the member rows of exits, logs and announces them (one SPI
+ * statement: exits are few next to entries).
+ */
+static uint64
+WriteExits(Datum *names, Datum *pids, int n)
 {
 	Oid			types[2] = {TEXTARRAYOID, INT8ARRAYOID};
 	Datum		args[2];
@@ -488,29 +528,18 @@ ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
 		return 0;
 	args[0] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
 	args[1] = PointerGetDatum(construct_array(pids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	if (enter)
-		plan = PersonaKeptPlan(&enter_plan,
-						"WITH changed AS ("
-						" INSERT INTO persona.segment_members AS m (segment, profile_id, entered_at)"
-						" SELECT u.segment, u.profile_id, pg_catalog.now()"
-						" FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(segment, profile_id)"
-						" RETURNING m.segment, m.profile_id) "
-						"INSERT INTO persona.segment_log (segment, profile_id, op, at) "
-						"SELECT c.segment, c.profile_id, 'enter', pg_catalog.now() FROM changed AS c "
-						"RETURNING segment, profile_id, log_id", 2, types, 0);
-	else
-		plan = PersonaKeptPlan(&exit_plan,
-						"WITH changed AS ("
-						" DELETE FROM persona.segment_members AS m"
-						" USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(segment, profile_id)"
-						" WHERE m.segment OPERATOR(pg_catalog.=) u.segment"
-						"   AND m.profile_id OPERATOR(pg_catalog.=) u.profile_id"
-						" RETURNING m.segment, m.profile_id) "
-						"INSERT INTO persona.segment_log (segment, profile_id, op, at) "
-						"SELECT c.segment, c.profile_id, 'exit', pg_catalog.now() FROM changed AS c "
-						"RETURNING segment, profile_id, log_id", 2, types, 0);
+	plan = PersonaKeptPlan(&exit_plan,
+					"WITH changed AS ("
+					" DELETE FROM persona.segment_members AS m"
+					" USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(segment, profile_id)"
+					" WHERE m.segment OPERATOR(pg_catalog.=) u.segment"
+					"   AND m.profile_id OPERATOR(pg_catalog.=) u.profile_id"
+					" RETURNING m.segment, m.profile_id) "
+					"INSERT INTO persona.segment_log (segment, profile_id, op, at) "
+					"SELECT c.segment, c.profile_id, 'exit', pg_catalog.now() FROM changed AS c "
+					"RETURNING segment, profile_id, log_id", 2, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "writing segment changes failed");
+		elog(ERROR, "writing segment exits failed");
 	done = SPI_processed;
 	for (uint64 r = 0; r < done; r++)
 	{
@@ -521,7 +550,7 @@ ApplyChanges(bool enter, Datum *names, Datum *pids, int n)
 		int64		log_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
 														 SPI_tuptable->tupdesc, 3, &isnull));
 
-		Announce(segment, pid, enter ? "enter" : "exit", log_id);
+		Announce(segment, pid, "exit", log_id);
 	}
 	return done;
 }
@@ -662,8 +691,8 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles,
 	}
 
 	/* Exits first, then entries. */
-	nchanges += ApplyChanges(false, changes[0].names, changes[0].pids, changes[0].n);
-	nchanges += ApplyChanges(true, changes[1].names, changes[1].pids, changes[1].n);
+	nchanges += WriteExits(changes[0].names, changes[0].pids, changes[0].n);
+	nchanges += WriteEntries(changes[1].names, changes[1].pids, changes[1].n);
 	SPI_finish();
 	return nchanges;
 }
