@@ -39,6 +39,7 @@
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
+#include "port/pg_bswap.h"
 #include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -638,11 +639,51 @@ CompareDeltas(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-static int
-CompareIds(const void *a, const void *b)
+/*
+ * A new id to sort: its first 16 bytes as two big-endian integers (zero
+ * padded, which keeps bytewise order), so that most comparisons never touch
+ * the strings.
+ */
+typedef struct SortedId
 {
-	return strcmp((*(ProfileDelta *const *) a)->new_id->id,
-				  (*(ProfileDelta *const *) b)->new_id->id);
+	uint64		prefix[2];
+	ProfileDelta *delta;
+} SortedId;
+
+static int
+CompareSortedIds(const void *a, const void *b)
+{
+	const SortedId *x = a;
+	const SortedId *y = b;
+
+	for (int i = 0; i < 2; i++)
+		if (x->prefix[i] != y->prefix[i])
+			return x->prefix[i] < y->prefix[i] ? -1 : 1;
+	return strcmp(x->delta->new_id->id, y->delta->new_id->id);
+}
+
+/* Sorts the deltas of new ids by id, bytewise. */
+static void
+SortByNewId(ProfileDelta **list, int n)
+{
+	SortedId   *ids = palloc(sizeof(SortedId) * n);
+
+	for (int i = 0; i < n; i++)
+	{
+		const char *id = list[i]->new_id->id;
+		char		bytes[16] = {0};
+		uint64		word[2];
+
+		strncpy(bytes, id, sizeof(bytes));
+		memcpy(word, bytes, sizeof(word));
+		ids[i].prefix[0] = pg_ntoh64(word[0]);
+		ids[i].prefix[1] = pg_ntoh64(word[1]);
+		ids[i].delta = list[i];
+	}
+	qsort(ids, n, sizeof(SortedId), CompareSortedIds);
+	for (int i = 0; i < n; i++)
+		list[i] = ids[i].delta;
+	pfree(ids);
 }
 
 /* Folds ``from`` into ``into`` (same person). */
@@ -777,7 +818,7 @@ WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
 	SPIPlanPtr	plan;
 
 	/* Key order, so that concurrent batches cannot deadlock. */
-	qsort(fresh, n, sizeof(ProfileDelta *), CompareIds);
+	SortByNewId(fresh, n);
 	if (n >= DIRECT_IDENTITIES_MIN && InsertIdentitiesDirect(fresh, n))
 	{
 		for (int i = 0; i < n; i++)
