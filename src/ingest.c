@@ -30,6 +30,7 @@
 #include "access/relscan.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/visibilitymap.h"
 #include "access/xact.h"
 #include "utils/resowner.h"
 #include "catalog/pg_type.h"
@@ -40,6 +41,7 @@
 #include "executor/tuptable.h"
 #include "funcapi.h"
 #include "port/pg_bswap.h"
+#include "storage/bufmgr.h"
 #include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -158,6 +160,8 @@ typedef struct IdentityScan
 	Relation	idx;
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
+	Buffer		vmbuffer;		/* visibility map page, or InvalidBuffer */
+	MemoryContext cxt;			/* the scan's: btree keeps buffers across rescans */
 	Snapshot	snapshot;
 	LocalTransactionId lxid;
 	CommandId	cid;
@@ -170,6 +174,8 @@ CloseIdentityScan(void)
 {
 	if (id_scan.rel == NULL)
 		return;
+	if (BufferIsValid(id_scan.vmbuffer))
+		ReleaseBuffer(id_scan.vmbuffer);
 	index_endscan(id_scan.scan);
 	ExecDropSingleTupleTableSlot(id_scan.slot);
 	index_close(id_scan.idx, NoLock);
@@ -435,12 +441,17 @@ CheckEvent(const Datum *values, const bool *nulls)
  * Identity resolution
  * --------------------------------------------------------------------- */
 
-/* Looks an id up in persona.identities under the active snapshot. */
+/*
+ * Looks an id up in persona.identities under the active snapshot.  The
+ * primary key carries profile_id (INCLUDE), so an id on an all-visible heap
+ * page is answered from the index alone, as an index-only scan would.
+ */
 static bool
 LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
 {
 	ScanKeyData key;
 	text	   *t = cstring_to_text(id);
+	ItemPointer tid;
 	bool		found = false;
 
 	if (id_scan.rel != NULL &&
@@ -455,8 +466,11 @@ LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
 		id_scan.rel = table_open(cat->identities, AccessShareLock);
 		id_scan.idx = index_open(cat->identities_pkey, AccessShareLock);
 		id_scan.slot = table_slot_create(id_scan.rel, NULL);
+		id_scan.vmbuffer = InvalidBuffer;
+		id_scan.cxt = CurTransactionContext;
 		id_scan.snapshot = GetActiveSnapshot();
 		id_scan.scan = index_beginscan(id_scan.rel, id_scan.idx, id_scan.snapshot, 1, 0);
+		id_scan.scan->xs_want_itup = true;
 		id_scan.lxid = MyProc->lxid;
 		id_scan.cid = GetCurrentCommandId(false);
 		MemoryContextSwitchTo(old);
@@ -465,14 +479,28 @@ LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
 	ScanKeyEntryInitialize(&key, 0, 1, BTEqualStrategyNumber, InvalidOid,
 						   id_scan.idx->rd_indcollation[0], F_TEXTEQ,
 						   PointerGetDatum(t));
-	index_rescan(id_scan.scan, &key, 1, NULL, 0);
-	if (index_getnext_slot(id_scan.scan, ForwardScanDirection, id_scan.slot))
 	{
-		bool		isnull;
+		/* The first rescan of an index-only scan allocates its tuple buffer. */
+		MemoryContext old = MemoryContextSwitchTo(id_scan.cxt);
 
-		*profile_id = DatumGetInt64(slot_getattr(id_scan.slot, 2, &isnull));
+		index_rescan(id_scan.scan, &key, 1, NULL, 0);
+		MemoryContextSwitchTo(old);
+	}
+	while (!found && (tid = index_getnext_tid(id_scan.scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull = true;
+
+		if (id_scan.scan->xs_itup != NULL &&
+			id_scan.scan->xs_itupdesc->natts >= 2 &&
+			VM_ALL_VISIBLE(id_scan.rel, ItemPointerGetBlockNumber(tid), &id_scan.vmbuffer))
+			*profile_id = DatumGetInt64(index_getattr(id_scan.scan->xs_itup, 2,
+													  id_scan.scan->xs_itupdesc, &isnull));
+		else if (index_fetch_heap(id_scan.scan, id_scan.slot))
+		{
+			*profile_id = DatumGetInt64(slot_getattr(id_scan.slot, 2, &isnull));
+			ExecClearTuple(id_scan.slot);
+		}
 		found = !isnull;
-		ExecClearTuple(id_scan.slot);
 	}
 	pfree(t);
 	return found;

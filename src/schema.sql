@@ -44,11 +44,15 @@ CREATE INDEX profiles_next_change_at_idx ON persona.profiles (next_change_at)
 
 -- Every id a person is known by, known user ids and anonymous ids alike, in
 -- one namespace.
+--
+-- The primary key carries profile_id, so that resolving an id (every event
+-- of a person the backend has not cached) reads the index alone.
 CREATE TABLE persona.identities (
-    id          text        COLLATE "C" PRIMARY KEY,
+    id          text        COLLATE "C",
     profile_id  bigint      NOT NULL,
     kind        text        NOT NULL CHECK (kind IN ('user', 'anonymous')),
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (id) INCLUDE (profile_id)
 );
 CREATE INDEX identities_profile_id_idx ON persona.identities (profile_id);
 COMMENT ON TABLE persona.identities IS 'every id (user or anonymous) and the profile it resolves to';
