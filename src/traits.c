@@ -6,17 +6,18 @@
  * A profile keeps the state of every trait in one bytea,
  * persona.profiles.computed_state:
  *
- *	  uint8 version, int32 n, then n times (int32 length, entry)
+ *	  uint8 version (2), n, then n times (length, entry)
  *
  * and an entry is the state of one trait:
  *
- *	  int32 trait_id, uint8 kind, int64 window_us, int64 bucket_us,
- *	  int64 skipped, int32 ncells, cells, int32 nvalues, values, uint8 flags,
- *	  [256 HyperLogLog registers]
+ *	  trait_id, uint8 kind, window_us, bucket_us, skipped, ncells, cells,
+ *	  nvalues, values, uint8 flags, [256 HyperLogLog registers]
  *
- * All integers in network byte order, numerics in numeric_send format, so
- * the bytes survive pg_dump and a move to another machine.  Every reader
- * checks what it reads: a state is data, never trusted.
+ * where a cell is (bucket - previous bucket, n, [the kind's value]).
+ * Integers are varints (signed ones zigzag-encoded), value hashes 8 bytes in
+ * network order, numerics in numeric_send format, so the bytes survive
+ * pg_dump and a move to another machine; three small traits take about 60
+ * bytes.  Every reader checks what it reads: a state is data, never trusted.
  *
  * Windows.  A window of W is counted in TRAIT_WINDOW_BUCKETS buckets of
  * width W / 60 (at least a second), numbered from the epoch so that states
@@ -27,6 +28,7 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
 #include <math.h>
 
 #include "access/xact.h"
@@ -47,7 +49,7 @@
 #include "persona.h"
 #include "traits.h"
 
-#define STATE_VERSION 1
+#define STATE_VERSION 2
 
 #define FLAG_HLL		0x01
 #define FLAG_TRUNCATED	0x02
@@ -722,25 +724,89 @@ TraitPrune(TraitState *s, TimestampTz now)
  * Wire format
  * --------------------------------------------------------------------- */
 
+/*
+ * Integers are written as varints (7 bits a byte, low bits first, the high
+ * bit set on every byte but the last); signed ones zigzag-encoded first, so
+ * that small magnitudes of either sign stay short.  A state of a lifetime
+ * count is a dozen bytes; bucket numbers are written as the difference from
+ * the previous bucket.
+ */
+static void
+SendVarint(StringInfo buf, uint64 v)
+{
+	while (v >= 0x80)
+	{
+		appendStringInfoCharMacro(buf, (char) (v | 0x80));
+		v >>= 7;
+	}
+	appendStringInfoCharMacro(buf, (char) v);
+}
+
+static inline void
+SendSigned(StringInfo buf, int64 v)
+{
+	SendVarint(buf, ((uint64) v << 1) ^ (uint64) (v >> 63));
+}
+
+static inline void
+CheckState(bool ok)
+{
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("invalid trait state")));
+}
+
+static uint64
+RecvVarint(StringInfo buf)
+{
+	uint64		v = 0;
+
+	for (int shift = 0;; shift += 7)
+	{
+		uint8		b;
+
+		CheckState(buf->cursor < buf->len && shift < 64);
+		b = (uint8) buf->data[buf->cursor++];
+		v |= (uint64) (b & 0x7F) << shift;
+		if ((b & 0x80) == 0)
+			return v;
+	}
+}
+
+static inline int64
+RecvSigned(StringInfo buf)
+{
+	uint64		u = RecvVarint(buf);
+
+	return (int64) (u >> 1) ^ -(int64) (u & 1);
+}
+
+/* A count that must fit what is left of the buffer, ``unit`` bytes each. */
+static int
+RecvCount(StringInfo buf, int unit, int max)
+{
+	uint64		n = RecvVarint(buf);
+
+	CheckState(n <= (uint64) max && n * unit <= (uint64) (buf->len - buf->cursor));
+	return (int) n;
+}
+
 static void
 SendNumeric(StringInfo buf, Numeric num)
 {
 	bytea	   *b = DatumGetByteaPP(DirectFunctionCall1(numeric_send, NumericGetDatum(num)));
 
-	pq_sendint32(buf, VARSIZE_ANY_EXHDR(b));
-	pq_sendbytes(buf, VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
+	SendVarint(buf, VARSIZE_ANY_EXHDR(b));
+	appendBinaryStringInfo(buf, VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
 }
 
 static Numeric
 RecvNumeric(StringInfo buf)
 {
-	int			len = pq_getmsgint(buf, 4);
+	int			len = RecvCount(buf, 1, INT_MAX);
 	StringInfoData sub;
 
-	if (len < 0 || len > buf->len - buf->cursor)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("invalid trait state")));
 	sub.data = (char *) pq_getmsgbytes(buf, len);
 	sub.len = len;
 	sub.maxlen = len;
@@ -754,19 +820,21 @@ static void
 SendState(StringInfo buf, const TraitState *s)
 {
 	uint8		flags = (s->hll ? FLAG_HLL : 0) | (s->truncated ? FLAG_TRUNCATED : 0);
+	int64		prev = 0;
 
-	pq_sendint32(buf, s->trait_id);
-	pq_sendbyte(buf, (uint8) s->kind);
-	pq_sendint64(buf, s->window_us);
-	pq_sendint64(buf, s->bucket_us);
-	pq_sendint64(buf, s->skipped);
-	pq_sendint32(buf, s->ncells);
+	SendVarint(buf, (uint32) s->trait_id);
+	appendStringInfoCharMacro(buf, (char) s->kind);
+	SendVarint(buf, s->window_us);
+	SendVarint(buf, s->bucket_us);
+	SendVarint(buf, s->skipped);
+	SendVarint(buf, s->ncells);
 	for (int i = 0; i < s->ncells; i++)
 	{
 		const TraitCell *c = &s->cells[i];
 
-		pq_sendint64(buf, c->bucket);
-		pq_sendint64(buf, c->n);
+		SendSigned(buf, c->bucket - prev);
+		prev = c->bucket;
+		SendVarint(buf, c->n);
 		if (c->n == 0)
 			continue;
 		switch (s->kind)
@@ -779,34 +847,25 @@ SendState(StringInfo buf, const TraitState *s)
 				break;
 			case TRAIT_FIRST:
 			case TRAIT_LAST:
-				pq_sendint64(buf, c->at);
-				pq_sendint64(buf, c->seq);
-				pq_sendint32(buf, VARSIZE_ANY_EXHDR(c->str));
-				pq_sendbytes(buf, VARDATA_ANY(c->str), VARSIZE_ANY_EXHDR(c->str));
+				SendSigned(buf, c->at);
+				SendSigned(buf, c->seq);
+				SendVarint(buf, VARSIZE_ANY_EXHDR(c->str));
+				appendBinaryStringInfo(buf, VARDATA_ANY(c->str), VARSIZE_ANY_EXHDR(c->str));
 				break;
 			default:
 				break;
 		}
 	}
-	pq_sendint32(buf, s->nvalues);
+	SendVarint(buf, s->nvalues);
 	for (int j = 0; j < s->nvalues; j++)
 	{
 		pq_sendint64(buf, (int64) s->hashes[j]);
 		if (s->window_us != 0)
-			pq_sendint64(buf, s->seen[j]);
+			SendSigned(buf, s->seen[j]);
 	}
-	pq_sendbyte(buf, flags);
+	appendStringInfoCharMacro(buf, (char) flags);
 	if (s->hll != NULL)
-		pq_sendbytes(buf, (char *) s->hll, TRAIT_HLL_REGISTERS);
-}
-
-static inline void
-CheckState(bool ok)
-{
-	if (!ok)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("invalid trait state")));
+		appendBinaryStringInfo(buf, (char *) s->hll, TRAIT_HLL_REGISTERS);
 }
 
 static TraitState *
@@ -815,26 +874,36 @@ RecvState(StringInfo buf)
 	TraitState *s = palloc0(sizeof(TraitState));
 	int			n;
 	uint8		flags;
+	uint64		u;
 
-	s->trait_id = pq_getmsgint(buf, 4);
+	u = RecvVarint(buf);
+	CheckState(u > 0 && u <= PG_INT32_MAX);
+	s->trait_id = (int32) u;
 	s->kind = (TraitKind) pq_getmsgbyte(buf);
 	CheckState(s->kind >= TRAIT_COUNT && s->kind <= TRAIT_COUNT_DISTINCT);
-	s->window_us = pq_getmsgint64(buf);
-	s->bucket_us = pq_getmsgint64(buf);
-	CheckState(s->window_us >= 0 && s->bucket_us >= 0 &&
-			   (s->window_us == 0) == (s->bucket_us == 0));
-	s->skipped = pq_getmsgint64(buf);
-	n = pq_getmsgint(buf, 4);
-	CheckState(n >= 0 && n <= (buf->len - buf->cursor) / 16);
+	u = RecvVarint(buf);
+	CheckState(u <= PG_INT64_MAX);
+	s->window_us = (int64) u;
+	u = RecvVarint(buf);
+	CheckState(u <= PG_INT64_MAX);
+	s->bucket_us = (int64) u;
+	CheckState((s->window_us == 0) == (s->bucket_us == 0));
+	u = RecvVarint(buf);
+	CheckState(u <= PG_INT64_MAX);
+	s->skipped = (int64) u;
+	n = RecvCount(buf, 2, INT_MAX / sizeof(TraitCell));
 	s->ncells = s->maxcells = n;
 	s->cells = palloc0(sizeof(TraitCell) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
 		TraitCell  *c = &s->cells[i];
+		int64		delta = RecvSigned(buf);
 
-		c->bucket = pq_getmsgint64(buf);
-		c->n = pq_getmsgint64(buf);
-		CheckState(c->n >= 0 && (i == 0 || c->bucket > s->cells[i - 1].bucket));
+		CheckState(i == 0 || delta > 0);
+		c->bucket = (i == 0 ? 0 : s->cells[i - 1].bucket) + delta;
+		u = RecvVarint(buf);
+		CheckState(u <= PG_INT64_MAX);
+		c->n = (int64) u;
 		if (c->n == 0)
 			continue;
 		switch (s->kind)
@@ -850,10 +919,9 @@ RecvState(StringInfo buf)
 				{
 					int			len;
 
-					c->at = pq_getmsgint64(buf);
-					c->seq = pq_getmsgint64(buf);
-					len = pq_getmsgint(buf, 4);
-					CheckState(len >= 0 && len <= buf->len - buf->cursor);
+					c->at = RecvSigned(buf);
+					c->seq = RecvSigned(buf);
+					len = RecvCount(buf, 1, INT_MAX);
 					c->str = cstring_to_text_with_len(pq_getmsgbytes(buf, len), len);
 					break;
 				}
@@ -861,9 +929,8 @@ RecvState(StringInfo buf)
 				break;
 		}
 	}
-	n = pq_getmsgint(buf, 4);
-	CheckState(n >= 0 && n <= TRAIT_DISTINCT_EXACT &&
-			   (n == 0 || s->kind == TRAIT_COUNT_DISTINCT));
+	n = RecvCount(buf, 8, TRAIT_DISTINCT_EXACT);
+	CheckState(n == 0 || s->kind == TRAIT_COUNT_DISTINCT);
 	s->nvalues = s->maxvalues = n;
 	if (n > 0)
 	{
@@ -875,7 +942,7 @@ RecvState(StringInfo buf)
 	{
 		s->hashes[j] = (uint64) pq_getmsgint64(buf);
 		if (s->window_us != 0)
-			s->seen[j] = pq_getmsgint64(buf);
+			s->seen[j] = RecvSigned(buf);
 	}
 	flags = pq_getmsgbyte(buf);
 	CheckState((flags & ~(FLAG_HLL | FLAG_TRUNCATED)) == 0);
@@ -927,15 +994,14 @@ ProfileTraitsParse(bytea *blob)
 	if (buf.len == 0)
 		return pt;
 	CheckState(pq_getmsgbyte(&buf) == STATE_VERSION);
-	n = pq_getmsgint(&buf, 4);
-	CheckState(n >= 0 && n <= buf.len);
+	n = RecvCount(&buf, 1, INT_MAX);
 	for (int i = 0; i < n; i++)
 	{
-		int			len = pq_getmsgint(&buf, 4);
+		int			len = RecvCount(&buf, 1, INT_MAX);
 		StringInfoData sub;
 		TraitState *s;
 
-		CheckState(len > 0 && len <= buf.len - buf.cursor);
+		CheckState(len > 0);
 		sub.data = (char *) pq_getmsgbytes(&buf, len);
 		sub.len = sub.maxlen = len;
 		sub.cursor = 0;
@@ -1028,6 +1094,38 @@ TraitDefined(const TraitCatalog *tc, int32 trait_id)
 	return false;
 }
 
+/* The profile-states bytes of ``n`` states (see the top of the file). */
+static bytea *
+EncodeStates(TraitState *const *states, int n)
+{
+	StringInfo	body = ScratchBuffer(0);
+	StringInfo	entry = ScratchBuffer(1);
+	StringInfoData head;
+	char		head_bytes[16];
+	bytea	   *result;
+
+	for (int i = 0; i < n; i++)
+	{
+		resetStringInfo(entry);
+		SendState(entry, states[i]);
+		SendVarint(body, entry->len);
+		appendBinaryStringInfo(body, entry->data, entry->len);
+	}
+
+	/* The version and the count of states (at most 11 bytes), then the states. */
+	head.data = head_bytes;
+	head.len = 0;
+	head.maxlen = sizeof(head_bytes);
+	head.cursor = 0;
+	appendStringInfoCharMacro(&head, (char) STATE_VERSION);
+	SendVarint(&head, n);
+	result = palloc(VARHDRSZ + head.len + body->len);
+	SET_VARSIZE(result, VARHDRSZ + head.len + body->len);
+	memcpy(VARDATA(result), head.data, head.len);
+	memcpy(VARDATA(result) + head.len, body->data, body->len);
+	return result;
+}
+
 /*
  * The bytes of a profile's states, leaving out traits that were dropped and
  * buckets that can no longer count.  NULL when nothing is left.
@@ -1036,15 +1134,10 @@ bytea *
 ProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now)
 {
 	const TraitCatalog *tc = PersonaTraitCatalog();
-	StringInfo	buf = ScratchBuffer(0);
-	StringInfo	entry = ScratchBuffer(1);
+	TraitState **kept = palloc(sizeof(TraitState *) * Max(pt->nstates, 1));
 	int			n = 0;
-	int			count_at;
 	bytea	   *result;
 
-	pq_sendbyte(buf, STATE_VERSION);
-	count_at = buf->len;
-	pq_sendint32(buf, 0);
 	for (int i = 0; i < pt->nstates; i++)
 	{
 		TraitState *s = pt->states[i];
@@ -1052,19 +1145,10 @@ ProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now)
 		if (!TraitDefined(tc, s->trait_id))
 			continue;
 		TraitPrune(s, now);
-		resetStringInfo(entry);
-		SendState(entry, s);
-		pq_sendint32(buf, entry->len);
-		pq_sendbytes(buf, entry->data, entry->len);
-		n++;
+		kept[n++] = s;
 	}
-	if (n == 0)
-		return NULL;
-	n = pg_hton32(n);
-	memcpy(buf->data + count_at, &n, 4);
-	result = palloc(VARHDRSZ + buf->len);
-	SET_VARSIZE(result, VARHDRSZ + buf->len);
-	memcpy(VARDATA(result), buf->data, buf->len);
+	result = n == 0 ? NULL : EncodeStates(kept, n);
+	pfree(kept);
 	return result;
 }
 
@@ -1497,22 +1581,9 @@ Datum
 persona_trait_agg_final(PG_FUNCTION_ARGS)
 {
 	TraitAggState   *a;
-	StringInfoData buf;
-	StringInfoData entry;
-	bytea	   *result;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	a = (TraitAggState *) PG_GETARG_POINTER(0);
-	initStringInfo(&entry);
-	SendState(&entry, a->state);
-	initStringInfo(&buf);
-	pq_sendbyte(&buf, STATE_VERSION);
-	pq_sendint32(&buf, 1);
-	pq_sendint32(&buf, entry.len);
-	pq_sendbytes(&buf, entry.data, entry.len);
-	result = palloc(VARHDRSZ + buf.len);
-	SET_VARSIZE(result, VARHDRSZ + buf.len);
-	memcpy(VARDATA(result), buf.data, buf.len);
-	PG_RETURN_BYTEA_P(result);
+	PG_RETURN_BYTEA_P(EncodeStates(&a->state, 1));
 }
