@@ -60,6 +60,7 @@ PersonaGetCatalog(void)
 		catalog.schema = schema;
 		catalog.events = RequireRelation(schema, "events");
 		catalog.profiles = RequireRelation(schema, "profiles");
+		catalog.profiles_pkey = RequireRelation(schema, "profiles_pkey");
 		catalog.identities = RequireRelation(schema, "identities");
 		catalog.identities_pkey = RequireRelation(schema, "identities_pkey");
 		catalog.profile_id_seq = RequireRelation(schema, "profile_id_seq");

@@ -124,8 +124,6 @@ static EventColumns event_columns;
 static SPIPlanPtr insert_identities_plan = NULL;
 static SPIPlanPtr select_identities_plan = NULL;
 static SPIPlanPtr move_events_plan = NULL;
-static SPIPlanPtr update_profiles_plan = NULL;
-static SPIPlanPtr missing_profiles_plan = NULL;
 static SPIPlanPtr select_merges_plan = NULL;
 static SPIPlanPtr track_plan = NULL;
 
@@ -947,46 +945,6 @@ DeltaState(ProfileDelta *d, TimestampTz now, bytea **state, TimestampTz *next)
 }
 
 /*
- * The deltas of ``list`` as arrays $1..$6: profile ids, first, last, count,
- * trait states and next changes (see DeltaState).
- */
-static void
-DeltaArrays(ProfileDelta **list, int n, Datum *args)
-{
-	Datum	   *pids = palloc(sizeof(Datum) * n);
-	Datum	   *firsts = palloc(sizeof(Datum) * n);
-	Datum	   *lasts = palloc(sizeof(Datum) * n);
-	Datum	   *counts = palloc(sizeof(Datum) * n);
-	Datum	   *states = palloc(sizeof(Datum) * n);
-	bool	   *states_null = palloc(sizeof(bool) * n);
-	Datum	   *changes = palloc(sizeof(Datum) * n);
-	bool	   *changes_null = palloc(sizeof(bool) * n);
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-
-	for (int i = 0; i < n; i++)
-	{
-		bytea	   *state;
-		TimestampTz next;
-
-		DeltaState(list[i], now, &state, &next);
-		pids[i] = Int64GetDatum(list[i]->profile_id);
-		firsts[i] = TimestampTzGetDatum(list[i]->first_seen);
-		lasts[i] = TimestampTzGetDatum(list[i]->last_seen);
-		counts[i] = Int64GetDatum(list[i]->events);
-		states[i] = PointerGetDatum(state);
-		states_null[i] = state == NULL;
-		changes[i] = TimestampTzGetDatum(next);
-		changes_null[i] = next == 0;
-	}
-	args[0] = BuildArray(pids, NULL, n, INT8OID);
-	args[1] = BuildArray(firsts, NULL, n, TIMESTAMPTZOID);
-	args[2] = BuildArray(lasts, NULL, n, TIMESTAMPTZOID);
-	args[3] = BuildArray(counts, NULL, n, INT8OID);
-	args[4] = BuildArray(states, states_null, n, BYTEAOID);
-	args[5] = BuildArray(changes, changes_null, n, TIMESTAMPTZOID);
-}
-
-/*
  * Inserts the profiles whose identities this statement created, in profile
  * order.  Their ids are fresh from the sequence: nobody else can be writing
  * them.
@@ -1031,86 +989,140 @@ InsertNewProfiles(ProfileDelta **list, int n)
 	CommandCounterIncrement();
 }
 
-/*
- * Runs a plan that joins sorted arrays to persona.profiles so that it locks
- * the rows in the arrays' order: with hash and merge joins, sequential and
- * bitmap scans off, the only plan left is a nested loop driven by the
- * arrays, probing profiles_pkey.  Merges lock profiles in key order too, so
- * ingest and merges cannot deadlock.  A cached plan is built (or rebuilt
- * after an invalidation) inside this call, under these settings.
- */
-static int
-ExecuteInKeyOrder(SPIPlanPtr plan, Datum *args)
+/* Columns of persona.profiles that ingest updates, by name. */
+typedef struct ProfileColumns
 {
-	static const char *const off[] = {
-		"enable_hashjoin", "enable_mergejoin", "enable_seqscan", "enable_bitmapscan"
-	};
-	int			nest = NewGUCNestLevel();
-	int			rc;
+	Oid			relid;
+	AttrNumber	first_seen;
+	AttrNumber	last_seen;
+	AttrNumber	event_count;
+	AttrNumber	computed_state;
+	AttrNumber	next_change_at;
+	AttrNumber	updated_at;
+} ProfileColumns;
 
-	for (size_t i = 0; i < lengthof(off); i++)
-		(void) set_config_option(off[i], "off", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_SAVE, true, 0, false);
-	rc = SPI_execute_plan(plan, args, NULL, false, 0);
-	AtEOXact_GUC(true, nest);
-	return rc;
+static ProfileColumns profile_columns;
+
+static AttrNumber
+RequireColumn(Oid relid, const char *name)
+{
+	AttrNumber	attnum = get_attnum(relid, name);
+
+	if (attnum <= 0)
+		elog(ERROR, "persona.profiles has no column \"%s\"", name);
+	return attnum;
+}
+
+static void
+ResolveProfileColumns(Oid relid)
+{
+	if (profile_columns.relid == relid)
+		return;
+	profile_columns.first_seen = RequireColumn(relid, "first_seen");
+	profile_columns.last_seen = RequireColumn(relid, "last_seen");
+	profile_columns.event_count = RequireColumn(relid, "event_count");
+	profile_columns.computed_state = RequireColumn(relid, "computed_state");
+	profile_columns.next_change_at = RequireColumn(relid, "next_change_at");
+	profile_columns.updated_at = RequireColumn(relid, "updated_at");
+	profile_columns.relid = relid;
+}
+
+/* A delta to add to its profile's row, at the transaction's now(). */
+typedef struct ProfileChange
+{
+	ProfileDelta *delta;
+	TimestampTz now;
+} ProfileChange;
+
+/*
+ * The profile's new row: counts added, first and last seen widened, trait
+ * states merged, the earlier of the next changes kept, updated_at = now().
+ */
+static void
+AddDelta(TupleTableSlot *current, Datum *values, bool *nulls, void *arg)
+{
+	const ProfileChange *change = arg;
+	ProfileDelta *d = change->delta;
+	const ProfileColumns *pc = &profile_columns;
+	int			i;
+
+	i = pc->event_count - 1;
+	values[i] = Int64GetDatum((nulls[i] ? 0 : DatumGetInt64(values[i])) + d->events);
+	nulls[i] = false;
+	i = pc->first_seen - 1;
+	if (nulls[i] || d->first_seen < DatumGetTimestampTz(values[i]))
+		values[i] = TimestampTzGetDatum(d->first_seen);
+	nulls[i] = false;
+	i = pc->last_seen - 1;
+	if (nulls[i] || d->last_seen > DatumGetTimestampTz(values[i]))
+		values[i] = TimestampTzGetDatum(d->last_seen);
+	nulls[i] = false;
+	if (d->traits != NULL)
+	{
+		int			cs = pc->computed_state - 1;
+		int			nc = pc->next_change_at - 1;
+		TimestampTz next = ProfileTraitsNextChange(d->traits, change->now);
+		ProfileTraits *pt = ProfileTraitsParse(nulls[cs] ? NULL : DatumGetByteaPP(values[cs]));
+		bytea	   *state;
+
+		ProfileTraitsCombine(pt, d->traits);
+		state = ProfileTraitsSerialize(pt, change->now);
+		values[cs] = PointerGetDatum(state);
+		nulls[cs] = state == NULL;
+		if (next != 0 && (nulls[nc] || next < DatumGetTimestampTz(values[nc])))
+		{
+			values[nc] = TimestampTzGetDatum(next);
+			nulls[nc] = false;
+		}
+	}
+	i = pc->updated_at - 1;
+	values[i] = TimestampTzGetDatum(change->now);
+	nulls[i] = false;
+	d->written = true;
 }
 
 /*
- * Adds the deltas of ``list`` to their profiles, in profile order (see
- * ExecuteInKeyOrder).  Returns the
- * profiles that are gone: absorbed or erased by a concurrent transaction
- * after this statement resolved its rows to them.
+ * Adds the deltas of ``list`` to their profiles, in profile order, each row
+ * locked as UPDATE locks it: merges lock profiles in key order too, so
+ * ingest and merges cannot deadlock.  Returns the profiles that are gone:
+ * absorbed or erased by a concurrent transaction after this statement
+ * resolved its rows to them.
  */
 static int
-UpdateProfiles(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
+UpdateProfiles(ProfileDelta **list, int n, ProfileDelta **orphans)
 {
-	Datum		args[6];
-	Oid			types[6] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
-	INT8ARRAYOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID};
-	SPIPlanPtr	plan;
+	const PersonaCatalog *cat = PersonaGetCatalog();
+	MemoryContext row_cxt = AllocSetContextCreate(CurrentMemoryContext, "persona profile",
+												  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old;
+	ProfileChange change;
+	RowUpdater *u;
 	int			norphans = 0;
 
 	qsort(list, n, sizeof(ProfileDelta *), CompareDeltas);
-	DeltaArrays(list, n, args);
+	ResolveProfileColumns(cat->profiles);
 
-	plan = PersonaKeptPlan(&update_profiles_plan,
-					   "UPDATE persona.profiles AS p SET "
-					   "  first_seen = LEAST(p.first_seen, u.first_seen), "
-					   "  last_seen = GREATEST(p.last_seen, u.last_seen), "
-					   "  event_count = p.event_count + u.event_count, "
-					   "  computed_state = CASE WHEN u.state IS NULL THEN p.computed_state "
-					   "    ELSE persona.state_merge(p.computed_state, u.state) END, "
-					   "  next_change_at = LEAST(p.next_change_at, u.next_change_at), "
-					   "  updated_at = pg_catalog.now() "
-					   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-					   "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), "
-					   "  pg_catalog.unnest($6)) "
-					   "  AS u(profile_id, first_seen, last_seen, event_count, state, next_change_at) "
-					   "WHERE p.profile_id = u.profile_id",
-					   6, types, CURSOR_OPT_GENERIC_PLAN);
-	if ((n == 1 ? SPI_execute_plan(plan, args, NULL, false, 0)
-		 : ExecuteInKeyOrder(plan, args)) != SPI_OK_UPDATE)
-		elog(ERROR, "updating profiles failed");
-	if (SPI_processed == (uint64) n)
-		return 0;
-
-	/* Some profiles are gone; the rows we updated stay locked meanwhile. */
-	plan = PersonaKeptPlan(&missing_profiles_plan,
-					   "SELECT u.profile_id FROM pg_catalog.unnest($1) AS u(profile_id) "
-					   "WHERE NOT EXISTS (SELECT FROM persona.profiles AS p "
-					   "                  WHERE p.profile_id = u.profile_id)",
-					   1, types, 0);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading profiles failed");
-	for (uint64 r = 0; r < SPI_processed; r++)
+	/*
+	 * As a statement of its own would: see what this statement wrote so far
+	 * and, at READ COMMITTED, what committed meanwhile.
+	 */
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	u = RowUpdaterOpen(cat->profiles, cat->profiles_pkey);
+	change.now = GetCurrentTransactionStartTimestamp();
+	for (int i = 0; i < n; i++)
 	{
-		bool		isnull;
-		int64		pid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-													  SPI_tuptable->tupdesc, 1, &isnull));
-
-		orphans[norphans++] = hash_search(deltas, &pid, HASH_FIND, NULL);
+		old = MemoryContextSwitchTo(row_cxt);
+		change.delta = list[i];
+		if (!RowUpdaterUpdate(u, list[i]->profile_id, AddDelta, &change))
+			orphans[norphans++] = list[i];
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(row_cxt);
 	}
+	RowUpdaterClose(u);
+	PopActiveSnapshot();
+	MemoryContextDelete(row_cxt);
+	CommandCounterIncrement();
 	return norphans;
 }
 
@@ -1153,19 +1165,19 @@ FollowMerge(int64 pid)
  * there are merges to follow first.  A single profile needs no such care.
  */
 static int
-UpdateProfilesOnce(HTAB *deltas, ProfileDelta **list, int n, ProfileDelta **orphans)
+UpdateProfilesOnce(ProfileDelta **list, int n, ProfileDelta **orphans)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	int			norphans;
 
 	if (n == 1)
-		return UpdateProfiles(deltas, list, n, orphans);
+		return UpdateProfiles(list, n, orphans);
 
 	in_own_subxact = true;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
-	norphans = UpdateProfiles(deltas, list, n, orphans);
+	norphans = UpdateProfiles(list, n, orphans);
 	if (norphans == 0)
 		ReleaseCurrentSubTransaction();
 	else
@@ -1386,7 +1398,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 			if (n == 0)
 				break;
 			orphans = palloc(sizeof(ProfileDelta *) * n);
-			norphans = UpdateProfilesOnce(deltas, list, n, orphans);
+			norphans = UpdateProfilesOnce(list, n, orphans);
 			for (int i = 0; i < norphans; i++)
 			{
 				int64		into = FollowMerge(orphans[i]->profile_id);

@@ -20,6 +20,7 @@ typedef struct PersonaCatalog
 	Oid			schema;
 	Oid			events;
 	Oid			profiles;
+	Oid			profiles_pkey;
 	Oid			identities;
 	Oid			identities_pkey;
 	Oid			profile_id_seq;

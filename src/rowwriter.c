@@ -1,8 +1,9 @@
 /*
  * rowwriter.c
- *	  Inserting rows into persona's own tables without SQL: the heap tuple,
- *	  its index entries, constraints and row triggers, as the executor would
- *	  do them, with no plan, no parameter arrays and no per-row executor
+ *	  Writing rows of persona's own tables without SQL: inserts (RowWriter)
+ *	  and updates of rows found by a bigint key (RowUpdater), with their
+ *	  index entries, constraints and row triggers, as the executor would do
+ *	  them, with no plan, no parameter arrays and no per-row executor
  *	  startup.
  *
  * persona's statement-level ingest writes up to one identity and one profile
@@ -15,30 +16,85 @@
  * waiting for in-progress inserters as usual), AFTER ROW triggers.  Columns
  * the caller does not set take their defaults.  Statement-level triggers do
  * not fire.
+ *
+ * A RowUpdater finds a row by the value of a unique bigint index under the
+ * active snapshot, locks its latest version as UPDATE would (waiting for a
+ * concurrent writer, following its update; at REPEATABLE READ a concurrent
+ * change is a serialization failure), lets the caller compute the new row
+ * from the locked one, and updates it (ExecSimpleRelationUpdate: HOT when
+ * no indexed column changed).
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "nodes/makefuncs.h"
 #include "rewrite/rewriteHandler.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/fmgroids.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "rowwriter.h"
 
-struct RowWriter
+/* The executor state both kinds of writers need for one relation. */
+typedef struct RowTarget
 {
 	Relation	rel;
 	EState	   *estate;
 	ResultRelInfo *rri;
+	bool		triggers;		/* after-trigger query bracket opened */
+} RowTarget;
+
+static void
+OpenTarget(RowTarget *t, Oid relid)
+{
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+
+	t->rel = table_open(relid, RowExclusiveLock);
+	t->estate = CreateExecutorState();
+	rte->rtekind = RTE_RELATION;
+	rte->relid = relid;
+	rte->relkind = t->rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(t->estate, list_make1(rte));
+	t->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
+	t->estate->es_output_cid = GetCurrentCommandId(true);
+	t->estate->es_snapshot = GetActiveSnapshot();
+	ExecOpenIndices(t->rri, false);
+	t->triggers = false;
+	if (t->rel->trigdesc != NULL)
+	{
+		AfterTriggerBeginQuery();
+		t->triggers = true;
+	}
+}
+
+/* Fires the queued AFTER ROW triggers and closes everything. */
+static void
+CloseTarget(RowTarget *t)
+{
+	if (t->triggers)
+		AfterTriggerEndQuery(t->estate);
+	ExecCloseIndices(t->rri);
+	ExecResetTupleTable(t->estate->es_tupleTable, false);
+	FreeExecutorState(t->estate);
+	table_close(t->rel, NoLock);
+}
+
+struct RowWriter
+{
+	RowTarget	t;
 	TupleTableSlot *slot;
 	int			ncolumns;
 	AttrNumber *attnums;		/* the caller's columns, in its order */
 	ExprState **defaults;		/* per attribute: its default, when not set */
-	bool		triggers;		/* after-trigger query bracket opened */
 };
 
 /*
@@ -49,24 +105,12 @@ RowWriter *
 RowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 {
 	RowWriter  *w = palloc0(sizeof(RowWriter));
-	RangeTblEntry *rte = makeNode(RangeTblEntry);
 	TupleDesc	desc;
 	bool	   *set;
 
-	w->rel = table_open(relid, RowExclusiveLock);
-	desc = RelationGetDescr(w->rel);
-	w->estate = CreateExecutorState();
-	rte->rtekind = RTE_RELATION;
-	rte->relid = relid;
-	rte->relkind = w->rel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(w->estate, list_make1(rte));
-	w->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(w->rri, w->rel, 1, NULL, 0);
-	w->estate->es_output_cid = GetCurrentCommandId(true);
-	ExecOpenIndices(w->rri, false);
-	w->slot = ExecInitExtraTupleSlot(w->estate, desc, &TTSOpsVirtual);
-
+	OpenTarget(&w->t, relid);
+	desc = RelationGetDescr(w->t.rel);
+	w->slot = ExecInitExtraTupleSlot(w->t.estate, desc, &TTSOpsVirtual);
 	w->ncolumns = ncolumns;
 	w->attnums = palloc(sizeof(AttrNumber) * ncolumns);
 	set = palloc0(sizeof(bool) * desc->natts);
@@ -76,7 +120,7 @@ RowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 
 		if (attnum <= 0)
 			elog(ERROR, "relation \"%s\" has no column \"%s\"",
-				 RelationGetRelationName(w->rel), columns[i]);
+				 RelationGetRelationName(w->t.rel), columns[i]);
 		w->attnums[i] = attnum;
 		set[attnum - 1] = true;
 	}
@@ -87,16 +131,11 @@ RowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 
 		if (set[i] || TupleDescAttr(desc, i)->attisdropped)
 			continue;
-		expr = (Expr *) build_column_default(w->rel, i + 1);
+		expr = (Expr *) build_column_default(w->t.rel, i + 1);
 		if (expr != NULL)
-			w->defaults[i] = ExecPrepareExpr(expr, w->estate);
+			w->defaults[i] = ExecPrepareExpr(expr, w->t.estate);
 	}
-
-	if (w->rel->trigdesc != NULL)
-	{
-		AfterTriggerBeginQuery();
-		w->triggers = true;
-	}
+	pfree(set);
 	return w;
 }
 
@@ -109,7 +148,7 @@ RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
 {
 	TupleTableSlot *slot = w->slot;
 	TupleDesc	desc = slot->tts_tupleDescriptor;
-	ExprContext *econtext = GetPerTupleExprContext(w->estate);
+	ExprContext *econtext = GetPerTupleExprContext(w->t.estate);
 
 	ExecClearTuple(slot);
 	for (int i = 0; i < desc->natts; i++)
@@ -126,22 +165,125 @@ RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
 		slot->tts_isnull[w->attnums[i] - 1] = nulls != NULL && nulls[i];
 	}
 	ExecStoreVirtualTuple(slot);
-	ExecSimpleRelationInsert(w->rri, w->estate, slot);
-	ResetPerTupleExprContext(w->estate);
+	ExecSimpleRelationInsert(w->t.rri, w->t.estate, slot);
+	ResetPerTupleExprContext(w->t.estate);
 	return slot;
 }
 
-/* Fires the queued AFTER ROW triggers and closes everything. */
 void
 RowWriterClose(RowWriter *w)
 {
-	if (w->triggers)
-		AfterTriggerEndQuery(w->estate);
-	ExecCloseIndices(w->rri);
-	ExecResetTupleTable(w->estate->es_tupleTable, false);
-	FreeExecutorState(w->estate);
-	table_close(w->rel, NoLock);
+	CloseTarget(&w->t);
 	pfree(w->attnums);
 	pfree(w->defaults);
 	pfree(w);
+}
+
+struct RowUpdater
+{
+	RowTarget	t;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *current;	/* the locked row */
+	TupleTableSlot *next;		/* the row to write */
+	EPQState	epqstate;
+	MemoryContext cxt;			/* the scan's: btree allocates lazily */
+};
+
+/*
+ * Opens ``relid`` for updates of rows found by ``indexid``, a unique index on
+ * one bigint column, under the active snapshot.
+ */
+RowUpdater *
+RowUpdaterOpen(Oid relid, Oid indexid)
+{
+	RowUpdater *u = palloc0(sizeof(RowUpdater));
+
+	OpenTarget(&u->t, relid);
+	u->cxt = CurrentMemoryContext;
+	u->index = index_open(indexid, AccessShareLock);
+	u->current = table_slot_create(u->t.rel, &u->t.estate->es_tupleTable);
+	u->next = ExecInitExtraTupleSlot(u->t.estate, RelationGetDescr(u->t.rel),
+									 &TTSOpsVirtual);
+	u->scan = index_beginscan(u->t.rel, u->index, u->t.estate->es_snapshot, 1, 0);
+	EvalPlanQualInit(&u->epqstate, u->t.estate, NULL, NIL, -1);
+	return u;
+}
+
+/*
+ * Updates the row whose key is ``key``: ``change`` gets the locked current
+ * row and its values and nulls (every attribute, to be changed in place).
+ * Returns false, changing nothing, when there is no such row any more (a
+ * concurrent transaction deleted it; at REPEATABLE READ that is a
+ * serialization failure instead).
+ */
+bool
+RowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg)
+{
+	ScanKeyData skey;
+	TM_FailureData tmfd;
+	TM_Result	result;
+	ItemPointerData tid;
+	TupleTableSlot *next = u->next;
+	int			natts = next->tts_tupleDescriptor->natts;
+
+	MemoryContext old;
+	bool		found;
+
+	old = MemoryContextSwitchTo(u->cxt);
+	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(key));
+	index_rescan(u->scan, &skey, 1, NULL, 0);
+	found = index_getnext_slot(u->scan, ForwardScanDirection, u->current);
+	MemoryContextSwitchTo(old);
+	if (!found)
+		return false;
+	tid = u->current->tts_tid;
+
+	/* As SELECT FOR UPDATE: follow a concurrent update, except at REPEATABLE READ. */
+	result = table_tuple_lock(u->t.rel, &tid, u->t.estate->es_snapshot, u->current,
+							  u->t.estate->es_output_cid, LockTupleNoKeyExclusive,
+							  LockWaitBlock,
+							  IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
+							  &tmfd);
+	switch (result)
+	{
+		case TM_Ok:
+			break;
+		case TM_Deleted:
+			if (IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to concurrent delete")));
+			return false;
+		case TM_Updated:
+			/* Followed above, except at REPEATABLE READ. */
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update")));
+			break;
+		default:
+			elog(ERROR, "unexpected result %d locking a row of \"%s\"",
+				 (int) result, RelationGetRelationName(u->t.rel));
+	}
+
+	slot_getallattrs(u->current);
+	ExecClearTuple(next);
+	memcpy(next->tts_values, u->current->tts_values, sizeof(Datum) * natts);
+	memcpy(next->tts_isnull, u->current->tts_isnull, sizeof(bool) * natts);
+	change(u->current, next->tts_values, next->tts_isnull, arg);
+	ExecStoreVirtualTuple(next);
+	EvalPlanQualSetSlot(&u->epqstate, next);
+	ExecSimpleRelationUpdate(u->t.rri, u->t.estate, &u->epqstate, u->current, next);
+	ResetPerTupleExprContext(u->t.estate);
+	return true;
+}
+
+void
+RowUpdaterClose(RowUpdater *u)
+{
+	index_endscan(u->scan);
+	index_close(u->index, NoLock);
+	EvalPlanQualEnd(&u->epqstate);
+	CloseTarget(&u->t);
+	pfree(u);
 }

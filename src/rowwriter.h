@@ -1,6 +1,6 @@
 /*
  * rowwriter.h
- *	  Inserting rows into persona's tables without SQL (rowwriter.c).
+ *	  Writing rows of persona's tables without SQL (rowwriter.c).
  */
 #ifndef PERSONA_ROWWRITER_H
 #define PERSONA_ROWWRITER_H
@@ -14,5 +14,15 @@ typedef struct RowWriter RowWriter;
 extern RowWriter *RowWriterOpen(Oid relid, const char *const *columns, int ncolumns);
 extern TupleTableSlot *RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls);
 extern void RowWriterClose(RowWriter *w);
+
+typedef struct RowUpdater RowUpdater;
+
+/* Computes a new row from the current one (values and nulls in place). */
+typedef void (*RowChangeFunc) (TupleTableSlot *current, Datum *values, bool *nulls,
+							   void *arg);
+
+extern RowUpdater *RowUpdaterOpen(Oid relid, Oid indexid);
+extern bool RowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg);
+extern void RowUpdaterClose(RowUpdater *u);
 
 #endif							/* PERSONA_ROWWRITER_H */
