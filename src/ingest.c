@@ -47,7 +47,6 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
-#include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -90,7 +89,7 @@ typedef struct EventColumns
  */
 typedef struct IdEntry
 {
-	char	   *id;				/* hash key: a NUL-terminated string */
+	char	   *id;				/* a NUL-terminated string, the map's key */
 	int64		profile_id;
 	bool		pending;
 	bool		is_user;		/* came from user_id rather than anonymous_id */
@@ -99,7 +98,7 @@ typedef struct IdEntry
 /* The statement's rows of one profile, folded. */
 typedef struct ProfileDelta
 {
-	int64		profile_id;		/* hash key */
+	int64		profile_id;		/* the deltas' key */
 	int64		events;
 	TimestampTz first_seen;
 	TimestampTz last_seen;
@@ -109,11 +108,80 @@ typedef struct ProfileDelta
 	bool		created;		/* this statement created the profile */
 } ProfileDelta;
 
+/*
+ * The id map and the statement's deltas are simplehash tables (open
+ * addressing, keys inline): a bulk statement looks each of them up once or
+ * twice per row, and dynahash's chains of separately allocated entries cost
+ * a cache miss per step.  Entries point to their IdEntry or ProfileDelta,
+ * which never move.
+ */
+typedef struct IdSlot
+{
+	const char *id;				/* the entry's id */
+	uint32		hash;
+	char		status;
+	IdEntry    *entry;
+} IdSlot;
+
+#define SH_PREFIX		idmap
+#define SH_ELEMENT_TYPE	IdSlot
+#define SH_KEY_TYPE		const char *
+#define SH_KEY			id
+#define SH_HASH_KEY(tb, key)	hash_bytes((const unsigned char *) (key), strlen(key))
+#define SH_EQUAL(tb, a, b)		(strcmp((a), (b)) == 0)
+#define SH_STORE_HASH
+#define SH_GET_HASH(tb, a)		((a)->hash)
+#define SH_SCOPE		static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
+
+typedef struct DeltaSlot
+{
+	int64		profile_id;
+	char		status;
+	ProfileDelta *delta;
+} DeltaSlot;
+
+#define SH_PREFIX		deltamap
+#define SH_ELEMENT_TYPE	DeltaSlot
+#define SH_KEY_TYPE		int64
+#define SH_KEY			profile_id
+#define SH_HASH_KEY(tb, key)	murmurhash32((uint32) ((uint64) (key) ^ ((uint64) (key) >> 32)))
+#define SH_EQUAL(tb, a, b)		((a) == (b))
+#define SH_SCOPE		static inline
+#define SH_DECLARE
+#define SH_DEFINE
+#include "lib/simplehash.h"
+
+/* The delta of a profile, or NULL. */
+static inline ProfileDelta *
+FindDelta(deltamap_hash *deltas, int64 profile_id)
+{
+	DeltaSlot  *slot = deltamap_lookup(deltas, profile_id);
+
+	return slot != NULL ? slot->delta : NULL;
+}
+
+/* The delta of a profile, allocated (uninitialized but for its key) if new. */
+static inline ProfileDelta *
+EnterDelta(deltamap_hash *deltas, int64 profile_id, bool *found)
+{
+	DeltaSlot  *slot = deltamap_insert(deltas, profile_id, found);
+
+	if (!*found)
+	{
+		slot->delta = palloc(sizeof(ProfileDelta));
+		slot->delta->profile_id = profile_id;
+	}
+	return slot->delta;
+}
+
 /* Past this many ids the map starts over, bounding its memory. */
 #define ID_MAP_MAX_ENTRIES 200000
 
 static MemoryContext IngestContext = NULL;
-static HTAB *id_map = NULL;
+static idmap_hash *id_map = NULL;
 static int	id_map_pending = 0;
 static bool id_map_stale = false;
 static bool in_own_subxact = false;	/* UpdateProfilesOnce's: undoes no id */
@@ -130,20 +198,6 @@ static SPIPlanPtr track_plan = NULL;
 /* ---------------------------------------------------------------------
  * The transaction-local id map
  * --------------------------------------------------------------------- */
-
-static uint32
-IdHash(const void *key, Size keysize)
-{
-	const char *s = *(const char *const *) key;
-
-	return hash_bytes((const unsigned char *) s, strlen(s));
-}
-
-static int
-IdCompare(const void *key1, const void *key2, Size keysize)
-{
-	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
-}
 
 /*
  * An index scan of persona.identities kept open for the rows of one
@@ -245,8 +299,8 @@ IdMapRelcacheCallback(Datum arg, Oid relid)
 static void
 PruneIdMap(void)
 {
-	HASH_SEQ_STATUS seq;
-	IdEntry    *entry;
+	idmap_iterator it;
+	IdSlot	   *slot;
 
 	if (!id_map_stale)
 		return;
@@ -256,32 +310,24 @@ PruneIdMap(void)
 		ForgetIdMap();
 		return;
 	}
-	hash_seq_init(&seq, id_map);
-	while ((entry = hash_seq_search(&seq)) != NULL)
-		if (!entry->pending)
-			hash_search(id_map, &entry->id, HASH_REMOVE, NULL);
+	idmap_start_iterate(id_map, &it);
+	while ((slot = idmap_iterate(id_map, &it)) != NULL)
+		if (!slot->entry->pending)
+			idmap_delete_item(id_map, slot);
 }
 
-static HTAB *
+static idmap_hash *
 GetIdMap(bool fresh)
 {
 	if (fresh)
 		ForgetIdMap();
 	if (id_map == NULL)
 	{
-		HASHCTL		ctl;
-
 		if (IngestContext == NULL)
 			IngestContext = AllocSetContextCreate(TopMemoryContext,
 												  "persona ingest",
 												  ALLOCSET_DEFAULT_SIZES);
-		ctl.keysize = sizeof(char *);
-		ctl.entrysize = sizeof(IdEntry);
-		ctl.hash = IdHash;
-		ctl.match = IdCompare;
-		ctl.hcxt = IngestContext;
-		id_map = hash_create("persona ids", 1024, &ctl,
-							 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+		id_map = idmap_create(IngestContext, 1024, NULL);
 	}
 	return id_map;
 }
@@ -512,7 +558,8 @@ static int64
 ResolveProfile(const char *id, bool is_user)
 {
 	const PersonaCatalog *cat = PersonaGetCatalog();
-	HTAB	   *map;
+	idmap_hash *map;
+	IdSlot	   *slot;
 	IdEntry    *entry;
 	int64		profile_id;
 	bool		found;
@@ -520,9 +567,9 @@ ResolveProfile(const char *id, bool is_user)
 	PruneIdMap();
 	map = GetIdMap(false);
 	id_map_relid = cat->identities;
-	entry = hash_search(map, &id, HASH_FIND, NULL);
-	if (entry != NULL)
-		return entry->profile_id;
+	slot = idmap_lookup(map, id);
+	if (slot != NULL)
+		return slot->entry->profile_id;
 
 	if (LookupIdentity(cat, id, &profile_id))
 		found = true;
@@ -532,14 +579,16 @@ ResolveProfile(const char *id, bool is_user)
 		found = false;
 	}
 
-	if (hash_get_num_entries(map) >= ID_MAP_MAX_ENTRIES && id_map_pending == 0)
+	if (map->members >= ID_MAP_MAX_ENTRIES && id_map_pending == 0)
 		map = GetIdMap(true);
-	entry = hash_search(map, &id, HASH_ENTER, NULL);
+	entry = MemoryContextAlloc(IngestContext, sizeof(IdEntry));
 	entry->id = MemoryContextStrdup(IngestContext, id);
 	entry->profile_id = profile_id;
 	entry->pending = !found;
 	entry->is_user = is_user;
-	if (!found)
+	slot = idmap_insert(map, entry->id, &found);
+	slot->entry = entry;
+	if (entry->pending)
 		id_map_pending++;
 	return profile_id;
 }
@@ -833,7 +882,7 @@ InsertIdentitiesDirect(ProfileDelta **fresh, int n)
  * our rows move there and the delta joins the winner's.
  */
 static void
-WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
+WriteNewIdentities(deltamap_hash *deltas, ProfileDelta **fresh, int n)
 {
 	Datum	   *ids;
 	Datum	   *pids;
@@ -910,7 +959,7 @@ WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
 
 		MoveEvents(lost->profile_id, winner_pid);
 		lost->new_id->profile_id = winner_pid;
-		winner = hash_search(deltas, &winner_pid, HASH_ENTER, &found);
+		winner = EnterDelta(deltas, winner_pid, &found);
 		if (found)
 			CombineDeltas(winner, lost);
 		else
@@ -919,7 +968,7 @@ WriteNewIdentities(HTAB *deltas, ProfileDelta **fresh, int n)
 			winner->profile_id = winner_pid;
 		}
 		winner->new_id = NULL;
-		hash_search(deltas, &lost->profile_id, HASH_REMOVE, NULL);
+		deltamap_delete(deltas, lost->profile_id);
 		fresh[i] = NULL;
 	}
 }
@@ -1228,31 +1277,31 @@ FoldTraits(ProfileDelta *d, const TraitCatalog *traits, TupleTableSlot *slot,
  * profile the statement created is new to every segment.
  */
 static void
-RefreshSegments(HTAB *deltas, const TraitCatalog *traits, bool *touched)
+RefreshSegments(deltamap_hash *deltas, const TraitCatalog *traits, bool *touched)
 {
 	static const char *const stats[] = {"event_count", "first_seen", "last_seen", "updated_at"};
 	const char **changed = palloc(sizeof(char *) * (lengthof(stats) + traits->ndefs));
 	int			nchanged = 0;
-	long		total = hash_get_num_entries(deltas);
+	long		total = deltas->members;
 	int64	   *known = palloc(sizeof(int64) * total);
 	int64	   *created = palloc(sizeof(int64) * total);
 	int			nknown = 0;
 	int			ncreated = 0;
-	HASH_SEQ_STATUS seq;
-	ProfileDelta *d;
+	deltamap_iterator it;
+	DeltaSlot  *slot;
 
 	for (size_t i = 0; i < lengthof(stats); i++)
 		changed[nchanged++] = stats[i];
 	for (int i = 0; i < traits->ndefs; i++)
 		if (touched[i])
 			changed[nchanged++] = traits->defs[i].name;
-	hash_seq_init(&seq, deltas);
-	while ((d = hash_seq_search(&seq)) != NULL)
+	deltamap_start_iterate(deltas, &it);
+	while ((slot = deltamap_iterate(deltas, &it)) != NULL)
 	{
-		if (d->created)
-			created[ncreated++] = d->profile_id;
+		if (slot->delta->created)
+			created[ncreated++] = slot->profile_id;
 		else
-			known[nknown++] = d->profile_id;
+			known[nknown++] = slot->profile_id;
 	}
 	(void) SegmentsRefresh(known, nknown, changed, nchanged);
 	(void) SegmentsRefresh(created, ncreated, NULL, 0);
@@ -1268,9 +1317,8 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	TupleTableSlot *slot;
 	MemoryContext batch;
 	MemoryContext old;
-	HTAB	   *deltas;
-	HASHCTL		ctl;
-	HTAB	   *map;
+	deltamap_hash *deltas;
+	idmap_hash *map;
 	int			readptr;
 	const TraitCatalog *traits;
 	bool	   *touched;
@@ -1295,11 +1343,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	touched = palloc0(sizeof(bool) * Max(traits->ndefs, 1));
 	now = GetCurrentTransactionStartTimestamp();
 
-	ctl.keysize = sizeof(int64);
-	ctl.entrysize = sizeof(ProfileDelta);
-	ctl.hcxt = batch;
-	deltas = hash_create("persona deltas", 1024, &ctl,
-						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	deltas = deltamap_create(batch, 1024, NULL);
 
 	/* Fold the transition table. */
 	rows = trigdata->tg_newtable;
@@ -1316,12 +1360,12 @@ persona_events_apply(PG_FUNCTION_ARGS)
 		ProfileDelta *d;
 		bool		found;
 
-		d = hash_search(deltas, &pid, HASH_ENTER, &found);
+		d = EnterDelta(deltas, pid, &found);
 		if (!found)
 		{
 			Datum		id;
 			char	   *key;
-			IdEntry    *entry;
+			IdSlot	   *entry;
 
 			d->events = 0;
 			d->first_seen = at;
@@ -1338,9 +1382,9 @@ persona_events_apply(PG_FUNCTION_ARGS)
 				if (isnull)
 					id = slot_getattr(slot, event_columns.anonymous_id, &isnull);
 				key = TextDatumGetCString(id);
-				entry = hash_search(map, &key, HASH_FIND, NULL);
-				if (entry != NULL && entry->pending && entry->profile_id == pid)
-					d->new_id = entry;
+				entry = idmap_lookup(map, key);
+				if (entry != NULL && entry->entry->pending && entry->entry->profile_id == pid)
+					d->new_id = entry->entry;
 				pfree(key);
 			}
 		}
@@ -1355,9 +1399,10 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	}
 	ExecDropSingleTupleTableSlot(slot);
 
-	if (hash_get_num_entries(deltas) > 0)
+	if (deltas->members > 0)
 	{
-		HASH_SEQ_STATUS seq;
+		deltamap_iterator it;
+		DeltaSlot  *slot;
 		ProfileDelta *d;
 		ProfileDelta **list;
 		ProfileDelta **orphans;
@@ -1367,11 +1412,11 @@ persona_events_apply(PG_FUNCTION_ARGS)
 			elog(ERROR, "SPI_connect failed");
 
 		/* Ids first seen here: identities first, then their profiles. */
-		list = palloc(sizeof(ProfileDelta *) * hash_get_num_entries(deltas));
-		hash_seq_init(&seq, deltas);
-		while ((d = hash_seq_search(&seq)) != NULL)
-			if (d->new_id != NULL)
-				list[n++] = d;
+		list = palloc(sizeof(ProfileDelta *) * deltas->members);
+		deltamap_start_iterate(deltas, &it);
+		while ((slot = deltamap_iterate(deltas, &it)) != NULL)
+			if (slot->delta->new_id != NULL)
+				list[n++] = slot->delta;
 		if (n > 0)
 		{
 			int			nwon = 0;
@@ -1390,11 +1435,11 @@ persona_events_apply(PG_FUNCTION_ARGS)
 			int			norphans;
 
 			n = 0;
-			list = palloc(sizeof(ProfileDelta *) * hash_get_num_entries(deltas));
-			hash_seq_init(&seq, deltas);
-			while ((d = hash_seq_search(&seq)) != NULL)
-				if (!d->written)
-					list[n++] = d;
+			list = palloc(sizeof(ProfileDelta *) * deltas->members);
+			deltamap_start_iterate(deltas, &it);
+			while ((slot = deltamap_iterate(deltas, &it)) != NULL)
+				if (!slot->delta->written)
+					list[n++] = slot->delta;
 			if (n == 0)
 				break;
 			orphans = palloc(sizeof(ProfileDelta *) * n);
@@ -1405,8 +1450,8 @@ persona_events_apply(PG_FUNCTION_ARGS)
 				ProfileDelta moved = *orphans[i];
 				bool		found;
 
-				hash_search(deltas, &moved.profile_id, HASH_REMOVE, NULL);
-				d = hash_search(deltas, &into, HASH_ENTER, &found);
+				deltamap_delete(deltas, moved.profile_id);
+				d = EnterDelta(deltas, into, &found);
 				if (found && !d->written)
 					CombineDeltas(d, &moved);
 				else
