@@ -96,3 +96,25 @@ SELECT event_count FROM persona.profiles WHERE user_id = 'u-ingest-7';
 SELECT persona_track('u-ingest-7', 'page_view') > 0 AS tracked;
 SELECT event_count FROM persona.profiles WHERE user_id = 'u-ingest-7';
 COMMIT;
+
+-- persona writes its rows without SQL, but row triggers of your own on its
+-- tables still fire: here an audit of profile inserts and updates, for a
+-- bulk statement that creates 10 people (identities written directly) and
+-- one that updates them. (Such a trigger runs with persona's pinned
+-- search_path: it names its tables with their schema.)
+CREATE TABLE profile_audit (op text, profile_id bigint, event_count bigint);
+CREATE FUNCTION audit_profile() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.profile_audit VALUES (TG_OP, NEW.profile_id, NEW.event_count);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER audit AFTER INSERT OR UPDATE ON persona.profiles
+    FOR EACH ROW EXECUTE FUNCTION audit_profile();
+INSERT INTO persona.events (user_id, event_type)
+SELECT 'u-audit-' || n, 'page_view' FROM generate_series(1, 10) AS n;
+INSERT INTO persona.events (user_id, event_type)
+SELECT 'u-audit-' || n, 'page_view' FROM generate_series(1, 10) AS n, generate_series(1, 2);
+SELECT op, count(*), sum(event_count) FROM profile_audit GROUP BY op ORDER BY op;
+DROP TRIGGER audit ON persona.profiles;
+DROP TABLE profile_audit;
+DROP FUNCTION audit_profile();

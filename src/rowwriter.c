@@ -18,11 +18,13 @@
  * not fire.
  *
  * A RowUpdater finds a row by the value of a unique bigint index under the
- * active snapshot, locks its latest version as UPDATE would (waiting for a
- * concurrent writer, following its update; at REPEATABLE READ a concurrent
- * change is a serialization failure), lets the caller compute the new row
- * from the locked one, and updates it (ExecSimpleRelationUpdate: HOT when
- * no indexed column changed).
+ * active snapshot, lets the caller compute the new row from it and updates
+ * it as UPDATE does: waiting for a concurrent writer and, when that one
+ * updated the row, locking the latest version and starting over from it
+ * (at REPEATABLE READ a concurrent change is a serialization failure).  The
+ * update is HOT when no indexed column changed.  A relation with row
+ * triggers gets its rows locked first and updated by
+ * ExecSimpleRelationUpdate, which fires them.
  */
 #include "postgres.h"
 
@@ -211,6 +213,103 @@ RowUpdaterOpen(Oid relid, Oid indexid)
 }
 
 /*
+ * Whether a lock attempt left the latest version of the row locked in
+ * u->current; false when the row is gone.  At REPEATABLE READ, a row
+ * changed or deleted since the snapshot is a serialization failure.
+ */
+static bool
+Locked(RowUpdater *u, TM_Result result)
+{
+	switch (result)
+	{
+		case TM_Ok:
+			return true;
+		case TM_Deleted:
+			if (IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to concurrent delete")));
+			return false;
+		case TM_Updated:
+			/* Followed to the last version, except at REPEATABLE READ. */
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update")));
+			break;
+		default:
+			elog(ERROR, "unexpected result %d locking a row of \"%s\"",
+				 (int) result, RelationGetRelationName(u->t.rel));
+	}
+	return false;
+}
+
+/* u->next: the caller's change to u->current. */
+static void
+NextRow(RowUpdater *u, RowChangeFunc change, void *arg)
+{
+	TupleTableSlot *next = u->next;
+	int			natts = next->tts_tupleDescriptor->natts;
+
+	slot_getallattrs(u->current);
+	ExecClearTuple(next);
+	memcpy(next->tts_values, u->current->tts_values, sizeof(Datum) * natts);
+	memcpy(next->tts_isnull, u->current->tts_isnull, sizeof(bool) * natts);
+	change(u->current, next->tts_values, next->tts_isnull, arg);
+	ExecStoreVirtualTuple(next);
+}
+
+/*
+ * Updates the row found in u->current as UPDATE does, without locking it
+ * first (a lock is a WAL record of its own): when a concurrent transaction
+ * updated it meanwhile, lock its latest version and update that instead
+ * (at READ COMMITTED; at REPEATABLE READ it is a serialization failure).
+ */
+static bool
+UpdateFound(RowUpdater *u, RowChangeFunc change, void *arg)
+{
+	EState	   *estate = u->t.estate;
+	Relation	rel = u->t.rel;
+
+	for (;;)
+	{
+		TM_FailureData tmfd;
+		TM_Result	result;
+		LockTupleMode lockmode;
+		bool		update_indexes;
+		ItemPointerData tid = u->current->tts_tid;
+
+		NextRow(u, change, arg);
+		if (rel->rd_att->constr != NULL)
+			ExecConstraints(u->t.rri, u->next, estate);
+		result = table_tuple_update(rel, &tid, u->next, estate->es_output_cid,
+									estate->es_snapshot, InvalidSnapshot, true,
+									&tmfd, &lockmode, &update_indexes);
+		if (result == TM_Ok)
+		{
+			if (update_indexes && u->t.rri->ri_NumIndices > 0)
+				list_free(ExecInsertIndexTuples(u->t.rri, u->next, estate, true, false,
+												NULL, NIL));
+			ResetPerTupleExprContext(estate);
+			return true;
+		}
+		if (result != TM_Updated && result != TM_Deleted)
+			elog(ERROR, "unexpected result %d updating a row of \"%s\"",
+				 (int) result, RelationGetRelationName(rel));
+		if (result == TM_Updated && IsolationUsesXactSnapshot())
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update")));
+		if (result == TM_Deleted && !Locked(u, result))
+			return false;
+		result = table_tuple_lock(rel, &tid, estate->es_snapshot, u->current,
+								  estate->es_output_cid, LockTupleNoKeyExclusive,
+								  LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
+		if (!Locked(u, result))
+			return false;
+	}
+}
+
+/*
  * Updates the row whose key is ``key``: ``change`` gets the locked current
  * row and its values and nulls (every attribute, to be changed in place).
  * Returns false, changing nothing, when there is no such row any more (a
@@ -224,9 +323,6 @@ RowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg)
 	TM_FailureData tmfd;
 	TM_Result	result;
 	ItemPointerData tid;
-	TupleTableSlot *next = u->next;
-	int			natts = next->tts_tupleDescriptor->natts;
-
 	MemoryContext old;
 	bool		found;
 
@@ -237,43 +333,25 @@ RowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg)
 	MemoryContextSwitchTo(old);
 	if (!found)
 		return false;
-	tid = u->current->tts_tid;
+	if (u->t.rel->trigdesc == NULL)
+		return UpdateFound(u, change, arg);
 
-	/* As SELECT FOR UPDATE: follow a concurrent update, except at REPEATABLE READ. */
+	/*
+	 * Row triggers need the row locked first (ExecSimpleRelationUpdate), as
+	 * SELECT FOR UPDATE locks it: follow a concurrent update, except at
+	 * REPEATABLE READ.
+	 */
+	tid = u->current->tts_tid;
 	result = table_tuple_lock(u->t.rel, &tid, u->t.estate->es_snapshot, u->current,
 							  u->t.estate->es_output_cid, LockTupleNoKeyExclusive,
 							  LockWaitBlock,
 							  IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
 							  &tmfd);
-	switch (result)
-	{
-		case TM_Ok:
-			break;
-		case TM_Deleted:
-			if (IsolationUsesXactSnapshot())
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("could not serialize access due to concurrent delete")));
-			return false;
-		case TM_Updated:
-			/* Followed above, except at REPEATABLE READ. */
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent update")));
-			break;
-		default:
-			elog(ERROR, "unexpected result %d locking a row of \"%s\"",
-				 (int) result, RelationGetRelationName(u->t.rel));
-	}
-
-	slot_getallattrs(u->current);
-	ExecClearTuple(next);
-	memcpy(next->tts_values, u->current->tts_values, sizeof(Datum) * natts);
-	memcpy(next->tts_isnull, u->current->tts_isnull, sizeof(bool) * natts);
-	change(u->current, next->tts_values, next->tts_isnull, arg);
-	ExecStoreVirtualTuple(next);
-	EvalPlanQualSetSlot(&u->epqstate, next);
-	ExecSimpleRelationUpdate(u->t.rri, u->t.estate, &u->epqstate, u->current, next);
+	if (!Locked(u, result))
+		return false;
+	NextRow(u, change, arg);
+	EvalPlanQualSetSlot(&u->epqstate, u->next);
+	ExecSimpleRelationUpdate(u->t.rri, u->t.estate, &u->epqstate, u->current, u->next);
 	ResetPerTupleExprContext(u->t.estate);
 	return true;
 }
