@@ -117,6 +117,25 @@ SELECT count(*) AS profiles, count(*) FILTER (WHERE (t.p_spend, t.p_min, t.p_las
           FROM persona.events e WHERE e.event_type = 'purchase' GROUP BY 1) r USING (profile_id)
   JOIN persona.profiles p USING (profile_id)
  WHERE p.user_id LIKE 't-par-%';
+-- The aggregate on its own, for a trait id no definition has (0), in a
+-- plan whose workers send partial states to the leader (serialized and
+-- deserialized: that must work for any id).
+BEGIN;
+SET LOCAL parallel_tuple_cost = 0.5;
+SET LOCAL enable_hashagg = off;
+EXPLAIN (COSTS OFF)
+SELECT e.profile_id,
+       persona.trait_agg(0, 'sum', NULL::interval, 'price', e.occurred_at, e.event_id, e.properties) AS state
+  FROM persona.events e WHERE e.event_type = 'purchase' GROUP BY 1;
+CREATE TEMP TABLE agg0 AS
+SELECT e.profile_id,
+       persona.trait_agg(0, 'sum', NULL::interval, 'price', e.occurred_at, e.event_id, e.properties) AS state
+  FROM persona.events e WHERE e.event_type = 'purchase' GROUP BY 1;
+SELECT count(*) = (SELECT count(DISTINCT profile_id) FROM persona.events
+                    WHERE event_type = 'purchase') AS one_per_profile,
+       bool_and(state IS NOT NULL) AS all_set
+  FROM agg0;
+ROLLBACK;
 RESET parallel_setup_cost;
 RESET parallel_tuple_cost;
 RESET min_parallel_table_scan_size;

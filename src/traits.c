@@ -877,7 +877,7 @@ RecvState(StringInfo buf)
 	uint64		u;
 
 	u = RecvVarint(buf);
-	CheckState(u > 0 && u <= PG_INT32_MAX);
+	CheckState(u <= PG_INT32_MAX);
 	s->trait_id = (int32) u;
 	s->kind = (TraitKind) pq_getmsgbyte(buf);
 	CheckState(s->kind >= TRAIT_COUNT && s->kind <= TRAIT_COUNT_DISTINCT);

@@ -1,5 +1,10 @@
 # Helpers shared by the benchmarks in test/bench/*.sh (sourced, not run).
 
+# A failing statement inside $(...) must stop the benchmark too: without
+# this, set -e does not reach into command substitutions, and a timing of a
+# statement that failed would be reported as if it had run.
+shopt -s inherit_errexit
+
 # psql for statements whose output is not wanted: stop on the first error.
 psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
