@@ -799,6 +799,8 @@ SendNumeric(StringInfo buf, Numeric num)
 
 	SendVarint(buf, VARSIZE_ANY_EXHDR(b));
 	appendBinaryStringInfo(buf, VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
+	/* numeric_send's buffer is 1 kB: a batch writing many states frees each. */
+	pfree(b);
 }
 
 static Numeric
@@ -974,7 +976,10 @@ ProfileTraitsAppend(ProfileTraits *pt, TraitState *s)
 		pt->maxstates = Max(4, pt->maxstates * 2);
 		pt->states = pt->states == NULL ? palloc(sizeof(TraitState *) * pt->maxstates)
 			: repalloc(pt->states, sizeof(TraitState *) * pt->maxstates);
+		pt->ids = pt->ids == NULL ? palloc(sizeof(int32) * pt->maxstates)
+			: repalloc(pt->ids, sizeof(int32) * pt->maxstates);
 	}
+	pt->ids[pt->nstates] = s->trait_id;
 	pt->states[pt->nstates++] = s;
 }
 
@@ -1017,7 +1022,7 @@ TraitState *
 ProfileTraitsFind(ProfileTraits *pt, int32 trait_id)
 {
 	for (int i = 0; i < pt->nstates; i++)
-		if (pt->states[i]->trait_id == trait_id)
+		if (pt->ids[i] == trait_id)
 			return pt->states[i];
 	return NULL;
 }

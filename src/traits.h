@@ -91,6 +91,7 @@ typedef struct ProfileTraits
 	int			nstates;
 	int			maxstates;
 	TraitState **states;
+	int32	   *ids;			/* states[i]->trait_id, found without a visit */
 } ProfileTraits;
 
 extern const TraitCatalog *PersonaTraitCatalog(void);
