@@ -75,6 +75,21 @@ PersonaGetCatalog(void)
 	return &catalog;
 }
 
+/*
+ * The number of a column of one of persona's relations, looked up by name
+ * (columns may have moved, as after a dropped column).  Missing is a
+ * can't-happen: the install script creates them all.
+ */
+AttrNumber
+PersonaRequireColumn(Oid relid, const char *name)
+{
+	AttrNumber	attnum = get_attnum(relid, name);
+
+	if (attnum <= 0)
+		elog(ERROR, "relation \"%s\" has no column \"%s\"", get_rel_name(relid), name);
+	return attnum;
+}
+
 void
 PersonaCatalogInit(void)
 {

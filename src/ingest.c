@@ -46,7 +46,6 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
-#include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -109,11 +108,11 @@ typedef struct ProfileDelta
 } ProfileDelta;
 
 /*
- * The id map and the statement's deltas are simplehash tables (open
- * addressing, keys inline): a bulk statement looks each of them up once or
- * twice per row, and dynahash's chains of separately allocated entries cost
- * a cache miss per step.  Entries point to their IdEntry or ProfileDelta,
- * which never move.
+ * The id map, its pending entries by profile id and the statement's deltas
+ * are simplehash tables (open addressing, keys inline): a bulk statement
+ * looks them up once or twice per row, and dynahash's chains of separately
+ * allocated entries cost a cache miss per step.  Entries point to their
+ * IdEntry or ProfileDelta, which never move.
  */
 typedef struct IdSlot
 {
@@ -136,15 +135,20 @@ typedef struct IdSlot
 #define SH_DEFINE
 #include "lib/simplehash.h"
 
-typedef struct DeltaSlot
+/* By profile id: a statement's deltas, or the pending ids of the map. */
+typedef struct PidSlot
 {
 	int64		profile_id;
 	char		status;
-	ProfileDelta *delta;
-} DeltaSlot;
+	union
+	{
+		ProfileDelta *delta;
+		IdEntry    *entry;
+	};
+} PidSlot;
 
-#define SH_PREFIX		deltamap
-#define SH_ELEMENT_TYPE	DeltaSlot
+#define SH_PREFIX		pidmap
+#define SH_ELEMENT_TYPE	PidSlot
 #define SH_KEY_TYPE		int64
 #define SH_KEY			profile_id
 #define SH_HASH_KEY(tb, key)	murmurhash32((uint32) ((uint64) (key) ^ ((uint64) (key) >> 32)))
@@ -154,20 +158,11 @@ typedef struct DeltaSlot
 #define SH_DEFINE
 #include "lib/simplehash.h"
 
-/* The delta of a profile, or NULL. */
-static inline ProfileDelta *
-FindDelta(deltamap_hash *deltas, int64 profile_id)
-{
-	DeltaSlot  *slot = deltamap_lookup(deltas, profile_id);
-
-	return slot != NULL ? slot->delta : NULL;
-}
-
 /* The delta of a profile, allocated (uninitialized but for its key) if new. */
 static inline ProfileDelta *
-EnterDelta(deltamap_hash *deltas, int64 profile_id, bool *found)
+EnterDelta(pidmap_hash *deltas, int64 profile_id, bool *found)
 {
-	DeltaSlot  *slot = deltamap_insert(deltas, profile_id, found);
+	PidSlot    *slot = pidmap_insert(deltas, profile_id, found);
 
 	if (!*found)
 	{
@@ -182,9 +177,10 @@ EnterDelta(deltamap_hash *deltas, int64 profile_id, bool *found)
 
 static MemoryContext IngestContext = NULL;
 static idmap_hash *id_map = NULL;
+static pidmap_hash *pending_ids = NULL;	/* the map's pending entries */
 static int	id_map_pending = 0;
 static bool id_map_stale = false;
-static bool in_own_subxact = false;	/* UpdateProfilesOnce's: undoes no id */
+static bool in_own_subxact = false;	/* see OwnSubxact */
 static Oid	id_map_relid = InvalidOid;	/* persona.identities when filled */
 static EventColumns event_columns;
 
@@ -241,6 +237,7 @@ ForgetIdMap(void)
 	if (IngestContext != NULL)
 		MemoryContextReset(IngestContext);
 	id_map = NULL;
+	pending_ids = NULL;
 	id_map_pending = 0;
 	id_map_stale = false;
 }
@@ -328,6 +325,7 @@ GetIdMap(bool fresh)
 												  "persona ingest",
 												  ALLOCSET_DEFAULT_SIZES);
 		id_map = idmap_create(IngestContext, 1024, NULL);
+		pending_ids = pidmap_create(IngestContext, 64, NULL);
 	}
 	return id_map;
 }
@@ -339,42 +337,19 @@ GetIdMap(bool fresh)
 static void
 ResolveEventColumns(Relation rel)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
+	Oid			relid = RelationGetRelid(rel);
 
-	if (event_columns.relid == RelationGetRelid(rel))
+	if (event_columns.relid == relid)
 		return;
-	memset(&event_columns, 0, sizeof(event_columns));
-	for (int i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-		const char *name = NameStr(att->attname);
-
-		if (att->attisdropped)
-			continue;
-		if (strcmp(name, "event_id") == 0)
-			event_columns.event_id = att->attnum;
-		else if (strcmp(name, "profile_id") == 0)
-			event_columns.profile_id = att->attnum;
-		else if (strcmp(name, "user_id") == 0)
-			event_columns.user_id = att->attnum;
-		else if (strcmp(name, "anonymous_id") == 0)
-			event_columns.anonymous_id = att->attnum;
-		else if (strcmp(name, "event_type") == 0)
-			event_columns.event_type = att->attnum;
-		else if (strcmp(name, "properties") == 0)
-			event_columns.properties = att->attnum;
-		else if (strcmp(name, "context") == 0)
-			event_columns.context = att->attnum;
-		else if (strcmp(name, "occurred_at") == 0)
-			event_columns.occurred_at = att->attnum;
-	}
-	if (!event_columns.event_id || !event_columns.profile_id || !event_columns.user_id ||
-		!event_columns.anonymous_id || !event_columns.event_type ||
-		!event_columns.properties || !event_columns.context ||
-		!event_columns.occurred_at)
-		elog(ERROR, "relation \"%s\" does not have the columns of persona.events",
-			 RelationGetRelationName(rel));
-	event_columns.relid = RelationGetRelid(rel);
+	event_columns.event_id = PersonaRequireColumn(relid, "event_id");
+	event_columns.profile_id = PersonaRequireColumn(relid, "profile_id");
+	event_columns.user_id = PersonaRequireColumn(relid, "user_id");
+	event_columns.anonymous_id = PersonaRequireColumn(relid, "anonymous_id");
+	event_columns.event_type = PersonaRequireColumn(relid, "event_type");
+	event_columns.properties = PersonaRequireColumn(relid, "properties");
+	event_columns.context = PersonaRequireColumn(relid, "context");
+	event_columns.occurred_at = PersonaRequireColumn(relid, "occurred_at");
+	event_columns.relid = relid;
 }
 
 static inline void
@@ -589,7 +564,10 @@ ResolveProfile(const char *id, bool is_user)
 	slot = idmap_insert(map, entry->id, &found);
 	slot->entry = entry;
 	if (entry->pending)
+	{
+		pidmap_insert(pending_ids, profile_id, &found)->entry = entry;
 		id_map_pending++;
+	}
 	return profile_id;
 }
 
@@ -807,6 +785,39 @@ BuildArray(Datum *values, bool *nulls, int n, Oid type)
 }
 
 /*
+ * A subtransaction of the statement trigger's own.  Rolling it back undoes
+ * rows this statement wrote in it but no id of the map (in_own_subxact keeps
+ * IdMapSubXactCallback from forgetting them).
+ */
+typedef struct OwnSubxact
+{
+	MemoryContext cxt;
+	ResourceOwner owner;
+} OwnSubxact;
+
+static void
+BeginOwnSubxact(OwnSubxact *sub)
+{
+	sub->cxt = CurrentMemoryContext;
+	sub->owner = CurrentResourceOwner;
+	in_own_subxact = true;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(sub->cxt);
+}
+
+static void
+EndOwnSubxact(const OwnSubxact *sub, bool commit)
+{
+	if (commit)
+		ReleaseCurrentSubTransaction();
+	else
+		RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(sub->cxt);
+	CurrentResourceOwner = sub->owner;
+	in_own_subxact = false;
+}
+
+/*
  * Statements with at least this many new ids write their identities
  * directly (InsertIdentitiesDirect); fewer go through INSERT ... ON CONFLICT,
  * which costs a speculative insertion per row but no subtransaction.
@@ -825,14 +836,11 @@ static bool
 InsertIdentitiesDirect(ProfileDelta **fresh, int n)
 {
 	static const char *const columns[] = {"id", "profile_id", "kind"};
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
 	Oid			relid = PersonaGetCatalog()->identities;
+	OwnSubxact	sub;
 	bool		written = true;
 
-	in_own_subxact = true;
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
+	BeginOwnSubxact(&sub);
 	PG_TRY();
 	{
 		RowWriter  *w = RowWriterOpen(relid, columns, lengthof(columns));
@@ -850,61 +858,40 @@ InsertIdentitiesDirect(ProfileDelta **fresh, int n)
 			pfree(DatumGetPointer(values[0]));
 		}
 		RowWriterClose(w);
-		ReleaseCurrentSubTransaction();
+		EndOwnSubxact(&sub, true);
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
 
-		MemoryContextSwitchTo(cxt);
+		MemoryContextSwitchTo(sub.cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		in_own_subxact = false;
+		EndOwnSubxact(&sub, false);
 		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
 			ReThrowError(edata);
 		FreeErrorData(edata);
 		written = false;
 	}
 	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	in_own_subxact = false;
 	CommandCounterIncrement();
 	return written;
 }
 
 /*
- * Writes the identity rows of the ids first seen in this statement.  An id
- * another transaction created meanwhile keeps that transaction's profile;
- * our rows move there and the delta joins the winner's.
+ * Writes the identity rows of ``fresh`` (in key order) in one
+ * INSERT ... ON CONFLICT (id) DO NOTHING; returns how many it wrote.
  */
-static void
-WriteNewIdentities(deltamap_hash *deltas, ProfileDelta **fresh, int n)
+static uint64
+InsertIdentitiesOnConflict(ProfileDelta **fresh, int n)
 {
-	Datum	   *ids;
-	Datum	   *pids;
-	Datum	   *kinds;
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *pids = palloc(sizeof(Datum) * n);
+	Datum	   *kinds = palloc(sizeof(Datum) * n);
 	Datum		args[3];
 	Oid			types[3] = {TEXTARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
-	Oid			idtype = TEXTOID;
 	SPIPlanPtr	plan;
 
-	/* Key order, so that concurrent batches cannot deadlock. */
-	SortByNewId(fresh, n);
-	if (n >= DIRECT_IDENTITIES_MIN && InsertIdentitiesDirect(fresh, n))
-	{
-		for (int i = 0; i < n; i++)
-			fresh[i]->new_id->pending = false;
-		id_map_pending -= n;
-		return;
-	}
-
-	ids = palloc(sizeof(Datum) * n);
-	pids = palloc(sizeof(Datum) * n);
-	kinds = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 	{
 		ids[i] = CStringGetTextDatum(fresh[i]->new_id->id);
@@ -925,25 +912,32 @@ WriteNewIdentities(deltamap_hash *deltas, ProfileDelta **fresh, int n)
 					   3, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "writing new identities failed");
-	for (int i = 0; i < n; i++)
-		fresh[i]->new_id->pending = false;
-	id_map_pending -= n;
-	if (SPI_processed == (uint64) n)
-		return;
+	return SPI_processed;
+}
 
-	/* Some ids lost a race: find the winners' profiles, move our rows there. */
-	plan = PersonaKeptPlan(&select_identities_plan,
-					   "SELECT profile_id FROM persona.identities WHERE id = $1",
-					   1, &idtype, 0);
+/*
+ * Ids of ``fresh`` that a concurrent transaction created first keep that
+ * transaction's profile: our rows move there and the delta joins the
+ * winner's (and leaves ``fresh``, as NULL).
+ */
+static void
+JoinWinners(pidmap_hash *deltas, ProfileDelta **fresh, int n)
+{
+	Oid			idtype = TEXTOID;
+	SPIPlanPtr	plan = PersonaKeptPlan(&select_identities_plan,
+									   "SELECT profile_id FROM persona.identities WHERE id = $1",
+									   1, &idtype, 0);
+
 	for (int i = 0; i < n; i++)
 	{
 		ProfileDelta *lost = fresh[i];
 		ProfileDelta *winner;
+		Datum		id = CStringGetTextDatum(lost->new_id->id);
 		bool		found;
 		bool		isnull;
 		int64		winner_pid;
 
-		if (SPI_execute_plan(plan, &ids[i], NULL, false, 1) != SPI_OK_SELECT)
+		if (SPI_execute_plan(plan, &id, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "reading identities failed");
 		if (SPI_processed == 0)
 			ereport(ERROR,
@@ -968,9 +962,35 @@ WriteNewIdentities(deltamap_hash *deltas, ProfileDelta **fresh, int n)
 			winner->profile_id = winner_pid;
 		}
 		winner->new_id = NULL;
-		deltamap_delete(deltas, lost->profile_id);
+		pidmap_delete(deltas, lost->profile_id);
 		fresh[i] = NULL;
 	}
+}
+
+/*
+ * Writes the identity rows of the ids first seen in this statement, in key
+ * order, so that concurrent batches cannot deadlock: directly when there
+ * are many, else (or when the direct attempt lost a race) with ON CONFLICT,
+ * then joining the winners of lost races.
+ */
+static void
+WriteNewIdentities(pidmap_hash *deltas, ProfileDelta **fresh, int n)
+{
+	uint64		written;
+
+	SortByNewId(fresh, n);
+	if (n >= DIRECT_IDENTITIES_MIN && InsertIdentitiesDirect(fresh, n))
+		written = n;
+	else
+		written = InsertIdentitiesOnConflict(fresh, n);
+	for (int i = 0; i < n; i++)
+	{
+		fresh[i]->new_id->pending = false;
+		pidmap_delete(pending_ids, fresh[i]->profile_id);
+	}
+	id_map_pending -= n;
+	if (written < (uint64) n)
+		JoinWinners(deltas, fresh, n);
 }
 
 /*
@@ -1052,27 +1072,17 @@ typedef struct ProfileColumns
 
 static ProfileColumns profile_columns;
 
-static AttrNumber
-RequireColumn(Oid relid, const char *name)
-{
-	AttrNumber	attnum = get_attnum(relid, name);
-
-	if (attnum <= 0)
-		elog(ERROR, "persona.profiles has no column \"%s\"", name);
-	return attnum;
-}
-
 static void
 ResolveProfileColumns(Oid relid)
 {
 	if (profile_columns.relid == relid)
 		return;
-	profile_columns.first_seen = RequireColumn(relid, "first_seen");
-	profile_columns.last_seen = RequireColumn(relid, "last_seen");
-	profile_columns.event_count = RequireColumn(relid, "event_count");
-	profile_columns.computed_state = RequireColumn(relid, "computed_state");
-	profile_columns.next_change_at = RequireColumn(relid, "next_change_at");
-	profile_columns.updated_at = RequireColumn(relid, "updated_at");
+	profile_columns.first_seen = PersonaRequireColumn(relid, "first_seen");
+	profile_columns.last_seen = PersonaRequireColumn(relid, "last_seen");
+	profile_columns.event_count = PersonaRequireColumn(relid, "event_count");
+	profile_columns.computed_state = PersonaRequireColumn(relid, "computed_state");
+	profile_columns.next_change_at = PersonaRequireColumn(relid, "next_change_at");
+	profile_columns.updated_at = PersonaRequireColumn(relid, "updated_at");
 	profile_columns.relid = relid;
 }
 
@@ -1216,28 +1226,18 @@ FollowMerge(int64 pid)
 static int
 UpdateProfilesOnce(ProfileDelta **list, int n, ProfileDelta **orphans)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	OwnSubxact	sub;
 	int			norphans;
 
 	if (n == 1)
 		return UpdateProfiles(list, n, orphans);
 
-	in_own_subxact = true;
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
+	BeginOwnSubxact(&sub);
 	norphans = UpdateProfiles(list, n, orphans);
-	if (norphans == 0)
-		ReleaseCurrentSubTransaction();
-	else
-	{
-		RollbackAndReleaseCurrentSubTransaction();
+	EndOwnSubxact(&sub, norphans == 0);
+	if (norphans > 0)
 		for (int i = 0; i < n; i++)
 			list[i]->written = false;
-	}
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	in_own_subxact = false;
 	return norphans;
 }
 
@@ -1277,7 +1277,7 @@ FoldTraits(ProfileDelta *d, const TraitCatalog *traits, TupleTableSlot *slot,
  * profile the statement created is new to every segment.
  */
 static void
-RefreshSegments(deltamap_hash *deltas, const TraitCatalog *traits, bool *touched)
+RefreshSegments(pidmap_hash *deltas, const TraitCatalog *traits, bool *touched)
 {
 	static const char *const stats[] = {"event_count", "first_seen", "last_seen", "updated_at"};
 	const char **changed = palloc(sizeof(char *) * (lengthof(stats) + traits->ndefs));
@@ -1287,16 +1287,16 @@ RefreshSegments(deltamap_hash *deltas, const TraitCatalog *traits, bool *touched
 	int64	   *created = palloc(sizeof(int64) * total);
 	int			nknown = 0;
 	int			ncreated = 0;
-	deltamap_iterator it;
-	DeltaSlot  *slot;
+	pidmap_iterator it;
+	PidSlot    *slot;
 
 	for (size_t i = 0; i < lengthof(stats); i++)
 		changed[nchanged++] = stats[i];
 	for (int i = 0; i < traits->ndefs; i++)
 		if (touched[i])
 			changed[nchanged++] = traits->defs[i].name;
-	deltamap_start_iterate(deltas, &it);
-	while ((slot = deltamap_iterate(deltas, &it)) != NULL)
+	pidmap_start_iterate(deltas, &it);
+	while ((slot = pidmap_iterate(deltas, &it)) != NULL)
 	{
 		if (slot->delta->created)
 			created[ncreated++] = slot->profile_id;
@@ -1317,8 +1317,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	TupleTableSlot *slot;
 	MemoryContext batch;
 	MemoryContext old;
-	deltamap_hash *deltas;
-	idmap_hash *map;
+	pidmap_hash *deltas;
 	int			readptr;
 	const TraitCatalog *traits;
 	bool	   *touched;
@@ -1338,12 +1337,11 @@ persona_events_apply(PG_FUNCTION_ARGS)
 								  ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(batch);
 	ResolveEventColumns(trigdata->tg_relation);
-	map = GetIdMap(false);
 	traits = PersonaTraitCatalog();
 	touched = palloc0(sizeof(bool) * Max(traits->ndefs, 1));
 	now = GetCurrentTransactionStartTimestamp();
 
-	deltas = deltamap_create(batch, 1024, NULL);
+	deltas = pidmap_create(batch, 1024, NULL);
 
 	/* Fold the transition table. */
 	rows = trigdata->tg_newtable;
@@ -1363,10 +1361,6 @@ persona_events_apply(PG_FUNCTION_ARGS)
 		d = EnterDelta(deltas, pid, &found);
 		if (!found)
 		{
-			Datum		id;
-			char	   *key;
-			IdSlot	   *entry;
-
 			d->events = 0;
 			d->first_seen = at;
 			d->last_seen = at;
@@ -1375,17 +1369,13 @@ persona_events_apply(PG_FUNCTION_ARGS)
 			d->written = false;
 			d->created = false;
 
-			/* Is this profile's id pending?  Look at the id the row used. */
+			/* A profile id allocated by this statement's rows: their id is new. */
 			if (id_map_pending > 0)
 			{
-				id = slot_getattr(slot, event_columns.user_id, &isnull);
-				if (isnull)
-					id = slot_getattr(slot, event_columns.anonymous_id, &isnull);
-				key = TextDatumGetCString(id);
-				entry = idmap_lookup(map, key);
-				if (entry != NULL && entry->entry->pending && entry->entry->profile_id == pid)
-					d->new_id = entry->entry;
-				pfree(key);
+				PidSlot    *pending = pidmap_lookup(pending_ids, pid);
+
+				if (pending != NULL && pending->entry->pending)
+					d->new_id = pending->entry;
 			}
 		}
 		d->events++;
@@ -1401,8 +1391,8 @@ persona_events_apply(PG_FUNCTION_ARGS)
 
 	if (deltas->members > 0)
 	{
-		deltamap_iterator it;
-		DeltaSlot  *slot;
+		pidmap_iterator it;
+		PidSlot    *slot;
 		ProfileDelta *d;
 		ProfileDelta **list;
 		ProfileDelta **orphans;
@@ -1413,8 +1403,8 @@ persona_events_apply(PG_FUNCTION_ARGS)
 
 		/* Ids first seen here: identities first, then their profiles. */
 		list = palloc(sizeof(ProfileDelta *) * deltas->members);
-		deltamap_start_iterate(deltas, &it);
-		while ((slot = deltamap_iterate(deltas, &it)) != NULL)
+		pidmap_start_iterate(deltas, &it);
+		while ((slot = pidmap_iterate(deltas, &it)) != NULL)
 			if (slot->delta->new_id != NULL)
 				list[n++] = slot->delta;
 		if (n > 0)
@@ -1436,8 +1426,8 @@ persona_events_apply(PG_FUNCTION_ARGS)
 
 			n = 0;
 			list = palloc(sizeof(ProfileDelta *) * deltas->members);
-			deltamap_start_iterate(deltas, &it);
-			while ((slot = deltamap_iterate(deltas, &it)) != NULL)
+			pidmap_start_iterate(deltas, &it);
+			while ((slot = pidmap_iterate(deltas, &it)) != NULL)
 				if (!slot->delta->written)
 					list[n++] = slot->delta;
 			if (n == 0)
@@ -1450,7 +1440,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 				ProfileDelta moved = *orphans[i];
 				bool		found;
 
-				deltamap_delete(deltas, moved.profile_id);
+				pidmap_delete(deltas, moved.profile_id);
 				d = EnterDelta(deltas, into, &found);
 				if (found && !d->written)
 					CombineDeltas(d, &moved);

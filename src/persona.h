@@ -33,6 +33,7 @@ typedef struct PersonaCatalog
 } PersonaCatalog;
 
 extern const PersonaCatalog *PersonaGetCatalog(void);
+extern AttrNumber PersonaRequireColumn(Oid relid, const char *name);
 extern void PersonaCatalogInit(void);
 
 typedef void (*PersonaRowFunc) (Datum *values, bool *nulls, void *arg);

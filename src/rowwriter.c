@@ -36,12 +36,12 @@
 #include "executor/executor.h"
 #include "nodes/makefuncs.h"
 #include "rewrite/rewriteHandler.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
+#include "persona.h"
 #include "rowwriter.h"
 
 /* The executor state both kinds of writers need for one relation. */
@@ -118,13 +118,8 @@ RowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 	set = palloc0(sizeof(bool) * desc->natts);
 	for (int i = 0; i < ncolumns; i++)
 	{
-		AttrNumber	attnum = get_attnum(relid, columns[i]);
-
-		if (attnum <= 0)
-			elog(ERROR, "relation \"%s\" has no column \"%s\"",
-				 RelationGetRelationName(w->t.rel), columns[i]);
-		w->attnums[i] = attnum;
-		set[attnum - 1] = true;
+		w->attnums[i] = PersonaRequireColumn(relid, columns[i]);
+		set[w->attnums[i] - 1] = true;
 	}
 	w->defaults = palloc0(sizeof(ExprState *) * desc->natts);
 	for (int i = 0; i < desc->natts; i++)

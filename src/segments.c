@@ -483,7 +483,7 @@ WriteEntries(Datum *names, Datum *pids, int n)
 	static const char *const member_columns[] = {"segment", "profile_id"};
 	static const char *const log_columns[] = {"segment", "profile_id", "op"};
 	const PersonaCatalog *cat = PersonaGetCatalog();
-	AttrNumber	log_id = get_attnum(cat->segment_log, "log_id");
+	AttrNumber	log_id = PersonaRequireColumn(cat->segment_log, "log_id");
 	RowWriter  *members;
 	RowWriter  *log;
 	Datum		op = CStringGetTextDatum("enter");
