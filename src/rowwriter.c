@@ -290,12 +290,9 @@ UpdateFound(RowUpdater *u, RowChangeFunc change, void *arg)
 		if (result != TM_Updated && result != TM_Deleted)
 			elog(ERROR, "unexpected result %d updating a row of \"%s\"",
 				 (int) result, RelationGetRelationName(rel));
-		if (result == TM_Updated && IsolationUsesXactSnapshot())
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to concurrent update")));
-		if (result == TM_Deleted && !Locked(u, result))
-			return false;
+		/* Gone, or at REPEATABLE READ a serialization failure. */
+		if (result == TM_Deleted || IsolationUsesXactSnapshot())
+			return Locked(u, result);
 		result = table_tuple_lock(rel, &tid, estate->es_snapshot, u->current,
 								  estate->es_output_cid, LockTupleNoKeyExclusive,
 								  LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
@@ -305,8 +302,10 @@ UpdateFound(RowUpdater *u, RowChangeFunc change, void *arg)
 }
 
 /*
- * Updates the row whose key is ``key``: ``change`` gets the locked current
- * row and its values and nulls (every attribute, to be changed in place).
+ * Updates the row whose key is ``key``: ``change`` gets its current version
+ * and that version's values and nulls (every attribute, to be changed in
+ * place); it may be called again for a newer version after a concurrent
+ * update.
  * Returns false, changing nothing, when there is no such row any more (a
  * concurrent transaction deleted it; at REPEATABLE READ that is a
  * serialization failure instead).

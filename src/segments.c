@@ -470,6 +470,30 @@ Announce(const char *segment, int64 profile_id, const char *op, int64 log_id)
 	pfree(payload.data);
 }
 
+/* Entries or exits: which segment (an index in the catalog), which profile. */
+typedef struct ChangeList
+{
+	int			n;
+	int			max;
+	int		   *segments;
+	Datum	   *pids;
+} ChangeList;
+
+static void
+AddChange(ChangeList *list, int segment, int64 pid)
+{
+	if (list->n == list->max)
+	{
+		list->max = Max(16, list->max * 2);
+		list->segments = list->segments ? repalloc(list->segments, sizeof(int) * list->max)
+			: palloc(sizeof(int) * list->max);
+		list->pids = list->pids ? repalloc(list->pids, sizeof(Datum) * list->max)
+			: palloc(sizeof(Datum) * list->max);
+	}
+	list->segments[list->n] = segment;
+	list->pids[list->n] = Int64GetDatum(pid);
+	list->n++;
+}
 
 /*
  * Writes entries: a member row and a log row each, through RowWriters, and
@@ -478,7 +502,7 @@ Announce(const char *segment, int64 profile_id, const char *op, int64 log_id)
  * meanwhile: plain inserts suffice.
  */
 static uint64
-WriteEntries(Datum *names, Datum *pids, int n)
+WriteEntries(const SegmentCatalog *sc, const Datum *names, const ChangeList *entries)
 {
 	static const char *const member_columns[] = {"segment", "profile_id"};
 	static const char *const log_columns[] = {"segment", "profile_id", "op"};
@@ -488,28 +512,26 @@ WriteEntries(Datum *names, Datum *pids, int n)
 	RowWriter  *log;
 	Datum		op = CStringGetTextDatum("enter");
 
-	if (n == 0)
+	if (entries->n == 0)
 		return 0;
 	members = RowWriterOpen(cat->segment_members, member_columns, lengthof(member_columns));
 	log = RowWriterOpen(cat->segment_log, log_columns, lengthof(log_columns));
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < entries->n; i++)
 	{
-		Datum		values[3] = {names[i], pids[i], op};
+		int			k = entries->segments[i];
+		Datum		values[3] = {names[k], entries->pids[i], op};
 		TupleTableSlot *written;
 		bool		isnull;
-		char	   *segment;
 
 		(void) RowWriterInsert(members, values, NULL);
 		written = RowWriterInsert(log, values, NULL);
-		segment = TextDatumGetCString(names[i]);
-		Announce(segment, DatumGetInt64(pids[i]), "enter",
+		Announce(sc->segments[k].name, DatumGetInt64(entries->pids[i]), "enter",
 				 DatumGetInt64(slot_getattr(written, log_id, &isnull)));
-		pfree(segment);
 	}
 	RowWriterClose(log);
 	RowWriterClose(members);
 	CommandCounterIncrement();
-	return n;
+	return entries->n;
 }
 
 /*
@@ -517,17 +539,22 @@ WriteEntries(Datum *names, Datum *pids, int n)
  * statement: exits are few next to entries).
  */
 static uint64
-WriteExits(Datum *names, Datum *pids, int n)
+WriteExits(const Datum *names, const ChangeList *exits)
 {
 	Oid			types[2] = {TEXTARRAYOID, INT8ARRAYOID};
 	Datum		args[2];
+	Datum	   *segments;
 	SPIPlanPtr	plan;
 	uint64		done;
 
-	if (n == 0)
+	if (exits->n == 0)
 		return 0;
-	args[0] = PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_array(pids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	segments = palloc(sizeof(Datum) * exits->n);
+	for (int i = 0; i < exits->n; i++)
+		segments[i] = names[exits->segments[i]];
+	args[0] = PointerGetDatum(construct_array(segments, exits->n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_array(exits->pids, exits->n, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	plan = PersonaKeptPlan(&exit_plan,
 					"WITH changed AS ("
 					" DELETE FROM persona.segment_members AS m"
@@ -566,29 +593,7 @@ TextEquals(Datum a, Datum b)
 		memcmp(VARDATA_ANY(ta), VARDATA_ANY(tb), VARSIZE_ANY_EXHDR(ta)) == 0;
 }
 
-typedef struct ChangeList
-{
-	int			n;
-	int			max;
-	Datum	   *names;
-	Datum	   *pids;
-} ChangeList;
 
-static void
-AddChange(ChangeList *list, Datum name, int64 pid)
-{
-	if (list->n == list->max)
-	{
-		list->max = Max(16, list->max * 2);
-		list->names = list->names ? repalloc(list->names, sizeof(Datum) * list->max)
-			: palloc(sizeof(Datum) * list->max);
-		list->pids = list->pids ? repalloc(list->pids, sizeof(Datum) * list->max)
-			: palloc(sizeof(Datum) * list->max);
-	}
-	list->names[list->n] = name;
-	list->pids[list->n] = Int64GetDatum(pid);
-	list->n++;
-}
 
 static bool
 ReadsAny(const SegmentDef *seg, const char *const *changed, int nchanged)
@@ -615,6 +620,7 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles,
 	SegmentCatalog *sc;
 	bool	   *evaluate;
 	Datum	   *flags;
+	Datum	   *names;			/* the evaluated segments' names, as text */
 	Datum	   *pids;
 	Datum		args[2];
 	int			nevaluate = 0;
@@ -633,6 +639,7 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles,
 			clock_requested = true;
 	evaluate = palloc0(sizeof(bool) * sc->nsegments);
 	flags = palloc(sizeof(Datum) * sc->nsegments);
+	names = palloc0(sizeof(Datum) * sc->nsegments);
 	for (int k = 0; k < sc->nsegments; k++)
 	{
 		const SegmentDef *seg = &sc->segments[k];
@@ -640,7 +647,10 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles,
 		evaluate[k] = ReadsAny(seg, changed, nchanged) || (clock_requested && seg->clock);
 		flags[k] = BoolGetDatum(evaluate[k]);
 		if (evaluate[k])
+		{
+			names[k] = CStringGetTextDatum(seg->name);
 			nevaluate++;
+		}
 	}
 	if (nevaluate == 0)
 		return 0;
@@ -677,22 +687,20 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles,
 		{
 			bool		is_in;
 			bool		was_in = false;
-			Datum		name;
 
 			if (!evaluate[k] || inside_null[k])
 				continue;
 			is_in = DatumGetBool(inside[k]);
-			name = CStringGetTextDatum(sc->segments[k].name);
 			for (int m = 0; m < nmembers && !was_in; m++)
-				was_in = TextEquals(members[m], name);
+				was_in = TextEquals(members[m], names[k]);
 			if (is_in != was_in)
-				AddChange(&changes[is_in ? 1 : 0], name, pid);
+				AddChange(&changes[is_in ? 1 : 0], k, pid);
 		}
 	}
 
 	/* Exits first, then entries. */
-	nchanges += WriteExits(changes[0].names, changes[0].pids, changes[0].n);
-	nchanges += WriteEntries(changes[1].names, changes[1].pids, changes[1].n);
+	nchanges += WriteExits(names, &changes[0]);
+	nchanges += WriteEntries(sc, names, &changes[1]);
 	SPI_finish();
 	return nchanges;
 }
