@@ -118,3 +118,87 @@ SELECT op, count(*), sum(event_count) FROM profile_audit GROUP BY op ORDER BY op
 DROP TRIGGER audit ON persona.profiles;
 DROP TABLE profile_audit;
 DROP FUNCTION audit_profile();
+
+-- A row trigger of your own on persona.events that fires after persona's
+-- (triggers fire in name order) may change or drop the row: the profile
+-- counts the rows as inserted. Here one rewrites the event type and one
+-- drops test events, for single rows and a bulk statement.
+CREATE FUNCTION rewrite_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.event_type = 'test' THEN
+        RETURN NULL;
+    END IF;
+    NEW.event_type := 'seen_' || NEW.event_type;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER zz_rewrite BEFORE INSERT ON persona.events
+    FOR EACH ROW EXECUTE FUNCTION rewrite_event();
+SELECT persona_define_trait('seen_views', 'count', 'seen_page_view');
+SELECT persona_track('u-late-trigger', 'page_view') > 0 AS tracked;
+INSERT INTO persona.events (user_id, event_type)
+SELECT 'u-late-trigger', CASE WHEN n % 3 = 0 THEN 'test' ELSE 'page_view' END
+  FROM generate_series(1, 9) AS n;
+SELECT p.event_count, t.seen_views,
+       (SELECT count(*) FROM persona.events e WHERE e.profile_id = p.profile_id) AS events
+  FROM persona.profiles p JOIN persona.traits t USING (profile_id)
+ WHERE p.user_id = 'u-late-trigger';
+DROP TRIGGER zz_rewrite ON persona.events;
+DROP FUNCTION rewrite_event();
+
+-- Explicit event ids, partly replayed, with a trait: each row counts once.
+INSERT INTO persona.events (event_id, user_id, event_type, occurred_at)
+SELECT 910000 + n, 'u-explicit', 'seen_page_view', '2026-01-07 10:00+00' FROM generate_series(1, 5) AS n;
+INSERT INTO persona.events (event_id, user_id, event_type, occurred_at)
+SELECT 910000 + n, 'u-explicit', 'seen_page_view', '2026-01-07 10:00+00' FROM generate_series(4, 8) AS n
+ON CONFLICT DO NOTHING;
+SELECT p.event_count, t.seen_views
+  FROM persona.profiles p JOIN persona.traits t USING (profile_id)
+ WHERE p.user_id = 'u-explicit';
+
+-- Events tracked inside a statement that inserts events too, some in a
+-- subtransaction that rolls back: the profiles count the rows that stay,
+-- the enclosing statement's included.
+CREATE FUNCTION track_nested(n int) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        PERFORM persona_track('u-nested-' || n, 'page_view');
+        PERFORM persona_track('u-outer', 'page_view');
+        IF n % 2 = 0 THEN
+            RAISE EXCEPTION 'undo';
+        END IF;
+    EXCEPTION WHEN raise_exception THEN
+        NULL;
+    END;
+    RETURN 'u-outer';
+END $$;
+INSERT INTO persona.events (user_id, event_type)
+SELECT track_nested(n), 'seen_page_view' FROM generate_series(1, 6) AS n;
+SELECT i.id, p.event_count, t.seen_views,
+       (SELECT count(*) FROM persona.events e WHERE e.profile_id = p.profile_id) AS events
+  FROM persona.identities i JOIN persona.profiles p USING (profile_id)
+  JOIN persona.traits t USING (profile_id)
+ WHERE i.id = 'u-outer' OR i.id LIKE 'u-nested-%'
+ ORDER BY i.id;
+-- The enclosing statement saw the id first, then a rolled-back
+-- subtransaction wrote its identity and profile: the statement writes them
+-- again, for its own rows.
+CREATE FUNCTION track_undone(id text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN
+        PERFORM persona_track(id, 'page_view');
+        RAISE EXCEPTION 'undo';
+    EXCEPTION WHEN raise_exception THEN
+        NULL;
+    END;
+    RETURN id;
+END $$;
+INSERT INTO persona.events (user_id, event_type)
+VALUES ('u-first-outer', 'seen_page_view'), (track_undone('u-first-outer'), 'seen_page_view');
+SELECT p.event_count, t.seen_views,
+       (SELECT count(*) FROM persona.events e WHERE e.profile_id = p.profile_id) AS events
+  FROM persona.identities i JOIN persona.profiles p USING (profile_id)
+  JOIN persona.traits t USING (profile_id)
+ WHERE i.id = 'u-first-outer';
+DROP FUNCTION track_nested(int);
+DROP FUNCTION track_undone(text);
+SELECT persona_drop_trait('seen_views');

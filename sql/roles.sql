@@ -106,7 +106,8 @@ SELECT p.proname, p.prosecdef, p.proconfig
   JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'persona'
  WHERE p.proname LIKE 'persona\_%'
  ORDER BY 1;
--- PUBLIC may run only the decoders persona.traits calls, which write nothing.
+-- PUBLIC may run only the decoders persona.traits calls, which write nothing,
+-- and the two helpers INSERT INTO persona.events runs as the inserting role.
 SELECT p.oid::regprocedure AS public_executable
   FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
   JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'persona'

@@ -64,6 +64,7 @@ PersonaGetCatalog(void)
 		catalog.identities = RequireRelation(schema, "identities");
 		catalog.identities_pkey = RequireRelation(schema, "identities_pkey");
 		catalog.profile_id_seq = RequireRelation(schema, "profile_id_seq");
+		catalog.event_id_seq = RequireRelation(schema, "event_id_seq");
 		catalog.trait_defs = RequireRelation(schema, "trait_defs");
 		catalog.segments = RequireRelation(schema, "segments");
 		catalog.segment_members = RequireRelation(schema, "segment_members");

@@ -33,6 +33,7 @@
 #include "access/visibilitymap.h"
 #include "access/xact.h"
 #include "utils/resowner.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
@@ -92,6 +93,8 @@ typedef struct IdEntry
 	int64		profile_id;
 	bool		pending;
 	bool		is_user;		/* came from user_id rather than anonymous_id */
+	SubTransactionId created_in;	/* where the entry was made */
+	SubTransactionId written_in;	/* where its identity row was written */
 } IdEntry;
 
 /* The statement's rows of one profile, folded. */
@@ -108,8 +111,7 @@ typedef struct ProfileDelta
 } ProfileDelta;
 
 /*
- * The id map, its pending entries by profile id and the statement's deltas
- * are simplehash tables (open addressing, keys inline): a bulk statement
+ * The id map and the deltas are simplehash tables (open addressing, keys inline): a bulk statement
  * looks them up once or twice per row, and dynahash's chains of separately
  * allocated entries cost a cache miss per step.  Entries point to their
  * IdEntry or ProfileDelta, which never move.
@@ -135,16 +137,12 @@ typedef struct IdSlot
 #define SH_DEFINE
 #include "lib/simplehash.h"
 
-/* By profile id: a statement's deltas, or the pending ids of the map. */
+/* Deltas by profile id. */
 typedef struct PidSlot
 {
 	int64		profile_id;
 	char		status;
-	union
-	{
-		ProfileDelta *delta;
-		IdEntry    *entry;
-	};
+	ProfileDelta *delta;
 } PidSlot;
 
 #define SH_PREFIX		pidmap
@@ -177,12 +175,40 @@ EnterDelta(pidmap_hash *deltas, int64 profile_id, bool *found)
 
 static MemoryContext IngestContext = NULL;
 static idmap_hash *id_map = NULL;
-static pidmap_hash *pending_ids = NULL;	/* the map's pending entries */
 static int	id_map_pending = 0;
 static bool id_map_stale = false;
 static bool in_own_subxact = false;	/* see OwnSubxact */
 static Oid	id_map_relid = InvalidOid;	/* persona.identities when filled */
 static EventColumns event_columns;
+
+/*
+ * The rows of persona.events inserted but not yet applied to their profiles,
+ * folded per profile as they come in: by the BEFORE ROW trigger for a row
+ * it knows will be inserted as it saw it (see persona_events_resolve), by
+ * the AFTER ROW trigger persona_events_confirm for any other row.
+ * persona_events_apply takes them at the end of the statement.
+ *
+ * Rows inserted in a subtransaction go away with it, so folds are kept per
+ * subtransaction, newest first.  An abort drops the folds of the
+ * subtransaction and of its children, whose ids are all larger (ids grow
+ * within a transaction, and a subtransaction that began after the aborting
+ * one did is its child).  A committed subtransaction's folds pass to its
+ * parent.  A statement trigger takes the folds of its own subtransaction;
+ * those of an enclosing one wait for the enclosing statement's trigger.
+ */
+typedef struct RowFolds
+{
+	SubTransactionId subid;
+	MemoryContext cxt;			/* holds the folds; under TopTransactionContext */
+	pidmap_hash *deltas;
+	const TraitCatalog *traits; /* the definitions the folds used (compared only) */
+	int			ntraits;
+	bool	   *touched;		/* per definition: fed by a row */
+	List	   *touched_names;	/* the names of those, copied */
+	struct RowFolds *outer;		/* older folds */
+} RowFolds;
+
+static RowFolds *row_folds = NULL;
 
 /* Plans of the statement-level trigger, prepared once per backend. */
 static SPIPlanPtr insert_identities_plan = NULL;
@@ -213,21 +239,31 @@ typedef struct IdentityScan
 	Snapshot	snapshot;
 	LocalTransactionId lxid;
 	CommandId	cid;
+	ResourceOwner owner;		/* holds the relations and buffers */
+	SubTransactionId subid;		/* of that owner */
 } IdentityScan;
 
 static IdentityScan id_scan;
 
+/*
+ * Closes the scan, in the resource owner that opened it: a statement run by
+ * a function of an enclosing INSERT's rows may be the one to close it.
+ */
 static void
 CloseIdentityScan(void)
 {
+	ResourceOwner owner = CurrentResourceOwner;
+
 	if (id_scan.rel == NULL)
 		return;
+	CurrentResourceOwner = id_scan.owner;
 	if (BufferIsValid(id_scan.vmbuffer))
 		ReleaseBuffer(id_scan.vmbuffer);
 	index_endscan(id_scan.scan);
 	ExecDropSingleTupleTableSlot(id_scan.slot);
 	index_close(id_scan.idx, NoLock);
 	table_close(id_scan.rel, NoLock);
+	CurrentResourceOwner = owner;
 	id_scan.rel = NULL;
 }
 
@@ -237,7 +273,6 @@ ForgetIdMap(void)
 	if (IngestContext != NULL)
 		MemoryContextReset(IngestContext);
 	id_map = NULL;
-	pending_ids = NULL;
 	id_map_pending = 0;
 	id_map_stale = false;
 }
@@ -255,12 +290,14 @@ IdMapXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			id_scan.rel = NULL;
+			row_folds = NULL;	/* freed with TopTransactionContext */
 			ForgetIdMap();
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PREPARE:
-			/* An id still pending belongs to rows that never were. */
+			/* Folds left (events_apply disabled) and pending ids are of no use. */
+			row_folds = NULL;
 			if (id_map_pending > 0)
 				ForgetIdMap();
 			break;
@@ -269,14 +306,69 @@ IdMapXactCallback(XactEvent event, void *arg)
 	}
 }
 
+/*
+ * Undoes in the id map what the abort of subtransaction ``subid`` undid in
+ * the tables, for the folds of enclosing statements, which point to
+ * entries: entries made in it or its children go, identity rows written
+ * there are pending again.  Memory is kept (folds may point to an entry
+ * that leaves the map).
+ */
+static void
+RollBackIdMap(SubTransactionId subid)
+{
+	idmap_iterator it;
+	IdSlot	   *slot;
+
+	if (id_map == NULL)
+		return;
+	idmap_start_iterate(id_map, &it);
+	while ((slot = idmap_iterate(id_map, &it)) != NULL)
+	{
+		IdEntry    *entry = slot->entry;
+
+		if (entry->created_in >= subid)
+		{
+			if (entry->pending)
+				id_map_pending--;
+			entry->pending = false;
+			idmap_delete_item(id_map, slot);
+		}
+		else if (!entry->pending && entry->written_in >= subid)
+		{
+			entry->pending = true;
+			entry->written_in = InvalidSubTransactionId;
+			id_map_pending++;
+		}
+	}
+}
+
 static void
 IdMapSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 					 SubTransactionId parentSubid, void *arg)
 {
-	if (event == SUBXACT_EVENT_ABORT_SUB && !in_own_subxact)
+	if (in_own_subxact)
+		return;
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
 	{
-		id_scan.rel = NULL;
-		ForgetIdMap();
+		for (RowFolds *f = row_folds; f != NULL && f->subid >= mySubid; f = f->outer)
+			f->subid = parentSubid;
+	}
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		/* The abort released the scan if it was opened there. */
+		if (id_scan.rel != NULL && id_scan.subid >= mySubid)
+			id_scan.rel = NULL;
+		while (row_folds != NULL && row_folds->subid >= mySubid)
+		{
+			RowFolds   *f = row_folds;
+
+			row_folds = f->outer;
+			MemoryContextDelete(f->cxt);
+		}
+		if (row_folds == NULL)
+			ForgetIdMap();
+		else
+			RollBackIdMap(mySubid);
 	}
 }
 
@@ -302,7 +394,7 @@ PruneIdMap(void)
 	if (!id_map_stale)
 		return;
 	id_map_stale = false;
-	if (id_map_pending == 0)
+	if (id_map_pending == 0 && row_folds == NULL)
 	{
 		ForgetIdMap();
 		return;
@@ -325,7 +417,6 @@ GetIdMap(bool fresh)
 												  "persona ingest",
 												  ALLOCSET_DEFAULT_SIZES);
 		id_map = idmap_create(IngestContext, 1024, NULL);
-		pending_ids = pidmap_create(IngestContext, 64, NULL);
 	}
 	return id_map;
 }
@@ -492,6 +583,8 @@ LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
 		id_scan.scan->xs_want_itup = true;
 		id_scan.lxid = MyProc->lxid;
 		id_scan.cid = GetCurrentCommandId(false);
+		id_scan.owner = CurrentResourceOwner;
+		id_scan.subid = GetCurrentSubTransactionId();
 		MemoryContextSwitchTo(old);
 	}
 
@@ -526,10 +619,10 @@ LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
 }
 
 /*
- * Returns the profile id for an event's id: from the id map, from
- * persona.identities, or newly allocated (and then pending).
+ * Returns the entry of an event's id, made from persona.identities or, for an
+ * id that is not there, with a newly allocated profile id (and pending).
  */
-static int64
+static IdEntry *
 ResolveProfile(const char *id, bool is_user)
 {
 	const PersonaCatalog *cat = PersonaGetCatalog();
@@ -544,7 +637,7 @@ ResolveProfile(const char *id, bool is_user)
 	id_map_relid = cat->identities;
 	slot = idmap_lookup(map, id);
 	if (slot != NULL)
-		return slot->entry->profile_id;
+		return slot->entry;
 
 	if (LookupIdentity(cat, id, &profile_id))
 		found = true;
@@ -554,21 +647,21 @@ ResolveProfile(const char *id, bool is_user)
 		found = false;
 	}
 
-	if (map->members >= ID_MAP_MAX_ENTRIES && id_map_pending == 0)
+	/* Folds point to entries: the map starts over only when none do. */
+	if (map->members >= ID_MAP_MAX_ENTRIES && id_map_pending == 0 && row_folds == NULL)
 		map = GetIdMap(true);
 	entry = MemoryContextAlloc(IngestContext, sizeof(IdEntry));
 	entry->id = MemoryContextStrdup(IngestContext, id);
 	entry->profile_id = profile_id;
 	entry->pending = !found;
 	entry->is_user = is_user;
+	entry->created_in = GetCurrentSubTransactionId();
+	entry->written_in = InvalidSubTransactionId;
 	slot = idmap_insert(map, entry->id, &found);
 	slot->entry = entry;
 	if (entry->pending)
-	{
-		pidmap_insert(pending_ids, profile_id, &found)->entry = entry;
 		id_map_pending++;
-	}
-	return profile_id;
+	return entry;
 }
 
 /* ---------------------------------------------------------------------
@@ -607,38 +700,262 @@ SetInPlace(HeapTuple tuple, TupleDesc desc, int attnum, int64 value)
 	return copy;
 }
 
+/* ---------------------------------------------------------------------
+ * Folding rows
+ * --------------------------------------------------------------------- */
+
+/* Folds ``from`` into ``into`` (same person). */
+static void
+CombineDeltas(ProfileDelta *into, const ProfileDelta *from)
+{
+	into->events += from->events;
+	if (from->traits != NULL)
+	{
+		if (into->traits == NULL)
+			into->traits = ProfileTraitsCreate();
+		ProfileTraitsCombine(into->traits, from->traits);
+	}
+	if (from->first_seen < into->first_seen)
+		into->first_seen = from->first_seen;
+	if (from->last_seen > into->last_seen)
+		into->last_seen = from->last_seen;
+}
+
+/* The folds rows of the current subtransaction go to, made when needed. */
+static RowFolds *
+CurrentFolds(void)
+{
+	const TraitCatalog *traits = PersonaTraitCatalog();
+	SubTransactionId subid = GetCurrentSubTransactionId();
+	RowFolds   *f = row_folds;
+	MemoryContext cxt;
+
+	if (f != NULL && f->subid == subid && f->traits == traits && f->ntraits == traits->ndefs)
+		return f;
+	cxt = AllocSetContextCreate(TopTransactionContext, "persona row folds",
+								ALLOCSET_DEFAULT_SIZES);
+	f = MemoryContextAllocZero(cxt, sizeof(RowFolds));
+	f->subid = subid;
+	f->cxt = cxt;
+	f->deltas = pidmap_create(cxt, 256, NULL);
+	f->traits = traits;
+	f->ntraits = traits->ndefs;
+	f->touched = MemoryContextAllocZero(cxt, Max(traits->ndefs, 1));
+	f->outer = row_folds;
+	row_folds = f;
+	return f;
+}
+
+/* Folds one event into the states of the traits defined on its type. */
+static void
+FoldTraits(RowFolds *f, ProfileDelta *d, const Datum *values, TimestampTz at)
+{
+	text	   *type = DatumGetTextPP(values[event_columns.event_type - 1]);
+	const char *tp = VARDATA_ANY(type);
+	int			tlen = VARSIZE_ANY_EXHDR(type);
+	Jsonb	   *props = NULL;
+	int64		event_id = DatumGetInt64(values[event_columns.event_id - 1]);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+
+	for (int i = 0; i < f->ntraits; i++)
+	{
+		const TraitDef *def = &f->traits->defs[i];
+		MemoryContext old;
+
+		if (strncmp(def->event_type, tp, tlen) != 0 || def->event_type[tlen] != '\0')
+			continue;
+		/* Detoasted in the caller's (per-row) context. */
+		if (props == NULL)
+			props = DatumGetJsonbP(values[event_columns.properties - 1]);
+		old = MemoryContextSwitchTo(f->cxt);
+		if (d->traits == NULL)
+			d->traits = ProfileTraitsCreate();
+		TraitAdd(ProfileTraitsGet(d->traits, def), def, at, event_id, props, now);
+		if (!f->touched[i])
+		{
+			f->touched[i] = true;
+			f->touched_names = lappend(f->touched_names, pstrdup(def->name));
+		}
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * Folds an inserted row (deformed, every column valid) into the delta of its
+ * profile; ``entry`` is its id's, when that one is pending.
+ */
+static void
+FoldRow(const Datum *values, IdEntry *entry)
+{
+	RowFolds   *f = CurrentFolds();
+	int64		pid = DatumGetInt64(values[event_columns.profile_id - 1]);
+	TimestampTz at = DatumGetTimestampTz(values[event_columns.occurred_at - 1]);
+	MemoryContext old = MemoryContextSwitchTo(f->cxt);
+	bool		found;
+	ProfileDelta *d = EnterDelta(f->deltas, pid, &found);
+
+	MemoryContextSwitchTo(old);
+	if (!found)
+	{
+		d->events = 0;
+		d->first_seen = at;
+		d->last_seen = at;
+		d->new_id = NULL;
+		d->traits = NULL;
+		d->written = false;
+		d->created = false;
+	}
+	if (d->new_id == NULL && entry != NULL && entry->pending && entry->profile_id == pid)
+		d->new_id = entry;
+	d->events++;
+	if (at < d->first_seen)
+		d->first_seen = at;
+	if (at > d->last_seen)
+		d->last_seen = at;
+	if (f->ntraits > 0)
+		FoldTraits(f, d, values, at);
+}
+
+/*
+ * Takes the folds of the current subtransaction (and of its committed
+ * children), as one: the older ones are merged into the newest, whose
+ * context becomes theirs too.  NULL when there are none.
+ */
+static RowFolds *
+TakeFolds(void)
+{
+	SubTransactionId subid = GetCurrentSubTransactionId();
+	RowFolds   *taken = NULL;
+
+	while (row_folds != NULL && row_folds->subid >= subid)
+	{
+		RowFolds   *f = row_folds;
+		pidmap_iterator it;
+		PidSlot    *slot;
+		MemoryContext old;
+
+		row_folds = f->outer;
+		if (taken == NULL)
+		{
+			taken = f;
+			continue;
+		}
+		MemoryContextSetParent(f->cxt, taken->cxt);
+		old = MemoryContextSwitchTo(taken->cxt);
+		pidmap_start_iterate(f->deltas, &it);
+		while ((slot = pidmap_iterate(f->deltas, &it)) != NULL)
+		{
+			ProfileDelta *from = slot->delta;
+			bool		found;
+			ProfileDelta *d = EnterDelta(taken->deltas, from->profile_id, &found);
+
+			if (!found)
+				*d = *from;
+			else
+			{
+				CombineDeltas(d, from);
+				if (d->new_id == NULL)
+					d->new_id = from->new_id;
+			}
+		}
+		taken->touched_names = list_concat(taken->touched_names, f->touched_names);
+		MemoryContextSwitchTo(old);
+	}
+	return taken;
+}
+
+/* ---------------------------------------------------------------------
+ * BEFORE INSERT FOR EACH ROW
+ * --------------------------------------------------------------------- */
+
+/*
+ * The trigger data of a trigger function that must be fired by INSERT, at
+ * the given timing and level (``usage`` says which, for the error).
+ */
+static TriggerData *
+RequireInsertTrigger(FunctionCallInfo fcinfo, bool before, bool row, const char *usage)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		(TRIGGER_FIRED_BEFORE(trigdata->tg_event) != 0) != before ||
+		(TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) != 0) != row ||
+		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("%s", usage)));
+	return trigdata;
+}
+
 /* The deformed row of persona_events_resolve, grown as needed. */
 static Datum *row_values = NULL;
 static bool *row_nulls = NULL;
 static int	row_natts = 0;
 
-/* Checks an incoming event and sets its profile_id. */
+/*
+ * The event id persona.next_event_id() handed out last, for the row being
+ * built (0: none since the last row), and the id of the last row the BEFORE
+ * ROW trigger folded (0: it folded none).
+ */
+static int64 default_event_id = 0;
+static int64 folded_event_id = 0;
+
+/*
+ * Whether the BEFORE ROW trigger may fold a row itself: the row will be
+ * inserted exactly as the trigger sees it.  That holds when its event_id
+ * came from the column default just now (so no unique conflict can skip
+ * it, as ON CONFLICT DO NOTHING would) and no BEFORE ROW trigger of another
+ * name fires after this one (triggers fire in name order; a later one could
+ * change or drop the row).  Any other row is folded by the AFTER ROW
+ * trigger, from the row as inserted.
+ */
+static bool
+MayFoldBefore(TriggerData *trigdata, int64 event_id)
+{
+	const TriggerDesc *td = trigdata->tg_relation->trigdesc;
+	const Trigger *mine = trigdata->tg_trigger;
+	bool		fresh = event_id != 0 && event_id == default_event_id;
+
+	default_event_id = 0;
+	if (!fresh)
+		return false;
+	for (int i = 0; i < td->numtriggers; i++)
+	{
+		const Trigger *t = &td->triggers[i];
+
+		if (t->tgoid != mine->tgoid &&
+			TRIGGER_TYPE_MATCHES(t->tgtype, TRIGGER_TYPE_ROW,
+								 TRIGGER_TYPE_BEFORE, TRIGGER_TYPE_INSERT) &&
+			strcmp(t->tgname, mine->tgname) > 0)
+			return false;
+	}
+	return true;
+}
+
+/* Checks an incoming event, sets its profile_id and folds it when it may. */
 PG_FUNCTION_INFO_V1(persona_events_resolve);
 Datum
 persona_events_resolve(PG_FUNCTION_ARGS)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	TriggerData *trigdata = RequireInsertTrigger(fcinfo, true, true,
+												 "persona_events_resolve must be fired BEFORE INSERT FOR EACH ROW");
 	HeapTuple	tuple;
+	HeapTuple	result;
 	TupleDesc	desc;
 	char	   *user_id;
 	char	   *anonymous_id;
 	char		user_buf[PERSONA_MAX_ID_BYTES + 1];
 	char		anonymous_buf[PERSONA_MAX_ID_BYTES + 1];
+	IdEntry    *entry;
 	Datum		profile_id;
 	bool		isnull = false;
 	int			attnum;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
-		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("persona_events_resolve must be fired BEFORE INSERT FOR EACH ROW")));
+	int64		event_id;
 
 	tuple = trigdata->tg_trigtuple;
 	desc = RelationGetDescr(trigdata->tg_relation);
 	ResolveEventColumns(trigdata->tg_relation);
+	folded_event_id = 0;
 
 	/* Every column at once: the ids make later offsets uncacheable. */
 	if (desc->natts > row_natts)
@@ -663,19 +980,84 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 
 	/* A known user id wins; the anonymous id is kept on the event. */
 	if (user_id != NULL)
-		profile_id = Int64GetDatum(ResolveProfile(user_id, true));
+		entry = ResolveProfile(user_id, true);
 	else
-		profile_id = Int64GetDatum(ResolveProfile(anonymous_id, false));
+		entry = ResolveProfile(anonymous_id, false);
+	profile_id = Int64GetDatum(entry->profile_id);
 
 	attnum = event_columns.profile_id;
-	{
-		HeapTuple	copy = SetInPlace(tuple, desc, attnum, DatumGetInt64(profile_id));
+	result = SetInPlace(tuple, desc, attnum, entry->profile_id);
+	if (result == NULL)
+		result = heap_modify_tuple_by_cols(tuple, desc, 1, &attnum, &profile_id, &isnull);
 
-		if (copy != NULL)
-			return PointerGetDatum(copy);
+	event_id = row_nulls[event_columns.event_id - 1] ? 0 :
+		DatumGetInt64(row_values[event_columns.event_id - 1]);
+	if (MayFoldBefore(trigdata, event_id))
+	{
+		row_values[attnum - 1] = profile_id;
+		row_nulls[attnum - 1] = false;
+		FoldRow(row_values, entry);
+		folded_event_id = event_id;
 	}
-	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, desc, 1, &attnum,
-													 &profile_id, &isnull));
+	return PointerGetDatum(result);
+}
+
+/*
+ * The default of persona.events.event_id: the next value of
+ * persona.event_id_seq, remembered so that the BEFORE ROW trigger knows
+ * the row's id is fresh.
+ */
+PG_FUNCTION_INFO_V1(persona_next_event_id);
+Datum
+persona_next_event_id(PG_FUNCTION_ARGS)
+{
+	default_event_id = nextval_internal(PersonaGetCatalog()->event_id_seq, true);
+	PG_RETURN_INT64(default_event_id);
+}
+
+/*
+ * The WHEN condition of the AFTER ROW trigger: whether the BEFORE ROW
+ * trigger folded the row just inserted.
+ */
+PG_FUNCTION_INFO_V1(persona_event_folded);
+Datum
+persona_event_folded(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(folded_event_id != 0 && PG_GETARG_INT64(0) == folded_event_id);
+}
+
+/* Folds an inserted row the BEFORE ROW trigger did not fold. */
+PG_FUNCTION_INFO_V1(persona_events_confirm);
+Datum
+persona_events_confirm(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = RequireInsertTrigger(fcinfo, false, true,
+												 "persona_events_confirm must be fired AFTER INSERT FOR EACH ROW");
+	TupleDesc	desc;
+	Datum	   *values;
+	bool	   *nulls;
+	int			idcol;
+	IdSlot	   *slot = NULL;
+
+	desc = RelationGetDescr(trigdata->tg_relation);
+	ResolveEventColumns(trigdata->tg_relation);
+	values = palloc(sizeof(Datum) * desc->natts);
+	nulls = palloc(sizeof(bool) * desc->natts);
+	heap_deform_tuple(trigdata->tg_trigtuple, desc, values, nulls);
+
+	/* The id the row resolved by, as persona_events_resolve chose it. */
+	idcol = nulls[event_columns.user_id - 1] ? event_columns.anonymous_id : event_columns.user_id;
+	if (id_map != NULL && !nulls[idcol - 1])
+	{
+		char	   *id = TextDatumGetCString(values[idcol - 1]);
+
+		slot = idmap_lookup(id_map, id);
+		pfree(id);
+	}
+	FoldRow(values, slot != NULL ? slot->entry : NULL);
+	pfree(values);
+	pfree(nulls);
+	return PointerGetDatum(NULL);
 }
 
 /* ---------------------------------------------------------------------
@@ -737,23 +1119,6 @@ SortByNewId(ProfileDelta **list, int n)
 	for (int i = 0; i < n; i++)
 		list[i] = ids[i].delta;
 	pfree(ids);
-}
-
-/* Folds ``from`` into ``into`` (same person). */
-static void
-CombineDeltas(ProfileDelta *into, const ProfileDelta *from)
-{
-	into->events += from->events;
-	if (from->traits != NULL)
-	{
-		if (into->traits == NULL)
-			into->traits = ProfileTraitsCreate();
-		ProfileTraitsCombine(into->traits, from->traits);
-	}
-	if (from->first_seen < into->first_seen)
-		into->first_seen = from->first_seen;
-	if (from->last_seen > into->last_seen)
-		into->last_seen = from->last_seen;
 }
 
 static void
@@ -986,7 +1351,7 @@ WriteNewIdentities(pidmap_hash *deltas, ProfileDelta **fresh, int n)
 	for (int i = 0; i < n; i++)
 	{
 		fresh[i]->new_id->pending = false;
-		pidmap_delete(pending_ids, fresh[i]->profile_id);
+		fresh[i]->new_id->written_in = GetCurrentSubTransactionId();
 	}
 	id_map_pending -= n;
 	if (written < (uint64) n)
@@ -1241,46 +1606,16 @@ UpdateProfilesOnce(ProfileDelta **list, int n, ProfileDelta **orphans)
 	return norphans;
 }
 
-/* Folds one event into the states of the traits defined on its type. */
-static void
-FoldTraits(ProfileDelta *d, const TraitCatalog *traits, TupleTableSlot *slot,
-		   TimestampTz at, TimestampTz now, bool *touched)
-{
-	bool		isnull;
-	text	   *type = DatumGetTextPP(slot_getattr(slot, event_columns.event_type, &isnull));
-	const char *tp = VARDATA_ANY(type);
-	int			tlen = VARSIZE_ANY_EXHDR(type);
-	Jsonb	   *props = NULL;
-	int64		event_id = 0;
-
-	for (int i = 0; i < traits->ndefs; i++)
-	{
-		const TraitDef *def = &traits->defs[i];
-
-		if (strncmp(def->event_type, tp, tlen) != 0 || def->event_type[tlen] != '\0')
-			continue;
-		if (props == NULL)
-		{
-			props = DatumGetJsonbP(slot_getattr(slot, event_columns.properties, &isnull));
-			event_id = DatumGetInt64(slot_getattr(slot, event_columns.event_id, &isnull));
-		}
-		if (d->traits == NULL)
-			d->traits = ProfileTraitsCreate();
-		TraitAdd(ProfileTraitsGet(d->traits, def), def, at, event_id, props, now);
-		touched[i] = true;
-	}
-}
-
 /*
  * Re-evaluates the segments that read what the statement changed: the event
  * statistics of every profile it touched, and the traits its events fed.  A
  * profile the statement created is new to every segment.
  */
 static void
-RefreshSegments(pidmap_hash *deltas, const TraitCatalog *traits, bool *touched)
+RefreshSegments(pidmap_hash *deltas, List *touched)
 {
 	static const char *const stats[] = {"event_count", "first_seen", "last_seen", "updated_at"};
-	const char **changed = palloc(sizeof(char *) * (lengthof(stats) + traits->ndefs));
+	const char **changed = palloc(sizeof(char *) * (lengthof(stats) + list_length(touched)));
 	int			nchanged = 0;
 	long		total = deltas->members;
 	int64	   *known = palloc(sizeof(int64) * total);
@@ -1289,12 +1624,12 @@ RefreshSegments(pidmap_hash *deltas, const TraitCatalog *traits, bool *touched)
 	int			ncreated = 0;
 	pidmap_iterator it;
 	PidSlot    *slot;
+	ListCell   *lc;
 
 	for (size_t i = 0; i < lengthof(stats); i++)
 		changed[nchanged++] = stats[i];
-	for (int i = 0; i < traits->ndefs; i++)
-		if (touched[i])
-			changed[nchanged++] = traits->defs[i].name;
+	foreach(lc, touched)
+		changed[nchanged++] = lfirst(lc);
 	pidmap_start_iterate(deltas, &it);
 	while ((slot = pidmap_iterate(deltas, &it)) != NULL)
 	{
@@ -1307,87 +1642,29 @@ RefreshSegments(pidmap_hash *deltas, const TraitCatalog *traits, bool *touched)
 	(void) SegmentsRefresh(created, ncreated, NULL, 0);
 }
 
-/* Folds the statement's rows per profile and writes each profile once. */
+/* Writes each profile the statement's rows touched, once. */
 PG_FUNCTION_INFO_V1(persona_events_apply);
 Datum
 persona_events_apply(PG_FUNCTION_ARGS)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	Tuplestorestate *rows;
-	TupleTableSlot *slot;
+	RowFolds   *folds;
 	MemoryContext batch;
 	MemoryContext old;
 	pidmap_hash *deltas;
-	int			readptr;
-	const TraitCatalog *traits;
-	bool	   *touched;
-	TimestampTz now;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) ||
-		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) ||
-		!TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ||
-		trigdata->tg_newtable == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("persona_events_apply must be fired AFTER INSERT FOR EACH STATEMENT with a NEW TABLE")));
-
+	(void) RequireInsertTrigger(fcinfo, false, false,
+								"persona_events_apply must be fired AFTER INSERT FOR EACH STATEMENT");
 	CloseIdentityScan();
+	folds = TakeFolds();
+	if (folds == NULL)
+	{
+		PruneIdMap();
+		return PointerGetDatum(NULL);
+	}
+	deltas = folds->deltas;
 	batch = AllocSetContextCreate(CurrentMemoryContext, "persona batch",
 								  ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(batch);
-	ResolveEventColumns(trigdata->tg_relation);
-	traits = PersonaTraitCatalog();
-	touched = palloc0(sizeof(bool) * Max(traits->ndefs, 1));
-	now = GetCurrentTransactionStartTimestamp();
-
-	deltas = pidmap_create(batch, 1024, NULL);
-
-	/* Fold the transition table. */
-	rows = trigdata->tg_newtable;
-	readptr = tuplestore_alloc_read_pointer(rows, EXEC_FLAG_REWIND);
-	tuplestore_select_read_pointer(rows, readptr);
-	tuplestore_rescan(rows);
-	slot = MakeSingleTupleTableSlot(RelationGetDescr(trigdata->tg_relation),
-									&TTSOpsMinimalTuple);
-	while (tuplestore_gettupleslot(rows, true, false, slot))
-	{
-		bool		isnull;
-		int64		pid = DatumGetInt64(slot_getattr(slot, event_columns.profile_id, &isnull));
-		TimestampTz at = DatumGetTimestampTz(slot_getattr(slot, event_columns.occurred_at, &isnull));
-		ProfileDelta *d;
-		bool		found;
-
-		d = EnterDelta(deltas, pid, &found);
-		if (!found)
-		{
-			d->events = 0;
-			d->first_seen = at;
-			d->last_seen = at;
-			d->new_id = NULL;
-			d->traits = NULL;
-			d->written = false;
-			d->created = false;
-
-			/* A profile id allocated by this statement's rows: their id is new. */
-			if (id_map_pending > 0)
-			{
-				PidSlot    *pending = pidmap_lookup(pending_ids, pid);
-
-				if (pending != NULL && pending->entry->pending)
-					d->new_id = pending->entry;
-			}
-		}
-		d->events++;
-		if (at < d->first_seen)
-			d->first_seen = at;
-		if (at > d->last_seen)
-			d->last_seen = at;
-		if (traits->ndefs > 0)
-			FoldTraits(d, traits, slot, at, now, touched);
-		ExecClearTuple(slot);
-	}
-	ExecDropSingleTupleTableSlot(slot);
 
 	if (deltas->members > 0)
 	{
@@ -1405,8 +1682,13 @@ persona_events_apply(PG_FUNCTION_ARGS)
 		list = palloc(sizeof(ProfileDelta *) * deltas->members);
 		pidmap_start_iterate(deltas, &it);
 		while ((slot = pidmap_iterate(deltas, &it)) != NULL)
+		{
+			/* An id whose identity a statement in between wrote is known. */
+			if (slot->delta->new_id != NULL && !slot->delta->new_id->pending)
+				slot->delta->new_id = NULL;
 			if (slot->delta->new_id != NULL)
 				list[n++] = slot->delta;
+		}
 		if (n > 0)
 		{
 			int			nwon = 0;
@@ -1454,12 +1736,13 @@ persona_events_apply(PG_FUNCTION_ARGS)
 				}
 			}
 		}
-		RefreshSegments(deltas, traits, touched);
+		RefreshSegments(deltas, folds->touched_names);
 		SPI_finish();
 	}
 
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(batch);
+	MemoryContextDelete(folds->cxt);
 	PruneIdMap();
 	return PointerGetDatum(NULL);
 }

@@ -1,11 +1,36 @@
 -- Ingest: persona_track and the triggers that maintain profiles for every
 -- insert into persona.events (src/ingest.c).
 
+-- event_id's default. It is nextval() of persona.event_id_seq (with its
+-- privilege check), and tells the row trigger that the id is fresh: such a
+-- row cannot meet a unique conflict, so the trigger may fold it at once.
+-- PUBLIC may run it: it checks the sequence privilege like nextval().
+CREATE FUNCTION persona.next_event_id() RETURNS bigint
+    LANGUAGE C VOLATILE PARALLEL UNSAFE
+    AS 'MODULE_PATHNAME', 'persona_next_event_id';
+COMMENT ON FUNCTION persona.next_event_id() IS
+    'the default of persona.events.event_id: nextval of persona.event_id_seq';
+ALTER TABLE persona.events ALTER COLUMN event_id SET DEFAULT persona.next_event_id();
+
+-- The WHEN condition of events_confirm, run as whoever inserts: PUBLIC may
+-- run it, it reads one number of the backend's own.
+CREATE FUNCTION persona.event_folded(event_id bigint) RETURNS boolean
+    LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_event_folded';
+COMMENT ON FUNCTION persona.event_folded(bigint) IS
+    'whether the BEFORE ROW trigger already folded the row just inserted (WHEN condition of events_confirm)';
+
 CREATE FUNCTION persona.events_resolve() RETURNS trigger
     LANGUAGE C
     AS 'MODULE_PATHNAME', 'persona_events_resolve';
 COMMENT ON FUNCTION persona.events_resolve() IS
-    'checks an incoming event and resolves its profile_id (BEFORE INSERT FOR EACH ROW on persona.events)';
+    'checks an incoming event, resolves its profile_id and folds it for its profile (BEFORE INSERT FOR EACH ROW on persona.events)';
+
+CREATE FUNCTION persona.events_confirm() RETURNS trigger
+    LANGUAGE C
+    AS 'MODULE_PATHNAME', 'persona_events_confirm';
+COMMENT ON FUNCTION persona.events_confirm() IS
+    'folds an inserted event the BEFORE ROW trigger could not (AFTER INSERT FOR EACH ROW on persona.events)';
 
 CREATE FUNCTION persona.events_apply() RETURNS trigger
     LANGUAGE C
@@ -15,13 +40,19 @@ CREATE FUNCTION persona.events_apply() RETURNS trigger
 COMMENT ON FUNCTION persona.events_apply() IS
     'writes new identities and updates each touched profile once per statement (AFTER INSERT FOR EACH STATEMENT on persona.events)';
 
+-- The row trigger folds a row itself only when no BEFORE ROW trigger sorts
+-- after it; the AFTER ROW trigger folds every other row as inserted.
 CREATE TRIGGER events_resolve
     BEFORE INSERT ON persona.events
     FOR EACH ROW EXECUTE FUNCTION persona.events_resolve();
 
+CREATE TRIGGER events_confirm
+    AFTER INSERT ON persona.events
+    FOR EACH ROW WHEN (NOT persona.event_folded(NEW.event_id))
+    EXECUTE FUNCTION persona.events_confirm();
+
 CREATE TRIGGER events_apply
     AFTER INSERT ON persona.events
-    REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION persona.events_apply();
 
 -- Merges and forget change id -> profile mappings that backends cache.

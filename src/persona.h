@@ -24,6 +24,7 @@ typedef struct PersonaCatalog
 	Oid			identities;
 	Oid			identities_pkey;
 	Oid			profile_id_seq;
+	Oid			event_id_seq;
 	Oid			trait_defs;
 	Oid			segments;
 	Oid			segment_members;

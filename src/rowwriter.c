@@ -90,10 +90,23 @@ CloseTarget(RowTarget *t)
 	table_close(t->rel, NoLock);
 }
 
+/*
+ * A RowWriter of a relation without row triggers or generated columns
+ * buffers its rows and writes them in batches: one heap_multi_insert per
+ * batch (a WAL record per page, not per row, as COPY does), then each row's
+ * index entries.  Other relations get each row inserted as it comes.
+ */
+#define WRITER_BATCH_ROWS 1000
+#define WRITER_BATCH_BYTES (64 * 1024)
+
 struct RowWriter
 {
 	RowTarget	t;
-	TupleTableSlot *slot;
+	bool		batched;		/* rows are buffered (see above) */
+	TupleTableSlot **slots;		/* batched: up to WRITER_BATCH_ROWS, else 1 */
+	int			nslots;			/* slots created so far */
+	int			nbuffered;		/* rows waiting in slots[0 .. nbuffered) */
+	Size		bufferedbytes;
 	int			ncolumns;
 	AttrNumber *attnums;		/* the caller's columns, in its order */
 	ExprState **defaults;		/* per attribute: its default, when not set */
@@ -112,7 +125,12 @@ RowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 
 	OpenTarget(&w->t, relid);
 	desc = RelationGetDescr(w->t.rel);
-	w->slot = ExecInitExtraTupleSlot(w->t.estate, desc, &TTSOpsVirtual);
+	w->batched = !(desc->constr != NULL && desc->constr->has_generated_stored) &&
+		!(w->t.rel->trigdesc != NULL &&
+		  (w->t.rel->trigdesc->trig_insert_before_row ||
+		   w->t.rel->trigdesc->trig_insert_after_row ||
+		   w->t.rel->trigdesc->trig_insert_instead_row));
+	w->slots = palloc0(sizeof(TupleTableSlot *) * (w->batched ? WRITER_BATCH_ROWS : 1));
 	w->ncolumns = ncolumns;
 	w->attnums = palloc(sizeof(AttrNumber) * ncolumns);
 	set = palloc0(sizeof(bool) * desc->natts);
@@ -136,17 +154,47 @@ RowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 	return w;
 }
 
+/* Writes the buffered rows: the heap tuples at once, then their index entries. */
+static void
+Flush(RowWriter *w)
+{
+	EState	   *estate = w->t.estate;
+
+	if (w->nbuffered == 0)
+		return;
+	table_multi_insert(w->t.rel, w->slots, w->nbuffered, estate->es_output_cid, 0, NULL);
+	for (int i = 0; i < w->nbuffered; i++)
+	{
+		if (w->t.rri->ri_NumIndices > 0)
+			list_free(ExecInsertIndexTuples(w->t.rri, w->slots[i], estate, false, false,
+											NULL, NIL));
+		ResetPerTupleExprContext(estate);
+		ExecClearTuple(w->slots[i]);
+	}
+	w->nbuffered = 0;
+	w->bufferedbytes = 0;
+}
+
 /*
  * Inserts one row: ``values`` and ``nulls`` in the order of the columns.
- * Returns the row as written, defaults included, valid until the next call.
+ * Returns the row with its defaults, valid until the next call.  Constraints
+ * are checked at once; a batched row reaches the table and its indexes (and
+ * a unique violation is raised) by a later call or RowWriterClose at the
+ * latest.
  */
 TupleTableSlot *
 RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
 {
-	TupleTableSlot *slot = w->slot;
-	TupleDesc	desc = slot->tts_tupleDescriptor;
+	TupleTableSlot *slot;
+	TupleDesc	desc = RelationGetDescr(w->t.rel);
 	ExprContext *econtext = GetPerTupleExprContext(w->t.estate);
 
+	if (w->batched && (w->nbuffered == WRITER_BATCH_ROWS ||
+					   w->bufferedbytes >= WRITER_BATCH_BYTES))
+		Flush(w);
+	if (w->nbuffered == w->nslots)
+		w->slots[w->nslots++] = table_slot_create(w->t.rel, &w->t.estate->es_tupleTable);
+	slot = w->slots[w->nbuffered];
 	ExecClearTuple(slot);
 	for (int i = 0; i < desc->natts; i++)
 	{
@@ -162,15 +210,29 @@ RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
 		slot->tts_isnull[w->attnums[i] - 1] = nulls != NULL && nulls[i];
 	}
 	ExecStoreVirtualTuple(slot);
-	ExecSimpleRelationInsert(w->t.rri, w->t.estate, slot);
+	if (!w->batched)
+	{
+		ExecSimpleRelationInsert(w->t.rri, w->t.estate, slot);
+		ResetPerTupleExprContext(w->t.estate);
+		return slot;
+	}
+	/* The slot's own copy: the caller's values and the defaults' go away. */
+	ExecMaterializeSlot(slot);
+	if (desc->constr != NULL)
+		ExecConstraints(w->t.rri, slot, w->t.estate);
 	ResetPerTupleExprContext(w->t.estate);
+	w->bufferedbytes += ExecFetchSlotHeapTuple(slot, false, NULL)->t_len;
+	w->nbuffered++;
 	return slot;
 }
 
+/* Writes the buffered rows and closes the writer. */
 void
 RowWriterClose(RowWriter *w)
 {
+	Flush(w);
 	CloseTarget(&w->t);
+	pfree(w->slots);
 	pfree(w->attnums);
 	pfree(w->defaults);
 	pfree(w);
