@@ -1,18 +1,22 @@
 /*
  * ingest.c
- *	  The event path: validation and identity resolution per row, profile
- *	  maintenance once per statement, and persona_track.
+ *	  The event path: validation, identity resolution and folding per row,
+ *	  profile maintenance once per statement, and persona_track.
  *
- * Every way an event comes in (persona_track, INSERT, COPY) runs the same two
+ * Every way an event comes in (persona_track, INSERT, COPY) runs the same
  * triggers on persona.events:
  *
  *	- persona_events_resolve (BEFORE INSERT FOR EACH ROW) checks the row and
  *	  sets its profile_id.  An id that is not known yet gets a profile id from
  *	  persona.profile_id_seq at once; it is remembered as "pending" in a
- *	  transaction-local map until its identity row is written.
- *	- persona_events_apply (AFTER INSERT FOR EACH STATEMENT, with a transition
- *	  table) folds the statement's rows per profile and writes each profile
- *	  once: new identities in one INSERT, then one upsert of all profiles.
+ *	  transaction-local map until its identity row is written.  When the row
+ *	  is sure to be inserted as the trigger sees it, the trigger also folds
+ *	  it into its profile's delta (see MayFoldBefore).
+ *	- persona_events_confirm (AFTER INSERT FOR EACH ROW, WHEN the row was not
+ *	  folded) folds the other rows, as inserted.
+ *	- persona_events_apply (AFTER INSERT FOR EACH STATEMENT) takes the deltas
+ *	  and writes each profile once: new identities, then new profiles, then
+ *	  updates of the others.
  *
  * Concurrency.  Two transactions may see the same new id at once: both
  * allocate a profile id, the identity insert of the second one meets the
@@ -111,10 +115,10 @@ typedef struct ProfileDelta
 } ProfileDelta;
 
 /*
- * The id map and the deltas are simplehash tables (open addressing, keys inline): a bulk statement
- * looks them up once or twice per row, and dynahash's chains of separately
- * allocated entries cost a cache miss per step.  Entries point to their
- * IdEntry or ProfileDelta, which never move.
+ * The id map and the deltas are simplehash tables (open addressing, keys
+ * inline): a bulk statement looks them up once or twice per row, and
+ * dynahash's chains of separately allocated entries cost a cache miss per
+ * step.  Entries point to their IdEntry or ProfileDelta, which never move.
  */
 typedef struct IdSlot
 {

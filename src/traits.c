@@ -328,7 +328,11 @@ GetCell(TraitState *s, int64 bucket)
 
 	if (s->ncells == s->maxcells)
 	{
-		s->maxcells = Max(4, s->maxcells * 2);
+		/*
+		 * A lifetime state has one cell, ever: room for one (a profile of a
+		 * bulk statement holds one state per trait, and memory is the cost).
+		 */
+		s->maxcells = s->maxcells > 0 ? s->maxcells * 2 : s->bucket_us == 0 ? 1 : 2;
 		s->cells = s->cells == NULL ? palloc(sizeof(TraitCell) * s->maxcells)
 			: repalloc(s->cells, sizeof(TraitCell) * s->maxcells);
 	}
