@@ -1642,8 +1642,8 @@ RefreshSegments(pidmap_hash *deltas, List *touched)
 		else
 			known[nknown++] = slot->profile_id;
 	}
-	(void) SegmentsRefresh(known, nknown, changed, nchanged);
-	(void) SegmentsRefresh(created, ncreated, NULL, 0);
+	(void) SegmentsRefresh(known, nknown, false, changed, nchanged);
+	(void) SegmentsRefresh(created, ncreated, true, NULL, 0);
 }
 
 /* Writes each profile the statement's rows touched, once. */

@@ -54,7 +54,10 @@ CREATE TABLE persona.identities (
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (id) INCLUDE (profile_id)
 );
-CREATE INDEX identities_profile_id_idx ON persona.identities (profile_id);
+-- A profile's ids are only ever looked up by equality (merge, forget,
+-- persona_profile): a hash index serves that, and takes a new person's
+-- entry with one bucket page and no descent or comparisons.
+CREATE INDEX identities_profile_id_idx ON persona.identities USING hash (profile_id);
 COMMENT ON TABLE persona.identities IS 'every id (user or anonymous) and the profile it resolves to';
 
 -- The event stream. The primary key leads with profile_id (the natural

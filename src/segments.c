@@ -416,13 +416,14 @@ GetSegmentCatalog(void)
 
 /*
  * One query that evaluates every segment for a set of profiles: $1 the
- * profile ids, $2 which segments to evaluate (the others read NULL).
+ * profile ids, $2 which segments to evaluate (the others read NULL), $3
+ * whether to read their current memberships (false: they have none).
  */
 static SPIPlanPtr
 EvaluationPlan(SegmentCatalog *sc)
 {
 	StringInfoData sql;
-	Oid			types[2] = {INT8ARRAYOID, BOOLARRAYOID};
+	Oid			types[3] = {INT8ARRAYOID, BOOLARRAYOID, BOOLOID};
 
 	if (sc->evaluate != NULL)
 		return sc->evaluate;
@@ -433,11 +434,12 @@ EvaluationPlan(SegmentCatalog *sc)
 						 k > 0 ? ", " : "", k + 1, sc->segments[k].sql);
 	appendStringInfoString(&sql,
 						   "]::pg_catalog.bool[], "
-						   "ARRAY(SELECT m.segment FROM persona.segment_members AS m "
+						   "CASE WHEN $3 THEN ARRAY(SELECT m.segment FROM persona.segment_members AS m "
 						   "      WHERE m.profile_id = s.profile_id) "
+						   "ELSE '{}'::pg_catalog.text[] END "
 						   "FROM persona.segment_source AS s "
 						   "WHERE s.profile_id OPERATOR(pg_catalog.=) ANY ($1)");
-	sc->evaluate = SPI_prepare(sql.data, 2, types);
+	sc->evaluate = SPI_prepare(sql.data, 3, types);
 	if (sc->evaluate == NULL)
 		elog(ERROR, "SPI_prepare failed for the segment evaluation: %s",
 			 SPI_result_code_string(SPI_result));
@@ -610,11 +612,13 @@ ReadsAny(const SegmentDef *seg, const char *const *changed, int nchanged)
 /*
  * Re-evaluates the segments that read any of ``changed`` (NULL: all; the
  * pseudo-column "now()" selects the segments that call clock functions) for
- * the given profiles and applies the differences.  Returns the number of
- * entries and exits.  Connects to SPI itself.
+ * the given profiles and applies the differences.  ``created``: the
+ * profiles were created by the calling statement, so they are in no
+ * segment yet.  Returns the number of entries and exits.  Connects to SPI
+ * itself.
  */
 uint64
-SegmentsRefresh(const int64 *profile_ids, int nprofiles,
+SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 				const char *const *changed, int nchanged)
 {
 	SegmentCatalog *sc;
@@ -622,7 +626,7 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles,
 	Datum	   *flags;
 	Datum	   *names;			/* the evaluated segments' names, as text */
 	Datum	   *pids;
-	Datum		args[2];
+	Datum		args[3];
 	int			nevaluate = 0;
 	ChangeList changes[2] = {{0}};	/* 0: exits, 1: entries */
 	uint64		nchanges = 0;
@@ -664,6 +668,7 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	args[1] = PointerGetDatum(construct_array(flags, sc->nsegments, BOOLOID, 1,
 											  true, TYPALIGN_CHAR));
+	args[2] = BoolGetDatum(!created);
 	if (SPI_execute_plan(EvaluationPlan(sc), args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "evaluating segments failed");
 
@@ -737,7 +742,8 @@ persona_refresh_segments(PG_FUNCTION_ARGS)
 		for (int i = 0; i < nchanged; i++)
 			changed[i] = names_null[i] ? "" : TextDatumGetCString(names[i]);
 	}
-	PG_RETURN_INT64((int64) SegmentsRefresh(pids, n, (const char *const *) changed, nchanged));
+	PG_RETURN_INT64((int64) SegmentsRefresh(pids, n, false, (const char *const *) changed,
+											nchanged));
 }
 
 void

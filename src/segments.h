@@ -9,7 +9,7 @@
 
 #include "nodes/pg_list.h"
 
-extern uint64 SegmentsRefresh(const int64 *profile_ids, int nprofiles,
+extern uint64 SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 							  const char *const *changed, int nchanged);
 extern void PersonaSegmentsInit(void);
 extern char *PersonaCompilePredicate(const char *predicate, Oid relid,

@@ -24,9 +24,12 @@ CREATE TABLE persona.segment_members (
     segment    text        NOT NULL,
     profile_id bigint      NOT NULL,
     entered_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (segment, profile_id)
+    -- persona reads memberships per profile (refresh, decide, forget,
+    -- persona_in_segment), so the key leads with profile_id and is the only
+    -- index: every entry writes one index entry here, appended in profile
+    -- order by bulk ingest. Listing one segment's members scans the table.
+    PRIMARY KEY (profile_id, segment)
 );
-CREATE INDEX segment_members_profile_id_idx ON persona.segment_members (profile_id);
 COMMENT ON TABLE persona.segment_members IS 'current members of every segment, as of the last commit that changed them';
 
 CREATE TABLE persona.segment_log (
