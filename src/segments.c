@@ -459,17 +459,35 @@ EvaluationPlan(SegmentCatalog *sc)
  * find its place in persona.segment_log.
  */
 static void
-Announce(const char *segment, int64 profile_id, const char *op, int64 log_id)
+Announce(StringInfo payload, const char *segment_json, int64 profile_id, const char *op,
+		 int64 log_id)
 {
-	StringInfoData payload;
+	char		number[MAXINT8LEN + 1];
 
-	initStringInfo(&payload);
-	appendStringInfo(&payload, "{\"op\": \"%s\", \"log_id\": " INT64_FORMAT ", \"segment\": ",
-					 op, log_id);
-	escape_json(&payload, segment);
-	appendStringInfo(&payload, ", \"profile_id\": " INT64_FORMAT "}", profile_id);
-	Async_Notify("persona_segment", payload.data);
-	pfree(payload.data);
+	resetStringInfo(payload);
+	appendStringInfoString(payload, "{\"op\": \"");
+	appendStringInfoString(payload, op);
+	appendStringInfoString(payload, "\", \"log_id\": ");
+	pg_lltoa(log_id, number);
+	appendStringInfoString(payload, number);
+	appendStringInfoString(payload, ", \"segment\": ");
+	appendStringInfoString(payload, segment_json);
+	appendStringInfoString(payload, ", \"profile_id\": ");
+	pg_lltoa(profile_id, number);
+	appendStringInfoString(payload, number);
+	appendStringInfoChar(payload, '}');
+	Async_Notify("persona_segment", payload->data);
+}
+
+/* A segment name as a JSON string, quotes included. */
+static char *
+JsonString(const char *name)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	escape_json(&buf, name);
+	return buf.data;
 }
 
 /* Entries or exits: which segment (an index in the catalog), which profile. */
@@ -513,9 +531,13 @@ WriteEntries(const SegmentCatalog *sc, const Datum *names, const ChangeList *ent
 	RowWriter  *members;
 	RowWriter  *log;
 	Datum		op = CStringGetTextDatum("enter");
+	char	  **json;			/* per segment: its name in JSON, when needed */
+	StringInfoData payload;
 
 	if (entries->n == 0)
 		return 0;
+	json = palloc0(sizeof(char *) * sc->nsegments);
+	initStringInfo(&payload);
 	members = RowWriterOpen(cat->segment_members, member_columns, lengthof(member_columns));
 	log = RowWriterOpen(cat->segment_log, log_columns, lengthof(log_columns));
 	for (int i = 0; i < entries->n; i++)
@@ -527,7 +549,9 @@ WriteEntries(const SegmentCatalog *sc, const Datum *names, const ChangeList *ent
 
 		(void) RowWriterInsert(members, values, NULL);
 		written = RowWriterInsert(log, values, NULL);
-		Announce(sc->segments[k].name, DatumGetInt64(entries->pids[i]), "enter",
+		if (json[k] == NULL)
+			json[k] = JsonString(sc->segments[k].name);
+		Announce(&payload, json[k], DatumGetInt64(entries->pids[i]), "enter",
 				 DatumGetInt64(slot_getattr(written, log_id, &isnull)));
 	}
 	RowWriterClose(log);
@@ -548,9 +572,11 @@ WriteExits(const Datum *names, const ChangeList *exits)
 	Datum	   *segments;
 	SPIPlanPtr	plan;
 	uint64		done;
+	StringInfoData payload;
 
 	if (exits->n == 0)
 		return 0;
+	initStringInfo(&payload);
 	segments = palloc(sizeof(Datum) * exits->n);
 	for (int i = 0; i < exits->n; i++)
 		segments[i] = names[exits->segments[i]];
@@ -579,7 +605,7 @@ WriteExits(const Datum *names, const ChangeList *exits)
 		int64		log_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
 														 SPI_tuptable->tupdesc, 3, &isnull));
 
-		Announce(segment, pid, "exit", log_id);
+		Announce(&payload, JsonString(segment), pid, "exit", log_id);
 	}
 	return done;
 }
