@@ -13,8 +13,9 @@
 #     windowed count by a query over the user's events), then runs each of
 #     the 4 segment predicates, stored as text, with EXECUTE format(...) and
 #     inserts or deletes a membership row, logs and NOTIFYs the change.
-#     $PL_EVENTS events over $PL_USERS users (it is slow); compared in
-#     events/s with persona's rate from 1, and with persona on the same rows.
+#     $PL_EVENTS events over $PL_USERS users, by default the same rows as 1
+#     (about 30 s a run); compared in events/s with persona's rate from 1,
+#     and with persona on the same rows in the same run.
 #  3. Irrelevant segments: the bulk ingest of 1 with 100 segments, 96 of
 #     them over traits of an event type the insert never carries, against
 #     the 4 segments alone, alternating: for known users (every profile
@@ -35,8 +36,8 @@
 # Knobs (environment): BENCH_SEG_USERS (100000; 2 events each),
 # BENCH_SEG_RUNS (4 bulk runs per side in 1), BENCH_SEG_BREAKDOWN_RUNS (3),
 # BENCH_SEG_IRR_RUNS (4 runs per side in 3, known users),
-# BENCH_SEG_IRR_NEW_RUNS (2, new users), BENCH_PL_USERS (10000; 2
-# events each), BENCH_PL_RUNS (3), BENCH_TICK_PROFILES (1000000),
+# BENCH_SEG_IRR_NEW_RUNS (2, new users), BENCH_PL_USERS (as BENCH_SEG_USERS;
+# 2 events each), BENCH_PL_RUNS (3), BENCH_TICK_PROFILES (1000000),
 # BENCH_TICK_RUNS (3 per due fraction), BENCH_TICK_CLOCK (1: also time one
 # tick with a clock segment present).
 set -euo pipefail
@@ -49,7 +50,7 @@ RUNS=${BENCH_SEG_RUNS:-4}
 BREAKDOWN_RUNS=${BENCH_SEG_BREAKDOWN_RUNS:-3}
 IRR_RUNS=${BENCH_SEG_IRR_RUNS:-4}
 IRR_NEW_RUNS=${BENCH_SEG_IRR_NEW_RUNS:-2}
-PL_USERS=${BENCH_PL_USERS:-10000}
+PL_USERS=${BENCH_PL_USERS:-$USERS}
 PL_EVENTS=$((2 * PL_USERS))
 PL_RUNS=${BENCH_PL_RUNS:-3}
 TICK_PROFILES=${BENCH_TICK_PROFILES:-1000000}
