@@ -145,6 +145,27 @@ SELECT p.event_count, t.seen_views,
 DROP TRIGGER zz_rewrite ON persona.events;
 DROP FUNCTION rewrite_event();
 
+-- A row trigger of your own that fires before persona's (and reads the row
+-- in its WHEN condition) sees profile_id 0; the row as stored, and its
+-- index entry, carry the resolved profile.
+CREATE FUNCTION tag_event() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.context := NEW.context || '{"tagged": true}';
+    RETURN NEW;
+END $$;
+CREATE TRIGGER aa_tag BEFORE INSERT ON persona.events
+    FOR EACH ROW WHEN (NEW.profile_id = 0 AND NEW.event_type <> 'x') EXECUTE FUNCTION tag_event();
+INSERT INTO persona.events (user_id, event_type)
+SELECT 'u-early-trigger', 'page_view' FROM generate_series(1, 3);
+SET enable_seqscan = off;
+SELECT count(*) AS by_index, bool_and((e.context->>'tagged')::boolean) AS tagged
+  FROM persona.events e
+ WHERE e.profile_id = (SELECT profile_id FROM persona.identities WHERE id = 'u-early-trigger');
+RESET enable_seqscan;
+SELECT event_count FROM persona.profiles WHERE user_id = 'u-early-trigger';
+DROP TRIGGER aa_tag ON persona.events;
+DROP FUNCTION tag_event();
+
 -- Explicit event ids, partly replayed, with a trait: each row counts once.
 INSERT INTO persona.events (event_id, user_id, event_type, occurred_at)
 SELECT 910000 + n, 'u-explicit', 'seen_page_view', '2026-01-07 10:00+00' FROM generate_series(1, 5) AS n;

@@ -673,19 +673,21 @@ ResolveProfile(const char *id, bool is_user)
  * --------------------------------------------------------------------- */
 
 /*
- * A copy of the tuple with a bigint column set, when that column and every
- * column before it are fixed-width and not null (profile_id has a default,
- * so it usually is): the value is written at its offset, without the
- * deform-and-form of heap_modify_tuple.  NULL when the layout does not allow
- * it.
+ * The tuple with a bigint column set, when that column and every column
+ * before it are fixed-width and not null (profile_id has a default, so it
+ * usually is): the value is written at its offset, without the
+ * deform-and-form of heap_modify_tuple.  The tuple itself is changed when
+ * ``slot`` holds it as its own materialized copy (the executor's slot of the
+ * row being inserted; the executor then keeps it as it is, with no copy),
+ * else a copy.  NULL when the layout does not allow it.
  */
 static HeapTuple
-SetInPlace(HeapTuple tuple, TupleDesc desc, int attnum, int64 value)
+SetInPlace(TupleTableSlot *slot, HeapTuple tuple, TupleDesc desc, int attnum, int64 value)
 {
 	HeapTupleHeader td = tuple->t_data;
 	bool		hasnulls = HeapTupleHasNulls(tuple);
 	uint32		off = 0;
-	HeapTuple	copy;
+	HeapTuple	target = tuple;
 
 	for (int i = 0; i < attnum; i++)
 	{
@@ -699,9 +701,20 @@ SetInPlace(HeapTuple tuple, TupleDesc desc, int attnum, int64 value)
 	}
 	if (TupleDescAttr(desc, attnum - 1)->atttypid != INT8OID)
 		return NULL;
-	copy = heap_copytuple(tuple);
-	memcpy((char *) copy->t_data + copy->t_data->t_hoff + off, &value, sizeof(int64));
-	return copy;
+	/* Owned means palloc'd by the slot: never a tuple on a shared buffer. */
+	if (slot == NULL ||
+		!(TTS_IS_HEAPTUPLE(slot) || TTS_IS_BUFFERTUPLE(slot)) ||
+		((HeapTupleTableSlot *) slot)->tuple != tuple ||
+		(slot->tts_flags & TTS_FLAG_SHOULDFREE) == 0)
+		target = heap_copytuple(tuple);
+	else
+	{
+		/* Values the slot already deformed would be stale: deform again. */
+		slot->tts_nvalid = 0;
+		((HeapTupleTableSlot *) slot)->off = 0;
+	}
+	memcpy((char *) target->t_data + target->t_data->t_hoff + off, &value, sizeof(int64));
+	return target;
 }
 
 /* ---------------------------------------------------------------------
@@ -990,7 +1003,7 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 	profile_id = Int64GetDatum(entry->profile_id);
 
 	attnum = event_columns.profile_id;
-	result = SetInPlace(tuple, desc, attnum, entry->profile_id);
+	result = SetInPlace(trigdata->tg_trigslot, tuple, desc, attnum, entry->profile_id);
 	if (result == NULL)
 		result = heap_modify_tuple_by_cols(tuple, desc, 1, &attnum, &profile_id, &isnull);
 
