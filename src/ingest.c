@@ -781,8 +781,8 @@ FoldTraits(RowFolds *f, ProfileDelta *d, const Datum *values, TimestampTz at)
 
 		if (strncmp(def->event_type, tp, tlen) != 0 || def->event_type[tlen] != '\0')
 			continue;
-		/* Detoasted in the caller's (per-row) context. */
-		if (props == NULL)
+		/* Only a trait on a property reads them; detoasted per row. */
+		if (props == NULL && def->property != NULL)
 			props = DatumGetJsonbP(values[event_columns.properties - 1]);
 		old = MemoryContextSwitchTo(f->cxt);
 		if (d->traits == NULL)
