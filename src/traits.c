@@ -533,6 +533,7 @@ TraitAdd(TraitState *s, const TraitDef *def, TimestampTz at, int64 event_id,
 	JsonbValue	v;
 	Numeric		num = NULL;
 	text	   *str = NULL;
+	TraitCell  *cell;
 
 	if (!BucketKept(s, bucket, now))
 		return;					/* already out of the window */
@@ -554,8 +555,6 @@ TraitAdd(TraitState *s, const TraitDef *def, TimestampTz at, int64 event_id,
 				s->skipped++;
 				return;
 			}
-			/* The event's memory goes with the row; the state must keep its own. */
-			num = DatumGetNumericCopy(NumericGetDatum(num));
 			break;
 		case TRAIT_FIRST:
 		case TRAIT_LAST:
@@ -568,7 +567,16 @@ TraitAdd(TraitState *s, const TraitDef *def, TimestampTz at, int64 event_id,
 						at, now);
 			return;
 	}
-	CellAdd(s->kind, GetCell(s, bucket), 1, num, at, event_id, str);
+	cell = GetCell(s, bucket);
+
+	/*
+	 * The event's memory goes with the row: a value the cell keeps as it is
+	 * needs a copy of its own (a sum keeps the new result of an addition).
+	 */
+	if (num != NULL &&
+		(cell->n == 0 || s->kind == TRAIT_MIN || s->kind == TRAIT_MAX))
+		num = DatumGetNumericCopy(NumericGetDatum(num));
+	CellAdd(s->kind, cell, 1, num, at, event_id, str);
 }
 
 /* Folds ``from`` into ``into``: the state of both profiles' events. */
