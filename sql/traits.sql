@@ -222,8 +222,26 @@ SELECT persona_drop_trait('t_views');
 DROP VIEW t_dependent;
 SELECT persona_drop_trait(NULL);
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+-- A function an INSERT into persona.events calls between its rows cannot
+-- define a trait once rows are folded (the trait would miss them)...
+CREATE FUNCTION define_midway(n int, at int) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    IF n = at THEN
+        PERFORM persona_define_trait('t_midway', 'count', 'click');
+    END IF;
+    RETURN 'u-midway';
+END $$;
+INSERT INTO persona.events (user_id, event_type)
+SELECT define_midway(n, 3), 'click' FROM generate_series(1, 4) AS n;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT count(*) = :defs_before AS nothing_changed FROM persona.trait_defs;
 SELECT count(*) AS events_table_intact FROM pg_class WHERE oid = 'persona.events'::regclass;
+-- ...but may before the first row: every row then feeds it.
+INSERT INTO persona.events (user_id, event_type)
+SELECT define_midway(n, 1), 'click' FROM generate_series(1, 4) AS n;
+SELECT p.event_count, t.t_midway
+  FROM persona.profiles p JOIN persona.traits t USING (profile_id) WHERE p.user_id = 'u-midway';
+DROP FUNCTION define_midway(int, int);
 
 -- Clean up for the files that follow.
 SELECT persona_drop_trait(name) FROM persona.trait_defs ORDER BY trait_id;

@@ -9,6 +9,7 @@ REVOKE ALL ON FUNCTION @extschema@.persona_forget(text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION persona.events_resolve() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.events_confirm() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.check_ingest_idle(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.events_apply() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_id(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.lock_order() FROM PUBLIC;

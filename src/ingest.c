@@ -1043,6 +1043,26 @@ persona_event_folded(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(folded_event_id != 0 && PG_GETARG_INT64(0) == folded_event_id);
 }
 
+/*
+ * Raises an error when rows of persona.events are folded but not applied
+ * yet: a trait defined now (by a function an INSERT calls between its
+ * rows) would miss the rows folded before it, which its backfill cannot
+ * see applied either.
+ */
+PG_FUNCTION_INFO_V1(persona_check_ingest_idle);
+Datum
+persona_check_ingest_idle(PG_FUNCTION_ARGS)
+{
+	if (row_folds != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s cannot run while an insert into persona.events is in progress",
+						text_to_cstring(PG_GETARG_TEXT_PP(0))),
+				 errdetail("A statement of this transaction has inserted events that are not applied to their profiles yet."),
+				 errhint("Run it before or after that statement, not from a function the statement calls.")));
+	PG_RETURN_VOID();
+}
+
 /* Folds an inserted row the BEFORE ROW trigger did not fold. */
 PG_FUNCTION_INFO_V1(persona_events_confirm);
 Datum

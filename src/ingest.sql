@@ -20,6 +20,12 @@ CREATE FUNCTION persona.event_folded(event_id bigint) RETURNS boolean
 COMMENT ON FUNCTION persona.event_folded(bigint) IS
     'whether the BEFORE ROW trigger already folded the row just inserted (WHEN condition of events_confirm)';
 
+CREATE FUNCTION persona.check_ingest_idle(what text) RETURNS void
+    LANGUAGE C STRICT
+    AS 'MODULE_PATHNAME', 'persona_check_ingest_idle';
+COMMENT ON FUNCTION persona.check_ingest_idle(text) IS
+    'raises an error while an insert into persona.events of this backend has rows not applied yet';
+
 CREATE FUNCTION persona.events_resolve() RETURNS trigger
     LANGUAGE C
     AS 'MODULE_PATHNAME', 'persona_events_resolve';

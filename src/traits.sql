@@ -283,6 +283,9 @@ BEGIN
     END IF;
     -- The view is rebuilt at the end: refuse now, not after the backfill.
     PERFORM persona.check_traits_view_free();
+    -- Rows an INSERT of this transaction has folded but not applied would
+    -- be missed by both the backfill and live maintenance.
+    PERFORM persona.check_ingest_idle('persona_define_trait');
 
     -- One definition at a time; ingest waits while the backfill runs, so no
     -- event is missed between the backfill and live maintenance. persona
