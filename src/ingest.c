@@ -99,6 +99,8 @@ typedef struct IdEntry
 	bool		is_user;		/* came from user_id rather than anonymous_id */
 	SubTransactionId created_in;	/* where the entry was made */
 	SubTransactionId written_in;	/* where its identity row was written */
+	struct ProfileDelta *delta; /* its profile's delta in the folds of ... */
+	uint64		delta_folds;	/* ... this generation (see RowFolds) */
 } IdEntry;
 
 /* The statement's rows of one profile, folded. */
@@ -202,6 +204,7 @@ static EventColumns event_columns;
  */
 typedef struct RowFolds
 {
+	uint64		generation;		/* unique in the backend: IdEntry.delta_folds */
 	SubTransactionId subid;
 	MemoryContext cxt;			/* holds the folds; under TopTransactionContext */
 	pidmap_hash *deltas;
@@ -213,6 +216,7 @@ typedef struct RowFolds
 } RowFolds;
 
 static RowFolds *row_folds = NULL;
+static uint64 row_folds_generation = 0;
 
 /* Plans of the statement-level trigger, prepared once per backend. */
 static SPIPlanPtr insert_identities_plan = NULL;
@@ -661,6 +665,8 @@ ResolveProfile(const char *id, bool is_user)
 	entry->is_user = is_user;
 	entry->created_in = GetCurrentSubTransactionId();
 	entry->written_in = InvalidSubTransactionId;
+	entry->delta = NULL;
+	entry->delta_folds = 0;
 	slot = idmap_insert(map, entry->id, &found);
 	slot->entry = entry;
 	if (entry->pending)
@@ -752,6 +758,7 @@ CurrentFolds(void)
 	cxt = AllocSetContextCreate(TopTransactionContext, "persona row folds",
 								ALLOCSET_DEFAULT_SIZES);
 	f = MemoryContextAllocZero(cxt, sizeof(RowFolds));
+	f->generation = ++row_folds_generation;
 	f->subid = subid;
 	f->cxt = cxt;
 	f->deltas = pidmap_create(cxt, 256, NULL);
@@ -807,11 +814,27 @@ FoldRow(const Datum *values, IdEntry *entry)
 	RowFolds   *f = CurrentFolds();
 	int64		pid = DatumGetInt64(values[event_columns.profile_id - 1]);
 	TimestampTz at = DatumGetTimestampTz(values[event_columns.occurred_at - 1]);
-	MemoryContext old = MemoryContextSwitchTo(f->cxt);
 	bool		found;
-	ProfileDelta *d = EnterDelta(f->deltas, pid, &found);
+	ProfileDelta *d;
 
-	MemoryContextSwitchTo(old);
+	/* The id's entry remembers its delta: no hash lookup for its next rows. */
+	if (entry != NULL && entry->delta_folds == f->generation && entry->delta->profile_id == pid)
+	{
+		d = entry->delta;
+		found = true;
+	}
+	else
+	{
+		MemoryContext old = MemoryContextSwitchTo(f->cxt);
+
+		d = EnterDelta(f->deltas, pid, &found);
+		MemoryContextSwitchTo(old);
+		if (entry != NULL)
+		{
+			entry->delta = d;
+			entry->delta_folds = f->generation;
+		}
+	}
 	if (!found)
 	{
 		d->events = 0;
