@@ -242,6 +242,23 @@ SELECT define_midway(n, 1), 'click' FROM generate_series(1, 4) AS n;
 SELECT p.event_count, t.t_midway
   FROM persona.profiles p JOIN persona.traits t USING (profile_id) WHERE p.user_id = 'u-midway';
 DROP FUNCTION define_midway(int, int);
+-- Dropping a trait between the rows is allowed: the rows before and after
+-- are folded under two sets of definitions, and both count.
+SELECT persona_define_trait('t_gone', 'count', 'page_view');
+CREATE FUNCTION drop_midway(n int) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    IF n = 3 THEN
+        PERFORM persona_drop_trait('t_gone');
+    END IF;
+    RETURN 'u-dropway-' || n % 2;
+END $$;
+INSERT INTO persona.events (user_id, event_type)
+SELECT drop_midway(n), 'click' FROM generate_series(1, 6) AS n;
+SELECT p.user_id, p.event_count, t.t_midway,
+       (SELECT count(*) FROM persona.identities i WHERE i.profile_id = p.profile_id) AS ids
+  FROM persona.profiles p JOIN persona.traits t USING (profile_id)
+ WHERE p.user_id LIKE 'u-dropway-%' ORDER BY 1;
+DROP FUNCTION drop_midway(int);
 
 -- Clean up for the files that follow.
 SELECT persona_drop_trait(name) FROM persona.trait_defs ORDER BY trait_id;

@@ -188,6 +188,48 @@ static Oid	id_map_relid = InvalidOid;	/* persona.identities when filled */
 static EventColumns event_columns;
 
 /*
+ * A new id of a statement, to sort: its first 16 bytes as two big-endian
+ * integers (zero padded, which keeps bytewise order), so that most
+ * comparisons never touch the strings, and what writing its identity
+ * needs, so that the writer visits neither the delta nor the entry.
+ * Recorded as the row trigger folds the id's first row.
+ */
+typedef struct SortedId
+{
+	uint64		prefix[2];
+	IdEntry    *entry;
+	ProfileDelta *delta;
+	int64		profile_id;
+} SortedId;
+
+static void
+FillSortedId(SortedId *s, ProfileDelta *d)
+{
+	char		bytes[16] = {0};
+	uint64		word[2];
+
+	strncpy(bytes, d->new_id->id, sizeof(bytes));
+	memcpy(word, bytes, sizeof(word));
+	s->prefix[0] = pg_ntoh64(word[0]);
+	s->prefix[1] = pg_ntoh64(word[1]);
+	s->entry = d->new_id;
+	s->delta = d;
+	s->profile_id = d->profile_id;
+}
+
+static int
+CompareSortedIds(const void *a, const void *b)
+{
+	const SortedId *x = a;
+	const SortedId *y = b;
+
+	for (int i = 0; i < 2; i++)
+		if (x->prefix[i] != y->prefix[i])
+			return x->prefix[i] < y->prefix[i] ? -1 : 1;
+	return strcmp(x->entry->id, y->entry->id);
+}
+
+/*
  * The rows of persona.events inserted but not yet applied to their profiles,
  * folded per profile as they come in: by the BEFORE ROW trigger for a row
  * it knows will be inserted as it saw it (see persona_events_resolve), by
@@ -212,6 +254,10 @@ typedef struct RowFolds
 	int			ntraits;
 	bool	   *touched;		/* per definition: fed by a row */
 	List	   *touched_names;	/* the names of those, copied */
+	SortedId   *fresh;			/* the deltas given a pending id, in order */
+	int			nfresh;
+	int			maxfresh;
+	bool		merged;			/* TakeFolds merged others in: fresh is partial */
 	struct RowFolds *outer;		/* older folds */
 } RowFolds;
 
@@ -846,7 +892,17 @@ FoldRow(const Datum *values, IdEntry *entry)
 		d->created = false;
 	}
 	if (d->new_id == NULL && entry != NULL && entry->pending && entry->profile_id == pid)
+	{
 		d->new_id = entry;
+		if (f->nfresh == f->maxfresh)
+		{
+			f->maxfresh = Max(64, f->maxfresh * 2);
+			f->fresh = f->fresh == NULL
+				? MemoryContextAlloc(f->cxt, sizeof(SortedId) * f->maxfresh)
+				: repalloc(f->fresh, sizeof(SortedId) * f->maxfresh);
+		}
+		FillSortedId(&f->fresh[f->nfresh++], d);
+	}
 	d->events++;
 	if (at < d->first_seen)
 		d->first_seen = at;
@@ -880,6 +936,7 @@ TakeFolds(void)
 			taken = f;
 			continue;
 		}
+		taken->merged = true;
 		MemoryContextSetParent(f->cxt, taken->cxt);
 		old = MemoryContextSwitchTo(taken->cxt);
 		pidmap_start_iterate(f->deltas, &it);
@@ -1167,53 +1224,6 @@ SortByProfileId(ProfileDelta **list, int n)
 	pfree(placed);
 }
 
-/*
- * A new id to sort: its first 16 bytes as two big-endian integers (zero
- * padded, which keeps bytewise order), so that most comparisons never touch
- * the strings.
- */
-typedef struct SortedId
-{
-	uint64		prefix[2];
-	ProfileDelta *delta;
-} SortedId;
-
-static int
-CompareSortedIds(const void *a, const void *b)
-{
-	const SortedId *x = a;
-	const SortedId *y = b;
-
-	for (int i = 0; i < 2; i++)
-		if (x->prefix[i] != y->prefix[i])
-			return x->prefix[i] < y->prefix[i] ? -1 : 1;
-	return strcmp(x->delta->new_id->id, y->delta->new_id->id);
-}
-
-/* Sorts the deltas of new ids by id, bytewise. */
-static void
-SortByNewId(ProfileDelta **list, int n)
-{
-	SortedId   *ids = palloc(sizeof(SortedId) * n);
-
-	for (int i = 0; i < n; i++)
-	{
-		const char *id = list[i]->new_id->id;
-		char		bytes[16] = {0};
-		uint64		word[2];
-
-		strncpy(bytes, id, sizeof(bytes));
-		memcpy(word, bytes, sizeof(word));
-		ids[i].prefix[0] = pg_ntoh64(word[0]);
-		ids[i].prefix[1] = pg_ntoh64(word[1]);
-		ids[i].delta = list[i];
-	}
-	qsort(ids, n, sizeof(SortedId), CompareSortedIds);
-	for (int i = 0; i < n; i++)
-		list[i] = ids[i].delta;
-	pfree(ids);
-}
-
 static void
 MoveEvents(int64 from, int64 into)
 {
@@ -1291,7 +1301,7 @@ EndOwnSubxact(const OwnSubxact *sub, bool commit)
  * Any other error propagates.
  */
 static bool
-InsertIdentitiesDirect(ProfileDelta **fresh, int n)
+InsertIdentitiesDirect(const SortedId *fresh, int n)
 {
 	static const char *const columns[] = {"id", "profile_id", "kind"};
 	Oid			relid = PersonaGetCatalog()->identities;
@@ -1309,9 +1319,9 @@ InsertIdentitiesDirect(ProfileDelta **fresh, int n)
 		{
 			Datum		values[3];
 
-			values[0] = CStringGetTextDatum(fresh[i]->new_id->id);
-			values[1] = Int64GetDatum(fresh[i]->profile_id);
-			values[2] = fresh[i]->new_id->is_user ? user : anonymous;
+			values[0] = CStringGetTextDatum(fresh[i].entry->id);
+			values[1] = Int64GetDatum(fresh[i].profile_id);
+			values[2] = fresh[i].entry->is_user ? user : anonymous;
 			RowWriterInsert(w, values, NULL);
 			pfree(DatumGetPointer(values[0]));
 		}
@@ -1432,23 +1442,67 @@ JoinWinners(pidmap_hash *deltas, ProfileDelta **fresh, int n)
  * then joining the winners of lost races.
  */
 static void
-WriteNewIdentities(pidmap_hash *deltas, ProfileDelta **fresh, int n)
+WriteNewIdentities(pidmap_hash *deltas, const SortedId *ids, ProfileDelta **fresh, int n)
 {
 	uint64		written;
 
-	SortByNewId(fresh, n);
-	if (n >= DIRECT_IDENTITIES_MIN && InsertIdentitiesDirect(fresh, n))
+	for (int i = 0; i < n; i++)
+		fresh[i] = ids[i].delta;
+	if (n >= DIRECT_IDENTITIES_MIN && InsertIdentitiesDirect(ids, n))
 		written = n;
 	else
 		written = InsertIdentitiesOnConflict(fresh, n);
 	for (int i = 0; i < n; i++)
 	{
-		fresh[i]->new_id->pending = false;
-		fresh[i]->new_id->written_in = GetCurrentSubTransactionId();
+		ids[i].entry->pending = false;
+		ids[i].entry->written_in = GetCurrentSubTransactionId();
 	}
 	id_map_pending -= n;
 	if (written < (uint64) n)
 		JoinWinners(deltas, fresh, n);
+}
+
+/*
+ * The ids the statement's rows saw first, sorted bytewise: the records the
+ * row trigger made, or, when TakeFolds merged folds (whose records point to
+ * deltas it copied), made again from the deltas.  An id whose identity a
+ * statement in between wrote is known: its delta loses it.
+ */
+static SortedId *
+NewIds(RowFolds *folds, int *n)
+{
+	SortedId   *ids = palloc(sizeof(SortedId) * Max(folds->deltas->members, 1));
+	int			k = 0;
+
+	if (!folds->merged)
+	{
+		for (int i = 0; i < folds->nfresh; i++)
+		{
+			if (folds->fresh[i].entry->pending)
+				ids[k++] = folds->fresh[i];
+			else
+				folds->fresh[i].delta->new_id = NULL;
+		}
+	}
+	else
+	{
+		pidmap_iterator it;
+		PidSlot    *slot;
+
+		pidmap_start_iterate(folds->deltas, &it);
+		while ((slot = pidmap_iterate(folds->deltas, &it)) != NULL)
+		{
+			ProfileDelta *d = slot->delta;
+
+			if (d->new_id != NULL && !d->new_id->pending)
+				d->new_id = NULL;
+			if (d->new_id != NULL)
+				FillSortedId(&ids[k++], d);
+		}
+	}
+	qsort(ids, k, sizeof(SortedId), CompareSortedIds);
+	*n = k;
+	return ids;
 }
 
 /*
@@ -1766,27 +1820,20 @@ persona_events_apply(PG_FUNCTION_ARGS)
 		ProfileDelta *d;
 		ProfileDelta **list;
 		ProfileDelta **orphans;
+		SortedId   *ids;
 		int			n = 0;
 
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 
 		/* Ids first seen here: identities first, then their profiles. */
-		list = palloc(sizeof(ProfileDelta *) * deltas->members);
-		pidmap_start_iterate(deltas, &it);
-		while ((slot = pidmap_iterate(deltas, &it)) != NULL)
-		{
-			/* An id whose identity a statement in between wrote is known. */
-			if (slot->delta->new_id != NULL && !slot->delta->new_id->pending)
-				slot->delta->new_id = NULL;
-			if (slot->delta->new_id != NULL)
-				list[n++] = slot->delta;
-		}
+		ids = NewIds(folds, &n);
+		list = palloc(sizeof(ProfileDelta *) * Max(n, 1));
 		if (n > 0)
 		{
 			int			nwon = 0;
 
-			WriteNewIdentities(deltas, list, n);
+			WriteNewIdentities(deltas, ids, list, n);
 			for (int i = 0; i < n; i++)
 				if (list[i] != NULL)
 					list[nwon++] = list[i];
