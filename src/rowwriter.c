@@ -35,6 +35,8 @@
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
+#include "utils/datum.h"
 #include "rewrite/rewriteHandler.h"
 #include "utils/memutils.h"
 #include "utils/fmgroids.h"
@@ -110,6 +112,9 @@ struct RowWriter
 	int			ncolumns;
 	AttrNumber *attnums;		/* the caller's columns, in its order */
 	ExprState **defaults;		/* per attribute: its default, when not set */
+	Datum	   *fixed;			/* per attribute: a default's value for every row */
+	bool	   *fixednull;
+	bool	   *isfixed;
 };
 
 /*
@@ -140,15 +145,36 @@ RowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 		set[w->attnums[i] - 1] = true;
 	}
 	w->defaults = palloc0(sizeof(ExprState *) * desc->natts);
+	w->fixed = palloc0(sizeof(Datum) * desc->natts);
+	w->fixednull = palloc0(sizeof(bool) * desc->natts);
+	w->isfixed = palloc0(sizeof(bool) * desc->natts);
 	for (int i = 0; i < desc->natts; i++)
 	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
 		Expr	   *expr;
 
-		if (set[i] || TupleDescAttr(desc, i)->attisdropped)
+		if (set[i] || att->attisdropped)
 			continue;
 		expr = (Expr *) build_column_default(w->t.rel, i + 1);
-		if (expr != NULL)
-			w->defaults[i] = ExecPrepareExpr(expr, w->t.estate);
+		if (expr == NULL)
+			continue;
+		w->defaults[i] = ExecPrepareExpr(expr, w->t.estate);
+
+		/*
+		 * A default without volatile functions (a constant, now()) has the
+		 * same value for every row of the statement: computed once.
+		 */
+		if (!contain_volatile_functions((Node *) expr))
+		{
+			Datum		value = ExecEvalExprSwitchContext(w->defaults[i],
+														  GetPerTupleExprContext(w->t.estate),
+														  &w->fixednull[i]);
+
+			w->fixed[i] = w->fixednull[i] ? (Datum) 0 :
+				datumCopy(value, att->attbyval, att->attlen);
+			w->isfixed[i] = true;
+			ResetPerTupleExprContext(w->t.estate);
+		}
 	}
 	pfree(set);
 	return w;
@@ -200,7 +226,12 @@ RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
 	{
 		slot->tts_isnull[i] = true;
 		slot->tts_values[i] = (Datum) 0;
-		if (w->defaults[i] != NULL)
+		if (w->isfixed[i])
+		{
+			slot->tts_values[i] = w->fixed[i];
+			slot->tts_isnull[i] = w->fixednull[i];
+		}
+		else if (w->defaults[i] != NULL)
 			slot->tts_values[i] = ExecEvalExprSwitchContext(w->defaults[i], econtext,
 															&slot->tts_isnull[i]);
 	}
@@ -235,6 +266,9 @@ RowWriterClose(RowWriter *w)
 	pfree(w->slots);
 	pfree(w->attnums);
 	pfree(w->defaults);
+	pfree(w->fixed);
+	pfree(w->fixednull);
+	pfree(w->isfixed);
 	pfree(w);
 }
 
