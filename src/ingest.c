@@ -36,7 +36,6 @@
 #include "access/tableam.h"
 #include "access/visibilitymap.h"
 #include "access/xact.h"
-#include "utils/resowner.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
@@ -56,9 +55,9 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
-#include "utils/tuplestore.h"
 
 #include "persona.h"
 #include "rowwriter.h"
@@ -721,55 +720,6 @@ ResolveProfile(const char *id, bool is_user)
 }
 
 /* ---------------------------------------------------------------------
- * BEFORE INSERT FOR EACH ROW
- * --------------------------------------------------------------------- */
-
-/*
- * The tuple with a bigint column set, when that column and every column
- * before it are fixed-width and not null (profile_id has a default, so it
- * usually is): the value is written at its offset, without the
- * deform-and-form of heap_modify_tuple.  The tuple itself is changed when
- * ``slot`` holds it as its own materialized copy (the executor's slot of the
- * row being inserted; the executor then keeps it as it is, with no copy),
- * else a copy.  NULL when the layout does not allow it.
- */
-static HeapTuple
-SetInPlace(TupleTableSlot *slot, HeapTuple tuple, TupleDesc desc, int attnum, int64 value)
-{
-	HeapTupleHeader td = tuple->t_data;
-	bool		hasnulls = HeapTupleHasNulls(tuple);
-	uint32		off = 0;
-	HeapTuple	target = tuple;
-
-	for (int i = 0; i < attnum; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (att->attlen <= 0 || (hasnulls && att_isnull(i, td->t_bits)))
-			return NULL;
-		off = att_align_nominal(off, att->attalign);
-		if (i < attnum - 1)
-			off += att->attlen;
-	}
-	if (TupleDescAttr(desc, attnum - 1)->atttypid != INT8OID)
-		return NULL;
-	/* Owned means palloc'd by the slot: never a tuple on a shared buffer. */
-	if (slot == NULL ||
-		!(TTS_IS_HEAPTUPLE(slot) || TTS_IS_BUFFERTUPLE(slot)) ||
-		((HeapTupleTableSlot *) slot)->tuple != tuple ||
-		(slot->tts_flags & TTS_FLAG_SHOULDFREE) == 0)
-		target = heap_copytuple(tuple);
-	else
-	{
-		/* Values the slot already deformed would be stale: deform again. */
-		slot->tts_nvalid = 0;
-		((HeapTupleTableSlot *) slot)->off = 0;
-	}
-	memcpy((char *) target->t_data + target->t_data->t_hoff + off, &value, sizeof(int64));
-	return target;
-}
-
-/* ---------------------------------------------------------------------
  * Folding rows
  * --------------------------------------------------------------------- */
 
@@ -982,6 +932,51 @@ RequireInsertTrigger(FunctionCallInfo fcinfo, bool before, bool row, const char 
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("%s", usage)));
 	return trigdata;
+}
+
+/*
+ * The tuple with a bigint column set, when that column and every column
+ * before it are fixed-width and not null (profile_id has a default, so it
+ * usually is): the value is written at its offset, without the
+ * deform-and-form of heap_modify_tuple.  The tuple itself is changed when
+ * ``slot`` holds it as its own materialized copy (the executor's slot of the
+ * row being inserted; the executor then keeps it as it is, with no copy),
+ * else a copy.  NULL when the layout does not allow it.
+ */
+static HeapTuple
+SetInPlace(TupleTableSlot *slot, HeapTuple tuple, TupleDesc desc, int attnum, int64 value)
+{
+	HeapTupleHeader td = tuple->t_data;
+	bool		hasnulls = HeapTupleHasNulls(tuple);
+	uint32		off = 0;
+	HeapTuple	target = tuple;
+
+	for (int i = 0; i < attnum; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attlen <= 0 || (hasnulls && att_isnull(i, td->t_bits)))
+			return NULL;
+		off = att_align_nominal(off, att->attalign);
+		if (i < attnum - 1)
+			off += att->attlen;
+	}
+	if (TupleDescAttr(desc, attnum - 1)->atttypid != INT8OID)
+		return NULL;
+	/* Owned means palloc'd by the slot: never a tuple on a shared buffer. */
+	if (slot == NULL ||
+		!(TTS_IS_HEAPTUPLE(slot) || TTS_IS_BUFFERTUPLE(slot)) ||
+		((HeapTupleTableSlot *) slot)->tuple != tuple ||
+		(slot->tts_flags & TTS_FLAG_SHOULDFREE) == 0)
+		target = heap_copytuple(tuple);
+	else
+	{
+		/* Values the slot already deformed would be stale: deform again. */
+		slot->tts_nvalid = 0;
+		((HeapTupleTableSlot *) slot)->off = 0;
+	}
+	memcpy((char *) target->t_data + target->t_data->t_hoff + off, &value, sizeof(int64));
+	return target;
 }
 
 /* The deformed row of persona_events_resolve, grown as needed. */
@@ -1351,7 +1346,7 @@ InsertIdentitiesDirect(const SortedId *fresh, int n)
  * INSERT ... ON CONFLICT (id) DO NOTHING; returns how many it wrote.
  */
 static uint64
-InsertIdentitiesOnConflict(ProfileDelta **fresh, int n)
+InsertIdentitiesOnConflict(const SortedId *fresh, int n)
 {
 	Datum	   *ids = palloc(sizeof(Datum) * n);
 	Datum	   *pids = palloc(sizeof(Datum) * n);
@@ -1362,9 +1357,9 @@ InsertIdentitiesOnConflict(ProfileDelta **fresh, int n)
 
 	for (int i = 0; i < n; i++)
 	{
-		ids[i] = CStringGetTextDatum(fresh[i]->new_id->id);
-		pids[i] = Int64GetDatum(fresh[i]->profile_id);
-		kinds[i] = CStringGetTextDatum(fresh[i]->new_id->is_user ? "user" : "anonymous");
+		ids[i] = CStringGetTextDatum(fresh[i].entry->id);
+		pids[i] = Int64GetDatum(fresh[i].profile_id);
+		kinds[i] = CStringGetTextDatum(fresh[i].entry->is_user ? "user" : "anonymous");
 	}
 	args[0] = BuildArray(ids, NULL, n, TEXTOID);
 	args[1] = BuildArray(pids, NULL, n, INT8OID);
@@ -1439,23 +1434,23 @@ JoinWinners(pidmap_hash *deltas, ProfileDelta **fresh, int n)
  * Writes the identity rows of the ids first seen in this statement, in key
  * order, so that concurrent batches cannot deadlock: directly when there
  * are many, else (or when the direct attempt lost a race) with ON CONFLICT,
- * then joining the winners of lost races.
+ * then joining the winners of lost races.  ``fresh`` receives the ids'
+ * deltas, NULL where the delta joined a winner's.
  */
 static void
 WriteNewIdentities(pidmap_hash *deltas, const SortedId *ids, ProfileDelta **fresh, int n)
 {
 	uint64		written;
 
-	for (int i = 0; i < n; i++)
-		fresh[i] = ids[i].delta;
 	if (n >= DIRECT_IDENTITIES_MIN && InsertIdentitiesDirect(ids, n))
 		written = n;
 	else
-		written = InsertIdentitiesOnConflict(fresh, n);
+		written = InsertIdentitiesOnConflict(ids, n);
 	for (int i = 0; i < n; i++)
 	{
 		ids[i].entry->pending = false;
 		ids[i].entry->written_in = GetCurrentSubTransactionId();
+		fresh[i] = ids[i].delta;
 	}
 	id_map_pending -= n;
 	if (written < (uint64) n)
@@ -1798,6 +1793,12 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	MemoryContext batch;
 	MemoryContext old;
 	pidmap_hash *deltas;
+	pidmap_iterator it;
+	PidSlot    *slot;
+	ProfileDelta **list;
+	ProfileDelta **orphans;
+	SortedId   *ids;
+	int			n = 0;
 
 	(void) RequireInsertTrigger(fcinfo, false, false,
 								"persona_events_apply must be fired AFTER INSERT FOR EACH STATEMENT");
@@ -1809,76 +1810,66 @@ persona_events_apply(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	}
 	deltas = folds->deltas;
+	Assert(deltas->members > 0);	/* folds are made for a row */
 	batch = AllocSetContextCreate(CurrentMemoryContext, "persona batch",
 								  ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(batch);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
 
-	if (deltas->members > 0)
+	/* Ids first seen here: identities first, then their profiles. */
+	ids = NewIds(folds, &n);
+	list = palloc(sizeof(ProfileDelta *) * Max(n, 1));
+	if (n > 0)
 	{
-		pidmap_iterator it;
-		PidSlot    *slot;
-		ProfileDelta *d;
-		ProfileDelta **list;
-		ProfileDelta **orphans;
-		SortedId   *ids;
-		int			n = 0;
+		int			nwon = 0;
 
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
+		WriteNewIdentities(deltas, ids, list, n);
+		for (int i = 0; i < n; i++)
+			if (list[i] != NULL)
+				list[nwon++] = list[i];
+		if (nwon > 0)
+			InsertNewProfiles(list, nwon);
+	}
 
-		/* Ids first seen here: identities first, then their profiles. */
-		ids = NewIds(folds, &n);
-		list = palloc(sizeof(ProfileDelta *) * Max(n, 1));
-		if (n > 0)
+	/* Known profiles; the loop follows merges until all are written. */
+	for (;;)
+	{
+		int			norphans;
+
+		n = 0;
+		list = palloc(sizeof(ProfileDelta *) * deltas->members);
+		pidmap_start_iterate(deltas, &it);
+		while ((slot = pidmap_iterate(deltas, &it)) != NULL)
+			if (!slot->delta->written)
+				list[n++] = slot->delta;
+		if (n == 0)
+			break;
+		orphans = palloc(sizeof(ProfileDelta *) * n);
+		norphans = UpdateProfilesOnce(list, n, orphans);
+		for (int i = 0; i < norphans; i++)
 		{
-			int			nwon = 0;
+			int64		into = FollowMerge(orphans[i]->profile_id);
+			ProfileDelta moved = *orphans[i];
+			bool		found;
+			ProfileDelta *d;
 
-			WriteNewIdentities(deltas, ids, list, n);
-			for (int i = 0; i < n; i++)
-				if (list[i] != NULL)
-					list[nwon++] = list[i];
-			if (nwon > 0)
-				InsertNewProfiles(list, nwon);
-		}
-
-		/* Known profiles; the loop follows merges until all are written. */
-		for (;;)
-		{
-			int			norphans;
-
-			n = 0;
-			list = palloc(sizeof(ProfileDelta *) * deltas->members);
-			pidmap_start_iterate(deltas, &it);
-			while ((slot = pidmap_iterate(deltas, &it)) != NULL)
-				if (!slot->delta->written)
-					list[n++] = slot->delta;
-			if (n == 0)
-				break;
-			orphans = palloc(sizeof(ProfileDelta *) * n);
-			norphans = UpdateProfilesOnce(list, n, orphans);
-			for (int i = 0; i < norphans; i++)
+			pidmap_delete(deltas, moved.profile_id);
+			d = EnterDelta(deltas, into, &found);
+			if (found && !d->written)
+				CombineDeltas(d, &moved);
+			else
 			{
-				int64		into = FollowMerge(orphans[i]->profile_id);
-				ProfileDelta moved = *orphans[i];
-				bool		found;
-
-				pidmap_delete(deltas, moved.profile_id);
-				d = EnterDelta(deltas, into, &found);
-				if (found && !d->written)
-					CombineDeltas(d, &moved);
-				else
-				{
-					/* Only the moved rows are still to be written. */
-					*d = moved;
-					d->profile_id = into;
-					d->new_id = NULL;
-					d->written = false;
-				}
+				/* Only the moved rows are still to be written. */
+				*d = moved;
+				d->profile_id = into;
+				d->new_id = NULL;
+				d->written = false;
 			}
 		}
-		RefreshSegments(deltas, folds->touched_names);
-		SPI_finish();
 	}
+	RefreshSegments(deltas, folds->touched_names);
+	SPI_finish();
 
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(batch);

@@ -36,10 +36,10 @@
 #include "executor/executor.h"
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
-#include "utils/datum.h"
 #include "rewrite/rewriteHandler.h"
-#include "utils/memutils.h"
+#include "utils/datum.h"
 #include "utils/fmgroids.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
@@ -111,10 +111,9 @@ struct RowWriter
 	Size		bufferedbytes;
 	int			ncolumns;
 	AttrNumber *attnums;		/* the caller's columns, in its order */
-	ExprState **defaults;		/* per attribute: its default, when not set */
-	Datum	   *fixed;			/* per attribute: a default's value for every row */
-	bool	   *fixednull;
-	bool	   *isfixed;
+	Datum	   *base_values;	/* every row starts as this: defaults computed once */
+	bool	   *base_nulls;
+	ExprState **defaults;		/* per attribute: a default computed per row */
 };
 
 /*
@@ -144,37 +143,38 @@ RowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 		w->attnums[i] = PersonaRequireColumn(relid, columns[i]);
 		set[w->attnums[i] - 1] = true;
 	}
+	w->base_values = palloc0(sizeof(Datum) * desc->natts);
+	w->base_nulls = palloc(sizeof(bool) * desc->natts);
+	memset(w->base_nulls, true, sizeof(bool) * desc->natts);
 	w->defaults = palloc0(sizeof(ExprState *) * desc->natts);
-	w->fixed = palloc0(sizeof(Datum) * desc->natts);
-	w->fixednull = palloc0(sizeof(bool) * desc->natts);
-	w->isfixed = palloc0(sizeof(bool) * desc->natts);
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		Expr	   *expr;
+		ExprState  *state;
+		Datum		value;
 
 		if (set[i] || att->attisdropped)
 			continue;
 		expr = (Expr *) build_column_default(w->t.rel, i + 1);
 		if (expr == NULL)
 			continue;
-		w->defaults[i] = ExecPrepareExpr(expr, w->t.estate);
+		state = ExecPrepareExpr(expr, w->t.estate);
 
 		/*
 		 * A default without volatile functions (a constant, now()) has the
 		 * same value for every row of the statement: computed once.
 		 */
-		if (!contain_volatile_functions((Node *) expr))
+		if (contain_volatile_functions((Node *) expr))
 		{
-			Datum		value = ExecEvalExprSwitchContext(w->defaults[i],
-														  GetPerTupleExprContext(w->t.estate),
-														  &w->fixednull[i]);
-
-			w->fixed[i] = w->fixednull[i] ? (Datum) 0 :
-				datumCopy(value, att->attbyval, att->attlen);
-			w->isfixed[i] = true;
-			ResetPerTupleExprContext(w->t.estate);
+			w->defaults[i] = state;
+			continue;
 		}
+		value = ExecEvalExprSwitchContext(state, GetPerTupleExprContext(w->t.estate),
+										  &w->base_nulls[i]);
+		if (!w->base_nulls[i])
+			w->base_values[i] = datumCopy(value, att->attbyval, att->attlen);
+		ResetPerTupleExprContext(w->t.estate);
 	}
 	pfree(set);
 	return w;
@@ -222,19 +222,12 @@ RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
 		w->slots[w->nslots++] = table_slot_create(w->t.rel, &w->t.estate->es_tupleTable);
 	slot = w->slots[w->nbuffered];
 	ExecClearTuple(slot);
+	memcpy(slot->tts_values, w->base_values, sizeof(Datum) * desc->natts);
+	memcpy(slot->tts_isnull, w->base_nulls, sizeof(bool) * desc->natts);
 	for (int i = 0; i < desc->natts; i++)
-	{
-		slot->tts_isnull[i] = true;
-		slot->tts_values[i] = (Datum) 0;
-		if (w->isfixed[i])
-		{
-			slot->tts_values[i] = w->fixed[i];
-			slot->tts_isnull[i] = w->fixednull[i];
-		}
-		else if (w->defaults[i] != NULL)
+		if (w->defaults[i] != NULL)
 			slot->tts_values[i] = ExecEvalExprSwitchContext(w->defaults[i], econtext,
 															&slot->tts_isnull[i]);
-	}
 	for (int i = 0; i < w->ncolumns; i++)
 	{
 		slot->tts_values[w->attnums[i] - 1] = values[i];
@@ -265,10 +258,9 @@ RowWriterClose(RowWriter *w)
 	CloseTarget(&w->t);
 	pfree(w->slots);
 	pfree(w->attnums);
+	pfree(w->base_values);
+	pfree(w->base_nulls);
 	pfree(w->defaults);
-	pfree(w->fixed);
-	pfree(w->fixednull);
-	pfree(w->isfixed);
 	pfree(w);
 }
 

@@ -621,8 +621,6 @@ TextEquals(Datum a, Datum b)
 		memcmp(VARDATA_ANY(ta), VARDATA_ANY(tb), VARSIZE_ANY_EXHDR(ta)) == 0;
 }
 
-
-
 static bool
 ReadsAny(const SegmentDef *seg, const char *const *changed, int nchanged)
 {
