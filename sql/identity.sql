@@ -90,3 +90,14 @@ SELECT user_id, event_count FROM persona.profiles WHERE user_id IN ('ravi', 'mee
 -- The same id tracked after forget starts a new, empty profile.
 SELECT persona_track('asha', 'page_view', occurred_at => '2026-03-01 10:00+00') > 0 AS tracked;
 SELECT persona_profile('asha') - 'profile_id' - 'first_seen' - 'last_seen' AS profile;
+
+-- A profile's one user id is its user_id: merge and forget find a profile's
+-- ids as its anonymous ids plus that (persona.identities_anonymous_idx).
+SELECT count(*) AS user_ids_elsewhere
+  FROM persona.identities i LEFT JOIN persona.profiles p USING (profile_id)
+ WHERE i.kind = 'user' AND i.id IS DISTINCT FROM p.user_id;
+SELECT count(*) AS user_ids_missing
+  FROM persona.profiles p
+ WHERE p.user_id IS NOT NULL
+   AND NOT EXISTS (SELECT FROM persona.identities i
+                    WHERE i.id = p.user_id AND i.profile_id = p.profile_id AND i.kind = 'user');

@@ -177,8 +177,11 @@ BEGIN
         v_from := p_other;
     END IF;
 
+    -- A profile's ids: its anonymous ids, and its user id (see
+    -- persona.identities_anonymous_idx). The absorbed profile has none.
     UPDATE persona.identities AS i SET profile_id = v_into.profile_id
-     WHERE i.profile_id = v_from.profile_id;
+     WHERE (i.kind = 'anonymous' AND i.profile_id = v_from.profile_id)
+        OR i.id = v_from.user_id;
     UPDATE persona.events AS e SET profile_id = v_into.profile_id
      WHERE e.profile_id = v_from.profile_id;
     UPDATE persona.decisions AS d SET profile_id = v_into.profile_id
@@ -378,7 +381,9 @@ BEGIN
     DELETE FROM persona.events AS e WHERE e.profile_id = v_pid;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     v_rows := v_rows + v_n;
-    DELETE FROM persona.identities AS i WHERE i.profile_id = v_pid;
+    DELETE FROM persona.identities AS i
+     WHERE (i.kind = 'anonymous' AND i.profile_id = v_pid)
+        OR i.id = (SELECT p.user_id FROM persona.profiles AS p WHERE p.profile_id = v_pid);
     GET DIAGNOSTICS v_n = ROW_COUNT;
     v_rows := v_rows + v_n;
     DELETE FROM persona.segment_members AS m WHERE m.profile_id = v_pid;

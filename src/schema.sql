@@ -54,10 +54,15 @@ CREATE TABLE persona.identities (
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (id) INCLUDE (profile_id)
 );
--- A profile's ids are only ever looked up by equality (merge, forget,
--- persona_profile): a hash index serves that, and takes a new person's
--- entry with one bucket page and no descent or comparisons.
-CREATE INDEX identities_profile_id_idx ON persona.identities USING hash (profile_id);
+-- A profile's ids are looked up by profile only for merge, forget and
+-- persona_profile, and always by equality: a hash index serves that, with
+-- one bucket page per entry and no descent or comparisons. It holds the
+-- anonymous ids alone: a profile has at most one user id (two known users
+-- never merge), and it is the profile's user_id, reached through the
+-- primary key. So a person first seen under a known user id, the common
+-- case of logged-in traffic, costs no entry here.
+CREATE INDEX identities_anonymous_idx ON persona.identities USING hash (profile_id)
+    WHERE kind = 'anonymous';
 COMMENT ON TABLE persona.identities IS 'every id (user or anonymous) and the profile it resolves to';
 
 -- The event stream. The primary key leads with profile_id (the natural
