@@ -329,12 +329,26 @@ GetCell(TraitState *s, int64 bucket)
 	if (s->ncells == s->maxcells)
 	{
 		/*
-		 * A lifetime state has one cell, ever: room for one (a profile of a
-		 * bulk statement holds one state per trait, and memory is the cost).
+		 * The first cell is the state's own (a lifetime state has one cell,
+		 * ever, and a profile of a bulk statement holds one state per trait:
+		 * no allocation of its own); more move to an array.
 		 */
-		s->maxcells = s->maxcells > 0 ? s->maxcells * 2 : s->bucket_us == 0 ? 1 : 2;
-		s->cells = s->cells == NULL ? palloc(sizeof(TraitCell) * s->maxcells)
-			: repalloc(s->cells, sizeof(TraitCell) * s->maxcells);
+		if (s->cells == NULL)
+		{
+			s->cells = &s->one;
+			s->maxcells = 1;
+		}
+		else if (s->cells == &s->one)
+		{
+			s->maxcells = 2;
+			s->cells = palloc(sizeof(TraitCell) * s->maxcells);
+			s->cells[0] = s->one;
+		}
+		else
+		{
+			s->maxcells *= 2;
+			s->cells = repalloc(s->cells, sizeof(TraitCell) * s->maxcells);
+		}
 	}
 	memmove(&s->cells[lo + 1], &s->cells[lo], sizeof(TraitCell) * (s->ncells - lo));
 	s->ncells++;
@@ -906,8 +920,9 @@ RecvState(StringInfo buf)
 	CheckState(u <= PG_INT64_MAX);
 	s->skipped = (int64) u;
 	n = RecvCount(buf, 2, INT_MAX / sizeof(TraitCell));
-	s->ncells = s->maxcells = n;
-	s->cells = palloc0(sizeof(TraitCell) * Max(n, 1));
+	s->ncells = n;
+	s->maxcells = Max(n, 1);
+	s->cells = n <= 1 ? &s->one : palloc0(sizeof(TraitCell) * n);
 	for (int i = 0; i < n; i++)
 	{
 		TraitCell  *c = &s->cells[i];
@@ -983,13 +998,27 @@ ProfileTraitsCreate(void)
 static void
 ProfileTraitsAppend(ProfileTraits *pt, TraitState *s)
 {
+	if (pt->states == NULL)
+	{
+		pt->states = pt->inline_states;
+		pt->ids = pt->inline_ids;
+		pt->maxstates = PROFILE_TRAITS_INLINE;
+	}
 	if (pt->nstates == pt->maxstates)
 	{
-		pt->maxstates = Max(4, pt->maxstates * 2);
-		pt->states = pt->states == NULL ? palloc(sizeof(TraitState *) * pt->maxstates)
-			: repalloc(pt->states, sizeof(TraitState *) * pt->maxstates);
-		pt->ids = pt->ids == NULL ? palloc(sizeof(int32) * pt->maxstates)
-			: repalloc(pt->ids, sizeof(int32) * pt->maxstates);
+		TraitState **states = palloc(sizeof(TraitState *) * pt->maxstates * 2);
+		int32	   *ids = palloc(sizeof(int32) * pt->maxstates * 2);
+
+		memcpy(states, pt->states, sizeof(TraitState *) * pt->nstates);
+		memcpy(ids, pt->ids, sizeof(int32) * pt->nstates);
+		if (pt->states != pt->inline_states)
+		{
+			pfree(pt->states);
+			pfree(pt->ids);
+		}
+		pt->states = states;
+		pt->ids = ids;
+		pt->maxstates *= 2;
 	}
 	pt->ids[pt->nstates] = s->trait_id;
 	pt->states[pt->nstates++] = s;

@@ -75,7 +75,8 @@ typedef struct TraitState
 	int64		skipped;		/* values that were not numbers */
 	int			ncells;
 	int			maxcells;
-	TraitCell  *cells;			/* ordered by bucket */
+	TraitCell  *cells;			/* ordered by bucket; at first ``one`` */
+	TraitCell	one;			/* the first cell: a lifetime state's only one */
 	/* count_distinct */
 	int			nvalues;
 	int			maxvalues;
@@ -85,13 +86,18 @@ typedef struct TraitState
 	bool		truncated;		/* windowed, past the bound: a lower bound */
 } TraitState;
 
+/* A profile's first states fit in the struct itself. */
+#define PROFILE_TRAITS_INLINE	4
+
 /* Every trait state of one profile. */
 typedef struct ProfileTraits
 {
 	int			nstates;
 	int			maxstates;
-	TraitState **states;
+	TraitState **states;		/* at first the inline arrays below */
 	int32	   *ids;			/* states[i]->trait_id, found without a visit */
+	TraitState *inline_states[PROFILE_TRAITS_INLINE];
+	int32		inline_ids[PROFILE_TRAITS_INLINE];
 } ProfileTraits;
 
 extern const TraitCatalog *PersonaTraitCatalog(void);
