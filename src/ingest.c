@@ -92,7 +92,6 @@ typedef struct EventColumns
  */
 typedef struct IdEntry
 {
-	char	   *id;				/* a NUL-terminated string, the map's key */
 	int64		profile_id;
 	bool		pending;
 	bool		is_user;		/* came from user_id rather than anonymous_id */
@@ -100,6 +99,9 @@ typedef struct IdEntry
 	SubTransactionId written_in;	/* where its identity row was written */
 	struct ProfileDelta *delta; /* its profile's delta in the folds of ... */
 	uint64		delta_folds;	/* ... this generation (see RowFolds) */
+	char		id[FLEXIBLE_ARRAY_MEMBER];	/* NUL-terminated, the map's key:
+											 * beside the entry, one cache
+											 * line for a lookup */
 } IdEntry;
 
 /* The statement's rows of one profile, folded. */
@@ -703,8 +705,8 @@ ResolveProfile(const char *id, bool is_user)
 	/* Folds point to entries: the map starts over only when none do. */
 	if (map->members >= ID_MAP_MAX_ENTRIES && id_map_pending == 0 && row_folds == NULL)
 		map = GetIdMap(true);
-	entry = MemoryContextAlloc(IngestContext, sizeof(IdEntry));
-	entry->id = MemoryContextStrdup(IngestContext, id);
+	entry = MemoryContextAlloc(IngestContext, offsetof(IdEntry, id) + strlen(id) + 1);
+	strcpy(entry->id, id);
 	entry->profile_id = profile_id;
 	entry->pending = !found;
 	entry->is_user = is_user;
