@@ -526,6 +526,10 @@ DistinctAdd(TraitState *s, uint64 h, TimestampTz seen, TimestampTz now)
  * Trait states
  * --------------------------------------------------------------------- */
 
+/* A profile of a bulk statement holds one state per trait: keep them small. */
+StaticAssertDecl(sizeof(TraitState) <= 128, "a trait state fits a 128-byte chunk");
+StaticAssertDecl(sizeof(ProfileTraits) <= 64, "a profile's states fit a 64-byte chunk");
+
 TraitState *
 TraitStateCreate(const TraitDef *def)
 {

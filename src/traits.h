@@ -69,25 +69,34 @@ typedef struct TraitCell
 typedef struct TraitState
 {
 	int32		trait_id;
-	TraitKind	kind;
+	uint8		kind;			/* a TraitKind, in a byte: see ``one`` */
+	bool		truncated;		/* count_distinct, windowed, past the bound:
+								 * a lower bound */
 	int64		window_us;
 	int64		bucket_us;
 	int64		skipped;		/* values that were not numbers */
 	int			ncells;
 	int			maxcells;
 	TraitCell  *cells;			/* ordered by bucket; at first ``one`` */
-	TraitCell	one;			/* the first cell: a lifetime state's only one */
+
+	/*
+	 * The first cell: a lifetime state's only one.  With it the state takes
+	 * 128 bytes, one allocation chunk of exactly its size.
+	 */
+	TraitCell	one;
 	/* count_distinct */
 	int			nvalues;
 	int			maxvalues;
 	uint64	   *hashes;
 	TimestampTz *seen;			/* windowed: last occurrence of each value */
 	uint8	   *hll;			/* lifetime, past TRAIT_DISTINCT_EXACT values */
-	bool		truncated;		/* windowed, past the bound: a lower bound */
 } TraitState;
 
-/* A profile's first states fit in the struct itself. */
-#define PROFILE_TRAITS_INLINE	4
+/*
+ * A profile's first states fit in the struct itself, which then takes 64
+ * bytes, one allocation chunk of about its size.
+ */
+#define PROFILE_TRAITS_INLINE	3
 
 /* Every trait state of one profile. */
 typedef struct ProfileTraits
