@@ -7,7 +7,12 @@
 #     segments reading them, against the same rows into `plain` (the columns,
 #     defaults and indexes of persona.events, no triggers). Then the same
 #     insert into persona without the segments, and without the traits
-#     either: where persona's time goes.
+#     either: where persona's time goes. These 4 segments take in nearly
+#     everyone (313,750 entries for 100,000 people), so the entries
+#     dominate; then the same insert with 4 selective segments instead
+#     (each taking in 1% to 13% of the people, 24,250 entries in all, like
+#     the seed example "city is Mumbai and the cart is over 5,000"),
+#     against plain again.
 #  2. The same logic as a naive PL/pgSQL implementation: a FOR EACH ROW
 #     trigger on a copy of the table upserts a per-user counters row (the
 #     windowed count by a query over the user's events), then runs each of
@@ -34,7 +39,8 @@
 # empties persona's tables and leaves no trait or segment behind.
 #
 # Knobs (environment): BENCH_SEG_USERS (100000; 2 events each),
-# BENCH_SEG_RUNS (4 bulk runs per side in 1), BENCH_SEG_BREAKDOWN_RUNS (3),
+# BENCH_SEG_RUNS (4 bulk runs per side in 1, for each set of segments),
+# BENCH_SEG_BREAKDOWN_RUNS (3),
 # BENCH_SEG_IRR_RUNS (4 runs per side in 3, known users),
 # BENCH_SEG_IRR_NEW_RUNS (2, new users), BENCH_PL_USERS (as BENCH_SEG_USERS;
 # 2 events each), BENCH_PL_RUNS (3), BENCH_TICK_PROFILES (1000000),
@@ -225,17 +231,31 @@ drop_traits() {
 	psql_q -c "DO \$\$ BEGIN PERFORM persona_drop_trait(d.name) FROM persona.trait_defs AS d
 		WHERE d.name IN ('bseg_carts', 'bseg_cart_value', 'bseg_carts_7d'); END \$\$" >/dev/null
 }
-define_four() {
-	psql_q >/dev/null <<'SQL'
-SELECT persona_create_segment('bseg_frequent', 'bseg_carts >= 2');
-SELECT persona_create_segment('bseg_big_cart', 'bseg_cart_value > 500');
-SELECT persona_create_segment('bseg_recent', 'bseg_carts_7d >= 2');
-SELECT persona_create_segment('bseg_warm', 'bseg_cart_value > 200 AND bseg_carts_7d >= 1');
-SQL
+# The 4 segments of 1, which nearly everyone enters, and 4 selective ones
+# (each takes in a few percent of the people), as name, predicate, ...
+FOUR=(bseg_frequent 'bseg_carts >= 2'
+	bseg_big_cart 'bseg_cart_value > 500'
+	bseg_recent 'bseg_carts_7d >= 2'
+	bseg_warm 'bseg_cart_value > 200 AND bseg_carts_7d >= 1')
+SELECTIVE=(bseg_vip 'bseg_cart_value > 700'
+	bseg_big_recent 'bseg_cart_value > 600 AND bseg_carts_7d >= 2'
+	bseg_bargain 'bseg_carts >= 2 AND bseg_cart_value < 60'
+	bseg_middle 'bseg_cart_value BETWEEN 390 AND 410')
+# Their members, counted over a source's users: n events, v their value.
+SELECTIVE_EXPECTED="(v > 700)::int + (v > 600 AND n >= 2)::int + (n >= 2 AND v < 60)::int + (v BETWEEN 390 AND 410)::int"
+define_segments() { # name predicate ...
+	local sql=""
+	while (($# >= 2)); do
+		sql+="SELECT persona_create_segment('$1', '$2');"
+		shift 2
+	done
+	psql_q -c "$sql" >/dev/null
 }
-drop_four() {
+drop_segments() { # name predicate ...
+	local args=("$@") names="" i
+	for ((i = 0; i < ${#args[@]}; i += 2)); do names+="${names:+, }'${args[i]}'"; done
 	psql_q -c "DO \$\$ BEGIN PERFORM persona_drop_segment(s.name) FROM persona.segments AS s
-		WHERE s.name IN ('bseg_frequent', 'bseg_big_cart', 'bseg_recent', 'bseg_warm'); END \$\$" >/dev/null
+		WHERE s.name IN ($names); END \$\$" >/dev/null
 }
 define_irrelevant() {
 	psql_q >/dev/null <<'SQL'
@@ -264,7 +284,7 @@ $$;
 SQL
 }
 define_traits
-define_four
+define_segments "${FOUR[@]}"
 
 cols="user_id, event_type, properties, context, occurred_at"
 PERSONA_INSERT="INSERT INTO persona.events ($cols) SELECT $cols FROM bseg_src"
@@ -288,6 +308,9 @@ members_expected() { # src
 	echo "$v/$v"
 }
 MEMBERS_4=$(members_expected bseg_src)
+MEMBERS_SEL=$(val "SELECT sum($SELECTIVE_EXPECTED)
+	FROM (SELECT user_id, count(*) AS n, sum((properties->>'price')::numeric) AS v
+	        FROM bseg_src GROUP BY user_id) AS u")
 MEMBERS_PL=$(members_expected bseg_pl_src)
 
 # One measured run of a side -> ms
@@ -300,12 +323,15 @@ bulk_run() { # side
 		expect "plain rows" "SELECT count(*) FROM plain" "$EVENTS"
 		psql_q -c 'VACUUM ANALYZE plain'
 		;;
-	persona | persona100 | persona_noseg)
+	persona | persona100 | persona_noseg | persona_sel)
 		psql_q -c "$RESET_DATA" -c CHECKPOINT
 		ms=$(timed "$PERSONA_INSERT")
 		expect "profiles created" "SELECT count(*) || '/' || sum(event_count) FROM persona.profiles" "$USERS/$EVENTS"
 		if [[ $1 == persona_noseg ]]; then
 			expect "segment members (no segments)" "SELECT count(*) FROM persona.segment_members" 0
+		elif [[ $1 == persona_sel ]]; then
+			expect "segment members (4 selective segments, against the source)" \
+				"SELECT count(*) FROM persona.segment_members" "$MEMBERS_SEL"
 		else
 			expect "segment members (4 segments, against the source)" \
 				"$(members_check persona.segment_members bseg_src)" "$MEMBERS_4"
@@ -369,28 +395,37 @@ compare() { # side_a side_b label_a label_b events_a events_b runs
 	MED_B=$(median <<<"$all_b")
 }
 
+# Measures a persona side against plain (ABBA) and prints the medians and
+# the memberships one run enters; sets CASE_MS, CASE_PLAIN_MS, CASE_RATE,
+# CASE_PLAIN_RATE (events/s), CASE_RATIO (% of plain) and CASE_CHANGES.
+bulk_case() { # side
+	compare "$1" plain persona plain "$EVENTS" "$EVENTS" "$RUNS"
+	CASE_MS=$MED_A CASE_PLAIN_MS=$MED_B
+	CASE_RATE=$(calc "$EVENTS * 1000 / $CASE_MS")
+	CASE_PLAIN_RATE=$(calc "$EVENTS * 1000 / $CASE_PLAIN_MS")
+	CASE_RATIO=$(calc "100 * $CASE_PLAIN_MS / $CASE_MS")
+	CASE_CHANGES=$(val "SELECT count(*) FROM persona.segment_log")
+	printf '  median: persona %.1f ms = %s events/s | plain %.1f ms = %s events/s\n' \
+		"$CASE_MS" "$(fmt_int "$CASE_RATE")" "$CASE_PLAIN_MS" "$(fmt_int "$CASE_PLAIN_RATE")"
+	printf '  persona/plain %.1f%% (target >= %d%%)\n' "$CASE_RATIO" "$BULK_TARGET"
+	echo "  each persona run enters $(fmt_int "$CASE_CHANGES") memberships: $(val "SELECT string_agg(segment || ' ' || n, ', ' ORDER BY segment)
+		FROM (SELECT segment, count(*) AS n FROM persona.segment_members GROUP BY 1) AS m")"
+}
+
 # ---------------------------------------------------------------------------
 # 1. Bulk ingest with 3 traits and 4 segments, against plain
 # ---------------------------------------------------------------------------
 echo
 echo "== 1. bulk INSERT ... SELECT, $EVENTS add_to_cart events over $USERS new users;"
 echo "      persona: 3 traits (count, sum(price), 7-day count), 4 segments over them"
-compare persona plain persona plain "$EVENTS" "$EVENTS" "$RUNS"
-P4_MS=$MED_A PLAIN_MS=$MED_B
-P4_RATE=$(calc "$EVENTS * 1000 / $P4_MS")
-PLAIN_RATE=$(calc "$EVENTS * 1000 / $PLAIN_MS")
-BULK_RATIO=$(calc "100 * $PLAIN_MS / $P4_MS")
-CHANGES=$(val "SELECT count(*) FROM persona.segment_log")
-printf '  median: persona %.1f ms = %s events/s | plain %.1f ms = %s events/s\n' \
-	"$P4_MS" "$(fmt_int "$P4_RATE")" "$PLAIN_MS" "$(fmt_int "$PLAIN_RATE")"
-printf '  persona/plain %.1f%% (target >= %d%%)\n' "$BULK_RATIO" "$BULK_TARGET"
-echo "  each persona run enters $(fmt_int "$CHANGES") memberships: $(val "SELECT string_agg(segment || ' ' || n, ', ' ORDER BY segment)
-	FROM (SELECT segment, count(*) AS n FROM persona.segment_members GROUP BY 1) AS m")"
+bulk_case persona
+P4_MS=$CASE_MS PLAIN_MS=$CASE_PLAIN_MS P4_RATE=$CASE_RATE PLAIN_RATE=$CASE_PLAIN_RATE
+BULK_RATIO=$CASE_RATIO CHANGES=$CASE_CHANGES
 
 # Where the time goes: the same insert without the segments, then without
 # the traits either.
 echo "  where the time goes: the same insert into persona without the segments, then without the traits"
-drop_four
+drop_segments "${FOUR[@]}"
 all=""
 for ((r = 1; r <= BREAKDOWN_RUNS; r++)); do
 	ms=$(bulk_run persona_noseg)
@@ -407,7 +442,7 @@ for ((r = 1; r <= BREAKDOWN_RUNS; r++)); do
 done
 PB_MS=$(median <<<"$all")
 define_traits
-define_four
+define_segments "${FOUR[@]}"
 printf '  median: plain %.1f ms | persona: no trait %.1f ms | 3 traits %.1f ms | 3 traits + 4 segments %.1f ms\n' \
 	"$PLAIN_MS" "$PB_MS" "$P0_MS" "$P4_MS"
 printf '  persona/plain without segments: %.1f%%, without traits either: %.1f%%\n' \
@@ -417,6 +452,18 @@ printf '  the 4 segments cost %.1f ms = %.1f us per membership entered (%s entri
 printf '  are evaluated for all %s profiles in one query; each entry writes a segment_members row\n' "$(fmt_int "$USERS")"
 printf '  and a segment_log row, %s index entries between them, and sends a NOTIFY)\n' \
 	"$(val "SELECT count(*) FROM pg_index WHERE indrelid IN ('persona.segment_members'::regclass, 'persona.segment_log'::regclass)")"
+
+# The same with 4 selective segments instead of the 4 that nearly everyone
+# enters: what a segment costs when it takes in a few percent of the people.
+echo
+echo "== 1b. the same insert with 4 selective segments instead (1% to 13% of the people each):"
+echo "       value > 700; value > 600 and 2 carts in 7 days; 2 carts and value < 60; value 390 to 410"
+drop_segments "${FOUR[@]}"
+define_segments "${SELECTIVE[@]}"
+bulk_case persona_sel
+PSEL_RATE=$CASE_RATE PLAINSEL_RATE=$CASE_PLAIN_RATE SEL_RATIO=$CASE_RATIO
+drop_segments "${SELECTIVE[@]}"
+define_segments "${FOUR[@]}"
 
 # ---------------------------------------------------------------------------
 # 2. The naive PL/pgSQL triggers
@@ -565,6 +612,8 @@ echo "== summary (medians; bulk: $RUNS runs per side, PL/pgSQL: $PL_RUNS, tick: 
 printf '  %-52s %14s %14s %9s %9s %4s\n' "measure" "persona" "baseline" "ratio" "target" "met"
 printf '  %-52s %14s %14s %8.1f%% %8s%% %4s\n' "1. bulk, 3 traits + 4 segments vs plain (events/s)" \
 	"$(fmt_int "$P4_RATE")" "$(fmt_int "$PLAIN_RATE")" "$BULK_RATIO" ">=$BULK_TARGET" "$(met_ge "$BULK_RATIO" "$BULK_TARGET")"
+printf '  %-52s %14s %14s %8.1f%% %8s%% %4s\n' "   the same, 4 selective segments (events/s)" \
+	"$(fmt_int "$PSEL_RATE")" "$(fmt_int "$PLAINSEL_RATE")" "$SEL_RATIO" ">=$BULK_TARGET" "$(met_ge "$SEL_RATIO" "$BULK_TARGET")"
 printf '  %-52s %14s %14s %8.1fx %8sx %4s\n' "2. vs naive PL/pgSQL triggers (events/s)" \
 	"$(fmt_int "$P4_RATE")" "$(fmt_int "$PL_RATE")" "$PL_FACTOR" ">=$PL_TARGET" "$(met_ge "$PL_FACTOR" "$PL_TARGET")"
 printf '  %-52s %14s %14s %8.1fx\n' "   the same $PL_EVENTS events on both sides (events/s)" \
