@@ -191,9 +191,9 @@ static EventColumns event_columns;
 /*
  * A new id of a statement, to sort: its first 16 bytes as two big-endian
  * integers (zero padded, which keeps bytewise order), so that most
- * comparisons never touch the strings, and what writing its identity
- * needs, so that the writer visits neither the delta nor the entry.
- * Recorded as the row trigger folds the id's first row.
+ * comparisons never touch the strings, its entry, and its delta with that
+ * delta's profile id (so that writing the identity does not visit the
+ * delta).  Recorded as the row trigger folds the id's first row.
  */
 typedef struct SortedId
 {
@@ -1491,10 +1491,12 @@ NewIds(RowFolds *folds, int *n)
 		{
 			ProfileDelta *d = slot->delta;
 
-			if (d->new_id != NULL && !d->new_id->pending)
-				d->new_id = NULL;
-			if (d->new_id != NULL)
+			if (d->new_id == NULL)
+				continue;
+			if (d->new_id->pending)
 				FillSortedId(&ids[k++], d);
+			else
+				d->new_id = NULL;
 		}
 	}
 	qsort(ids, k, sizeof(SortedId), CompareSortedIds);

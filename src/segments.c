@@ -58,6 +58,8 @@ typedef struct SegmentDef
 {
 	int32		segment_id;
 	char	   *name;
+	Datum		name_text;		/* the name as text (member and log rows) */
+	char	   *name_json;		/* the name as a JSON string (NOTIFY payloads) */
 	char	   *sql;			/* the checked, deparsed predicate */
 	int			nreads;
 	char	  **reads;			/* columns of persona.segment_source it reads */
@@ -337,6 +339,17 @@ persona_compile_predicate(PG_FUNCTION_ARGS)
  * Definitions cache
  * --------------------------------------------------------------------- */
 
+/* A segment name as a JSON string, quotes included. */
+static char *
+JsonString(const char *name)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	escape_json(&buf, name);
+	return buf.data;
+}
+
 static void
 SegmentCatalogRelcacheCallback(Datum arg, Oid relid)
 {
@@ -374,6 +387,8 @@ AddSegmentDef(Datum *values, bool *nulls, void *arg)
 	d = &sc->segments[sc->nsegments++];
 	d->segment_id = DatumGetInt32(values[0]);
 	d->name = TextDatumGetCString(values[1]);
+	d->name_text = CStringGetTextDatum(d->name);
+	d->name_json = JsonString(d->name);
 	d->sql = TextDatumGetCString(values[3]);
 	deconstruct_array(DatumGetArrayTypeP(values[4]), TEXTOID, -1, false,
 					  TYPALIGN_INT, &reads, NULL, &nreads);
@@ -479,17 +494,6 @@ Announce(StringInfo payload, const char *segment_json, int64 profile_id, const c
 	Async_Notify("persona_segment", payload->data);
 }
 
-/* A segment name as a JSON string, quotes included. */
-static char *
-JsonString(const char *name)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	escape_json(&buf, name);
-	return buf.data;
-}
-
 /* Entries or exits: which segment (an index in the catalog), which profile. */
 typedef struct ChangeList
 {
@@ -522,7 +526,7 @@ AddChange(ChangeList *list, int segment, int64 pid)
  * meanwhile: plain inserts suffice.
  */
 static uint64
-WriteEntries(const SegmentCatalog *sc, const Datum *names, const ChangeList *entries)
+WriteEntries(const SegmentCatalog *sc, const ChangeList *entries)
 {
 	static const char *const member_columns[] = {"segment", "profile_id"};
 	static const char *const log_columns[] = {"segment", "profile_id", "op"};
@@ -531,27 +535,23 @@ WriteEntries(const SegmentCatalog *sc, const Datum *names, const ChangeList *ent
 	RowWriter  *members;
 	RowWriter  *log;
 	Datum		op = CStringGetTextDatum("enter");
-	char	  **json;			/* per segment: its name in JSON, when needed */
 	StringInfoData payload;
 
 	if (entries->n == 0)
 		return 0;
-	json = palloc0(sizeof(char *) * sc->nsegments);
 	initStringInfo(&payload);
 	members = RowWriterOpen(cat->segment_members, member_columns, lengthof(member_columns));
 	log = RowWriterOpen(cat->segment_log, log_columns, lengthof(log_columns));
 	for (int i = 0; i < entries->n; i++)
 	{
-		int			k = entries->segments[i];
-		Datum		values[3] = {names[k], entries->pids[i], op};
+		const SegmentDef *seg = &sc->segments[entries->segments[i]];
+		Datum		values[3] = {seg->name_text, entries->pids[i], op};
 		TupleTableSlot *written;
 		bool		isnull;
 
 		(void) RowWriterInsert(members, values, NULL);
 		written = RowWriterInsert(log, values, NULL);
-		if (json[k] == NULL)
-			json[k] = JsonString(sc->segments[k].name);
-		Announce(&payload, json[k], DatumGetInt64(entries->pids[i]), "enter",
+		Announce(&payload, seg->name_json, DatumGetInt64(entries->pids[i]), "enter",
 				 DatumGetInt64(slot_getattr(written, log_id, &isnull)));
 	}
 	RowWriterClose(log);
@@ -565,7 +565,7 @@ WriteEntries(const SegmentCatalog *sc, const Datum *names, const ChangeList *ent
  * statement: exits are few next to entries).
  */
 static uint64
-WriteExits(const Datum *names, const ChangeList *exits)
+WriteExits(const SegmentCatalog *sc, const ChangeList *exits)
 {
 	Oid			types[2] = {TEXTARRAYOID, INT8ARRAYOID};
 	Datum		args[2];
@@ -579,7 +579,7 @@ WriteExits(const Datum *names, const ChangeList *exits)
 	initStringInfo(&payload);
 	segments = palloc(sizeof(Datum) * exits->n);
 	for (int i = 0; i < exits->n; i++)
-		segments[i] = names[exits->segments[i]];
+		segments[i] = sc->segments[exits->segments[i]].name_text;
 	args[0] = PointerGetDatum(construct_array(segments, exits->n, TEXTOID, -1, false, TYPALIGN_INT));
 	args[1] = PointerGetDatum(construct_array(exits->pids, exits->n, INT8OID, 8,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
@@ -648,7 +648,6 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 	SegmentCatalog *sc;
 	bool	   *evaluate;
 	Datum	   *flags;
-	Datum	   *names;			/* the evaluated segments' names, as text */
 	Datum	   *pids;
 	Datum		args[3];
 	int			nevaluate = 0;
@@ -667,7 +666,6 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 			clock_requested = true;
 	evaluate = palloc0(sizeof(bool) * sc->nsegments);
 	flags = palloc(sizeof(Datum) * sc->nsegments);
-	names = palloc0(sizeof(Datum) * sc->nsegments);
 	for (int k = 0; k < sc->nsegments; k++)
 	{
 		const SegmentDef *seg = &sc->segments[k];
@@ -675,10 +673,7 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 		evaluate[k] = ReadsAny(seg, changed, nchanged) || (clock_requested && seg->clock);
 		flags[k] = BoolGetDatum(evaluate[k]);
 		if (evaluate[k])
-		{
-			names[k] = CStringGetTextDatum(seg->name);
 			nevaluate++;
-		}
 	}
 	if (nevaluate == 0)
 		return 0;
@@ -721,15 +716,15 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 				continue;
 			is_in = DatumGetBool(inside[k]);
 			for (int m = 0; m < nmembers && !was_in; m++)
-				was_in = TextEquals(members[m], names[k]);
+				was_in = TextEquals(members[m], sc->segments[k].name_text);
 			if (is_in != was_in)
 				AddChange(&changes[is_in ? 1 : 0], k, pid);
 		}
 	}
 
 	/* Exits first, then entries. */
-	nchanges += WriteExits(names, &changes[0]);
-	nchanges += WriteEntries(sc, names, &changes[1]);
+	nchanges += WriteExits(sc, &changes[0]);
+	nchanges += WriteEntries(sc, &changes[1]);
 	SPI_finish();
 	return nchanges;
 }
