@@ -2,20 +2,22 @@
  * decide.c
  *	  persona_decide: the next best actions for one person, now.
  *
- * One call:
- *	1. resolves the id (an unknown id becomes a new anonymous profile) and
- *	   serializes decisions for that profile (a transaction-level advisory
- *	   lock), so that caps hold under concurrency;
- *	2. evaluates, in one query, every candidate action's condition over the
- *	   profile, its traits and the call's context, and reads the profile's
- *	   segments and declared and computed traits (for rendering);
- *	3. reads the profile's recent decisions (caps, cooldowns) and the
- *	   candidates' feedback statistics;
- *	4. ranks the eligible actions: priority first, then a Thompson sample of
- *	   each action's Beta(1 + successes, 1 + failures) success probability
- *	   times its value, so that an action without feedback is explored;
- *	5. renders {{trait}} and {{context.path}} placeholders in the content and
- *	   records every returned row in persona.decisions.
+ * One call runs these steps, each a function below with a struct between
+ * them (DecideRequest, DecideProfile, CandidateSet):
+ *	1. ResolveDecideProfile: the id's profile (an unknown id becomes a new
+ *	   anonymous profile), decisions for it serialized by a transaction-level
+ *	   advisory lock, so that caps hold under concurrency;
+ *	2. LoadCandidates: the actions active now, not paused, on the channel;
+ *	3. ReadDecideProfile: in one query, the candidates' conditions over the
+ *	   profile, its traits and the call's context, and the declared and
+ *	   computed traits and segments (for eligibility and rendering);
+ *	4. CheckEligibility: condition and segment;
+ *	5. ApplyCaps: caps and cooldowns, from the profile's recent decisions;
+ *	6. ScoreCandidates: priority first, then a Thompson sample of each
+ *	   action's Beta(1 + successes, 1 + failures) success probability times
+ *	   its value, so that an action without feedback is explored;
+ *	7. RecordDecisions: renders {{trait}} and {{context.path}} placeholders
+ *	   and records every returned row in persona.decisions.
  *
  * The work grows with the number of candidate actions, not with the events
  * or profiles stored: every read is an index lookup on this profile.
@@ -430,8 +432,51 @@ Render(Jsonb *content, Jsonb *context, Jsonb *declared, Jsonb *computed)
 }
 
 /* ---------------------------------------------------------------------
- * persona_decide
+ * persona_decide, in steps
+ *
+ * Each step takes what the one before produced, in the structs below, so a
+ * new rule (consent, a holdout) is one more step over the candidates.
  * --------------------------------------------------------------------- */
+
+/* What the caller asked for. */
+typedef struct DecideRequest
+{
+	Datum		id;				/* the id, as text */
+	Jsonb	   *context;
+	const char *channel;		/* NULL: any channel */
+	int			n;
+	TimestampTz now;
+} DecideRequest;
+
+/* What the decision reads of the person. */
+typedef struct DecideProfile
+{
+	int64		profile_id;
+	Jsonb	   *declared;		/* declared traits, NULL if none */
+	Jsonb	   *computed;		/* computed traits by name, NULL if none */
+	Datum	   *segments;		/* names (text) of the segments it is in */
+	int			nsegments;
+	bool	   *condition;		/* per action of the catalog: condition held */
+} DecideProfile;
+
+/* The candidate actions of one call, shrinking step by step. */
+typedef struct CandidateSet
+{
+	Candidate  *items;
+	int			n;
+} CandidateSet;
+
+/* Drops the candidates whose def a step cleared, keeping the order. */
+static void
+CompactCandidates(CandidateSet *set)
+{
+	int			keep = 0;
+
+	for (int i = 0; i < set->n; i++)
+		if (set->items[i].def != NULL)
+			set->items[keep++] = set->items[i];
+	set->n = keep;
+}
 
 static char *
 Reason(const Candidate *c, const Candidate *all, int ncand, int rank)
@@ -492,6 +537,328 @@ HoldProfile(Datum id, int64 pid)
 	return 0;					/* keep compiler quiet */
 }
 
+/*
+ * Step 1: the profile of the id (a new anonymous one when the id is new),
+ * with decisions for it serialized (a transaction-level advisory lock), so
+ * that caps hold under concurrency.
+ */
+static int64
+ResolveDecideProfile(Datum id)
+{
+	Oid			type = TEXTOID;
+	bool		isnull;
+	int64		pid;
+	SPIPlanPtr	plan = PersonaKeptPlan(&resolve_plan,
+									   "SELECT i.profile_id FROM persona.identities AS i "
+									   "WHERE i.id OPERATOR(pg_catalog.=) $1", 1, &type, 0);
+
+	if (SPI_execute_plan(plan, &id, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "resolving the id failed");
+	if (SPI_processed == 0)
+	{
+		plan = PersonaKeptPlan(&create_plan,
+							   "SELECT persona.ensure_profile($1, 'anonymous')", 1, &type, 0);
+		if (SPI_execute_plan(plan, &id, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "creating a profile failed");
+	}
+	pid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(ADVISORY_CLASS),
+						Int32GetDatum((int32) (pid ^ (pid >> 32))));
+	return HoldProfile(id, pid);
+}
+
+/* Step 2: the actions active now, not paused, on the requested channel. */
+static void
+LoadCandidates(const ActionCatalog *ac, const DecideRequest *req, CandidateSet *set)
+{
+	set->items = palloc0(sizeof(Candidate) * Max(ac->nactions, 1));
+	set->n = 0;
+	for (int k = 0; k < ac->nactions; k++)
+	{
+		ActionDef  *d = &ac->actions[k];
+
+		if (!d->paused && d->starts_at <= req->now && req->now < d->ends_at &&
+			(req->channel == NULL || strcmp(req->channel, d->channel) == 0))
+			set->items[set->n++].def = d;
+	}
+}
+
+/*
+ * Step 3: the person as the decision sees them: declared and computed
+ * traits, segments, and the conditions of the candidates, evaluated in one
+ * query over the profile and the call's context.
+ */
+static void
+ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSet *set,
+				  DecideProfile *profile)
+{
+	Datum	   *flags = palloc(sizeof(Datum) * Max(ac->nactions, 1));
+	Datum		args[3];
+	MemoryContext call_cxt = CurrentMemoryContext;
+
+	profile->condition = palloc0(sizeof(bool) * Max(ac->nactions, 1));
+	profile->declared = NULL;
+	profile->computed = NULL;
+	profile->segments = NULL;
+	profile->nsegments = 0;
+	for (int k = 0; k < ac->nactions; k++)
+		flags[k] = BoolGetDatum(false);
+	for (int i = 0; i < set->n; i++)
+		if (set->items[i].def->condition_sql != NULL)
+			flags[set->items[i].def - ac->actions] = BoolGetDatum(true);
+
+	args[0] = Int64GetDatum(profile->profile_id);
+	args[1] = JsonbPGetDatum(req->context);
+	args[2] = PointerGetDatum(construct_array(flags, ac->nactions, BOOLOID, 1, true, TYPALIGN_CHAR));
+	if (SPI_execute_plan(EvaluationPlan(ac), args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "evaluating action conditions failed");
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		d;
+		Datum	   *inside;
+		bool	   *inside_null;
+		int			ninside;
+		int			c = 0;
+		MemoryContext old = MemoryContextSwitchTo(call_cxt);
+
+		deconstruct_array(DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 1, &isnull)),
+						  BOOLOID, 1, true, TYPALIGN_CHAR, &inside, &inside_null, &ninside);
+		/* The array holds one element per action with a condition. */
+		for (int k = 0; k < ac->nactions; k++)
+		{
+			if (ac->actions[k].condition_sql == NULL)
+				continue;
+			profile->condition[k] = c < ninside && !inside_null[c] && DatumGetBool(inside[c]);
+			c++;
+		}
+		d = SPI_getbinval(tup, desc, 2, &isnull);
+		profile->declared = isnull ? NULL : DatumGetJsonbPCopy(d);
+		d = SPI_getbinval(tup, desc, 3, &isnull);
+		profile->computed = isnull ? NULL : DatumGetJsonbPCopy(d);
+		deconstruct_array(DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 4, &isnull)),
+						  TEXTOID, -1, false, TYPALIGN_INT, &profile->segments, NULL,
+						  &profile->nsegments);
+		MemoryContextSwitchTo(old);
+	}
+}
+
+static bool
+InSegment(const DecideProfile *profile, const char *segment)
+{
+	size_t		len = strlen(segment);
+
+	for (int m = 0; m < profile->nsegments; m++)
+	{
+		text	   *t = DatumGetTextPP(profile->segments[m]);
+
+		if (VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), segment, len) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* Step 4: the candidates whose condition holds and whose segment has the person. */
+static void
+CheckEligibility(const ActionCatalog *ac, const DecideProfile *profile, CandidateSet *set)
+{
+	for (int i = 0; i < set->n; i++)
+	{
+		ActionDef  *d = set->items[i].def;
+
+		if ((d->condition_sql != NULL && !profile->condition[d - ac->actions]) ||
+			(d->segment != NULL && !InSegment(profile, d->segment)))
+			set->items[i].def = NULL;
+	}
+	CompactCandidates(set);
+}
+
+/* Step 5: caps and cooldowns, from this profile's recent decisions of them. */
+static void
+ApplyCaps(const DecideRequest *req, int64 profile_id, CandidateSet *set)
+{
+	Datum	   *limited = palloc(sizeof(Datum) * Max(set->n, 1));
+	int			nlimited = 0;
+	int64		max_cooldown = USECS_PER_DAY;
+	Oid			types[3] = {INT8OID, INTERVALOID, INT4ARRAYOID};
+	Interval	span;
+	Datum		a[3];
+	Snapshot	latest;
+	int			rc;
+	SPIPlanPtr	plan;
+
+	for (int i = 0; i < set->n; i++)
+	{
+		ActionDef  *d = set->items[i].def;
+
+		if (d->cap_per_day > 0 || d->cooldown_us > 0)
+			limited[nlimited++] = Int32GetDatum(d->action_id);
+		if (d->cooldown_us > max_cooldown)
+			max_cooldown = d->cooldown_us;
+	}
+	if (nlimited == 0)
+		return;
+	plan = PersonaKeptPlan(&recent_plan,
+						   "SELECT d.action_id, "
+						   "  count(*) FILTER (WHERE d.decided_at > pg_catalog.now() - interval '24 hours'), "
+						   "  max(d.decided_at) "
+						   "FROM persona.decisions AS d "
+						   "WHERE d.profile_id OPERATOR(pg_catalog.=) $1 "
+						   "  AND d.decided_at > pg_catalog.now() - $2 "
+						   "  AND d.action_id OPERATOR(pg_catalog.=) ANY ($3) "
+						   "GROUP BY d.action_id", 3, types, 0);
+	memset(&span, 0, sizeof(span));
+	span.time = max_cooldown;
+	a[0] = Int64GetDatum(profile_id);
+	a[1] = IntervalPGetDatum(&span);
+	a[2] = PointerGetDatum(construct_array(limited, nlimited, INT4OID, 4, true, TYPALIGN_INT));
+
+	/*
+	 * Under the latest snapshot, not the transaction's: a decision another
+	 * session committed while this one waited for the profile counts,
+	 * whatever the isolation level.
+	 */
+	latest = RegisterSnapshot(GetLatestSnapshot());
+	rc = SPI_execute_snapshot(plan, a, NULL, latest, InvalidSnapshot, true, false, 0);
+	UnregisterSnapshot(latest);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "reading recent decisions failed");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		bool		isnull;
+		int32		action_id = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+		int64		today = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+		TimestampTz last = DatumGetTimestampTz(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+
+		for (int i = 0; i < set->n; i++)
+		{
+			ActionDef  *d = set->items[i].def;
+
+			if (d == NULL || d->action_id != action_id)
+				continue;
+			if ((d->cap_per_day > 0 && today >= d->cap_per_day) ||
+				(d->cooldown_us > 0 && last > req->now - d->cooldown_us))
+				set->items[i].def = NULL;
+		}
+	}
+	CompactCandidates(set);
+}
+
+/* Step 6: what feedback taught us, and the ranking. */
+static void
+ScoreCandidates(CandidateSet *set)
+{
+	Oid			type = INT4ARRAYOID;
+	Datum	   *ids;
+	Datum		a;
+	SPIPlanPtr	plan;
+
+	if (set->n == 0)
+		return;
+	ids = palloc(sizeof(Datum) * set->n);
+	for (int i = 0; i < set->n; i++)
+		ids[i] = Int32GetDatum(set->items[i].def->action_id);
+	a = PointerGetDatum(construct_array(ids, set->n, INT4OID, 4, true, TYPALIGN_INT));
+	plan = PersonaKeptPlan(&stats_plan,
+						   "SELECT s.action_id, s.trials, s.successes FROM persona.action_stats AS s "
+						   "WHERE s.action_id OPERATOR(pg_catalog.=) ANY ($1)", 1, &type, 0);
+	if (SPI_execute_plan(plan, &a, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading action statistics failed");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		bool		isnull;
+		int32		action_id = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+
+		for (int i = 0; i < set->n; i++)
+			if (set->items[i].def->action_id == action_id)
+			{
+				set->items[i].trials = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+				set->items[i].successes = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+			}
+	}
+	for (int i = 0; i < set->n; i++)
+	{
+		Candidate  *c = &set->items[i];
+		double		failures = (double) Max(c->trials - c->successes, 0);
+
+		c->sample = Beta(1.0 + c->successes, 1.0 + failures);
+		c->score = c->sample * c->def->value;
+	}
+	qsort(set->items, set->n, sizeof(Candidate), CompareCandidates);
+}
+
+/*
+ * Step 7: the first n candidates rendered, recorded in persona.decisions
+ * and returned.
+ */
+static void
+RecordDecisions(const DecideRequest *req, const DecideProfile *profile,
+				const CandidateSet *set, ReturnSetInfo *rsinfo)
+{
+	int			take = Min(req->n, set->n);
+	Datum	   *rec[7];
+	Oid			types[8] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	FLOAT8ARRAYOID, TEXTARRAYOID, JSONBOID, JSONBARRAYOID};
+	Datum		a[8];
+	SPIPlanPtr	plan;
+
+	if (take == 0)
+		return;
+	for (int f = 0; f < 7; f++)
+		rec[f] = palloc(sizeof(Datum) * take);
+	for (int i = 0; i < take; i++)
+	{
+		const Candidate *c = &set->items[i];
+
+		rec[0][i] = Int64GetDatum(profile->profile_id);
+		rec[1][i] = Int32GetDatum(c->def->action_id);
+		rec[2][i] = CStringGetTextDatum(c->def->name);
+		rec[3][i] = CStringGetTextDatum(c->def->channel);
+		rec[4][i] = Float8GetDatum(c->score);
+		rec[5][i] = CStringGetTextDatum(Reason(c, set->items, set->n, i));
+		rec[6][i] = JsonbPGetDatum(Render(c->def->content, req->context, profile->declared,
+										  profile->computed));
+	}
+	plan = PersonaKeptPlan(&record_plan,
+						   "INSERT INTO persona.decisions "
+						   "  (profile_id, action_id, action, channel, score, reason, context, content) "
+						   "SELECT u.profile_id, u.action_id, u.action, u.channel, u.score, u.reason, $7, u.content "
+						   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+						   "  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
+						   "  pg_catalog.unnest($8)) WITH ORDINALITY "
+						   "  AS u(profile_id, action_id, action, channel, score, reason, content, n) "
+						   "ORDER BY u.n RETURNING decision_id", 8, types, 0);
+	a[0] = PointerGetDatum(construct_array(rec[0], take, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	a[1] = PointerGetDatum(construct_array(rec[1], take, INT4OID, 4, true, TYPALIGN_INT));
+	a[2] = PointerGetDatum(construct_array(rec[2], take, TEXTOID, -1, false, TYPALIGN_INT));
+	a[3] = PointerGetDatum(construct_array(rec[3], take, TEXTOID, -1, false, TYPALIGN_INT));
+	a[4] = PointerGetDatum(construct_array(rec[4], take, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	a[5] = PointerGetDatum(construct_array(rec[5], take, TEXTOID, -1, false, TYPALIGN_INT));
+	a[6] = JsonbPGetDatum(req->context);
+	a[7] = PointerGetDatum(construct_array(rec[6], take, JSONBOID, -1, false, TYPALIGN_INT));
+	if (SPI_execute_plan(plan, a, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != (uint64) take)
+		elog(ERROR, "recording decisions failed");
+	for (int i = 0; i < take; i++)
+	{
+		bool		isnull;
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+
+		values[0] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		values[1] = rec[2][i];
+		values[2] = rec[3][i];
+		values[3] = rec[6][i];
+		values[4] = rec[4][i];
+		values[5] = rec[5][i];
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+}
+
 /* The next best actions for a person now; each is recorded. */
 PG_FUNCTION_INFO_V1(persona_decide);
 Datum
@@ -502,26 +869,10 @@ persona_decide(PG_FUNCTION_ARGS)
 	Jsonb	   *context;
 	char	   *channel = NULL;
 	int32		n;
+	DecideRequest req;
+	DecideProfile profile;
+	CandidateSet candidates;
 	ActionCatalog *ac;
-	TimestampTz now = GetCurrentTransactionStartTimestamp();
-	int64		pid;
-	bool		isnull;
-	Candidate  *cand;
-	int			ncand = 0;
-	bool	   *evaluate;
-	Datum	   *flags;
-	Datum		args[3];
-	Datum	   *inside = NULL;
-	bool	   *inside_null = NULL;
-	int			ninside = 0;
-	Datum	   *segments = NULL;
-	int			nsegments = 0;
-	Jsonb	   *declared = NULL;
-	Jsonb	   *computed = NULL;
-	int64		max_cooldown = USECS_PER_DAY;
-	int			take;
-	Datum	   *rec[7];
-	MemoryContext call_cxt = CurrentMemoryContext;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -559,265 +910,22 @@ persona_decide(PG_FUNCTION_ARGS)
 	}
 	InitMaterializedSRF(fcinfo, 0);
 
+	req.id = CStringGetTextDatum(id);
+	req.context = context;
+	req.channel = channel;
+	req.n = n;
+	req.now = GetCurrentTransactionStartTimestamp();
+
 	ac = GetActionCatalog();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-
-	/* 1. The profile (created when the id is new), decisions serialized. */
-	{
-		Oid			type = TEXTOID;
-		Datum		arg = CStringGetTextDatum(id);
-		SPIPlanPtr	plan = PersonaKeptPlan(&resolve_plan,
-									"SELECT i.profile_id FROM persona.identities AS i "
-									"WHERE i.id OPERATOR(pg_catalog.=) $1", 1, &type, 0);
-
-		if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "resolving the id failed");
-		if (SPI_processed == 0)
-		{
-			plan = PersonaKeptPlan(&create_plan,
-							"SELECT persona.ensure_profile($1, 'anonymous')", 1, &type, 0);
-			if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "creating a profile failed");
-		}
-		pid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(ADVISORY_CLASS),
-							Int32GetDatum((int32) (pid ^ (pid >> 32))));
-		pid = HoldProfile(arg, pid);
-	}
-
-	/* 2. Candidates by schedule, pause and channel; their conditions. */
-	cand = palloc0(sizeof(Candidate) * Max(ac->nactions, 1));
-	evaluate = palloc0(sizeof(bool) * Max(ac->nactions, 1));
-	flags = palloc(sizeof(Datum) * Max(ac->nactions, 1));
-	for (int k = 0; k < ac->nactions; k++)
-	{
-		ActionDef  *d = &ac->actions[k];
-
-		evaluate[k] = !d->paused && d->starts_at <= now && now < d->ends_at &&
-			(channel == NULL || strcmp(channel, d->channel) == 0);
-		flags[k] = BoolGetDatum(evaluate[k] && d->condition_sql != NULL);
-		if (evaluate[k] && d->cooldown_us > max_cooldown)
-			max_cooldown = d->cooldown_us;
-	}
-	args[0] = Int64GetDatum(pid);
-	args[1] = JsonbPGetDatum(context);
-	args[2] = PointerGetDatum(construct_array(flags, ac->nactions, BOOLOID, 1, true, TYPALIGN_CHAR));
-	if (SPI_execute_plan(EvaluationPlan(ac), args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "evaluating action conditions failed");
-	if (SPI_processed == 1)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		Datum		d;
-		MemoryContext old = MemoryContextSwitchTo(call_cxt);
-
-		deconstruct_array(DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 1, &isnull)),
-						  BOOLOID, 1, true, TYPALIGN_CHAR, &inside, &inside_null, &ninside);
-		d = SPI_getbinval(tup, desc, 2, &isnull);
-		declared = isnull ? NULL : DatumGetJsonbPCopy(d);
-		d = SPI_getbinval(tup, desc, 3, &isnull);
-		computed = isnull ? NULL : DatumGetJsonbPCopy(d);
-		deconstruct_array(DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 4, &isnull)),
-						  TEXTOID, -1, false, TYPALIGN_INT, &segments, NULL, &nsegments);
-		MemoryContextSwitchTo(old);
-	}
-
-	/* Segment and condition. */
-	{
-		int			c = 0;
-
-		for (int k = 0; k < ac->nactions; k++)
-		{
-			ActionDef  *d = &ac->actions[k];
-			bool		ok = evaluate[k];
-
-			if (ok && d->condition_sql != NULL)
-			{
-				ok = c < ninside && !inside_null[c] && DatumGetBool(inside[c]);
-			}
-			if (d->condition_sql != NULL)
-				c++;
-			if (ok && d->segment != NULL)
-			{
-				bool		member = false;
-
-				for (int m = 0; m < nsegments && !member; m++)
-				{
-					text	   *t = DatumGetTextPP(segments[m]);
-
-					member = VARSIZE_ANY_EXHDR(t) == strlen(d->segment) &&
-						memcmp(VARDATA_ANY(t), d->segment, strlen(d->segment)) == 0;
-				}
-				ok = member;
-			}
-			if (ok)
-				cand[ncand++].def = d;
-		}
-	}
-
-	/* 3. Caps and cooldowns, from this profile's recent decisions of them. */
-	{
-		Datum	   *limited = palloc(sizeof(Datum) * Max(ncand, 1));
-		int			nlimited = 0;
-
-		for (int i = 0; i < ncand; i++)
-			if (cand[i].def->cap_per_day > 0 || cand[i].def->cooldown_us > 0)
-				limited[nlimited++] = Int32GetDatum(cand[i].def->action_id);
-		if (nlimited > 0)
-		{
-			Oid			types[3] = {INT8OID, INTERVALOID, INT4ARRAYOID};
-			Interval	span;
-			Datum		a[3];
-			Snapshot	latest;
-			int			rc;
-			SPIPlanPtr	plan = PersonaKeptPlan(&recent_plan,
-										"SELECT d.action_id, "
-										"  count(*) FILTER (WHERE d.decided_at > pg_catalog.now() - interval '24 hours'), "
-										"  max(d.decided_at) "
-										"FROM persona.decisions AS d "
-										"WHERE d.profile_id OPERATOR(pg_catalog.=) $1 "
-										"  AND d.decided_at > pg_catalog.now() - $2 "
-										"  AND d.action_id OPERATOR(pg_catalog.=) ANY ($3) "
-										"GROUP BY d.action_id", 3, types, 0);
-
-			memset(&span, 0, sizeof(span));
-			span.time = max_cooldown;
-			a[0] = Int64GetDatum(pid);
-			a[1] = IntervalPGetDatum(&span);
-			a[2] = PointerGetDatum(construct_array(limited, nlimited, INT4OID, 4, true, TYPALIGN_INT));
-			/*
-			 * Under the latest snapshot, not the transaction's: a decision
-			 * another session committed while this one waited for the
-			 * profile counts, whatever the isolation level.
-			 */
-			latest = RegisterSnapshot(GetLatestSnapshot());
-			rc = SPI_execute_snapshot(plan, a, NULL, latest, InvalidSnapshot, true, false, 0);
-			UnregisterSnapshot(latest);
-			if (rc != SPI_OK_SELECT)
-				elog(ERROR, "reading recent decisions failed");
-			for (uint64 r = 0; r < SPI_processed; r++)
-			{
-				HeapTuple	tup = SPI_tuptable->vals[r];
-				int32		action_id = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
-				int64		today = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
-				TimestampTz last = DatumGetTimestampTz(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
-
-				for (int i = 0; i < ncand; i++)
-				{
-					ActionDef  *d = cand[i].def;
-
-					if (d == NULL || d->action_id != action_id)
-						continue;
-					if ((d->cap_per_day > 0 && today >= d->cap_per_day) ||
-						(d->cooldown_us > 0 && last > now - d->cooldown_us))
-						cand[i].def = NULL;
-				}
-			}
-			{
-				int			keep = 0;
-
-				for (int i = 0; i < ncand; i++)
-					if (cand[i].def != NULL)
-						cand[keep++] = cand[i];
-				ncand = keep;
-			}
-		}
-	}
-
-	/* 4. What feedback taught us, and the ranking. */
-	if (ncand > 0)
-	{
-		Oid			type = INT4ARRAYOID;
-		Datum	   *ids = palloc(sizeof(Datum) * ncand);
-		Datum		a;
-		SPIPlanPtr	plan = PersonaKeptPlan(&stats_plan,
-									"SELECT s.action_id, s.trials, s.successes FROM persona.action_stats AS s "
-									"WHERE s.action_id OPERATOR(pg_catalog.=) ANY ($1)", 1, &type, 0);
-
-		for (int i = 0; i < ncand; i++)
-			ids[i] = Int32GetDatum(cand[i].def->action_id);
-		a = PointerGetDatum(construct_array(ids, ncand, INT4OID, 4, true, TYPALIGN_INT));
-		if (SPI_execute_plan(plan, &a, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "reading action statistics failed");
-		for (uint64 r = 0; r < SPI_processed; r++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[r];
-			int32		action_id = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
-
-			for (int i = 0; i < ncand; i++)
-				if (cand[i].def->action_id == action_id)
-				{
-					cand[i].trials = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
-					cand[i].successes = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
-				}
-		}
-		for (int i = 0; i < ncand; i++)
-		{
-			double		failures = (double) Max(cand[i].trials - cand[i].successes, 0);
-
-			cand[i].sample = Beta(1.0 + cand[i].successes, 1.0 + failures);
-			cand[i].score = cand[i].sample * cand[i].def->value;
-		}
-		qsort(cand, ncand, sizeof(Candidate), CompareCandidates);
-	}
-
-	/* 5. Render, record, return. */
-	take = Min(n, ncand);
-	for (int f = 0; f < 7; f++)
-		rec[f] = palloc(sizeof(Datum) * Max(take, 1));
-	for (int i = 0; i < take; i++)
-	{
-		Candidate  *c = &cand[i];
-
-		rec[0][i] = Int64GetDatum(pid);
-		rec[1][i] = Int32GetDatum(c->def->action_id);
-		rec[2][i] = CStringGetTextDatum(c->def->name);
-		rec[3][i] = CStringGetTextDatum(c->def->channel);
-		rec[4][i] = Float8GetDatum(c->score);
-		rec[5][i] = CStringGetTextDatum(Reason(c, cand, ncand, i));
-		rec[6][i] = JsonbPGetDatum(Render(c->def->content, context, declared, computed));
-	}
-	if (take > 0)
-	{
-		Oid			types[8] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		FLOAT8ARRAYOID, TEXTARRAYOID, JSONBOID, JSONBARRAYOID};
-		Datum		a[8];
-		SPIPlanPtr	plan = PersonaKeptPlan(&record_plan,
-									"INSERT INTO persona.decisions "
-									"  (profile_id, action_id, action, channel, score, reason, context, content) "
-									"SELECT u.profile_id, u.action_id, u.action, u.channel, u.score, u.reason, $7, u.content "
-									"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
-									"  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
-									"  pg_catalog.unnest($8)) WITH ORDINALITY "
-									"  AS u(profile_id, action_id, action, channel, score, reason, content, n) "
-									"ORDER BY u.n RETURNING decision_id", 8, types, 0);
-
-		a[0] = PointerGetDatum(construct_array(rec[0], take, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		a[1] = PointerGetDatum(construct_array(rec[1], take, INT4OID, 4, true, TYPALIGN_INT));
-		a[2] = PointerGetDatum(construct_array(rec[2], take, TEXTOID, -1, false, TYPALIGN_INT));
-		a[3] = PointerGetDatum(construct_array(rec[3], take, TEXTOID, -1, false, TYPALIGN_INT));
-		a[4] = PointerGetDatum(construct_array(rec[4], take, FLOAT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		a[5] = PointerGetDatum(construct_array(rec[5], take, TEXTOID, -1, false, TYPALIGN_INT));
-		a[6] = JsonbPGetDatum(context);
-		a[7] = PointerGetDatum(construct_array(rec[6], take, JSONBOID, -1, false, TYPALIGN_INT));
-		if (SPI_execute_plan(plan, a, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
-			SPI_processed != (uint64) take)
-			elog(ERROR, "recording decisions failed");
-		for (int i = 0; i < take; i++)
-		{
-			Datum		values[6];
-			bool		nulls[6] = {false, false, false, false, false, false};
-
-			values[0] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-			values[1] = rec[2][i];
-			values[2] = rec[3][i];
-			values[3] = rec[6][i];
-			values[4] = rec[4][i];
-			values[5] = rec[5][i];
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-		}
-	}
+	profile.profile_id = ResolveDecideProfile(req.id);
+	LoadCandidates(ac, &req, &candidates);
+	ReadDecideProfile(ac, &req, &candidates, &profile);
+	CheckEligibility(ac, &profile, &candidates);
+	ApplyCaps(&req, profile.profile_id, &candidates);
+	ScoreCandidates(&candidates);
+	RecordDecisions(&req, &profile, &candidates, rsinfo);
 	SPI_finish();
 	return (Datum) 0;
 }
