@@ -8,9 +8,12 @@ GRANT INSERT ON persona.events TO persona_ingest;
 GRANT USAGE ON SEQUENCE persona.event_id_seq TO persona_ingest;
 GRANT EXECUTE ON FUNCTION persona_track(text, text, jsonb, timestamptz, jsonb, text),
                           persona_identify(text, jsonb, text),
-                          persona_alias(text, text),
-                          persona_decide(text, jsonb, text, int),
-                          persona_feedback(bigint, text, float8) TO persona_ingest;
+                          persona_alias(text, text) TO persona_ingest;
+
+CREATE ROLE persona_decider NOLOGIN;
+GRANT USAGE ON SCHEMA persona TO persona_decider;
+GRANT EXECUTE ON FUNCTION persona_decide(text, jsonb, text, int),
+                          persona_feedback(bigint, text, float8) TO persona_decider;
 
 CREATE ROLE persona_reader NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO persona_reader;
@@ -18,8 +21,8 @@ GRANT SELECT ON ALL TABLES IN SCHEMA persona TO persona_reader;
 GRANT EXECUTE ON FUNCTION persona_profile(text), persona_in_segment(text, text) TO persona_reader;
 
 CREATE ROLE persona_admin NOLOGIN;
-GRANT persona_ingest, persona_reader TO persona_admin;
-GRANT ALL ON ALL TABLES IN SCHEMA persona TO persona_admin;
+GRANT persona_ingest, persona_decider, persona_reader TO persona_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA persona TO persona_admin;
 GRANT ALL ON ALL SEQUENCES IN SCHEMA persona TO persona_admin;
 GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_define_trait(text, text, text, text, interval),
@@ -44,21 +47,27 @@ COPY persona.events (user_id, event_type, occurred_at) FROM stdin;
 u-role	add_to_cart	2026-04-01 10:01:00+00
 \.
 SELECT persona_identify('u-role', '{"city": "Pune"}', 'anon-role') > 0 AS identified;
--- ... decides and reports feedback ...
-RESET ROLE;
-SELECT persona_create_action('role_banner', 'web', '{"title": "Hi {{city}}"}');
-SET ROLE persona_ingest;
-SELECT decision_id AS role_decision, content FROM persona_decide('u-role', '{}') \gset
-SELECT :'content' AS rendered;
-SELECT persona_feedback(:role_decision, 'click');
--- ... but cannot read events or profiles, read profiles through the API,
+-- ... but cannot read events or profiles, read profiles through the API
+-- (a decision renders traits into its content: deciding is a read),
 -- change or delete anything directly, or forget.
 SELECT count(*) FROM persona.events;
 SELECT count(*) FROM persona.profiles;
 SELECT persona_profile('u-role');
+SELECT count(*) FROM persona_decide('u-role', '{}');
 UPDATE persona.profiles SET event_count = 0;
 DELETE FROM persona.events;
 SELECT persona_forget('u-role');
+RESET ROLE;
+
+-- The decider decides and reports feedback, and reads nothing else.
+SELECT persona_create_action('role_banner', 'web', '{"title": "Hi {{city}}"}');
+SET ROLE persona_decider;
+SELECT decision_id AS role_decision, content FROM persona_decide('u-role', '{}') \gset
+SELECT :'content' AS rendered;
+SELECT persona_feedback(:role_decision, 'click');
+SELECT persona_profile('u-role');
+SELECT count(*) FROM persona.profiles;
+SELECT persona_track('u-role', 'page_view');
 RESET ROLE;
 
 -- The reader reads, computed traits included, and cannot write.
@@ -114,5 +123,5 @@ SELECT p.oid::regprocedure AS public_executable
  WHERE has_function_privilege('public', p.oid, 'EXECUTE')
  ORDER BY 1::text;
 
-DROP OWNED BY persona_ingest, persona_reader, persona_admin, persona_nobody;
-DROP ROLE persona_ingest, persona_reader, persona_admin, persona_nobody;
+DROP OWNED BY persona_ingest, persona_decider, persona_reader, persona_admin, persona_nobody;
+DROP ROLE persona_ingest, persona_decider, persona_reader, persona_admin, persona_nobody;

@@ -26,6 +26,7 @@
 
 #include <math.h>
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
 #include "executor/spi.h"
@@ -40,6 +41,7 @@
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "persona.h"
@@ -97,6 +99,7 @@ static SPIPlanPtr recent_plan = NULL;
 static SPIPlanPtr stats_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr hold_plan = NULL;
+static SPIPlanPtr error_plan = NULL;
 
 /* ---------------------------------------------------------------------
  * Definitions cache
@@ -584,56 +587,113 @@ LoadCandidates(const ActionCatalog *ac, const DecideRequest *req, CandidateSet *
 }
 
 /*
- * Step 3: the person as the decision sees them: declared and computed
- * traits, segments, and the conditions of the candidates, evaluated in one
- * query over the profile and the call's context.
+ * Runs the evaluation query for the conditions flagged in ``flags`` inside
+ * a subtransaction.  Returns true with its row in SPI_tuptable, or false
+ * when a condition failed on this profile's data or this call's context (a
+ * data exception, or a program limit such as an over-long string): the
+ * error is returned in ``error``.  Any other error is thrown.
+ */
+static bool
+TryEvaluation(ActionCatalog *ac, Datum *args, ErrorData **error)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		if (SPI_execute_plan(EvaluationPlan(ac), args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "evaluating action conditions failed");
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		int			category;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
+		if (category != ERRCODE_DATA_EXCEPTION && category != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
+			ReThrowError(edata);
+		*error = edata;
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * An action whose condition failed is not eligible for this call: the
+ * error is counted on its row of persona.action_stats (errors, last_error,
+ * last_error_at) and logged as a warning, and the other actions are decided
+ * as usual.
  */
 static void
-ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSet *set,
-				  DecideProfile *profile)
+RecordConditionError(const ActionDef *d, ErrorData *edata)
 {
-	Datum	   *flags = palloc(sizeof(Datum) * Max(ac->nactions, 1));
-	Datum		args[3];
-	MemoryContext call_cxt = CurrentMemoryContext;
+	Oid			types[2] = {INT4OID, TEXTOID};
+	Datum		args[2];
+	SPIPlanPtr	plan = PersonaKeptPlan(&error_plan,
+									   "UPDATE persona.action_stats AS s "
+									   "SET errors = s.errors OPERATOR(pg_catalog.+) 1, last_error = $2, "
+									   "    last_error_at = pg_catalog.clock_timestamp() "
+									   "WHERE s.action_id OPERATOR(pg_catalog.=) $1", 2, types, 0);
 
-	profile->condition = palloc0(sizeof(bool) * Max(ac->nactions, 1));
-	profile->declared = NULL;
-	profile->computed = NULL;
-	profile->segments = NULL;
-	profile->nsegments = 0;
+	args[0] = Int32GetDatum(d->action_id);
+	args[1] = CStringGetTextDatum(psprintf("%s: %s", unpack_sql_state(edata->sqlerrcode),
+										   edata->message));
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "counting a condition error failed");
+	ereport(WARNING,
+			(errcode(edata->sqlerrcode),
+			 errmsg("condition of action \"%s\" failed: %s", d->name, edata->message),
+			 errdetail("The action is not eligible for this call; the others are decided as usual."),
+			 errhint("persona.action_stats counts the errors of each action.")));
+}
+
+/*
+ * Reads the evaluation row in SPI_tuptable: the conditions it evaluated
+ * (the others are NULL) and, with ``whole``, the traits and segments.
+ */
+static void
+ReadEvaluation(const ActionCatalog *ac, DecideProfile *profile, MemoryContext cxt, bool whole)
+{
+	HeapTuple	tup;
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+	bool		isnull;
+	Datum		d;
+	Datum	   *inside;
+	bool	   *inside_null;
+	int			ninside;
+	int			c = 0;
+	MemoryContext old;
+
+	if (SPI_processed != 1)
+		return;
+	tup = SPI_tuptable->vals[0];
+	old = MemoryContextSwitchTo(cxt);
+	deconstruct_array(DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 1, &isnull)),
+					  BOOLOID, 1, true, TYPALIGN_CHAR, &inside, &inside_null, &ninside);
+	/* The array holds one element per action with a condition. */
 	for (int k = 0; k < ac->nactions; k++)
-		flags[k] = BoolGetDatum(false);
-	for (int i = 0; i < set->n; i++)
-		if (set->items[i].def->condition_sql != NULL)
-			flags[set->items[i].def - ac->actions] = BoolGetDatum(true);
-
-	args[0] = Int64GetDatum(profile->profile_id);
-	args[1] = JsonbPGetDatum(req->context);
-	args[2] = PointerGetDatum(construct_array(flags, ac->nactions, BOOLOID, 1, true, TYPALIGN_CHAR));
-	if (SPI_execute_plan(EvaluationPlan(ac), args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "evaluating action conditions failed");
-	if (SPI_processed == 1)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Datum		d;
-		Datum	   *inside;
-		bool	   *inside_null;
-		int			ninside;
-		int			c = 0;
-		MemoryContext old = MemoryContextSwitchTo(call_cxt);
-
-		deconstruct_array(DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 1, &isnull)),
-						  BOOLOID, 1, true, TYPALIGN_CHAR, &inside, &inside_null, &ninside);
-		/* The array holds one element per action with a condition. */
-		for (int k = 0; k < ac->nactions; k++)
-		{
-			if (ac->actions[k].condition_sql == NULL)
-				continue;
-			profile->condition[k] = c < ninside && !inside_null[c] && DatumGetBool(inside[c]);
-			c++;
-		}
+		if (ac->actions[k].condition_sql == NULL)
+			continue;
+		if (c < ninside && !inside_null[c])
+			profile->condition[k] = DatumGetBool(inside[c]);
+		c++;
+	}
+	if (whole)
+	{
 		d = SPI_getbinval(tup, desc, 2, &isnull);
 		profile->declared = isnull ? NULL : DatumGetJsonbPCopy(d);
 		d = SPI_getbinval(tup, desc, 3, &isnull);
@@ -641,8 +701,73 @@ ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSe
 		deconstruct_array(DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 4, &isnull)),
 						  TEXTOID, -1, false, TYPALIGN_INT, &profile->segments, NULL,
 						  &profile->nsegments);
-		MemoryContextSwitchTo(old);
 	}
+	MemoryContextSwitchTo(old);
+}
+
+/* The evaluation's third argument: which actions' conditions to evaluate. */
+static Datum
+ConditionFlags(const ActionCatalog *ac, const bool *flagged, int only)
+{
+	Datum	   *flags = palloc(sizeof(Datum) * Max(ac->nactions, 1));
+
+	for (int k = 0; k < ac->nactions; k++)
+		flags[k] = BoolGetDatum(only < 0 ? flagged[k] : k == only);
+	return PointerGetDatum(construct_array(flags, ac->nactions, BOOLOID, 1, true, TYPALIGN_CHAR));
+}
+
+/*
+ * Step 3: the person as the decision sees them: declared and computed
+ * traits, segments, and the conditions of the candidates, evaluated in one
+ * query over the profile and the call's context.  When a condition fails,
+ * each is evaluated alone, and those that fail make their action
+ * ineligible (RecordConditionError); the profile is then read without
+ * conditions.
+ */
+static void
+ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSet *set,
+				  DecideProfile *profile)
+{
+	bool	   *flagged = palloc0(sizeof(bool) * Max(ac->nactions, 1));
+	bool		any = false;
+	Datum		args[3];
+	MemoryContext call_cxt = CurrentMemoryContext;
+	ErrorData  *error = NULL;
+
+	profile->condition = palloc0(sizeof(bool) * Max(ac->nactions, 1));
+	profile->declared = NULL;
+	profile->computed = NULL;
+	profile->segments = NULL;
+	profile->nsegments = 0;
+	for (int i = 0; i < set->n; i++)
+		if (set->items[i].def->condition_sql != NULL)
+		{
+			flagged[set->items[i].def - ac->actions] = true;
+			any = true;
+		}
+
+	args[0] = Int64GetDatum(profile->profile_id);
+	args[1] = JsonbPGetDatum(req->context);
+	args[2] = ConditionFlags(ac, flagged, -1);
+	if (any && !TryEvaluation(ac, args, &error))
+	{
+		for (int k = 0; k < ac->nactions; k++)
+		{
+			if (!flagged[k])
+				continue;
+			args[2] = ConditionFlags(ac, flagged, k);
+			if (TryEvaluation(ac, args, &error))
+				ReadEvaluation(ac, profile, call_cxt, false);
+			else
+				RecordConditionError(&ac->actions[k], error);
+		}
+		any = false;
+		memset(flagged, 0, sizeof(bool) * ac->nactions);
+		args[2] = ConditionFlags(ac, flagged, -1);
+	}
+	if (!any && SPI_execute_plan(EvaluationPlan(ac), args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "evaluating action conditions failed");
+	ReadEvaluation(ac, profile, call_cxt, true);
 }
 
 static bool

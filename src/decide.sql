@@ -14,9 +14,11 @@ CREATE TABLE persona.actions (
     condition_sql   text,
     condition_reads text[]      NOT NULL DEFAULT '{}',
     priority        int         NOT NULL DEFAULT 0,
-    value           float8      NOT NULL DEFAULT 1,
-    cap_per_day     int,
-    cooldown        interval,
+    -- Bounded, so that whatever is stored always evaluates.
+    value           float8      NOT NULL DEFAULT 1
+                                CHECK (value > 0 AND value < 'Infinity'::float8),
+    cap_per_day     int         CHECK (cap_per_day > 0),
+    cooldown        interval    CHECK (cooldown > interval '0' AND cooldown <= interval '10 years'),
     starts_at       timestamptz,
     ends_at         timestamptz,
     paused          boolean     NOT NULL DEFAULT false,
@@ -33,10 +35,16 @@ CREATE TABLE persona.action_stats (
     trials      bigint NOT NULL DEFAULT 0,
     successes   bigint NOT NULL DEFAULT 0,
     conversions bigint NOT NULL DEFAULT 0,
-    revenue     float8 NOT NULL DEFAULT 0
+    revenue     float8 NOT NULL DEFAULT 0,
+    errors        bigint      NOT NULL DEFAULT 0,
+    last_error    text,
+    last_error_at timestamptz
 );
 COMMENT ON TABLE persona.action_stats IS
-    'per action: decisions with feedback (trials), clicked or converted (successes), conversions, revenue';
+    'per action: decisions with feedback (trials), clicked or converted (successes), conversions, revenue, and condition errors';
+COMMENT ON COLUMN persona.action_stats.errors IS
+    'calls of persona_decide in which the condition failed (the action was not eligible for that call)';
+COMMENT ON COLUMN persona.action_stats.last_error IS 'SQLSTATE and message of the last condition error';
 
 CREATE SEQUENCE persona.decision_id_seq CACHE 32;
 COMMENT ON SEQUENCE persona.decision_id_seq IS 'allocates decision ids';
@@ -72,6 +80,12 @@ SELECT pg_catalog.pg_extension_config_dump('persona.action_stats', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.decisions', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.decision_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.feedback', '');
+
+-- However a row is written, its SQL is the checked compilation of its text.
+CREATE TRIGGER actions_compile
+    BEFORE INSERT OR UPDATE ON persona.actions
+    FOR EACH ROW EXECUTE FUNCTION persona.compile_definition(
+        'persona.decision_source', 'condition', 'condition_sql', 'condition_reads', '');
 
 -- persona_decide caches the definitions; changes reach every backend.
 CREATE TRIGGER actions_changed
@@ -113,8 +127,9 @@ BEGIN
         RAISE EXCEPTION 'cap_per_day must be positive' USING ERRCODE = '22023',
             HINT = 'Use NULL for no cap.';
     END IF;
-    IF a.cooldown IS NOT NULL AND a.cooldown <= interval '0' THEN
-        RAISE EXCEPTION 'cooldown must be positive' USING ERRCODE = '22023',
+    IF a.cooldown IS NOT NULL AND (a.cooldown <= interval '0' OR a.cooldown > interval '10 years') THEN
+        RAISE EXCEPTION 'cooldown must be positive and at most 10 years' USING ERRCODE = '22023',
+            DETAIL = format('The cooldown given was "%s".', a.cooldown),
             HINT = 'Use NULL for no cooldown.';
     END IF;
     IF a.starts_at IS NOT NULL AND a.ends_at IS NOT NULL AND a.ends_at <= a.starts_at THEN

@@ -40,6 +40,7 @@ REVOKE ALL ON FUNCTION @extschema@.persona_in_segment(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_tick() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_schedule() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.compile_predicate(text, regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.compile_definition() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.refresh_segments(bigint[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.leave_segments(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.next_change(bytea) FROM PUBLIC;
@@ -56,3 +57,48 @@ REVOKE ALL ON FUNCTION persona.check_action(persona.actions) FROM PUBLIC;
 -- may SELECT persona.traits runs them as themselves; they decode bytes
 -- (checking every one) and write nothing, and without USAGE on schema
 -- persona nobody can name them.
+
+-- ---------------------------------------------------------------------
+-- No trigger of anyone else's on persona's relations
+-- ---------------------------------------------------------------------
+
+-- persona writes its tables as the extension's owner (a superuser) inside
+-- SECURITY DEFINER functions, and a trigger runs as the user whose statement
+-- fires it: a trigger that a role with the TRIGGER privilege (GRANT ALL
+-- includes it) put on persona.profiles would run its function as the
+-- superuser at the next event. Only superusers may create triggers on
+-- persona's relations.
+CREATE FUNCTION persona.guard_triggers() RETURNS event_trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_rel regclass;
+BEGIN
+    IF (SELECT r.rolsuper FROM pg_roles AS r WHERE r.rolname = current_user) THEN
+        RETURN;
+    END IF;
+    SELECT t.tgrelid::regclass INTO v_rel
+      FROM pg_event_trigger_ddl_commands() AS c
+      JOIN pg_trigger AS t ON t.oid = c.objid
+      JOIN pg_class AS k ON k.oid = t.tgrelid
+     WHERE c.classid = 'pg_trigger'::regclass
+       AND k.relnamespace = 'persona'::regnamespace
+     LIMIT 1;
+    IF v_rel IS NOT NULL THEN
+        RAISE EXCEPTION 'permission denied to create a trigger on %', v_rel
+            USING ERRCODE = '42501',
+                  DETAIL = 'persona writes its relations as the extension''s owner, so a trigger on them would run as a superuser.',
+                  HINT = 'Only superusers can create triggers on relations in schema persona.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION persona.guard_triggers() IS
+    'refuses triggers on relations in schema persona created by anyone but a superuser';
+REVOKE ALL ON FUNCTION persona.guard_triggers() FROM PUBLIC;
+
+CREATE EVENT TRIGGER persona_guard_triggers ON ddl_command_end
+    WHEN TAG IN ('CREATE TRIGGER')
+    EXECUTE FUNCTION persona.guard_triggers();
+COMMENT ON EVENT TRIGGER persona_guard_triggers IS
+    'refuses triggers on relations in schema persona created by anyone but a superuser';

@@ -161,10 +161,11 @@ BEGIN
     SELECT * INTO p_keep FROM persona.profiles AS p WHERE p.profile_id = v_keep;
     SELECT * INTO p_other FROM persona.profiles AS p WHERE p.profile_id = v_other;
     IF p_keep.user_id IS NOT NULL AND p_other.user_id IS NOT NULL THEN
-        RAISE EXCEPTION 'id "%" already belongs to user "%"', v_other_id, p_other.user_id
+        -- Says neither user id: the ingest role may call this, and must not
+        -- learn which user an id belongs to.
+        RAISE EXCEPTION 'id "%" already belongs to another known user', v_other_id
             USING ERRCODE = '23505',
-                  DETAIL = format('Profiles of two known users (%L and %L) are never merged.',
-                                  p_keep.user_id, p_other.user_id),
+                  DETAIL = 'Profiles of two known users are never merged.',
                   HINT = 'Use persona_forget or a new anonymous id if the device changed hands.';
     END IF;
 

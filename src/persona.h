@@ -44,6 +44,13 @@ struct _SPI_plan;
 extern struct _SPI_plan *PersonaKeptPlan(struct _SPI_plan **cache, const char *sql,
 										 int nargs, Oid *types, int cursor_options);
 
+/* predicate.c */
+struct List;
+extern char *PersonaCompilePredicate(const char *predicate, Oid relid,
+									 struct List **reads, bool *clock);
+extern int	PersonaPinSearchPath(void);
+extern void PersonaUnpinSearchPath(int level);
+
 /* ingest.c */
 extern void PersonaIngestInit(void);
 

@@ -1,13 +1,8 @@
 /*
  * segments.c
- *	  Real-time segments: checking and compiling predicates, and keeping
- *	  persona.segment_members current for the profiles a change touched.
- *
- * A predicate is parsed and analysed here, once, at persona_create_segment:
- * one boolean expression over the columns of persona.segment_source (the
- * columns of persona.profiles and one per computed trait), no subquery, only
- * built-in functions that are not volatile.  What is stored and ever run is
- * the expression deparsed from the checked tree, never the text a user gave.
+ *	  Real-time segments: keeping persona.segment_members current for the
+ *	  profiles a change touched.  Predicates are checked and compiled by
+ *	  predicate.c when a segment is created.
  *
  * Refreshing.  SegmentsRefresh(profiles, changed columns) evaluates, in one
  * query, every segment that reads one of the changed columns for those
@@ -18,40 +13,22 @@
  */
 #include "postgres.h"
 
-#include "access/relation.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_namespace.h"
-#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
-#include "funcapi.h"
 #include "lib/stringinfo.h"
-#include "nodes/makefuncs.h"
-#include "nodes/nodeFuncs.h"
-#include "optimizer/optimizer.h"
-#include "parser/parse_coerce.h"
-#include "parser/parse_collate.h"
-#include "parser/parse_expr.h"
-#include "parser/parse_node.h"
-#include "parser/parse_relation.h"
-#include "parser/parser.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/regproc.h"
 #include "utils/rel.h"
-#include "utils/ruleutils.h"
 #include "utils/snapmgr.h"
 
 #include "persona.h"
 #include "rowwriter.h"
 #include "segments.h"
-
-#define PREDICATE_PREFIX "SELECT "
 
 /* One row of persona.segments, as the C code needs it. */
 typedef struct SegmentDef
@@ -79,261 +56,6 @@ static SegmentCatalog *segment_catalog = NULL;
 static Oid	segments_relid = InvalidOid;
 
 static SPIPlanPtr exit_plan = NULL;
-
-/* ---------------------------------------------------------------------
- * Checking and compiling a predicate
- * --------------------------------------------------------------------- */
-
-/* Points errors at the predicate the user wrote, not at our wrapper. */
-static void
-PredicateErrorCallback(void *arg)
-{
-	const char *predicate = (const char *) arg;
-	int			pos = geterrposition();
-
-	if (pos > (int) strlen(PREDICATE_PREFIX))
-	{
-		errposition(0);
-		internalerrposition(pos - (int) strlen(PREDICATE_PREFIX));
-		internalerrquery(predicate);
-	}
-	errcontext("predicate \"%s\"", predicate);
-}
-
-static void
-RefusePredicate(const char *what, const char *hint, int location)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-			 errmsg("predicates cannot contain %s", what),
-			 hint ? errhint("%s", hint) : 0,
-			 location >= 0 ? errposition(location + 1) : 0));
-}
-
-typedef struct CheckContext
-{
-	bool		clock;
-} CheckContext;
-
-/*
- * The stable built-ins a predicate may call: the clock and date/time
- * arithmetic, which depend on the time (and the time zone) only.  Other
- * stable built-ins can read what the profile does not hold (settings,
- * statistics, whole tables as XML), and predicates run with persona's
- * privileges, so they are refused.
- */
-static bool
-ClockFunction(const char *name)
-{
-	static const char *const names[] = {
-		"now", "transaction_timestamp", "statement_timestamp", "date_trunc",
-		"date_part", "extract", "date_bin", "age", "timezone", "to_char",
-		"to_date", "to_timestamp", "make_timestamptz", "date", "timestamp",
-		"timestamptz", "time", "timetz", "overlaps", "isfinite"
-	};
-	static const char *const prefixes[] = {
-		"timestamptz_", "timestamp_", "date_", "interval_", "time_", "timetz_"
-	};
-
-	for (size_t i = 0; i < lengthof(names); i++)
-		if (strcmp(name, names[i]) == 0)
-			return true;
-	for (size_t i = 0; i < lengthof(prefixes); i++)
-		if (strncmp(name, prefixes[i], strlen(prefixes[i])) == 0)
-			return true;
-	return false;
-}
-
-static bool
-CheckFunction(Oid funcid, void *context)
-{
-	CheckContext *cx = (CheckContext *) context;
-	char		volatility = func_volatile(funcid);
-
-	if (volatility == PROVOLATILE_VOLATILE)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("predicates cannot call volatile function %s",
-						format_procedure(funcid)),
-				 errhint("A predicate must give the same answer for the same profile at the same time.")));
-	if (get_func_namespace(funcid) != PG_CATALOG_NAMESPACE)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("predicates cannot call function %s",
-						format_procedure(funcid)),
-				 errdetail("Only built-in functions and operators are allowed.")));
-	if (volatility != PROVOLATILE_IMMUTABLE)
-	{
-		if (!ClockFunction(get_func_name(funcid)))
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("predicates cannot call function %s",
-							format_procedure(funcid)),
-					 errdetail("Besides immutable built-ins, only clock and date/time functions are allowed.")));
-		cx->clock = true;
-	}
-	return false;
-}
-
-static bool
-CheckPredicateNode(Node *node, void *context)
-{
-	CheckContext *cx = (CheckContext *) context;
-
-	if (node == NULL)
-		return false;
-	if (IsA(node, SubLink))
-		RefusePredicate("subqueries", "Name columns of persona.profiles and persona.traits.",
-						((SubLink *) node)->location);
-	if (IsA(node, Param))
-		RefusePredicate("parameters", NULL, ((Param *) node)->location);
-	if (IsA(node, SQLValueFunction))
-	{
-		SQLValueFunction *svf = (SQLValueFunction *) node;
-
-		if (svf->op > SVFOP_LOCALTIMESTAMP_N)
-			RefusePredicate("session functions such as CURRENT_USER", NULL, svf->location);
-		cx->clock = true;
-	}
-	if (IsA(node, NextValueExpr))
-		RefusePredicate("sequence functions", NULL, -1);
-	(void) check_functions_in_node(node, CheckFunction, context);
-	return expression_tree_walker(node, CheckPredicateNode, context);
-}
-
-/* The raw expression of "SELECT <predicate>", or an error saying why not. */
-static Node *
-ParsePredicate(const char *predicate, const char *sql)
-{
-	List	   *stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
-	SelectStmt *select;
-	ResTarget  *target;
-
-	if (list_length(stmts) != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("a predicate must be exactly one expression"),
-				 errdetail("The text given holds %d statements.", list_length(stmts))));
-	select = (SelectStmt *) ((RawStmt *) linitial(stmts))->stmt;
-	if (!IsA(select, SelectStmt) || select->op != SETOP_NONE ||
-		select->fromClause != NIL || select->whereClause != NULL ||
-		select->groupClause != NIL || select->havingClause != NULL ||
-		select->windowClause != NIL || select->valuesLists != NIL ||
-		select->sortClause != NIL || select->limitCount != NULL ||
-		select->limitOffset != NULL || select->lockingClause != NIL ||
-		select->withClause != NULL || select->intoClause != NULL ||
-		select->distinctClause != NIL || list_length(select->targetList) != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("a predicate must be exactly one expression"),
-				 errdetail("The text given is more than an expression: \"%s\".", predicate),
-				 errhint("Write a boolean expression such as traits->>'city' = 'Mumbai' AND cart_value > 5000.")));
-	target = linitial_node(ResTarget, select->targetList);
-	if (target->name != NULL || target->indirection != NIL ||
-		(IsA(target->val, ColumnRef) &&
-		 IsA(llast(((ColumnRef *) target->val)->fields), A_Star)))
-		ereport(ERROR,
-				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("a predicate must be exactly one expression"),
-				 errdetail("The text given is more than an expression: \"%s\".", predicate)));
-	return target->val;
-}
-
-/*
- * Checks a predicate and returns it deparsed (over alias "s" of relation
- * ``relid``: persona.segment_source, or persona.decision_source for action
- * conditions), with the columns it reads and whether it calls a function of
- * the clock.
- */
-char *
-PersonaCompilePredicate(const char *predicate, Oid relid, List **reads, bool *clock)
-{
-	char	   *sql = psprintf("%s%s", PREDICATE_PREFIX, predicate);
-	ErrorContextCallback errcallback;
-	ParseState *pstate;
-	ParseNamespaceItem *nsitem;
-	Relation	rel;
-	Node	   *raw;
-	Node	   *expr;
-	CheckContext cx = {false};
-	Bitmapset  *attnos = NULL;
-	int			k = -1;
-	char	   *deparsed;
-
-	errcallback.callback = PredicateErrorCallback;
-	errcallback.arg = (void *) predicate;
-	errcallback.previous = error_context_stack;
-	error_context_stack = &errcallback;
-
-	raw = ParsePredicate(predicate, sql);
-
-	rel = relation_open(relid, AccessShareLock);
-	pstate = make_parsestate(NULL);
-	pstate->p_sourcetext = sql;
-	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
-										   makeAlias("s", NIL), false, true);
-	addNSItemToQuery(pstate, nsitem, false, true, true);
-	expr = transformExpr(pstate, raw, EXPR_KIND_WHERE);
-	expr = coerce_to_boolean(pstate, expr, "predicate");
-	assign_expr_collations(pstate, expr);
-	(void) CheckPredicateNode(expr, &cx);
-
-	pull_varattnos(expr, 1, &attnos);
-	*reads = NIL;
-	while ((k = bms_next_member(attnos, k)) >= 0)
-	{
-		AttrNumber	attno = k + FirstLowInvalidHeapAttributeNumber;
-
-		if (attno <= 0)
-			RefusePredicate("system columns", NULL, -1);
-		*reads = lappend(*reads, pstrdup(NameStr(TupleDescAttr(RelationGetDescr(rel), attno - 1)->attname)));
-	}
-	*clock = cx.clock;
-	deparsed = deparse_expression(expr, deparse_context_for("s", RelationGetRelid(rel)),
-								  true, false);
-	relation_close(rel, AccessShareLock);
-	free_parsestate(pstate);
-	error_context_stack = errcallback.previous;
-	return deparsed;
-}
-
-/* Checks a predicate over a source relation; returns (sql, reads, clock). */
-PG_FUNCTION_INFO_V1(persona_compile_predicate);
-Datum
-persona_compile_predicate(PG_FUNCTION_ARGS)
-{
-	char	   *predicate;
-	List	   *reads;
-	bool		clock;
-	char	   *deparsed;
-	TupleDesc	desc;
-	Datum		values[3];
-	bool		nulls[3] = {false, false, false};
-	Datum	   *names;
-	int			i = 0;
-	ListCell   *lc;
-
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("predicate must not be null")));
-	predicate = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (strspn(predicate, " \t\r\n") == strlen(predicate))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("predicate must not be empty")));
-	deparsed = PersonaCompilePredicate(predicate, PG_GETARG_OID(1), &reads, &clock);
-
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "persona_compile_predicate must return a record");
-	names = palloc(sizeof(Datum) * Max(list_length(reads), 1));
-	foreach(lc, reads)
-		names[i++] = CStringGetTextDatum((char *) lfirst(lc));
-	values[0] = CStringGetTextDatum(deparsed);
-	values[1] = PointerGetDatum(construct_array(names, i, TEXTOID, -1, false, TYPALIGN_INT));
-	values[2] = BoolGetDatum(clock);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
-}
 
 /* ---------------------------------------------------------------------
  * Definitions cache

@@ -12,7 +12,5 @@
 extern uint64 SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 							  const char *const *changed, int nchanged);
 extern void PersonaSegmentsInit(void);
-extern char *PersonaCompilePredicate(const char *predicate, Oid relid,
-									 List **reads, bool *clock);
 
 #endif							/* PERSONA_SEGMENTS_H */

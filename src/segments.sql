@@ -48,17 +48,16 @@ SELECT pg_catalog.pg_extension_config_dump('persona.segment_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.segment_members', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.segment_log', '');
 
+-- However a row is written, its SQL is the checked compilation of its text.
+CREATE TRIGGER segments_compile
+    BEFORE INSERT OR UPDATE ON persona.segments
+    FOR EACH ROW EXECUTE FUNCTION persona.compile_definition(
+        'persona.segment_source', 'predicate', 'predicate_sql', 'reads', 'clock');
+
 -- Ingest caches the definitions; changes reach every backend.
 CREATE TRIGGER segments_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON persona.segments
     FOR EACH STATEMENT EXECUTE FUNCTION persona.announce_change();
-
-CREATE FUNCTION persona.compile_predicate(predicate text, source regclass,
-                                          OUT sql text, OUT reads text[], OUT clock boolean)
-    LANGUAGE C STABLE
-    AS 'MODULE_PATHNAME', 'persona_compile_predicate';
-COMMENT ON FUNCTION persona.compile_predicate(text, regclass) IS
-    'checks a predicate over a source relation; returns it deparsed, the columns it reads, and whether it calls clock functions';
 
 CREATE FUNCTION persona.refresh_segments(profile_ids bigint[], changed text[]) RETURNS bigint
     LANGUAGE C VOLATILE

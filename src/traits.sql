@@ -12,7 +12,7 @@ CREATE TABLE persona.trait_defs (
                                                           'first', 'last', 'count_distinct')),
     event_type  text        NOT NULL,
     property    text,
-    time_window interval    CHECK (time_window > interval '0'),
+    time_window interval    CHECK (time_window >= interval '1 minute' AND time_window <= interval '10 years'),
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 ALTER SEQUENCE persona.trait_id_seq OWNED BY persona.trait_defs.trait_id;
@@ -203,10 +203,11 @@ BEGIN
         'the columns action conditions can name: those of persona.segment_source and context (the call''s jsonb)';
     COMMENT ON VIEW persona.traits IS
         'one row per profile, one typed column per computed trait, values as of now()';
-    -- The new view keeps the grants of the old one.
+    -- The new view keeps the grants of the old one (regrole's output is
+    -- already quoted as an identifier).
     FOR r IN SELECT a.grantee, a.privilege_type, a.is_grantable FROM aclexplode(v_acl) AS a LOOP
         EXECUTE format('GRANT %s ON persona.traits TO %s%s', r.privilege_type,
-                       CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.grantee::regrole::text) END,
+                       CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE r.grantee::regrole::text END,
                        CASE WHEN r.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
     END LOOP;
 END

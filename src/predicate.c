@@ -1,0 +1,612 @@
+/*
+ * predicate.c
+ *	  Checking and compiling the expressions users store: segment predicates
+ *	  and action conditions.
+ *
+ * A stored expression runs later as the extension's owner, a superuser,
+ * inside ingest, decisions and the tick.  So nothing user-defined may run
+ * while it is parsed or evaluated, and that is proved in three steps:
+ *
+ *	1. Before parse analysis (which already runs code: a literal is converted
+ *	   by its type's input function, and a composite or array literal runs
+ *	   the CHECK constraints of any domain inside it), the raw tree may name
+ *	   types, functions and operators of pg_catalog only: a type is looked up
+ *	   by name and refused unless it is a built-in base, range or enum type;
+ *	   a schema-qualified function or operator must be qualified with
+ *	   pg_catalog.  Unqualified functions and operators resolve in the pinned
+ *	   search_path (pg_catalog, pg_temp), where PostgreSQL never searches
+ *	   pg_temp for them.  Subqueries and parameters are refused here too.
+ *	2. After analysis, the tree may hold only the expression nodes of an
+ *	   allow-list (no domain coercion, no subquery, no sequence, no XML,
+ *	   ...), every node's type must be a built-in type as in step 1, and
+ *	   every function an operator, a cast or a call runs must be a
+ *	   pg_catalog function that is immutable, or one of the clock and
+ *	   date/time functions.  Those read nothing beyond their arguments and
+ *	   the clock.
+ *	3. What is stored and run is the expression deparsed from the checked
+ *	   tree, never the text given.  A trigger on persona.segments and
+ *	   persona.actions compiles it again on every write, so a row written
+ *	   by hand (the admin role may write those tables) can never hold
+ *	   unchecked SQL.
+ *
+ * Every name the deparsed expression holds is therefore a pg_catalog object
+ * or a column of the source view.  pg_catalog is first in the search_path
+ * that every evaluation pins (pg_catalog, pg_temp), so those names cannot
+ * mean anything else in another session.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "funcapi.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/optimizer.h"
+#include "parser/parse_coerce.h"
+#include "parser/parse_collate.h"
+#include "parser/parse_expr.h"
+#include "parser/parse_node.h"
+#include "parser/parse_relation.h"
+#include "parser/parse_type.h"
+#include "parser/parser.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+#include "utils/syscache.h"
+
+#include "persona.h"
+
+#define PREDICATE_PREFIX "SELECT "
+
+/* ---------------------------------------------------------------------
+ * The pinned search_path
+ * --------------------------------------------------------------------- */
+
+/*
+ * Sets search_path to pg_catalog, pg_temp until PersonaUnpinSearchPath:
+ * what every SECURITY DEFINER function of persona runs with, for the C
+ * paths that parse or plan stored expressions.
+ */
+int
+PersonaPinSearchPath(void)
+{
+	int			level = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+	return level;
+}
+
+void
+PersonaUnpinSearchPath(int level)
+{
+	AtEOXact_GUC(true, level);
+}
+
+/* ---------------------------------------------------------------------
+ * Errors
+ * --------------------------------------------------------------------- */
+
+/* Points errors at the predicate the user wrote, not at our wrapper. */
+static void
+PredicateErrorCallback(void *arg)
+{
+	const char *predicate = (const char *) arg;
+	int			pos = geterrposition();
+
+	if (pos > (int) strlen(PREDICATE_PREFIX))
+	{
+		errposition(0);
+		internalerrposition(pos - (int) strlen(PREDICATE_PREFIX));
+		internalerrquery(predicate);
+	}
+	errcontext("predicate \"%s\"", predicate);
+}
+
+static void
+RefusePredicate(const char *what, const char *hint, int location)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("predicates cannot contain %s", what),
+			 hint ? errhint("%s", hint) : 0,
+			 location >= 0 ? errposition(location + 1) : 0));
+}
+
+/* ---------------------------------------------------------------------
+ * Types, functions and operators
+ * --------------------------------------------------------------------- */
+
+/*
+ * Whether values of a type may appear in a predicate: a built-in
+ * (pg_catalog) base, range, multirange or enum type, or record and unknown
+ * (a ROW(...) and an untyped literal).  Domains (their CHECK constraints
+ * are expressions of their owner's) and composite types (whose columns may
+ * be domains) are refused, wherever they are defined, and so are the OID
+ * alias types (regclass, regproc, ...), whose input reads the catalogs.
+ */
+static bool
+OidAliasType(Oid typid)
+{
+	switch (typid)
+	{
+		case REGCLASSOID:
+		case REGCOLLATIONOID:
+		case REGCONFIGOID:
+		case REGDICTIONARYOID:
+		case REGNAMESPACEOID:
+		case REGOPERATOROID:
+		case REGOPEROID:
+		case REGPROCEDUREOID:
+		case REGPROCOID:
+		case REGROLEOID:
+		case REGTYPEOID:
+			return true;
+		default:
+			return false;
+	}
+}
+
+static bool
+TypeAllowed(Oid typid)
+{
+	HeapTuple	tup;
+	Form_pg_type t;
+	bool		ok;
+
+	if (typid == RECORDOID || typid == UNKNOWNOID)
+		return true;
+	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
+	if (!HeapTupleIsValid(tup))
+		return false;
+	t = (Form_pg_type) GETSTRUCT(tup);
+	ok = t->typnamespace == PG_CATALOG_NAMESPACE &&
+		(t->typtype == TYPTYPE_BASE || t->typtype == TYPTYPE_RANGE ||
+		 t->typtype == TYPTYPE_MULTIRANGE || t->typtype == TYPTYPE_ENUM) &&
+		!OidAliasType(OidIsValid(t->typelem) && IsTrueArrayType(t) ? t->typelem : typid);
+	ReleaseSysCache(tup);
+	return ok;
+}
+
+static void
+CheckType(Oid typid, int location)
+{
+	if (!TypeAllowed(typid))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("predicates cannot use type %s", format_type_be_qualified(typid)),
+				 errdetail("Only built-in types are allowed: no domains, composite types or types of other schemas."),
+				 location >= 0 ? errposition(location + 1) : 0));
+}
+
+/* A name list (func or operator) is unqualified or qualified with pg_catalog. */
+static void
+CheckQualifiedName(List *names, const char *what, int location)
+{
+	char	   *schema;
+	char	   *name;
+
+	DeconstructQualifiedName(names, &schema, &name);
+	if (schema != NULL && strcmp(schema, "pg_catalog") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("predicates cannot call %s %s.%s", what, schema, name),
+				 errdetail("Only built-in functions and operators are allowed."),
+				 location >= 0 ? errposition(location + 1) : 0));
+}
+
+/*
+ * The stable built-ins a predicate may call: the clock and date/time
+ * arithmetic, which depend on the time (and the time zone) only.  Other
+ * stable built-ins can read what the profile does not hold (settings,
+ * statistics, whole tables as XML), and predicates run with persona's
+ * privileges, so they are refused.
+ */
+static bool
+ClockFunction(const char *name)
+{
+	static const char *const names[] = {
+		"now", "transaction_timestamp", "statement_timestamp", "date_trunc",
+		"date_part", "extract", "date_bin", "age", "timezone", "to_char",
+		"to_date", "to_timestamp", "make_timestamptz", "date", "timestamp",
+		"timestamptz", "time", "timetz", "overlaps", "isfinite"
+	};
+	static const char *const prefixes[] = {
+		"timestamptz_", "timestamp_", "date_", "interval_", "time_", "timetz_"
+	};
+
+	for (size_t i = 0; i < lengthof(names); i++)
+		if (strcmp(name, names[i]) == 0)
+			return true;
+	for (size_t i = 0; i < lengthof(prefixes); i++)
+		if (strncmp(name, prefixes[i], strlen(prefixes[i])) == 0)
+			return true;
+	return false;
+}
+
+typedef struct CheckContext
+{
+	bool		clock;
+} CheckContext;
+
+static bool
+CheckFunction(Oid funcid, void *context)
+{
+	CheckContext *cx = (CheckContext *) context;
+	char		volatility;
+
+	if (get_func_namespace(funcid) != PG_CATALOG_NAMESPACE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("predicates cannot call function %s",
+						format_procedure_qualified(funcid)),
+				 errdetail("Only built-in functions and operators are allowed.")));
+	volatility = func_volatile(funcid);
+	if (volatility == PROVOLATILE_VOLATILE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("predicates cannot call volatile function %s",
+						format_procedure(funcid)),
+				 errhint("A predicate must give the same answer for the same profile at the same time.")));
+	if (volatility != PROVOLATILE_IMMUTABLE)
+	{
+		if (!ClockFunction(get_func_name(funcid)))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("predicates cannot call function %s",
+							format_procedure(funcid)),
+					 errdetail("Besides immutable built-ins, only clock and date/time functions are allowed.")));
+		cx->clock = true;
+	}
+	return false;
+}
+
+/* ---------------------------------------------------------------------
+ * Step 1: the raw tree, before anything runs
+ * --------------------------------------------------------------------- */
+
+static bool
+CheckRawNode(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	switch (nodeTag(node))
+	{
+		case T_TypeName:
+			{
+				TypeName   *tn = (TypeName *) node;
+				Type		type;
+
+				if (tn->pct_type)
+					RefusePredicate("%TYPE references", NULL, tn->location);
+				/* A lookup by name only: no typmod input function runs. */
+				type = LookupTypeName(NULL, tn, NULL, true);
+				if (type == NULL)
+					ereport(ERROR,
+							(errcode(ERRCODE_UNDEFINED_OBJECT),
+							 errmsg("type %s does not exist", TypeNameToString(tn)),
+							 errposition(tn->location + 1)));
+				CheckType(typeTypeId(type), tn->location);
+				ReleaseSysCache(type);
+				return false;
+			}
+		case T_FuncCall:
+			CheckQualifiedName(((FuncCall *) node)->funcname, "function",
+							   ((FuncCall *) node)->location);
+			break;
+		case T_A_Expr:
+			CheckQualifiedName(((A_Expr *) node)->name, "operator",
+							   ((A_Expr *) node)->location);
+			break;
+		case T_SubLink:
+			RefusePredicate("subqueries", "Name columns of persona.profiles and persona.traits.",
+							((SubLink *) node)->location);
+			break;
+		case T_ParamRef:
+			RefusePredicate("parameters", NULL, ((ParamRef *) node)->location);
+			break;
+		default:
+			break;
+	}
+	return raw_expression_tree_walker(node, CheckRawNode, context);
+}
+
+/* ---------------------------------------------------------------------
+ * Step 2: the analysed tree
+ * --------------------------------------------------------------------- */
+
+static bool
+CheckPredicateNode(Node *node, void *context)
+{
+	CheckContext *cx = (CheckContext *) context;
+
+	if (node == NULL)
+		return false;
+	switch (nodeTag(node))
+	{
+		case T_List:
+		case T_CaseWhen:
+			/* No value of their own; their parts are checked. */
+			return expression_tree_walker(node, CheckPredicateNode, context);
+		case T_SQLValueFunction:
+			if (((SQLValueFunction *) node)->op > SVFOP_LOCALTIMESTAMP_N)
+				RefusePredicate("session functions such as CURRENT_USER", NULL,
+								((SQLValueFunction *) node)->location);
+			cx->clock = true;
+			break;
+		case T_SubscriptingRef:
+			CheckType(((SubscriptingRef *) node)->refcontainertype, exprLocation(node));
+			break;
+		case T_Var:
+		case T_Const:
+		case T_FuncExpr:
+		case T_OpExpr:
+		case T_DistinctExpr:
+		case T_NullIfExpr:
+		case T_ScalarArrayOpExpr:
+		case T_BoolExpr:
+		case T_RelabelType:
+		case T_CoerceViaIO:
+		case T_ArrayCoerceExpr:
+		case T_CollateExpr:
+		case T_CaseExpr:
+		case T_CaseTestExpr:
+		case T_ArrayExpr:
+		case T_RowExpr:
+		case T_RowCompareExpr:
+		case T_CoalesceExpr:
+		case T_MinMaxExpr:
+		case T_NullTest:
+		case T_BooleanTest:
+		case T_FieldSelect:
+			break;
+		case T_SubLink:
+			RefusePredicate("subqueries", "Name columns of persona.profiles and persona.traits.",
+							((SubLink *) node)->location);
+			break;
+		case T_Param:
+			RefusePredicate("parameters", NULL, ((Param *) node)->location);
+			break;
+		case T_NextValueExpr:
+			RefusePredicate("sequence functions", NULL, -1);
+			break;
+		case T_CoerceToDomain:
+		case T_CoerceToDomainValue:
+			RefusePredicate("domain types", "Cast to the domain's base type instead.",
+							exprLocation(node));
+			break;
+		default:
+			RefusePredicate(psprintf("this kind of expression (node %d)", (int) nodeTag(node)),
+							NULL, exprLocation(node));
+			break;
+	}
+	(void) check_functions_in_node(node, CheckFunction, context);
+	CheckType(exprType(node), exprLocation(node));
+	return expression_tree_walker(node, CheckPredicateNode, context);
+}
+
+/* The raw expression of "SELECT <predicate>", or an error saying why not. */
+static Node *
+ParsePredicate(const char *predicate, const char *sql)
+{
+	List	   *stmts = raw_parser(sql, RAW_PARSE_DEFAULT);
+	SelectStmt *select;
+	ResTarget  *target;
+
+	if (list_length(stmts) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("a predicate must be exactly one expression"),
+				 errdetail("The text given holds %d statements.", list_length(stmts))));
+	select = (SelectStmt *) ((RawStmt *) linitial(stmts))->stmt;
+	if (!IsA(select, SelectStmt) || select->op != SETOP_NONE ||
+		select->fromClause != NIL || select->whereClause != NULL ||
+		select->groupClause != NIL || select->havingClause != NULL ||
+		select->windowClause != NIL || select->valuesLists != NIL ||
+		select->sortClause != NIL || select->limitCount != NULL ||
+		select->limitOffset != NULL || select->lockingClause != NIL ||
+		select->withClause != NULL || select->intoClause != NULL ||
+		select->distinctClause != NIL || list_length(select->targetList) != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("a predicate must be exactly one expression"),
+				 errdetail("The text given is more than an expression: \"%s\".", predicate),
+				 errhint("Write a boolean expression such as traits->>'city' = 'Mumbai' AND cart_value > 5000.")));
+	target = linitial_node(ResTarget, select->targetList);
+	if (target->name != NULL || target->indirection != NIL ||
+		(IsA(target->val, ColumnRef) &&
+		 IsA(llast(((ColumnRef *) target->val)->fields), A_Star)))
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("a predicate must be exactly one expression"),
+				 errdetail("The text given is more than an expression: \"%s\".", predicate)));
+	return target->val;
+}
+
+/*
+ * Checks a predicate and returns it deparsed (over alias "s" of relation
+ * ``relid``: persona.segment_source, or persona.decision_source for action
+ * conditions), with the columns it reads and whether it calls a function of
+ * the clock.
+ */
+char *
+PersonaCompilePredicate(const char *predicate, Oid relid, List **reads, bool *clock)
+{
+	char	   *sql = psprintf("%s%s", PREDICATE_PREFIX, predicate);
+	ErrorContextCallback errcallback;
+	ParseState *pstate;
+	ParseNamespaceItem *nsitem;
+	Relation	rel;
+	Node	   *raw;
+	Node	   *expr;
+	CheckContext cx = {false};
+	Bitmapset  *attnos = NULL;
+	int			k = -1;
+	char	   *deparsed;
+	int			pinned = PersonaPinSearchPath();
+
+	errcallback.callback = PredicateErrorCallback;
+	errcallback.arg = (void *) predicate;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	raw = ParsePredicate(predicate, sql);
+	(void) CheckRawNode(raw, NULL);
+
+	rel = relation_open(relid, AccessShareLock);
+	pstate = make_parsestate(NULL);
+	pstate->p_sourcetext = sql;
+	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
+										   makeAlias("s", NIL), false, true);
+	addNSItemToQuery(pstate, nsitem, false, true, true);
+	expr = transformExpr(pstate, raw, EXPR_KIND_WHERE);
+	expr = coerce_to_boolean(pstate, expr, "predicate");
+	assign_expr_collations(pstate, expr);
+	(void) CheckPredicateNode(expr, &cx);
+
+	pull_varattnos(expr, 1, &attnos);
+	*reads = NIL;
+	while ((k = bms_next_member(attnos, k)) >= 0)
+	{
+		AttrNumber	attno = k + FirstLowInvalidHeapAttributeNumber;
+
+		if (attno <= 0)
+			RefusePredicate("system columns or whole rows", NULL, -1);
+		*reads = lappend(*reads, pstrdup(NameStr(TupleDescAttr(RelationGetDescr(rel), attno - 1)->attname)));
+	}
+	*clock = cx.clock;
+	deparsed = deparse_expression(expr, deparse_context_for("s", RelationGetRelid(rel)),
+								  true, false);
+	relation_close(rel, AccessShareLock);
+	free_parsestate(pstate);
+	error_context_stack = errcallback.previous;
+	PersonaUnpinSearchPath(pinned);
+	return deparsed;
+}
+
+static Datum
+ReadsArray(List *reads)
+{
+	Datum	   *names = palloc(sizeof(Datum) * Max(list_length(reads), 1));
+	int			i = 0;
+	ListCell   *lc;
+
+	foreach(lc, reads)
+		names[i++] = CStringGetTextDatum((char *) lfirst(lc));
+	return PointerGetDatum(construct_array(names, i, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+static char *
+RequirePredicateText(text *t)
+{
+	char	   *predicate = text_to_cstring(t);
+
+	if (strspn(predicate, " \t\r\n") == strlen(predicate))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("predicate must not be empty")));
+	return predicate;
+}
+
+/* Checks a predicate over a source relation; returns (sql, reads, clock). */
+PG_FUNCTION_INFO_V1(persona_compile_predicate);
+Datum
+persona_compile_predicate(PG_FUNCTION_ARGS)
+{
+	List	   *reads;
+	bool		clock;
+	char	   *deparsed;
+	TupleDesc	desc;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("predicate must not be null")));
+	deparsed = PersonaCompilePredicate(RequirePredicateText(PG_GETARG_TEXT_PP(0)),
+									   PG_GETARG_OID(1), &reads, &clock);
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "persona_compile_predicate must return a record");
+	values[0] = CStringGetTextDatum(deparsed);
+	values[1] = ReadsArray(reads);
+	values[2] = BoolGetDatum(clock);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/*
+ * BEFORE INSERT OR UPDATE row trigger of the definition tables: compiles
+ * the expression column again and overwrites what is derived from it, so
+ * that the stored SQL is always the checked compilation of the stored
+ * text, however the row was written.  Arguments: the source view, the
+ * text column, the SQL column, the reads column, and the clock column or ''.
+ * A NULL text (an action without condition) gives NULL SQL and no reads.
+ */
+PG_FUNCTION_INFO_V1(persona_compile_definition);
+Datum
+persona_compile_definition(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Trigger    *trigger;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	Oid			source;
+	int			attnums[4];
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+	int			ncols = 3;
+	bool		isnull;
+	Datum		text_datum;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) ||
+		TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) ||
+		trigdata->tg_trigger->tgnargs != 5)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("persona_compile_definition must be fired BEFORE INSERT OR UPDATE ... FOR EACH ROW with 5 arguments")));
+	trigger = trigdata->tg_trigger;
+	desc = RelationGetDescr(trigdata->tg_relation);
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple
+		: trigdata->tg_trigtuple;
+	source = DatumGetObjectId(DirectFunctionCall1(regclassin,
+												  CStringGetDatum(trigger->tgargs[0])));
+	for (int i = 1; i < 5; i++)
+		attnums[i - 1] = trigger->tgargs[i][0] == '\0' ? InvalidAttrNumber
+			: PersonaRequireColumn(RelationGetRelid(trigdata->tg_relation), trigger->tgargs[i]);
+	if (attnums[3] != InvalidAttrNumber)
+		ncols = 4;
+
+	text_datum = heap_getattr(tuple, attnums[0], desc, &isnull);
+	if (isnull)
+	{
+		nulls[1] = true;
+		values[2] = ReadsArray(NIL);
+		values[3] = BoolGetDatum(false);
+	}
+	else
+	{
+		List	   *reads;
+		bool		clock;
+		char	   *predicate = RequirePredicateText(DatumGetTextPP(text_datum));
+
+		values[1] = CStringGetTextDatum(PersonaCompilePredicate(predicate, source, &reads, &clock));
+		values[2] = ReadsArray(reads);
+		values[3] = BoolGetDatum(clock);
+	}
+	tuple = heap_modify_tuple_by_cols(tuple, desc, ncols - 1, &attnums[1], &values[1], &nulls[1]);
+	return PointerGetDatum(tuple);
+}

@@ -1,0 +1,17 @@
+-- Checking and compiling stored expressions (src/predicate.c): segment
+-- predicates and action conditions.
+
+CREATE FUNCTION persona.compile_predicate(predicate text, source regclass,
+                                          OUT sql text, OUT reads text[], OUT clock boolean)
+    LANGUAGE C STABLE
+    AS 'MODULE_PATHNAME', 'persona_compile_predicate';
+COMMENT ON FUNCTION persona.compile_predicate(text, regclass) IS
+    'checks a predicate over a source relation; returns it deparsed, the columns it reads, and whether it calls clock functions';
+
+-- BEFORE INSERT OR UPDATE of persona.segments and persona.actions: the
+-- stored SQL is always the checked compilation of the stored text.
+CREATE FUNCTION persona.compile_definition() RETURNS trigger
+    LANGUAGE C
+    AS 'MODULE_PATHNAME', 'persona_compile_definition';
+COMMENT ON FUNCTION persona.compile_definition() IS
+    'compiles a definition row''s expression again (arguments: source view, text, sql, reads and clock columns), so no row holds unchecked SQL';
