@@ -5,16 +5,11 @@
  */
 #include "postgres.h"
 
-#include "access/heapam.h"
-#include "access/table.h"
-#include "access/tableam.h"
-#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "executor/spi.h"
 #include "utils/inval.h"
-#include "utils/snapmgr.h"
 #include "utils/lsyscache.h"
 
 #include "persona.h"
@@ -116,44 +111,6 @@ persona_announce_change(PG_FUNCTION_ARGS)
 				 errmsg("persona_announce_change must be fired AFTER ... FOR EACH STATEMENT")));
 	CacheInvalidateRelcache(trigdata->tg_relation);
 	return PointerGetDatum(NULL);
-}
-
-/*
- * Calls ``row`` for every row of one of persona's definition tables (trait,
- * segment and action definitions), read under the latest snapshot rather
- * than the transaction's: a REPEATABLE READ transaction must not cache, and
- * act on, definitions that are no longer current.  No privileges are
- * checked: whoever may read what the definitions produce may know them.
- */
-void
-PersonaReadDefinitions(Oid relid, int natts, PersonaRowFunc row, void *arg)
-{
-	Relation	rel = table_open(relid, AccessShareLock);
-	TupleDesc	desc = RelationGetDescr(rel);
-	Snapshot	snapshot;
-	TableScanDesc scan;
-	HeapTuple	tup;
-	Datum	   *values;
-	bool	   *nulls;
-
-	if (desc->natts < natts)
-		elog(ERROR, "relation \"%s\" does not have the expected columns",
-			 RelationGetRelationName(rel));
-	values = palloc(sizeof(Datum) * desc->natts);
-	nulls = palloc(sizeof(bool) * desc->natts);
-	/* A parallel query cannot take a new snapshot: its own is as fresh. */
-	snapshot = RegisterSnapshot(IsInParallelMode() ? GetActiveSnapshot() : GetLatestSnapshot());
-	scan = table_beginscan(rel, snapshot, 0, NULL);
-	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		heap_deform_tuple(tup, desc, values, nulls);
-		row(values, nulls, arg);
-	}
-	table_endscan(scan);
-	UnregisterSnapshot(snapshot);
-	table_close(rel, AccessShareLock);
-	pfree(values);
-	pfree(nulls);
 }
 
 /* An SPI plan prepared on first use and kept for the backend's life. */

@@ -44,6 +44,7 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
+#include "defcache.h"
 #include "persona.h"
 #include "traits.h"
 
@@ -71,7 +72,6 @@ typedef struct ActionDef
 typedef struct ActionCatalog
 {
 	int			nactions;
-	int			maxactions;
 	ActionDef  *actions;		/* ordered by action_id */
 	int			nconditions;	/* actions with a condition */
 	SPIPlanPtr	evaluate;		/* built on first use */
@@ -87,9 +87,6 @@ typedef struct Candidate
 	double		score;
 } Candidate;
 
-static MemoryContext ActionCatalogContext = NULL;
-static ActionCatalog *action_catalog = NULL;
-static Oid	actions_relid = InvalidOid;
 static pg_prng_state decide_prng;
 static bool decide_prng_seeded = false;
 
@@ -105,84 +102,75 @@ static SPIPlanPtr error_plan = NULL;
  * Definitions cache
  * --------------------------------------------------------------------- */
 
-static void
-ActionCatalogRelcacheCallback(Datum arg, Oid relid)
-{
-	if (!OidIsValid(relid) || relid == actions_relid)
-		actions_relid = InvalidOid;
-}
-
-static int
-CompareActions(const void *a, const void *b)
-{
-	return ((const ActionDef *) a)->action_id - ((const ActionDef *) b)->action_id;
-}
+static const char *const action_columns[] = {
+	"action_id", "name", "channel", "content", "segment", "condition_sql", "priority",
+	"value", "cap_per_day", "cooldown", "starts_at", "ends_at", "paused"
+};
 
 static void
-AddActionDef(Datum *values, bool *nulls, void *arg)
+ReadActionDef(void *entry, const Datum *values, const bool *nulls)
 {
-	ActionCatalog *ac = (ActionCatalog *) arg;
-	ActionDef  *d;
+	ActionDef  *d = (ActionDef *) entry;
 
-	if (ac->nactions == ac->maxactions)
-	{
-		ac->maxactions = Max(8, ac->maxactions * 2);
-		ac->actions = ac->actions
-			? repalloc(ac->actions, sizeof(ActionDef) * ac->maxactions)
-			: palloc(sizeof(ActionDef) * ac->maxactions);
-	}
-	d = &ac->actions[ac->nactions++];
 	d->action_id = DatumGetInt32(values[0]);
 	d->name = TextDatumGetCString(values[1]);
 	d->channel = TextDatumGetCString(values[2]);
 	d->content = DatumGetJsonbPCopy(values[3]);
 	d->segment = nulls[4] ? NULL : TextDatumGetCString(values[4]);
-	d->condition_sql = nulls[6] ? NULL : TextDatumGetCString(values[6]);
-	d->priority = DatumGetInt32(values[8]);
-	d->value = DatumGetFloat8(values[9]);
-	d->cap_per_day = nulls[10] ? 0 : DatumGetInt32(values[10]);
-	d->cooldown_us = nulls[11] ? 0 : TraitIntervalUs(DatumGetIntervalP(values[11]));
-	if (nulls[12])
+	d->condition_sql = nulls[5] ? NULL : TextDatumGetCString(values[5]);
+	d->priority = DatumGetInt32(values[6]);
+	d->value = DatumGetFloat8(values[7]);
+	d->cap_per_day = nulls[8] ? 0 : DatumGetInt32(values[8]);
+	d->cooldown_us = nulls[9] ? 0 : TraitIntervalUs(DatumGetIntervalP(values[9]));
+	if (nulls[10])
 		TIMESTAMP_NOBEGIN(d->starts_at);
 	else
-		d->starts_at = DatumGetTimestampTz(values[12]);
-	if (nulls[13])
+		d->starts_at = DatumGetTimestampTz(values[10]);
+	if (nulls[11])
 		TIMESTAMP_NOEND(d->ends_at);
 	else
-		d->ends_at = DatumGetTimestampTz(values[13]);
-	d->paused = DatumGetBool(values[14]);
-	if (d->condition_sql != NULL)
-		ac->nconditions++;
+		d->ends_at = DatumGetTimestampTz(values[11]);
+	d->paused = DatumGetBool(values[12]);
 }
 
-/* The action definitions, read again after persona.actions changed. */
+static void *
+BuildActionCatalog(void *entries, int n)
+{
+	ActionCatalog *ac = palloc0(sizeof(ActionCatalog));
+
+	ac->actions = (ActionDef *) entries;
+	ac->nactions = n;
+	for (int k = 0; k < n; k++)
+		if (ac->actions[k].condition_sql != NULL)
+			ac->nconditions++;
+	return ac;
+}
+
+static void
+ReleaseActionCatalog(void *built)
+{
+	ActionCatalog *ac = (ActionCatalog *) built;
+
+	if (ac->evaluate != NULL)
+		SPI_freeplan(ac->evaluate);
+}
+
+/* The action definitions, read again after persona.actions changed (defcache.c). */
+static DefinitionCache action_cache = {
+	.name = "persona actions",
+	.relation = offsetof(PersonaCatalog, actions),
+	.columns = action_columns,
+	.ncolumns = lengthof(action_columns),
+	.entry_size = sizeof(ActionDef),
+	.read_row = ReadActionDef,
+	.build = BuildActionCatalog,
+	.release = ReleaseActionCatalog,
+};
+
 static ActionCatalog *
 GetActionCatalog(void)
 {
-	const PersonaCatalog *cat = PersonaGetCatalog();
-	ActionCatalog *ac;
-	MemoryContext old;
-	MemoryContext cxt;
-
-	if (action_catalog != NULL && actions_relid == cat->actions)
-		return action_catalog;
-
-	cxt = AllocSetContextCreate(TopMemoryContext, "persona actions", ALLOCSET_SMALL_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-	ac = palloc0(sizeof(ActionCatalog));
-	PersonaReadDefinitions(cat->actions, 15, AddActionDef, ac);
-	if (ac->nactions > 0)
-		qsort(ac->actions, ac->nactions, sizeof(ActionDef), CompareActions);
-	MemoryContextSwitchTo(old);
-
-	if (action_catalog != NULL && action_catalog->evaluate != NULL)
-		SPI_freeplan(action_catalog->evaluate);
-	if (ActionCatalogContext != NULL)
-		MemoryContextDelete(ActionCatalogContext);
-	ActionCatalogContext = cxt;
-	action_catalog = ac;
-	actions_relid = cat->actions;
-	return ac;
+	return (ActionCatalog *) PersonaDefinitions(&action_cache);
 }
 
 /*
@@ -1053,10 +1041,4 @@ persona_decide(PG_FUNCTION_ARGS)
 	RecordDecisions(&req, &profile, &candidates, rsinfo);
 	SPI_finish();
 	return (Datum) 0;
-}
-
-void
-PersonaDecideInit(void)
-{
-	CacheRegisterRelcacheCallback(ActionCatalogRelcacheCallback, (Datum) 0);
 }

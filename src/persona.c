@@ -7,9 +7,8 @@
 #include "fmgr.h"
 #include "utils/guc.h"
 
+#include "defcache.h"
 #include "persona.h"
-#include "segments.h"
-#include "traits.h"
 
 PG_MODULE_MAGIC;
 
@@ -41,7 +40,5 @@ _PG_init(void)
 
 	PersonaCatalogInit();
 	PersonaIngestInit();
-	PersonaTraitsInit();
-	PersonaSegmentsInit();
-	PersonaDecideInit();
+	PersonaDefCacheInit();
 }

@@ -37,8 +37,6 @@ extern const PersonaCatalog *PersonaGetCatalog(void);
 extern AttrNumber PersonaRequireColumn(Oid relid, const char *name);
 extern void PersonaCatalogInit(void);
 
-typedef void (*PersonaRowFunc) (Datum *values, bool *nulls, void *arg);
-extern void PersonaReadDefinitions(Oid relid, int natts, PersonaRowFunc row, void *arg);
 
 struct _SPI_plan;
 extern struct _SPI_plan *PersonaKeptPlan(struct _SPI_plan **cache, const char *sql,
@@ -53,8 +51,5 @@ extern void PersonaUnpinSearchPath(int level);
 
 /* ingest.c */
 extern void PersonaIngestInit(void);
-
-/* decide.c */
-extern void PersonaDecideInit(void);
 
 #endif							/* PERSONA_H */

@@ -27,6 +27,7 @@
 #include "utils/snapmgr.h"
 
 #include "persona.h"
+#include "defcache.h"
 #include "rowwriter.h"
 #include "segments.h"
 
@@ -46,14 +47,9 @@ typedef struct SegmentDef
 typedef struct SegmentCatalog
 {
 	int			nsegments;
-	int			maxsegments;
 	SegmentDef *segments;		/* ordered by segment_id */
 	SPIPlanPtr	evaluate;		/* built on first use */
 } SegmentCatalog;
-
-static MemoryContext SegmentCatalogContext = NULL;
-static SegmentCatalog *segment_catalog = NULL;
-static Oid	segments_relid = InvalidOid;
 
 static SPIPlanPtr exit_plan = NULL;
 
@@ -72,83 +68,71 @@ JsonString(const char *name)
 	return buf.data;
 }
 
-static void
-SegmentCatalogRelcacheCallback(Datum arg, Oid relid)
-{
-	if (!OidIsValid(relid) || relid == segments_relid)
-		segments_relid = InvalidOid;
-}
+static const char *const segment_columns[] = {
+	"segment_id", "name", "predicate_sql", "reads", "clock"
+};
 
-static int
-CompareSegments(const void *a, const void *b)
-{
-	return ((const SegmentDef *) a)->segment_id - ((const SegmentDef *) b)->segment_id;
-}
-
-/*
- * Returns the segment definitions, read again (under a fresh snapshot, as
- * the trait definitions are) after persona.segments changed.  The kept
- * evaluation plan is replanned by the plan cache when persona.segment_source
- * is rebuilt; a trait a segment reads cannot be dropped.
- */
 static void
-AddSegmentDef(Datum *values, bool *nulls, void *arg)
+ReadSegmentDef(void *entry, const Datum *values, const bool *nulls)
 {
-	SegmentCatalog *sc = (SegmentCatalog *) arg;
-	SegmentDef *d;
+	SegmentDef *d = (SegmentDef *) entry;
 	Datum	   *reads;
 	int			nreads;
 
-	if (sc->nsegments == sc->maxsegments)
-	{
-		sc->maxsegments = Max(8, sc->maxsegments * 2);
-		sc->segments = sc->segments
-			? repalloc(sc->segments, sizeof(SegmentDef) * sc->maxsegments)
-			: palloc(sizeof(SegmentDef) * sc->maxsegments);
-	}
-	d = &sc->segments[sc->nsegments++];
 	d->segment_id = DatumGetInt32(values[0]);
 	d->name = TextDatumGetCString(values[1]);
 	d->name_text = CStringGetTextDatum(d->name);
 	d->name_json = JsonString(d->name);
-	d->sql = TextDatumGetCString(values[3]);
-	deconstruct_array(DatumGetArrayTypeP(values[4]), TEXTOID, -1, false,
+	d->sql = TextDatumGetCString(values[2]);
+	deconstruct_array(DatumGetArrayTypeP(values[3]), TEXTOID, -1, false,
 					  TYPALIGN_INT, &reads, NULL, &nreads);
 	d->nreads = nreads;
 	d->reads = palloc(sizeof(char *) * Max(nreads, 1));
 	for (int i = 0; i < nreads; i++)
 		d->reads[i] = TextDatumGetCString(reads[i]);
-	d->clock = DatumGetBool(values[5]);
+	d->clock = DatumGetBool(values[4]);
 }
+
+static void *
+BuildSegmentCatalog(void *entries, int n)
+{
+	SegmentCatalog *sc = palloc0(sizeof(SegmentCatalog));
+
+	sc->segments = (SegmentDef *) entries;
+	sc->nsegments = n;
+	return sc;
+}
+
+static void
+ReleaseSegmentCatalog(void *built)
+{
+	SegmentCatalog *sc = (SegmentCatalog *) built;
+
+	if (sc->evaluate != NULL)
+		SPI_freeplan(sc->evaluate);
+}
+
+/*
+ * The segment definitions, read again after persona.segments changed
+ * (defcache.c).  The kept evaluation plan is replanned by the plan cache
+ * when persona.segment_source is rebuilt; a trait a segment reads cannot be
+ * dropped.
+ */
+static DefinitionCache segment_cache = {
+	.name = "persona segments",
+	.relation = offsetof(PersonaCatalog, segments),
+	.columns = segment_columns,
+	.ncolumns = lengthof(segment_columns),
+	.entry_size = sizeof(SegmentDef),
+	.read_row = ReadSegmentDef,
+	.build = BuildSegmentCatalog,
+	.release = ReleaseSegmentCatalog,
+};
 
 static SegmentCatalog *
 GetSegmentCatalog(void)
 {
-	const PersonaCatalog *cat = PersonaGetCatalog();
-	SegmentCatalog *sc;
-	MemoryContext old;
-	MemoryContext cxt;
-
-	if (segment_catalog != NULL && segments_relid == cat->segments)
-		return segment_catalog;
-
-	cxt = AllocSetContextCreate(TopMemoryContext, "persona segments",
-								ALLOCSET_SMALL_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-	sc = palloc0(sizeof(SegmentCatalog));
-	PersonaReadDefinitions(cat->segments, 6, AddSegmentDef, sc);
-	if (sc->nsegments > 0)
-		qsort(sc->segments, sc->nsegments, sizeof(SegmentDef), CompareSegments);
-	MemoryContextSwitchTo(old);
-
-	if (segment_catalog != NULL && segment_catalog->evaluate != NULL)
-		SPI_freeplan(segment_catalog->evaluate);
-	if (SegmentCatalogContext != NULL)
-		MemoryContextDelete(SegmentCatalogContext);
-	SegmentCatalogContext = cxt;
-	segment_catalog = sc;
-	segments_relid = cat->segments;
-	return sc;
+	return (SegmentCatalog *) PersonaDefinitions(&segment_cache);
 }
 
 /*
@@ -485,10 +469,4 @@ persona_refresh_segments(PG_FUNCTION_ARGS)
 	}
 	PG_RETURN_INT64((int64) SegmentsRefresh(pids, n, false, (const char *const *) changed,
 											nchanged));
-}
-
-void
-PersonaSegmentsInit(void)
-{
-	CacheRegisterRelcacheCallback(SegmentCatalogRelcacheCallback, (Datum) 0);
 }

@@ -11,6 +11,5 @@
 
 extern uint64 SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 							  const char *const *changed, int nchanged);
-extern void PersonaSegmentsInit(void);
 
 #endif							/* PERSONA_SEGMENTS_H */

@@ -47,6 +47,7 @@
 #include "utils/timestamp.h"
 
 #include "persona.h"
+#include "defcache.h"
 #include "traits.h"
 
 #define STATE_VERSION 2
@@ -61,18 +62,6 @@ static const char *const kind_names[] = {
 /* ---------------------------------------------------------------------
  * Definitions cache
  * --------------------------------------------------------------------- */
-
-static MemoryContext TraitCatalogContext = NULL;
-static TraitCatalog *trait_catalog = NULL;
-static Oid	trait_defs_relid = InvalidOid;
-
-static void
-TraitCatalogRelcacheCallback(Datum arg, Oid relid)
-{
-	/* Only a flag: this may run in the middle of a statement. */
-	if (!OidIsValid(relid) || relid == trait_defs_relid)
-		trait_defs_relid = InvalidOid;
-}
 
 TraitKind
 TraitKindFromName(const char *name)
@@ -99,33 +88,15 @@ TraitIntervalUs(const Interval *w)
 		(int64) w->month * DAYS_PER_MONTH * USECS_PER_DAY;
 }
 
-static int
-CompareDefs(const void *a, const void *b)
-{
-	return ((const TraitDef *) a)->trait_id - ((const TraitDef *) b)->trait_id;
-}
+static const char *const trait_def_columns[] = {
+	"trait_id", "name", "aggregate", "event_type", "property", "time_window"
+};
 
-/*
- * Returns the trait definitions, read again after persona.trait_defs
- * changed.  They are read under a fresh snapshot, not the transaction's: a
- * REPEATABLE READ transaction must not cache (and act on) definitions that
- * are no longer current.  The scan checks no privileges: whoever may read
- * persona.traits may know which traits exist.
- */
 static void
-AddTraitDef(Datum *values, bool *nulls, void *arg)
+ReadTraitDef(void *entry, const Datum *values, const bool *nulls)
 {
-	TraitCatalog *tc = (TraitCatalog *) arg;
-	TraitDef   *d;
+	TraitDef   *d = (TraitDef *) entry;
 
-	if (tc->ndefs == tc->maxdefs)
-	{
-		tc->maxdefs = Max(8, tc->maxdefs * 2);
-		tc->defs = tc->defs ? repalloc(tc->defs, sizeof(TraitDef) * tc->maxdefs)
-			: palloc(sizeof(TraitDef) * tc->maxdefs);
-	}
-	d = &tc->defs[tc->ndefs++];
-	memset(d, 0, sizeof(TraitDef));
 	d->trait_id = DatumGetInt32(values[0]);
 	d->name = TextDatumGetCString(values[1]);
 	d->kind = TraitKindFromName(TextDatumGetCString(values[2]));
@@ -135,44 +106,39 @@ AddTraitDef(Datum *values, bool *nulls, void *arg)
 	d->bucket_us = BucketWidth(d->window_us);
 	if (d->kind == 0)
 		elog(ERROR, "persona.trait_defs holds an unknown aggregate");
-	if (d->trait_id > tc->max_trait_id)
-		tc->max_trait_id = d->trait_id;
 }
 
-/* Returns the trait definitions, read again after persona.trait_defs changed. */
-const TraitCatalog *
-PersonaTraitCatalog(void)
+static void *
+BuildTraitCatalog(void *entries, int n)
 {
-	const PersonaCatalog *cat = PersonaGetCatalog();
-	TraitCatalog *tc;
-	MemoryContext old;
-	MemoryContext cxt;
+	TraitCatalog *tc = palloc0(sizeof(TraitCatalog));
 
-	if (trait_catalog != NULL && trait_defs_relid == cat->trait_defs)
-		return trait_catalog;
-
-	cxt = AllocSetContextCreate(TopMemoryContext, "persona traits",
-								ALLOCSET_SMALL_SIZES);
-	old = MemoryContextSwitchTo(cxt);
-	tc = palloc0(sizeof(TraitCatalog));
-	PersonaReadDefinitions(cat->trait_defs, 6, AddTraitDef, tc);
-	if (tc->ndefs > 0)
-		qsort(tc->defs, tc->ndefs, sizeof(TraitDef), CompareDefs);
-	MemoryContextSwitchTo(old);
-
-	/* The old list stays valid for whoever holds it until the next reload. */
-	if (TraitCatalogContext != NULL)
-		MemoryContextDelete(TraitCatalogContext);
-	TraitCatalogContext = cxt;
-	trait_catalog = tc;
-	trait_defs_relid = cat->trait_defs;
+	tc->defs = (TraitDef *) entries;
+	tc->ndefs = n;
+	for (int i = 0; i < n; i++)
+		tc->max_trait_id = Max(tc->max_trait_id, tc->defs[i].trait_id);
 	return tc;
 }
 
-void
-PersonaTraitsInit(void)
+static DefinitionCache trait_cache = {
+	.name = "persona traits",
+	.relation = offsetof(PersonaCatalog, trait_defs),
+	.columns = trait_def_columns,
+	.ncolumns = lengthof(trait_def_columns),
+	.entry_size = sizeof(TraitDef),
+	.read_row = ReadTraitDef,
+	.build = BuildTraitCatalog,
+};
+
+/*
+ * Returns the trait definitions, read again after persona.trait_defs
+ * changed (defcache.c).  The list stays valid for whoever holds it until
+ * the next call.
+ */
+const TraitCatalog *
+PersonaTraitCatalog(void)
 {
-	CacheRegisterRelcacheCallback(TraitCatalogRelcacheCallback, (Datum) 0);
+	return (const TraitCatalog *) PersonaDefinitions(&trait_cache);
 }
 
 /* ---------------------------------------------------------------------

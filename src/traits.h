@@ -49,7 +49,6 @@ typedef struct TraitDef
 typedef struct TraitCatalog
 {
 	int			ndefs;
-	int			maxdefs;
 	TraitDef   *defs;			/* ordered by trait_id */
 	int32		max_trait_id;
 } TraitCatalog;
@@ -110,7 +109,6 @@ typedef struct ProfileTraits
 } ProfileTraits;
 
 extern const TraitCatalog *PersonaTraitCatalog(void);
-extern void PersonaTraitsInit(void);
 extern TraitKind TraitKindFromName(const char *name);
 extern int64 TraitIntervalUs(const Interval *w);
 
