@@ -9,10 +9,23 @@ EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" persona.control
 MODULE_big = persona
 OBJS = src/persona.o src/catalog.o src/defcache.o src/rowwriter.o src/ingest.o src/traits.o src/predicate.o src/segments.o src/decide.o
 
-# The install script is assembled from the per-concept fragments in src/,
-# in this order, so each function's declaration sits beside its C body.
+# The current version's install script is assembled from the per-concept
+# fragments in src/, in this order, so each function's declaration sits
+# beside its C body.
 SQL_FRAGMENTS = src/schema.sql src/catalog.sql src/ingest.sql src/traits.sql src/predicate.sql src/segments.sql src/decide.sql src/identity.sql src/grants.sql
 DATA_built = sql/persona--$(EXTVERSION).sql
+
+# Released versions: their install scripts are frozen, tracked files (never
+# generated, never edited), installed beside every upgrade script
+# persona--A--B.sql, so that `CREATE EXTENSION persona VERSION '0.1.0'` and
+# `ALTER EXTENSION persona UPDATE` work from any of them. Releasing a version
+# adds it here (see docs/development.md).
+RELEASED = 0.1.0
+DATA = $(foreach v,$(RELEASED),sql/persona--$(v).sql) \
+       $(sort $(wildcard sql/persona--*--*.sql))
+ifneq ($(filter $(EXTVERSION),$(RELEASED)),)
+$(error default_version $(EXTVERSION) in persona.control is released (RELEASED): its install script is frozen; set default_version to the next version (docs/development.md))
+endif
 
 REGRESS = ingest identity bad_input traits segments decide roles
 REGRESS_OPTS = --load-extension=persona
@@ -24,7 +37,7 @@ ISOLATION_OPTS = --inputdir=test --load-extension=persona
 PG_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter \
             -Werror=implicit-function-declaration
 
-EXTRA_CLEAN = sql/persona--$(EXTVERSION).sql results output_iso \
+EXTRA_CLEAN = $(DATA_built) results output_iso \
               regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
