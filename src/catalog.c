@@ -63,6 +63,7 @@ PersonaGetCatalog(void)
 		catalog.trait_defs = RequireRelation(schema, "trait_defs");
 		catalog.segments = RequireRelation(schema, "segments");
 		catalog.segment_members = RequireRelation(schema, "segment_members");
+		catalog.segment_members_pkey = RequireRelation(schema, "segment_members_pkey");
 		catalog.segment_log = RequireRelation(schema, "segment_log");
 		catalog.segment_source = RequireRelation(schema, "segment_source");
 		catalog.actions = RequireRelation(schema, "actions");

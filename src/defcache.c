@@ -107,13 +107,15 @@ PersonaDefinitions(DefinitionCache *cache)
 {
 	const PersonaCatalog *cat = PersonaGetCatalog();
 	Oid			relid = *(const Oid *) ((const char *) cat + cache->relation);
+	Oid			depends = cache->depends == 0 ? InvalidOid
+		: *(const Oid *) ((const char *) cat + cache->depends);
 	MemoryContext cxt;
 	MemoryContext old;
 	void	   *entries;
 	void	   *built;
 	int			n;
 
-	if (cache->built != NULL && cache->relid == relid)
+	if (cache->built != NULL && cache->relid == relid && cache->depends_relid == depends)
 		return cache->built;
 	if (cache->cxt == NULL)
 	{
@@ -146,6 +148,7 @@ PersonaDefinitions(DefinitionCache *cache)
 	cache->cxt = cxt;
 	cache->built = built;
 	cache->relid = relid;
+	cache->depends_relid = depends;
 	return built;
 }
 

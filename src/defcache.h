@@ -20,6 +20,8 @@ typedef struct DefinitionCache
 {
 	const char *name;			/* of its memory context */
 	size_t		relation;		/* offsetof(PersonaCatalog, its table) */
+	size_t		depends;		/* 0, or offsetof another relation whose
+								 * replacement (a new OID) also reloads */
 	const char *const *columns;
 	int			ncolumns;
 	Size		entry_size;
@@ -31,6 +33,7 @@ typedef struct DefinitionCache
 	MemoryContext cxt;
 	void	   *built;			/* what build returned */
 	Oid			relid;			/* InvalidOid: load again */
+	Oid			depends_relid;	/* the other relation's OID at the load */
 	struct DefinitionCache *next;
 } DefinitionCache;
 

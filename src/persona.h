@@ -28,6 +28,7 @@ typedef struct PersonaCatalog
 	Oid			trait_defs;
 	Oid			segments;
 	Oid			segment_members;
+	Oid			segment_members_pkey;
 	Oid			segment_log;
 	Oid			segment_source;
 	Oid			actions;
@@ -46,6 +47,8 @@ extern struct _SPI_plan *PersonaKeptPlan(struct _SPI_plan **cache, const char *s
 struct List;
 extern char *PersonaCompilePredicate(const char *predicate, Oid relid,
 									 struct List **reads, bool *clock);
+struct ExprState;
+extern struct ExprState *PersonaPreparePredicate(const char *sql, Oid relid);
 extern int	PersonaPinSearchPath(void);
 extern void PersonaUnpinSearchPath(int level);
 

@@ -54,6 +54,10 @@
 #include "parser/parse_relation.h"
 #include "parser/parse_type.h"
 #include "parser/parser.h"
+#include "rewrite/rewriteHandler.h"
+#include "rewrite/rewriteManip.h"
+#include "executor/executor.h"
+#include "nodes/params.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -435,26 +439,24 @@ ParsePredicate(const char *predicate, const char *sql)
 }
 
 /*
- * Checks a predicate and returns it deparsed (over alias "s" of relation
- * ``relid``: persona.segment_source, or persona.decision_source for action
- * conditions), with the columns it reads and whether it calls a function of
- * the clock.
+ * Parses and checks a predicate over alias "s" of relation ``relid``
+ * (persona.segment_source, or persona.decision_source for action
+ * conditions) and returns the checked, analysed expression, with the
+ * columns it reads and whether it calls a function of the clock.  The
+ * relation stays open (AccessShareLock) in *rel.
  */
-char *
-PersonaCompilePredicate(const char *predicate, Oid relid, List **reads, bool *clock)
+static Node *
+CheckedTree(const char *predicate, Relation rel, List **reads, bool *clock)
 {
 	char	   *sql = psprintf("%s%s", PREDICATE_PREFIX, predicate);
 	ErrorContextCallback errcallback;
 	ParseState *pstate;
 	ParseNamespaceItem *nsitem;
-	Relation	rel;
 	Node	   *raw;
 	Node	   *expr;
 	CheckContext cx = {false};
 	Bitmapset  *attnos = NULL;
 	int			k = -1;
-	char	   *deparsed;
-	int			pinned = PersonaPinSearchPath();
 
 	errcallback.callback = PredicateErrorCallback;
 	errcallback.arg = (void *) predicate;
@@ -464,7 +466,6 @@ PersonaCompilePredicate(const char *predicate, Oid relid, List **reads, bool *cl
 	raw = ParsePredicate(predicate, sql);
 	(void) CheckRawNode(raw, NULL);
 
-	rel = relation_open(relid, AccessShareLock);
 	pstate = make_parsestate(NULL);
 	pstate->p_sourcetext = sql;
 	nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
@@ -486,13 +487,114 @@ PersonaCompilePredicate(const char *predicate, Oid relid, List **reads, bool *cl
 		*reads = lappend(*reads, pstrdup(NameStr(TupleDescAttr(RelationGetDescr(rel), attno - 1)->attname)));
 	}
 	*clock = cx.clock;
-	deparsed = deparse_expression(expr, deparse_context_for("s", RelationGetRelid(rel)),
-								  true, false);
-	relation_close(rel, AccessShareLock);
 	free_parsestate(pstate);
 	error_context_stack = errcallback.previous;
+	return expr;
+}
+
+/*
+ * Checks a predicate and returns it deparsed (over alias "s" of relation
+ * ``relid``), with the columns it reads and whether it calls a function of
+ * the clock.
+ */
+char *
+PersonaCompilePredicate(const char *predicate, Oid relid, List **reads, bool *clock)
+{
+	int			pinned = PersonaPinSearchPath();
+	Relation	rel = relation_open(relid, AccessShareLock);
+	Node	   *expr = CheckedTree(predicate, rel, reads, clock);
+	char	   *deparsed;
+
+	deparsed = deparse_expression(expr, deparse_context_for("s", relid), true, false);
+	relation_close(rel, AccessShareLock);
 	PersonaUnpinSearchPath(pinned);
 	return deparsed;
+}
+
+/*
+ * Replaces the columns of a view (Vars of range table entry 1) in an
+ * expression by the view's own expressions for them, down to the tables
+ * it reads: persona.decision_source over persona.segment_source over
+ * persona.profiles.  Columns the view does not define (decision_source's
+ * context) become the parameter ``param_id`` of their type.
+ */
+static Node *
+ExpandView(Node *expr, Relation view, int param_id)
+{
+	Query	   *query = get_view_query(view);
+	List	   *tlist = NIL;
+	ListCell   *lc;
+
+	foreach(lc, query->targetList)
+	{
+		TargetEntry *tle = lfirst_node(TargetEntry, lc);
+		TargetEntry *copy = flatCopyTargetEntry(tle);
+
+		/* A NULL placeholder column (context) is the call's parameter. */
+		if (IsA(tle->expr, Const) && ((Const *) tle->expr)->constisnull)
+		{
+			Param	   *param = makeNode(Param);
+
+			param->paramkind = PARAM_EXTERN;
+			param->paramid = param_id;
+			param->paramtype = exprType((Node *) tle->expr);
+			param->paramtypmod = -1;
+			param->paramcollid = InvalidOid;
+			param->location = -1;
+			copy->expr = (Expr *) param;
+		}
+		tlist = lappend(tlist, copy);
+	}
+	expr = ReplaceVarsFromTargetList(expr, 1, 0, NULL, tlist,
+									 REPLACEVARS_REPORT_ERROR, 0, NULL);
+
+	/* The view's expressions read the range table entries of its query. */
+	foreach(lc, query->rtable)
+	{
+		RangeTblEntry *rte = lfirst_node(RangeTblEntry, lc);
+		int			varno = foreach_current_index(lc) + 1;
+
+		/* PostgreSQL 15 keeps the rule's OLD and NEW entries first. */
+		if (rte->rtekind == RTE_RELATION && rte->relkind == RELKIND_VIEW &&
+			!(rte->alias && (strcmp(rte->alias->aliasname, "old") == 0 ||
+							 strcmp(rte->alias->aliasname, "new") == 0)))
+		{
+			Relation	inner = relation_open(rte->relid, AccessShareLock);
+
+			ChangeVarNodes(expr, varno, 1, 0);
+			expr = ExpandView(expr, inner, param_id);
+			relation_close(inner, AccessShareLock);
+		}
+	}
+	return expr;
+}
+
+/*
+ * A predicate that was checked and stored (predicate_sql, condition_sql)
+ * prepared for evaluation in C against one row of persona.profiles: the
+ * view columns it names are replaced by the view's expressions over the
+ * profile (so a trait column is the same decoder call the view makes), and
+ * an action condition's context is parameter 1.  The text is checked again
+ * on the way, as it is compiled on every write.  The result lives in the
+ * current memory context; evaluate it with the profile row as the scan
+ * tuple.
+ */
+ExprState *
+PersonaPreparePredicate(const char *sql, Oid relid)
+{
+	int			pinned = PersonaPinSearchPath();
+	Relation	rel = relation_open(relid, AccessShareLock);
+	List	   *reads;
+	bool		clock;
+	Node	   *expr = CheckedTree(sql, rel, &reads, &clock);
+	ExprState  *state;
+
+	expr = ExpandView(expr, rel, 1);
+	relation_close(rel, AccessShareLock);
+	expr = (Node *) expression_planner((Expr *) expr);
+	state = ExecInitExpr((Expr *) expr, NULL);
+	PersonaUnpinSearchPath(pinned);
+	return state;
 }
 
 static Datum

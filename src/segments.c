@@ -13,7 +13,14 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/nbtree.h"
+#include "access/table.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "utils/fmgroids.h"
 #include "commands/async.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
@@ -39,6 +46,7 @@ typedef struct SegmentDef
 	Datum		name_text;		/* the name as text (member and log rows) */
 	char	   *name_json;		/* the name as a JSON string (NOTIFY payloads) */
 	char	   *sql;			/* the checked, deparsed predicate */
+	ExprState  *state;			/* it, compiled over a persona.profiles row */
 	int			nreads;
 	char	  **reads;			/* columns of persona.segment_source it reads */
 	bool		clock;			/* calls a function of the clock */
@@ -48,7 +56,6 @@ typedef struct SegmentCatalog
 {
 	int			nsegments;
 	SegmentDef *segments;		/* ordered by segment_id */
-	SPIPlanPtr	evaluate;		/* built on first use */
 } SegmentCatalog;
 
 static SPIPlanPtr exit_plan = NULL;
@@ -93,30 +100,28 @@ ReadSegmentDef(void *entry, const Datum *values, const bool *nulls)
 	d->clock = DatumGetBool(values[4]);
 }
 
+/*
+ * Each predicate is compiled once per load into an expression over a row of
+ * persona.profiles (predicate.c), kept in the cache's memory.
+ */
 static void *
 BuildSegmentCatalog(void *entries, int n)
 {
 	SegmentCatalog *sc = palloc0(sizeof(SegmentCatalog));
+	Oid			source = PersonaGetCatalog()->segment_source;
 
 	sc->segments = (SegmentDef *) entries;
 	sc->nsegments = n;
+	for (int k = 0; k < n; k++)
+		sc->segments[k].state = PersonaPreparePredicate(sc->segments[k].sql, source);
 	return sc;
 }
 
-static void
-ReleaseSegmentCatalog(void *built)
-{
-	SegmentCatalog *sc = (SegmentCatalog *) built;
-
-	if (sc->evaluate != NULL)
-		SPI_freeplan(sc->evaluate);
-}
-
 /*
- * The segment definitions, read again after persona.segments changed
- * (defcache.c).  The kept evaluation plan is replanned by the plan cache
- * when persona.segment_source is rebuilt; a trait a segment reads cannot be
- * dropped.
+ * The segment definitions, read and compiled again after persona.segments
+ * changed, or persona.segment_source was rebuilt (a trait defined or
+ * dropped: the compiled expressions call the view's decoders).  A trait a
+ * segment reads cannot be dropped.
  */
 static DefinitionCache segment_cache = {
 	.name = "persona segments",
@@ -126,46 +131,13 @@ static DefinitionCache segment_cache = {
 	.entry_size = sizeof(SegmentDef),
 	.read_row = ReadSegmentDef,
 	.build = BuildSegmentCatalog,
-	.release = ReleaseSegmentCatalog,
+	.depends = offsetof(PersonaCatalog, segment_source),
 };
 
 static SegmentCatalog *
 GetSegmentCatalog(void)
 {
 	return (SegmentCatalog *) PersonaDefinitions(&segment_cache);
-}
-
-/*
- * One query that evaluates every segment for a set of profiles: $1 the
- * profile ids, $2 which segments to evaluate (the others read NULL), $3
- * whether to read their current memberships (false: they have none).
- */
-static SPIPlanPtr
-EvaluationPlan(SegmentCatalog *sc)
-{
-	StringInfoData sql;
-	Oid			types[3] = {INT8ARRAYOID, BOOLARRAYOID, BOOLOID};
-
-	if (sc->evaluate != NULL)
-		return sc->evaluate;
-	initStringInfo(&sql);
-	appendStringInfoString(&sql, "SELECT s.profile_id, ARRAY[");
-	for (int k = 0; k < sc->nsegments; k++)
-		appendStringInfo(&sql, "%sCASE WHEN $2[%d] THEN COALESCE((%s), false) END",
-						 k > 0 ? ", " : "", k + 1, sc->segments[k].sql);
-	appendStringInfoString(&sql,
-						   "]::pg_catalog.bool[], "
-						   "CASE WHEN $3 THEN ARRAY(SELECT m.segment FROM persona.segment_members AS m "
-						   "      WHERE m.profile_id = s.profile_id) "
-						   "ELSE '{}'::pg_catalog.text[] END "
-						   "FROM persona.segment_source AS s "
-						   "WHERE s.profile_id OPERATOR(pg_catalog.=) ANY ($1)");
-	sc->evaluate = SPI_prepare(sql.data, 3, types);
-	if (sc->evaluate == NULL)
-		elog(ERROR, "SPI_prepare failed for the segment evaluation: %s",
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(sc->evaluate);
-	return sc->evaluate;
 }
 
 /* ---------------------------------------------------------------------
@@ -340,12 +312,109 @@ ReadsAny(const SegmentDef *seg, const char *const *changed, int nchanged)
 }
 
 /*
+ * What one refresh reads with: the profile row by primary key, and the
+ * profile's current members by the members' primary key (profile_id,
+ * segment), both under one snapshot that sees this command's writes.
+ */
+typedef struct RefreshScan
+{
+	Relation	profiles;
+	Relation	profiles_pkey;
+	IndexScanDesc profile_scan;
+	TupleTableSlot *profile;
+	Relation	members;
+	Relation	members_pkey;
+	IndexScanDesc member_scan;
+	TupleTableSlot *member;
+	AttrNumber	member_segment;
+	Snapshot	snapshot;
+	ExprContext *econtext;
+} RefreshScan;
+
+static void
+BeginRefreshScan(RefreshScan *rs, bool read_members)
+{
+	const PersonaCatalog *cat = PersonaGetCatalog();
+
+	memset(rs, 0, sizeof(RefreshScan));
+	CommandCounterIncrement();
+	rs->snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	rs->profiles = table_open(cat->profiles, AccessShareLock);
+	rs->profiles_pkey = index_open(cat->profiles_pkey, AccessShareLock);
+	rs->profile_scan = index_beginscan(rs->profiles, rs->profiles_pkey, rs->snapshot, 1, 0);
+	rs->profile = table_slot_create(rs->profiles, NULL);
+	if (read_members)
+	{
+		rs->members = table_open(cat->segment_members, AccessShareLock);
+		rs->members_pkey = index_open(cat->segment_members_pkey, AccessShareLock);
+		rs->member_scan = index_beginscan(rs->members, rs->members_pkey, rs->snapshot, 1, 0);
+		rs->member = table_slot_create(rs->members, NULL);
+		rs->member_segment = PersonaRequireColumn(cat->segment_members, "segment");
+	}
+	rs->econtext = CreateStandaloneExprContext();
+}
+
+static void
+EndRefreshScan(RefreshScan *rs)
+{
+	FreeExprContext(rs->econtext, true);
+	if (rs->members != NULL)
+	{
+		ExecDropSingleTupleTableSlot(rs->member);
+		index_endscan(rs->member_scan);
+		index_close(rs->members_pkey, AccessShareLock);
+		table_close(rs->members, AccessShareLock);
+	}
+	ExecDropSingleTupleTableSlot(rs->profile);
+	index_endscan(rs->profile_scan);
+	index_close(rs->profiles_pkey, AccessShareLock);
+	table_close(rs->profiles, AccessShareLock);
+	UnregisterSnapshot(rs->snapshot);
+}
+
+/* Fetches a profile's row into rs->profile; false if it is gone. */
+static bool
+FetchProfile(RefreshScan *rs, int64 profile_id)
+{
+	ScanKeyData key;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
+	index_rescan(rs->profile_scan, &key, 1, NULL, 0);
+	return index_getnext_slot(rs->profile_scan, ForwardScanDirection, rs->profile);
+}
+
+/* Whether the profile is now a member of each segment (by name). */
+static void
+ReadMemberships(RefreshScan *rs, const SegmentCatalog *sc, int64 profile_id, bool *was_in)
+{
+	ScanKeyData key;
+
+	memset(was_in, 0, sizeof(bool) * sc->nsegments);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
+	index_rescan(rs->member_scan, &key, 1, NULL, 0);
+	while (index_getnext_slot(rs->member_scan, ForwardScanDirection, rs->member))
+	{
+		bool		isnull;
+		Datum		name = slot_getattr(rs->member, rs->member_segment, &isnull);
+
+		for (int k = 0; k < sc->nsegments; k++)
+			if (!was_in[k] && TextEquals(name, sc->segments[k].name_text))
+			{
+				was_in[k] = true;
+				break;
+			}
+	}
+}
+
+/*
  * Re-evaluates the segments that read any of ``changed`` (NULL: all; the
  * pseudo-column "now()" selects the segments that call clock functions) for
  * the given profiles and applies the differences.  ``created``: the
  * profiles were created by the calling statement, so they are in no
- * segment yet.  Returns the number of entries and exits.  Connects to SPI
- * itself.
+ * segment yet.  Each predicate runs as an expression compiled once per
+ * definitions load, over the profile's row fetched by primary key: no
+ * query is planned or executed per call.  Returns the number of entries
+ * and exits.
  */
 uint64
 SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
@@ -353,13 +422,12 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 {
 	SegmentCatalog *sc;
 	bool	   *evaluate;
-	Datum	   *flags;
-	Datum	   *pids;
-	Datum		args[3];
+	bool	   *was_in;
 	int			nevaluate = 0;
-	ChangeList changes[2] = {{0}};	/* 0: exits, 1: entries */
+	ChangeList	changes[2] = {{0}};	/* 0: exits, 1: entries */
 	uint64		nchanges = 0;
 	bool		clock_requested = false;
+	RefreshScan rs;
 
 	if (nprofiles == 0)
 		return 0;
@@ -371,67 +439,55 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 		if (strcmp(changed[c], "now()") == 0)
 			clock_requested = true;
 	evaluate = palloc0(sizeof(bool) * sc->nsegments);
-	flags = palloc(sizeof(Datum) * sc->nsegments);
+	was_in = palloc0(sizeof(bool) * sc->nsegments);
 	for (int k = 0; k < sc->nsegments; k++)
 	{
 		const SegmentDef *seg = &sc->segments[k];
 
 		evaluate[k] = ReadsAny(seg, changed, nchanged) || (clock_requested && seg->clock);
-		flags[k] = BoolGetDatum(evaluate[k]);
 		if (evaluate[k])
 			nevaluate++;
 	}
 	if (nevaluate == 0)
 		return 0;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	pids = palloc(sizeof(Datum) * nprofiles);
+	BeginRefreshScan(&rs, !created);
 	for (int i = 0; i < nprofiles; i++)
-		pids[i] = Int64GetDatum(profile_ids[i]);
-	args[0] = PointerGetDatum(construct_array(pids, nprofiles, INT8OID, 8,
-											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[1] = PointerGetDatum(construct_array(flags, sc->nsegments, BOOLOID, 1,
-											  true, TYPALIGN_CHAR));
-	args[2] = BoolGetDatum(!created);
-	if (SPI_execute_plan(EvaluationPlan(sc), args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "evaluating segments failed");
-
-	for (uint64 r = 0; r < SPI_processed; r++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[r];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int64		pid = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		Datum	   *inside;
-		bool	   *inside_null;
-		int			ninside;
-		Datum	   *members;
-		int			nmembers;
+		int64		pid = profile_ids[i];
 
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 2, &isnull)),
-						  BOOLOID, 1, true, TYPALIGN_CHAR, &inside, &inside_null, &ninside);
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 3, &isnull)),
-						  TEXTOID, -1, false, TYPALIGN_INT, &members, NULL, &nmembers);
-		for (int k = 0; k < sc->nsegments && k < ninside; k++)
+		CHECK_FOR_INTERRUPTS();
+		if (!FetchProfile(&rs, pid))
+			continue;
+		if (!created)
+			ReadMemberships(&rs, sc, pid, was_in);
+		rs.econtext->ecxt_scantuple = rs.profile;
+		for (int k = 0; k < sc->nsegments; k++)
 		{
+			bool		isnull;
 			bool		is_in;
-			bool		was_in = false;
 
-			if (!evaluate[k] || inside_null[k])
+			if (!evaluate[k])
 				continue;
-			is_in = DatumGetBool(inside[k]);
-			for (int m = 0; m < nmembers && !was_in; m++)
-				was_in = TextEquals(members[m], sc->segments[k].name_text);
-			if (is_in != was_in)
+			is_in = DatumGetBool(ExecEvalExprSwitchContext(sc->segments[k].state,
+														   rs.econtext, &isnull));
+			is_in = is_in && !isnull;
+			if (is_in != was_in[k])
 				AddChange(&changes[is_in ? 1 : 0], k, pid);
 		}
+		ResetExprContext(rs.econtext);
 	}
+	EndRefreshScan(&rs);
 
 	/* Exits first, then entries. */
-	nchanges += WriteExits(sc, &changes[0]);
+	if (changes[0].n > 0)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		nchanges += WriteExits(sc, &changes[0]);
+		SPI_finish();
+	}
 	nchanges += WriteEntries(sc, &changes[1]);
-	SPI_finish();
 	return nchanges;
 }
 
