@@ -77,14 +77,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-val() { psql -X -q -v ON_ERROR_STOP=1 -At "${@:2}" -c "$1"; }
 met() { awk -v r="$1" -v t="$2" -v dir="${3:-ge}" 'BEGIN {
 	ok = (dir == "ge") ? (r >= t) : (r <= t); print (ok ? "yes" : "NO") }'; }
-expect() { # what sql expected
-	local got
-	got=$(val "$2")
-	[[ $got == "$3" ]] || { echo "bench: $1: got $got, expected $3" >&2; exit 1; }
-}
 now_s() { date +%s.%N; }
 
 echo "persona decide benchmark"

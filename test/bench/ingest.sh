@@ -37,7 +37,6 @@ TPS_TARGET=80  # persona tps as a % of plain's
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/persona-bench.XXXXXX")
 trap 'rm -rf -- "$WORK"' EXIT
 
-val() { psql -X -q -v ON_ERROR_STOP=1 -At -c "$1"; }
 
 # Runs one statement in a fresh session; prints its duration in ms and the
 # WAL written meanwhile, in bytes (read before and after, outside the timing).
@@ -53,11 +52,6 @@ timed() {
 met() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t ? "yes" : "NO") }'; }
 
 # Fails the benchmark when persona's bookkeeping is not what the rows imply.
-expect() { # what sql expected
-	local got
-	got=$(val "$2")
-	[[ $got == "$3" ]] || { echo "bench: $1: got $got, expected $3" >&2; exit 1; }
-}
 
 echo "persona ingest benchmark"
 echo "  $(val "SELECT split_part(version(), ' on ', 1)") | $(nproc) CPUs | persona $(val "SELECT extversion FROM pg_extension WHERE extname = 'persona'")"

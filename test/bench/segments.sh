@@ -67,7 +67,6 @@ BULK_TARGET=33     # persona events/s as a % of plain's
 PL_TARGET=10       # persona events/s as a multiple of the PL/pgSQL triggers'
 IRRELEVANT_TARGET=1.3 # 100 segments (96 irrelevant) at most this many times the 4-segment time
 
-val() { psql -X -q -v ON_ERROR_STOP=1 -At -c "$1"; }
 
 # Runs one statement in a fresh session; prints its duration in ms.
 timed() {
@@ -82,11 +81,6 @@ met_ge() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t ? "yes" : "NO") }'; }
 met_le() { awk -v r="$1" -v t="$2" 'BEGIN { print (r <= t ? "yes" : "NO") }'; }
 
 # Fails the benchmark when persona's bookkeeping is not what the rows imply.
-expect() { # what sql expected
-	local got
-	got=$(val "$2")
-	[[ $got == "$3" ]] || { echo "bench: $1: got $got, expected $3" >&2; exit 1; }
-}
 
 # Empties persona's data (whatever other benchmarks left) and restarts the
 # profile ids; drops the traits and segments this script defines.

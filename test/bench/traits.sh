@@ -57,7 +57,6 @@ BACKFILL_RUNS=${BENCH_BACKFILL_RUNS:-7}
 INGEST_TARGET=40  # persona with traits, events/s as a % of plain's (the issue's target)
 BACKFILL_TARGET=2 # definition time as a multiple of the plain GROUP BY's
 
-val() { psql -X -q -v ON_ERROR_STOP=1 -At -c "$1"; }
 
 # Runs one statement in a fresh session; prints its duration in ms.
 timed() {
@@ -71,11 +70,6 @@ timed() {
 met() { awk -v r="$1" -v t="$2" -v d="$3" 'BEGIN { print ((d == "min" ? r >= t : r <= t) ? "yes" : "NO") }'; }
 
 # Fails the benchmark when a result is not what the rows imply.
-expect() { # what sql expected
-	local got
-	got=$(val "$2")
-	[[ $got == "$3" ]] || { echo "bench: $1: got $got, expected $3" >&2; exit 1; }
-}
 
 # Empties persona (definitions too) and restarts the profile ids.
 RESET_PERSONA="DO \$\$ BEGIN

@@ -18,3 +18,14 @@ calc() { awk "BEGIN { printf \"%s\", $1 }"; }
 
 # An integer with thousands separators: fmt_int 1234567.8 -> 1,234,568.
 fmt_int() { calc "int($1 + 0.5)" | sed ':a; s/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/; ta'; }
+
+# One value from a query: val "SELECT ..." [psql options].
+val() { psql -X -q -v ON_ERROR_STOP=1 -At "${@:2}" -c "$1"; }
+
+# Fails the benchmark unless a query returns what is expected:
+# expect "what" "SELECT ..." "expected value".
+expect() { # what sql expected
+	local got
+	got=$(val "$2")
+	[[ $got == "$3" ]] || { echo "bench: $1: got $got, expected $3" >&2; exit 1; }
+}
