@@ -36,6 +36,12 @@ ISOLATION_OPTS = --inputdir=test --load-extension=persona
 # -Wno-unused-parameter: PostgreSQL's own headers trip -Wextra's unused-parameter check.
 PG_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter \
             -Werror=implicit-function-declaration
+# CI turns every warning into an error (.ci/run sets PERSONA_WERROR=1); a
+# plain `make` does not, so that a newer compiler's new warning never stops
+# a user's build.
+ifeq ($(PERSONA_WERROR),1)
+PG_CFLAGS += -Werror
+endif
 
 EXTRA_CLEAN = $(DATA_built) results output_iso \
               regression.diffs regression.out
@@ -53,3 +59,12 @@ sql/persona--$(EXTVERSION).sql: $(SQL_FRAGMENTS) persona.control
 $(OBJS): $(wildcard src/*.h)
 
 -include mk/harness.mk
+
+# `make indent` formats src/*.c and src/*.h as pgindent does, with the
+# typedefs list src/typedefs.list regenerated from the objects; `make
+# indent-check` only shows what it would change (docs/development.md).
+.PHONY: indent indent-check
+indent: $(OBJS)
+	@bash scripts/indent.sh
+indent-check: $(OBJS)
+	@bash scripts/indent.sh --check

@@ -35,11 +35,23 @@ installed_current() {
 	done
 }
 
+# make, quietly: its output is shown only when it fails, or warns.
+quiet_make() {
+	local log rc=0
+	log=$(mktemp "${TMPDIR:-/tmp}/persona-make.XXXXXX")
+	"$MAKE" -C "$ROOT" --no-print-directory PG_CONFIG="$PG_CONFIG" "$@" >"$log" 2>&1 || rc=$?
+	if ((rc != 0)) || grep -q 'warning:' "$log"; then
+		cat "$log" >&2
+	fi
+	rm -f -- "$log"
+	return "$rc"
+}
+
 # Build and install the extension into $PG_CONFIG's installation.
 build_install() {
 	local dir
 	say "building persona"
-	"$MAKE" -C "$ROOT" --no-print-directory PG_CONFIG="$PG_CONFIG"
+	quiet_make || die "the build failed (its output is above)"
 	if [[ $EUID -ne 0 ]]; then
 		for dir in "$("$PG_CONFIG" --pkglibdir)" "$("$PG_CONFIG" --sharedir)/extension"; do
 			[[ -w $dir ]] && continue
@@ -53,7 +65,7 @@ build_install() {
 		done
 	fi
 	say "installing persona"
-	"$MAKE" -C "$ROOT" --no-print-directory PG_CONFIG="$PG_CONFIG" install
+	quiet_make install || die "make install failed (its output is above)"
 }
 
 cluster_down() {
