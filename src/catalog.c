@@ -66,6 +66,7 @@ PersonaGetCatalog(void)
 		catalog.segment_members_pkey = RequireRelation(schema, "segment_members_pkey");
 		catalog.segment_log = RequireRelation(schema, "segment_log");
 		catalog.segment_source = RequireRelation(schema, "segment_source");
+		catalog.decision_source = RequireRelation(schema, "decision_source");
 		catalog.actions = RequireRelation(schema, "actions");
 		catalog_valid = true;
 	}

@@ -29,7 +29,9 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/pg_prng.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
+#include "nodes/params.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -46,6 +48,7 @@
 
 #include "defcache.h"
 #include "persona.h"
+#include "profile.h"
 #include "traits.h"
 
 #define MAX_DECISIONS 100
@@ -60,6 +63,7 @@ typedef struct ActionDef
 	Jsonb	   *content;
 	char	   *segment;		/* NULL: everyone */
 	char	   *condition_sql;	/* NULL: no condition */
+	ExprState  *condition;		/* it, compiled over a profile row; context is $1 */
 	int32		priority;
 	double		value;
 	int32		cap_per_day;	/* 0: no cap */
@@ -74,7 +78,6 @@ typedef struct ActionCatalog
 	int			nactions;
 	ActionDef  *actions;		/* ordered by action_id */
 	int			nconditions;	/* actions with a condition */
-	SPIPlanPtr	evaluate;		/* built on first use */
 } ActionCatalog;
 
 /* A candidate during one call. */
@@ -133,29 +136,31 @@ ReadActionDef(void *entry, const Datum *values, const bool *nulls)
 	d->paused = DatumGetBool(values[12]);
 }
 
+/*
+ * Each condition is compiled once per load into an expression over a row of
+ * persona.profiles, the call's context being parameter 1 (predicate.c).
+ */
 static void *
 BuildActionCatalog(void *entries, int n)
 {
 	ActionCatalog *ac = palloc0(sizeof(ActionCatalog));
+	Oid			source = PersonaGetCatalog()->decision_source;
 
 	ac->actions = (ActionDef *) entries;
 	ac->nactions = n;
 	for (int k = 0; k < n; k++)
 		if (ac->actions[k].condition_sql != NULL)
+		{
+			ac->actions[k].condition = PersonaPreparePredicate(ac->actions[k].condition_sql, source);
 			ac->nconditions++;
+		}
 	return ac;
 }
 
-static void
-ReleaseActionCatalog(void *built)
-{
-	ActionCatalog *ac = (ActionCatalog *) built;
-
-	if (ac->evaluate != NULL)
-		SPI_freeplan(ac->evaluate);
-}
-
-/* The action definitions, read again after persona.actions changed (defcache.c). */
+/*
+ * The action definitions, read and compiled again after persona.actions
+ * changed or persona.decision_source was rebuilt (defcache.c).
+ */
 static DefinitionCache action_cache = {
 	.name = "persona actions",
 	.relation = offsetof(PersonaCatalog, actions),
@@ -164,7 +169,7 @@ static DefinitionCache action_cache = {
 	.entry_size = sizeof(ActionDef),
 	.read_row = ReadActionDef,
 	.build = BuildActionCatalog,
-	.release = ReleaseActionCatalog,
+	.depends = offsetof(PersonaCatalog, decision_source),
 };
 
 static ActionCatalog *
@@ -172,49 +177,6 @@ GetActionCatalog(void)
 {
 	return (ActionCatalog *) PersonaDefinitions(&action_cache);
 }
-
-/*
- * One query over the profile: $1 profile id, $2 context, $3 which actions'
- * conditions to evaluate.  Returns the conditions (NULL where not
- * evaluated), the declared traits, the computed traits and the segments.
- * The conditions are the checked, deparsed expressions over alias "s" of
- * persona.decision_source, whose context column is the parameter here.
- */
-static SPIPlanPtr
-EvaluationPlan(ActionCatalog *ac)
-{
-	StringInfoData sql;
-	Oid			types[3] = {INT8OID, JSONBOID, BOOLARRAYOID};
-	bool		first = true;
-
-	if (ac->evaluate != NULL)
-		return ac->evaluate;
-	initStringInfo(&sql);
-	appendStringInfoString(&sql, "SELECT ARRAY[");
-	for (int k = 0; k < ac->nactions; k++)
-	{
-		if (ac->actions[k].condition_sql == NULL)
-			continue;
-		appendStringInfo(&sql, "%sCASE WHEN $3[%d] THEN COALESCE((%s), false) END",
-						 first ? "" : ", ", k + 1, ac->actions[k].condition_sql);
-		first = false;
-	}
-	appendStringInfoString(&sql,
-						   "]::pg_catalog.bool[], p.traits, persona.traits_json(p.computed_state), "
-						   "ARRAY(SELECT m.segment FROM persona.segment_members AS m "
-						   "      WHERE m.profile_id OPERATOR(pg_catalog.=) p.profile_id) "
-						   "FROM persona.profiles AS p "
-						   "CROSS JOIN LATERAL (SELECT d.*, $2 AS context FROM persona.segment_source AS d "
-						   "     WHERE d.profile_id OPERATOR(pg_catalog.=) p.profile_id) AS s "
-						   "WHERE p.profile_id OPERATOR(pg_catalog.=) $1");
-	ac->evaluate = SPI_prepare(sql.data, 3, types);
-	if (ac->evaluate == NULL)
-		elog(ERROR, "SPI_prepare failed for the action conditions: %s",
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(ac->evaluate);
-	return ac->evaluate;
-}
-
 
 /* ---------------------------------------------------------------------
  * Thompson sampling
@@ -575,14 +537,16 @@ LoadCandidates(const ActionCatalog *ac, const DecideRequest *req, CandidateSet *
 }
 
 /*
- * Runs the evaluation query for the conditions flagged in ``flags`` inside
- * a subtransaction.  Returns true with its row in SPI_tuptable, or false
- * when a condition failed on this profile's data or this call's context (a
- * data exception, or a program limit such as an over-long string): the
- * error is returned in ``error``.  Any other error is thrown.
+ * Evaluates the conditions flagged in ``flagged`` (or only action ``only``
+ * when it is not negative) against the profile row of the reader, inside a
+ * subtransaction.  Returns true with the results in profile->condition, or
+ * false when a condition failed on this profile's data or this call's
+ * context (a data exception, or a program limit such as an over-long
+ * string): the error is returned in ``error``.  Any other error is thrown.
  */
 static bool
-TryEvaluation(ActionCatalog *ac, Datum *args, ErrorData **error)
+TryConditions(const ActionCatalog *ac, const bool *flagged, int only, ProfileReader *r,
+			  DecideProfile *profile, ErrorData **error)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -592,8 +556,16 @@ TryEvaluation(ActionCatalog *ac, Datum *args, ErrorData **error)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		if (SPI_execute_plan(EvaluationPlan(ac), args, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "evaluating action conditions failed");
+		for (int k = 0; k < ac->nactions; k++)
+		{
+			bool		isnull;
+			Datum		v;
+
+			if (only >= 0 ? k != only : !flagged[k])
+				continue;
+			v = ExecEvalExprSwitchContext(ac->actions[k].condition, r->econtext, &isnull);
+			profile->condition[k] = !isnull && DatumGetBool(v);
+		}
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -616,6 +588,7 @@ TryEvaluation(ActionCatalog *ac, Datum *args, ErrorData **error)
 		ok = false;
 	}
 	PG_END_TRY();
+	ResetExprContext(r->econtext);
 	return ok;
 }
 
@@ -649,68 +622,12 @@ RecordConditionError(const ActionDef *d, ErrorData *edata)
 }
 
 /*
- * Reads the evaluation row in SPI_tuptable: the conditions it evaluated
- * (the others are NULL) and, with ``whole``, the traits and segments.
- */
-static void
-ReadEvaluation(const ActionCatalog *ac, DecideProfile *profile, MemoryContext cxt, bool whole)
-{
-	HeapTuple	tup;
-	TupleDesc	desc = SPI_tuptable->tupdesc;
-	bool		isnull;
-	Datum		d;
-	Datum	   *inside;
-	bool	   *inside_null;
-	int			ninside;
-	int			c = 0;
-	MemoryContext old;
-
-	if (SPI_processed != 1)
-		return;
-	tup = SPI_tuptable->vals[0];
-	old = MemoryContextSwitchTo(cxt);
-	deconstruct_array(DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 1, &isnull)),
-					  BOOLOID, 1, true, TYPALIGN_CHAR, &inside, &inside_null, &ninside);
-	/* The array holds one element per action with a condition. */
-	for (int k = 0; k < ac->nactions; k++)
-	{
-		if (ac->actions[k].condition_sql == NULL)
-			continue;
-		if (c < ninside && !inside_null[c])
-			profile->condition[k] = DatumGetBool(inside[c]);
-		c++;
-	}
-	if (whole)
-	{
-		d = SPI_getbinval(tup, desc, 2, &isnull);
-		profile->declared = isnull ? NULL : DatumGetJsonbPCopy(d);
-		d = SPI_getbinval(tup, desc, 3, &isnull);
-		profile->computed = isnull ? NULL : DatumGetJsonbPCopy(d);
-		deconstruct_array(DatumGetArrayTypePCopy(SPI_getbinval(tup, desc, 4, &isnull)),
-						  TEXTOID, -1, false, TYPALIGN_INT, &profile->segments, NULL,
-						  &profile->nsegments);
-	}
-	MemoryContextSwitchTo(old);
-}
-
-/* The evaluation's third argument: which actions' conditions to evaluate. */
-static Datum
-ConditionFlags(const ActionCatalog *ac, const bool *flagged, int only)
-{
-	Datum	   *flags = palloc(sizeof(Datum) * Max(ac->nactions, 1));
-
-	for (int k = 0; k < ac->nactions; k++)
-		flags[k] = BoolGetDatum(only < 0 ? flagged[k] : k == only);
-	return PointerGetDatum(construct_array(flags, ac->nactions, BOOLOID, 1, true, TYPALIGN_CHAR));
-}
-
-/*
  * Step 3: the person as the decision sees them: declared and computed
- * traits, segments, and the conditions of the candidates, evaluated in one
- * query over the profile and the call's context.  When a condition fails,
- * each is evaluated alone, and those that fail make their action
- * ineligible (RecordConditionError); the profile is then read without
- * conditions.
+ * traits, segments, and the conditions of the candidates, each compiled
+ * once (BuildActionCatalog) and evaluated here against the profile's row
+ * and the call's context, with no query.  When a condition fails, each is
+ * evaluated alone, and those that fail make their action ineligible
+ * (RecordConditionError).
  */
 static void
 ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSet *set,
@@ -718,15 +635,13 @@ ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSe
 {
 	bool	   *flagged = palloc0(sizeof(bool) * Max(ac->nactions, 1));
 	bool		any = false;
-	Datum		args[3];
-	MemoryContext call_cxt = CurrentMemoryContext;
+	ProfileReader r;
+	ParamListInfo params = makeParamList(1);
 	ErrorData  *error = NULL;
+	bool		isnull;
+	Datum		d;
 
 	profile->condition = palloc0(sizeof(bool) * Max(ac->nactions, 1));
-	profile->declared = NULL;
-	profile->computed = NULL;
-	profile->segments = NULL;
-	profile->nsegments = 0;
 	for (int i = 0; i < set->n; i++)
 		if (set->items[i].def->condition_sql != NULL)
 		{
@@ -734,28 +649,32 @@ ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSe
 			any = true;
 		}
 
-	args[0] = Int64GetDatum(profile->profile_id);
-	args[1] = JsonbPGetDatum(req->context);
-	args[2] = ConditionFlags(ac, flagged, -1);
-	if (any && !TryEvaluation(ac, args, &error))
+	PersonaProfileReaderBegin(&r, true);
+	if (!PersonaProfileFetch(&r, profile->profile_id))
+		elog(ERROR, "profile " INT64_FORMAT " is gone", profile->profile_id);
+	d = PersonaProfileColumn(&r, "traits", &isnull);
+	profile->declared = isnull ? NULL : DatumGetJsonbPCopy(d);
+	d = PersonaProfileColumn(&r, "computed_state", &isnull);
+	profile->computed = PersonaTraitsJson(isnull ? NULL : DatumGetByteaPP(d));
+	profile->segments = PersonaProfileSegments(&r, profile->profile_id, &profile->nsegments);
+
+	params->params[0].value = JsonbPGetDatum(req->context);
+	params->params[0].isnull = false;
+	params->params[0].pflags = PARAM_FLAG_CONST;
+	params->params[0].ptype = JSONBOID;
+	r.econtext->ecxt_param_list_info = params;
+	if (any && !TryConditions(ac, flagged, -1, &r, profile, &error))
 	{
 		for (int k = 0; k < ac->nactions; k++)
 		{
 			if (!flagged[k])
 				continue;
-			args[2] = ConditionFlags(ac, flagged, k);
-			if (TryEvaluation(ac, args, &error))
-				ReadEvaluation(ac, profile, call_cxt, false);
-			else
+			profile->condition[k] = false;
+			if (!TryConditions(ac, flagged, k, &r, profile, &error))
 				RecordConditionError(&ac->actions[k], error);
 		}
-		any = false;
-		memset(flagged, 0, sizeof(bool) * ac->nactions);
-		args[2] = ConditionFlags(ac, flagged, -1);
 	}
-	if (!any && SPI_execute_plan(EvaluationPlan(ac), args, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "evaluating action conditions failed");
-	ReadEvaluation(ac, profile, call_cxt, true);
+	PersonaProfileReaderEnd(&r);
 }
 
 static bool

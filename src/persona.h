@@ -31,6 +31,7 @@ typedef struct PersonaCatalog
 	Oid			segment_members_pkey;
 	Oid			segment_log;
 	Oid			segment_source;
+	Oid			decision_source;
 	Oid			actions;
 } PersonaCatalog;
 

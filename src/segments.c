@@ -13,14 +13,9 @@
  */
 #include "postgres.h"
 
-#include "access/genam.h"
-#include "access/nbtree.h"
-#include "access/table.h"
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
-#include "utils/fmgroids.h"
 #include "commands/async.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
@@ -33,8 +28,9 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
-#include "persona.h"
 #include "defcache.h"
+#include "persona.h"
+#include "profile.h"
 #include "rowwriter.h"
 #include "segments.h"
 
@@ -311,99 +307,21 @@ ReadsAny(const SegmentDef *seg, const char *const *changed, int nchanged)
 	return false;
 }
 
-/*
- * What one refresh reads with: the profile row by primary key, and the
- * profile's current members by the members' primary key (profile_id,
- * segment), both under one snapshot that sees this command's writes.
- */
-typedef struct RefreshScan
-{
-	Relation	profiles;
-	Relation	profiles_pkey;
-	IndexScanDesc profile_scan;
-	TupleTableSlot *profile;
-	Relation	members;
-	Relation	members_pkey;
-	IndexScanDesc member_scan;
-	TupleTableSlot *member;
-	AttrNumber	member_segment;
-	Snapshot	snapshot;
-	ExprContext *econtext;
-} RefreshScan;
-
-static void
-BeginRefreshScan(RefreshScan *rs, bool read_members)
-{
-	const PersonaCatalog *cat = PersonaGetCatalog();
-
-	memset(rs, 0, sizeof(RefreshScan));
-	CommandCounterIncrement();
-	rs->snapshot = RegisterSnapshot(GetTransactionSnapshot());
-	rs->profiles = table_open(cat->profiles, AccessShareLock);
-	rs->profiles_pkey = index_open(cat->profiles_pkey, AccessShareLock);
-	rs->profile_scan = index_beginscan(rs->profiles, rs->profiles_pkey, rs->snapshot, 1, 0);
-	rs->profile = table_slot_create(rs->profiles, NULL);
-	if (read_members)
-	{
-		rs->members = table_open(cat->segment_members, AccessShareLock);
-		rs->members_pkey = index_open(cat->segment_members_pkey, AccessShareLock);
-		rs->member_scan = index_beginscan(rs->members, rs->members_pkey, rs->snapshot, 1, 0);
-		rs->member = table_slot_create(rs->members, NULL);
-		rs->member_segment = PersonaRequireColumn(cat->segment_members, "segment");
-	}
-	rs->econtext = CreateStandaloneExprContext();
-}
-
-static void
-EndRefreshScan(RefreshScan *rs)
-{
-	FreeExprContext(rs->econtext, true);
-	if (rs->members != NULL)
-	{
-		ExecDropSingleTupleTableSlot(rs->member);
-		index_endscan(rs->member_scan);
-		index_close(rs->members_pkey, AccessShareLock);
-		table_close(rs->members, AccessShareLock);
-	}
-	ExecDropSingleTupleTableSlot(rs->profile);
-	index_endscan(rs->profile_scan);
-	index_close(rs->profiles_pkey, AccessShareLock);
-	table_close(rs->profiles, AccessShareLock);
-	UnregisterSnapshot(rs->snapshot);
-}
-
-/* Fetches a profile's row into rs->profile; false if it is gone. */
-static bool
-FetchProfile(RefreshScan *rs, int64 profile_id)
-{
-	ScanKeyData key;
-
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
-	index_rescan(rs->profile_scan, &key, 1, NULL, 0);
-	return index_getnext_slot(rs->profile_scan, ForwardScanDirection, rs->profile);
-}
-
 /* Whether the profile is now a member of each segment (by name). */
 static void
-ReadMemberships(RefreshScan *rs, const SegmentCatalog *sc, int64 profile_id, bool *was_in)
+ReadMemberships(ProfileReader *r, const SegmentCatalog *sc, int64 profile_id, bool *was_in)
 {
-	ScanKeyData key;
+	int			n;
+	Datum	   *names = PersonaProfileSegments(r, profile_id, &n);
 
 	memset(was_in, 0, sizeof(bool) * sc->nsegments);
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
-	index_rescan(rs->member_scan, &key, 1, NULL, 0);
-	while (index_getnext_slot(rs->member_scan, ForwardScanDirection, rs->member))
-	{
-		bool		isnull;
-		Datum		name = slot_getattr(rs->member, rs->member_segment, &isnull);
-
+	for (int m = 0; m < n; m++)
 		for (int k = 0; k < sc->nsegments; k++)
-			if (!was_in[k] && TextEquals(name, sc->segments[k].name_text))
+			if (!was_in[k] && TextEquals(names[m], sc->segments[k].name_text))
 			{
 				was_in[k] = true;
 				break;
 			}
-	}
 }
 
 /*
@@ -427,7 +345,7 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 	ChangeList	changes[2] = {{0}};	/* 0: exits, 1: entries */
 	uint64		nchanges = 0;
 	bool		clock_requested = false;
-	RefreshScan rs;
+	ProfileReader r;
 
 	if (nprofiles == 0)
 		return 0;
@@ -451,17 +369,19 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 	if (nevaluate == 0)
 		return 0;
 
-	BeginRefreshScan(&rs, !created);
+	PersonaProfileReaderBegin(&r, !created);
 	for (int i = 0; i < nprofiles; i++)
 	{
 		int64		pid = profile_ids[i];
+		MemoryContext old;
 
 		CHECK_FOR_INTERRUPTS();
-		if (!FetchProfile(&rs, pid))
+		if (!PersonaProfileFetch(&r, pid))
 			continue;
+		old = MemoryContextSwitchTo(r.econtext->ecxt_per_tuple_memory);
 		if (!created)
-			ReadMemberships(&rs, sc, pid, was_in);
-		rs.econtext->ecxt_scantuple = rs.profile;
+			ReadMemberships(&r, sc, pid, was_in);
+		MemoryContextSwitchTo(old);
 		for (int k = 0; k < sc->nsegments; k++)
 		{
 			bool		isnull;
@@ -470,14 +390,14 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 			if (!evaluate[k])
 				continue;
 			is_in = DatumGetBool(ExecEvalExprSwitchContext(sc->segments[k].state,
-														   rs.econtext, &isnull));
+														   r.econtext, &isnull));
 			is_in = is_in && !isnull;
 			if (is_in != was_in[k])
 				AddChange(&changes[is_in ? 1 : 0], k, pid);
 		}
-		ResetExprContext(rs.econtext);
+		ResetExprContext(r.econtext);
 	}
-	EndRefreshScan(&rs);
+	PersonaProfileReaderEnd(&r);
 
 	/* Exits first, then entries. */
 	if (changes[0].n > 0)

@@ -1400,8 +1400,15 @@ PG_FUNCTION_INFO_V1(persona_traits_json);
 Datum
 persona_traits_json(PG_FUNCTION_ARGS)
 {
+	PG_RETURN_JSONB_P(PersonaTraitsJson(PG_ARGISNULL(0) ? NULL : PG_GETARG_BYTEA_PP(0)));
+}
+
+/* Every defined trait of a profile's states (NULL: none yet), as a JSON object. */
+Jsonb *
+PersonaTraitsJson(bytea *states)
+{
 	const TraitCatalog *tc = PersonaTraitCatalog();
-	ProfileTraits *pt = ProfileTraitsParse(PG_ARGISNULL(0) ? NULL : PG_GETARG_BYTEA_PP(0));
+	ProfileTraits *pt = ProfileTraitsParse(states);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	JsonbParseState *state = NULL;
 	JsonbValue *res;
@@ -1446,7 +1453,7 @@ persona_traits_json(PG_FUNCTION_ARGS)
 		pushJsonbValue(&state, WJB_VALUE, &v);
 	}
 	res = pushJsonbValue(&state, WJB_END_OBJECT, NULL);
-	PG_RETURN_JSONB_P(JsonbValueToJsonb(res));
+	return JsonbValueToJsonb(res);
 }
 
 /* ---------------------------------------------------------------------

@@ -109,6 +109,7 @@ typedef struct ProfileTraits
 } ProfileTraits;
 
 extern const TraitCatalog *PersonaTraitCatalog(void);
+extern Jsonb *PersonaTraitsJson(bytea *states);
 extern TraitKind TraitKindFromName(const char *name);
 extern int64 TraitIntervalUs(const Interval *w);
 

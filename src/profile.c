@@ -1,0 +1,113 @@
+/*
+ * profile.c
+ *	  Reading one profile at a time without SQL: its persona.profiles row by
+ *	  primary key, and the segments it is a member of through
+ *	  persona.segment_members' primary key (profile_id, segment).
+ *
+ * A reader takes one snapshot, after a CommandCounterIncrement, so that it
+ * sees the calling statement's own writes (the profile ingest just updated),
+ * as a query run through SPI would.  Its expression context has the profile
+ * as its scan tuple, for the predicates predicate.c compiles.
+ */
+#include "postgres.h"
+
+#include "access/nbtree.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "executor/executor.h"
+#include "utils/fmgroids.h"
+#include "utils/snapmgr.h"
+
+#include "persona.h"
+#include "profile.h"
+
+void
+PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
+{
+	const PersonaCatalog *cat = PersonaGetCatalog();
+
+	memset(r, 0, sizeof(ProfileReader));
+	CommandCounterIncrement();
+	r->snapshot = RegisterSnapshot(GetTransactionSnapshot());
+	r->profiles = table_open(cat->profiles, AccessShareLock);
+	r->profiles_pkey = index_open(cat->profiles_pkey, AccessShareLock);
+	r->profile_scan = index_beginscan(r->profiles, r->profiles_pkey, r->snapshot, 1, 0);
+	r->profile = table_slot_create(r->profiles, NULL);
+	if (memberships)
+	{
+		r->members = table_open(cat->segment_members, AccessShareLock);
+		r->members_pkey = index_open(cat->segment_members_pkey, AccessShareLock);
+		r->member_scan = index_beginscan(r->members, r->members_pkey, r->snapshot, 1, 0);
+		r->member = table_slot_create(r->members, NULL);
+		r->member_segment = PersonaRequireColumn(cat->segment_members, "segment");
+	}
+	r->econtext = CreateStandaloneExprContext();
+	r->econtext->ecxt_scantuple = r->profile;
+}
+
+void
+PersonaProfileReaderEnd(ProfileReader *r)
+{
+	FreeExprContext(r->econtext, true);
+	if (r->members != NULL)
+	{
+		ExecDropSingleTupleTableSlot(r->member);
+		index_endscan(r->member_scan);
+		index_close(r->members_pkey, AccessShareLock);
+		table_close(r->members, AccessShareLock);
+	}
+	ExecDropSingleTupleTableSlot(r->profile);
+	index_endscan(r->profile_scan);
+	index_close(r->profiles_pkey, AccessShareLock);
+	table_close(r->profiles, AccessShareLock);
+	UnregisterSnapshot(r->snapshot);
+}
+
+/* Fetches a profile's row into r->profile; false if there is none. */
+bool
+PersonaProfileFetch(ProfileReader *r, int64 profile_id)
+{
+	ScanKeyData key;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
+	index_rescan(r->profile_scan, &key, 1, NULL, 0);
+	return index_getnext_slot(r->profile_scan, ForwardScanDirection, r->profile);
+}
+
+/* A column of the profile last fetched, by name. */
+Datum
+PersonaProfileColumn(ProfileReader *r, const char *column, bool *isnull)
+{
+	return slot_getattr(r->profile,
+						PersonaRequireColumn(RelationGetRelid(r->profiles), column), isnull);
+}
+
+/*
+ * The names (text datums, copied into the current memory context) of the
+ * segments a profile is a member of now.
+ */
+Datum *
+PersonaProfileSegments(ProfileReader *r, int64 profile_id, int *n)
+{
+	ScanKeyData key;
+	int			max = 8;
+	Datum	   *names = palloc(sizeof(Datum) * max);
+
+	Assert(r->members != NULL);
+	*n = 0;
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
+	index_rescan(r->member_scan, &key, 1, NULL, 0);
+	while (index_getnext_slot(r->member_scan, ForwardScanDirection, r->member))
+	{
+		bool		isnull;
+		Datum		name = slot_getattr(r->member, r->member_segment, &isnull);
+
+		if (*n == max)
+		{
+			max *= 2;
+			names = repalloc(names, sizeof(Datum) * max);
+		}
+		names[(*n)++] = PointerGetDatum(DatumGetTextPCopy(name));
+	}
+	return names;
+}
