@@ -11,7 +11,7 @@ OBJS = src/persona.o src/catalog.o src/rowwriter.o src/ingest.o src/traits.o src
 
 # The install script is assembled from the per-concept fragments in src/,
 # in this order, so each function's declaration sits beside its C body.
-SQL_FRAGMENTS = src/schema.sql src/catalog.sql src/ingest.sql src/traits.sql src/segments.sql src/decide.sql src/identity.sql src/grants.sql
+SQL_FRAGMENTS = src/schema.sql src/catalog.sql src/ingest.sql src/traits.sql src/segments.sql src/decide.sql src/identity.sql src/registry.sql src/grants.sql
 DATA_built = sql/persona--$(EXTVERSION).sql
 
 REGRESS = ingest identity bad_input traits segments decide roles
