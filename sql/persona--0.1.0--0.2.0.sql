@@ -220,6 +220,438 @@ BEGIN
 END
 $$;
 
+-- ---------------------------------------------------------------------
+-- One registry of person data (issue 12): persona.person_tables lists every
+-- table of rows about a person and how merge and forget treat it; merge
+-- and persona_forget walk it (src/registry.sql).
+-- ---------------------------------------------------------------------
+
+-- The steps of the existing tables (src/identity.sql, src/segments.sql,
+-- src/decide.sql).
+-- A merge step: the absorbed profile's ids resolve to the survivor. Its
+-- ids are its anonymous ids and its user id (see
+-- persona.identities_anonymous_idx), both reached through an index; a bare
+-- profile_id predicate would read the whole table.
+CREATE FUNCTION persona.combine_identities(into_profile_id bigint, from_profile_id bigint)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_into bigint := $1;
+    v_from bigint := $2;
+    v_user text;
+BEGIN
+    -- Read first, not as a subquery: NULL (the known user's profile always
+    -- survives) then leaves the hash index scan alone in the plan.
+    SELECT p.user_id INTO v_user FROM persona.profiles AS p WHERE p.profile_id = v_from;
+    UPDATE persona.identities AS i SET profile_id = v_into
+     WHERE (i.kind = 'anonymous' AND i.profile_id = v_from)
+        OR i.id = v_user;
+END
+$$;
+COMMENT ON FUNCTION persona.combine_identities(bigint, bigint) IS
+    'merge step of persona.identities: every id of the absorbed profile resolves to the survivor';
+
+-- A forget step: deletes a profile's ids; returns how many.
+CREATE FUNCTION persona.erase_identities(profile_id bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_pid bigint := $1;
+    v_n   bigint;
+BEGIN
+    DELETE FROM persona.identities AS i
+     WHERE (i.kind = 'anonymous' AND i.profile_id = v_pid)
+        OR i.id = (SELECT p.user_id FROM persona.profiles AS p WHERE p.profile_id = v_pid);
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+COMMENT ON FUNCTION persona.erase_identities(bigint) IS
+    'forget step of persona.identities: deletes every id of a profile; returns the number of rows';
+
+-- A merge step: folds the absorbed profile row into the survivor's (events
+-- counted, first and last seen widened, declared traits combined with the
+-- survivor's winning, computed trait states merged), leaves its forwarding
+-- address in persona.merges for ingest to follow, and deletes it.
+CREATE FUNCTION persona.combine_profiles(into_profile_id bigint, from_profile_id bigint)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_into bigint := $1;
+    v_from bigint := $2;
+BEGIN
+    UPDATE persona.profiles AS p
+       SET traits      = f.traits || p.traits,
+           first_seen  = LEAST(p.first_seen, f.first_seen),
+           last_seen   = GREATEST(p.last_seen, f.last_seen),
+           event_count = p.event_count + f.event_count,
+           computed_state = persona.state_merge(p.computed_state, f.computed_state),
+           next_change_at = LEAST(p.next_change_at, f.next_change_at),
+           updated_at  = now()
+      FROM persona.profiles AS f
+     WHERE p.profile_id = v_into AND f.profile_id = v_from;
+    UPDATE persona.merges AS m SET into_profile_id = v_into
+     WHERE m.into_profile_id = v_from;
+    INSERT INTO persona.merges (from_profile_id, into_profile_id) VALUES (v_from, v_into);
+    DELETE FROM persona.profiles AS p WHERE p.profile_id = v_from;
+END
+$$;
+COMMENT ON FUNCTION persona.combine_profiles(bigint, bigint) IS
+    'merge step of persona.profiles: folds the absorbed profile into the survivor, records the move in persona.merges and deletes it';
+
+-- A forget step: deletes a profile row and the persona.merges rows of the
+-- profiles it absorbed; returns how many rows.
+CREATE FUNCTION persona.erase_profile(profile_id bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_pid  bigint := $1;
+    v_rows bigint;
+    v_n    bigint;
+BEGIN
+    DELETE FROM persona.merges AS m WHERE m.into_profile_id = v_pid;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    DELETE FROM persona.profiles AS p WHERE p.profile_id = v_pid;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_rows + v_n;
+END
+$$;
+COMMENT ON FUNCTION persona.erase_profile(bigint) IS
+    'forget step of persona.profiles: deletes the profile row and the persona.merges rows of the profiles it absorbed; returns the number of rows';
+
+-- A merge step of the registry (src/registry.sql): the absorbed profile
+-- leaves its segments; the survivor changed in every column, so every
+-- segment is evaluated for it.
+CREATE FUNCTION persona.combine_segment_members(into_profile_id bigint, from_profile_id bigint)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    PERFORM persona.leave_segments($2);
+    PERFORM persona.refresh_segments(ARRAY[$1], NULL);
+END
+$$;
+COMMENT ON FUNCTION persona.combine_segment_members(bigint, bigint) IS
+    'merge step of persona.segment_members: the absorbed profile exits its segments, the survivor is evaluated against every segment';
+
+-- A forget step of the registry (src/registry.sql): a profile's decisions
+-- and their feedback (keyed by decision, so it goes with them).
+CREATE FUNCTION persona.erase_decisions(profile_id bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_pid  bigint := $1;
+    v_rows bigint;
+    v_n    bigint;
+BEGIN
+    DELETE FROM persona.feedback AS f
+     USING persona.decisions AS d
+     WHERE d.decision_id = f.decision_id AND d.profile_id = v_pid;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    DELETE FROM persona.decisions AS d WHERE d.profile_id = v_pid;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_rows + v_n;
+END
+$$;
+COMMENT ON FUNCTION persona.erase_decisions(bigint) IS
+    'forget step of persona.decisions: deletes the decisions of a profile and their feedback; returns the number of rows';
+
+-- The registry (src/registry.sql); its INSERT writes persona.merge_rows
+-- and persona.forget_rows.
+CREATE TABLE persona.person_tables (
+    relation         regclass NOT NULL PRIMARY KEY,
+    step             int      NOT NULL UNIQUE,
+    merge_rule       text     NOT NULL
+                     CHECK (merge_rule IN ('repoint', 'combine', 'keep_survivor', 'history')),
+    -- text, not regprocedure: pg_upgrade refuses tables with reg* columns
+    -- other than regclass, regtype and regrole (function oids change).
+    combine_function text,
+    forget_rule      text     NOT NULL
+                     CHECK (forget_rule IN ('delete', 'delete_with_absorbed', 'erase')),
+    erase_function   text,
+    CONSTRAINT person_tables_combine_function_check
+        CHECK ((merge_rule = 'combine') = (combine_function IS NOT NULL)),
+    CONSTRAINT person_tables_erase_function_check
+        CHECK ((forget_rule = 'erase') = (erase_function IS NOT NULL)),
+    -- Rows left under an absorbed profile are found again through persona.merges.
+    CONSTRAINT person_tables_history_check
+        CHECK (merge_rule <> 'history' OR forget_rule = 'delete_with_absorbed')
+);
+COMMENT ON TABLE persona.person_tables IS
+    'every persona table of rows about a person (keyed by profile_id), and how merge and forget treat them; filled by the install script';
+COMMENT ON COLUMN persona.person_tables.step IS
+    'the order of the entry in both walks, merge and forget (ascending)';
+COMMENT ON COLUMN persona.person_tables.merge_rule IS
+    'repoint: rows move to the survivor; combine: combine_function(into, from) merges them; keep_survivor: the absorbed profile''s rows are deleted; history: they stay under the absorbed profile';
+COMMENT ON COLUMN persona.person_tables.combine_function IS
+    'for merge_rule combine: a function of schema persona (into_profile_id bigint, from_profile_id bigint) RETURNS void that leaves no row of from_profile_id, as regprocedure text';
+COMMENT ON COLUMN persona.person_tables.forget_rule IS
+    'delete: the profile''s rows are deleted; delete_with_absorbed: also those of the profiles merged into it (persona.merges); erase: erase_function(profile_id) deletes them';
+COMMENT ON COLUMN persona.person_tables.erase_function IS
+    'for forget_rule erase: a function of schema persona (profile_id bigint) RETURNS bigint that deletes the profile''s rows and returns how many, as regprocedure text';
+
+-- The canonical regprocedure text of the function an entry names for a
+-- rule, checked: a function of schema persona taking args, returning result.
+CREATE FUNCTION persona.check_step_function(fn text, args regtype[], result regtype,
+                                            rule text, relation regclass)
+    RETURNS text
+    LANGUAGE plpgsql STABLE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_fn regprocedure := to_regprocedure(fn);
+BEGIN
+    IF v_fn IS NULL OR NOT EXISTS (
+            SELECT FROM pg_proc AS p
+             WHERE p.oid = v_fn AND p.pronamespace = 'persona'::regnamespace
+               AND p.proargtypes = array_to_string(args::oid[], ' ')::oidvector
+               AND p.prorettype = result) THEN
+        RAISE EXCEPTION '% function "%" of person table % is not a function persona.f(%) returning %',
+            rule, fn, relation, array_to_string(args, ', '), result
+            USING ERRCODE = '42883';
+    END IF;
+    RETURN v_fn::text;
+END
+$$;
+COMMENT ON FUNCTION persona.check_step_function(text, regtype[], regtype, text, regclass) IS
+    'the canonical text of a function named by an entry of persona.person_tables, checked against the signature its rule calls';
+
+-- Checks an entry: a table of schema persona with a bigint profile_id, and
+-- functions of schema persona with the signature their rule calls them with.
+-- Stores the functions in their canonical regprocedure form.
+CREATE FUNCTION persona.check_person_table() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_WHEN <> 'BEFORE' OR TG_LEVEL <> 'ROW' OR TG_OP NOT IN ('INSERT', 'UPDATE') THEN
+        RAISE EXCEPTION 'persona.check_person_table must run BEFORE INSERT OR UPDATE FOR EACH ROW'
+            USING ERRCODE = '39P01';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_class AS c
+                    WHERE c.oid = NEW.relation AND c.relkind IN ('r', 'p')
+                      AND c.relnamespace = 'persona'::regnamespace) THEN
+        RAISE EXCEPTION 'person table % is not a table of schema persona', NEW.relation
+            USING ERRCODE = '22023';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_attribute AS a
+                    WHERE a.attrelid = NEW.relation AND a.attname = 'profile_id'
+                      AND a.atttypid = 'bigint'::regtype AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'person table % has no bigint column profile_id', NEW.relation
+            USING ERRCODE = '42703',
+                  HINT = 'Rows about a person are keyed by profile_id, the distribution column.';
+    END IF;
+    NEW.combine_function := persona.check_step_function(
+        NEW.combine_function, ARRAY['bigint', 'bigint']::regtype[], 'void', 'combine', NEW.relation);
+    NEW.erase_function := persona.check_step_function(
+        NEW.erase_function, ARRAY['bigint']::regtype[], 'bigint', 'erase', NEW.relation);
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION persona.check_person_table() IS
+    'checks an entry of persona.person_tables (BEFORE INSERT OR UPDATE FOR EACH ROW)';
+
+CREATE TRIGGER person_tables_check
+    BEFORE INSERT OR UPDATE ON persona.person_tables
+    FOR EACH ROW EXECUTE FUNCTION persona.check_person_table();
+
+-- Writes persona.merge_rows and persona.forget_rows, the two walks over the
+-- registry, as static statements in step order, so that PL/pgSQL prepares
+-- their plans once per backend and keeps them, as in hand-written code (a
+-- walk that built and EXECUTEd each statement would plan it on every merge
+-- and forget).  Runs whenever the registry changes (person_tables_changed).
+-- Identifiers come from regclass and regproc output, which quotes them;
+-- the body is passed as a literal.
+-- CREATE OR REPLACE is safe here: schema persona is the extension's own
+-- (created by its install script), so nothing planted in it can be adopted.
+CREATE FUNCTION persona.build_person_walks() RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_merge  text := '';
+    v_forget text := '';
+    r        record;
+BEGIN
+    FOR r IN
+        SELECT t.relation, t.merge_rule, t.forget_rule,
+               t.combine_function::regprocedure::oid::regproc AS combine_fn,
+               t.erase_function::regprocedure::oid::regproc AS erase_fn
+          FROM persona.person_tables AS t
+         ORDER BY t.step
+    LOOP
+        v_merge := v_merge || format('    -- %s: %s
+', r.relation, r.merge_rule) ||
+            CASE r.merge_rule
+                WHEN 'repoint' THEN format('    UPDATE %s SET profile_id = $1 WHERE profile_id = $2;
+', r.relation)
+                WHEN 'combine' THEN format('    PERFORM %s($1, $2);
+', r.combine_fn)
+                WHEN 'keep_survivor' THEN format('    DELETE FROM %s WHERE profile_id = $2;
+', r.relation)
+                WHEN 'history' THEN '    -- (the rows stay under the absorbed profile)
+'
+            END;
+        v_forget := v_forget || format('    -- %s: %s
+', r.relation, r.forget_rule) ||
+            CASE r.forget_rule
+                WHEN 'delete' THEN format('    DELETE FROM %s WHERE profile_id = $1;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+', r.relation)
+                WHEN 'delete_with_absorbed' THEN format('    DELETE FROM %s
+     WHERE profile_id = $1
+        OR profile_id IN (SELECT m.from_profile_id FROM persona.merges AS m
+                           WHERE m.into_profile_id = $1);
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+', r.relation)
+                WHEN 'erase' THEN format('    v_n := %s($1);
+', r.erase_fn)
+            END || '    v_rows := v_rows + v_n;
+';
+    END LOOP;
+
+    EXECUTE format($f$
+CREATE OR REPLACE FUNCTION persona.merge_rows(into_profile_id bigint, from_profile_id bigint)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS %L$f$,
+        '
+-- Generated from persona.person_tables by persona.build_person_walks().
+#variable_conflict use_column
+BEGIN
+' || v_merge || 'END
+');
+    COMMENT ON FUNCTION persona.merge_rows(bigint, bigint) IS
+        'moves the rows of an absorbed profile in every table of persona.person_tables, by its merge rule (generated)';
+
+    EXECUTE format($f$
+CREATE OR REPLACE FUNCTION persona.forget_rows(profile_id bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS %L$f$,
+        '
+-- Generated from persona.person_tables by persona.build_person_walks().
+#variable_conflict use_column
+DECLARE
+    v_rows bigint := 0;
+    v_n    bigint;
+BEGIN
+' || v_forget || '    RETURN v_rows;
+END
+');
+    COMMENT ON FUNCTION persona.forget_rows(bigint) IS
+        'erases the rows of a profile in every table of persona.person_tables, by its forget rule; returns the number of rows (generated)';
+END
+$$;
+COMMENT ON FUNCTION persona.build_person_walks() IS
+    'writes persona.merge_rows and persona.forget_rows from persona.person_tables';
+
+CREATE FUNCTION persona.person_tables_changed() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'STATEMENT' THEN
+        RAISE EXCEPTION 'persona.person_tables_changed must run AFTER ... FOR EACH STATEMENT'
+            USING ERRCODE = '39P01';
+    END IF;
+    PERFORM persona.build_person_walks();
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION persona.person_tables_changed() IS
+    'rewrites the walks of merge and forget when persona.person_tables changes (AFTER ... FOR EACH STATEMENT)';
+
+CREATE TRIGGER person_tables_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON persona.person_tables
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.person_tables_changed();
+
+-- The entries.  step orders both walks, so it must suit both:
+--  - merge: persona.profiles combines before persona.segment_members, whose
+--    refresh evaluates the combined survivor;
+--  - forget: persona.identities before persona.profiles (its erase reads the
+--    profile's user_id), and every delete_with_absorbed entry before
+--    persona.profiles (whose erase deletes the persona.merges rows it reads).
+INSERT INTO persona.person_tables
+       (relation, step, merge_rule, combine_function, forget_rule, erase_function)
+VALUES ('persona.identities', 10, 'combine', 'persona.combine_identities(bigint,bigint)',
+        'erase', 'persona.erase_identities(bigint)'),
+       ('persona.events', 20, 'repoint', NULL, 'delete', NULL),
+       ('persona.decisions', 30, 'repoint', NULL, 'erase', 'persona.erase_decisions(bigint)'),
+       ('persona.segment_log', 40, 'history', NULL, 'delete_with_absorbed', NULL),
+       ('persona.profiles', 50, 'combine', 'persona.combine_profiles(bigint,bigint)',
+        'erase', 'persona.erase_profile(bigint)'),
+       ('persona.segment_members', 60, 'combine', 'persona.combine_segment_members(bigint,bigint)',
+        'delete', NULL);
+
+-- persona.merge and persona_forget walk the registry (src/identity.sql).
+
+CREATE OR REPLACE FUNCTION @extschema@.persona_forget(user_id text)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_id    text := persona.check_id($1, 'user_id');
+    v_pid   bigint;
+BEGIN
+    PERFORM persona.lock_order();
+    -- Lock the profile first: ingest that resolved to it waits, then retries.
+    FOR attempt IN 1..20 LOOP
+        v_pid := persona.resolve(v_id);
+        IF v_pid IS NULL THEN
+            RETURN 0;
+        END IF;
+        PERFORM 1 FROM persona.profiles AS p WHERE p.profile_id = v_pid FOR UPDATE;
+        EXIT WHEN FOUND AND persona.resolve(v_id) = v_pid;
+        v_pid := NULL;
+    END LOOP;
+    IF v_pid IS NULL THEN
+        RAISE EXCEPTION 'could not serialize access due to concurrent merges'
+            USING ERRCODE = '40001', HINT = 'Retry the transaction.';
+    END IF;
+
+    -- Every table of person data, in the registry's order (src/registry.sql).
+    RETURN persona.forget_rows(v_pid);
+END
+$$;
+
+-- Privileges (src/grants.sql).
+REVOKE ALL ON FUNCTION persona.combine_identities(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.erase_identities(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.combine_profiles(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.erase_profile(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.check_step_function(text, regtype[], regtype, text, regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.check_person_table() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.build_person_walks() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.person_tables_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.merge_rows(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.forget_rows(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.combine_segment_members(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.erase_decisions(bigint) FROM PUBLIC;
+
+-- persona.merge: the registry walk (issue 12), and a refused merge names no
+-- user (issue 11).
 CREATE OR REPLACE FUNCTION persona.merge(keep_id text, other_id text) RETURNS bigint
     LANGUAGE plpgsql VOLATILE STRICT
     SET search_path = pg_catalog, pg_temp
@@ -291,33 +723,10 @@ BEGIN
         v_from := p_other;
     END IF;
 
-    -- A profile's ids: its anonymous ids, and its user id (see
-    -- persona.identities_anonymous_idx). The absorbed profile has none.
-    UPDATE persona.identities AS i SET profile_id = v_into.profile_id
-     WHERE (i.kind = 'anonymous' AND i.profile_id = v_from.profile_id)
-        OR i.id = v_from.user_id;
-    UPDATE persona.events AS e SET profile_id = v_into.profile_id
-     WHERE e.profile_id = v_from.profile_id;
-    UPDATE persona.decisions AS d SET profile_id = v_into.profile_id
-     WHERE d.profile_id = v_from.profile_id;
-    UPDATE persona.profiles AS p
-       SET traits      = v_from.traits || p.traits,
-           first_seen  = LEAST(p.first_seen, v_from.first_seen),
-           last_seen   = GREATEST(p.last_seen, v_from.last_seen),
-           event_count = p.event_count + v_from.event_count,
-           computed_state = persona.state_merge(p.computed_state, v_from.computed_state),
-           next_change_at = LEAST(p.next_change_at, v_from.next_change_at),
-           updated_at  = now()
-     WHERE p.profile_id = v_into.profile_id;
-    UPDATE persona.merges AS m SET into_profile_id = v_into.profile_id
-     WHERE m.into_profile_id = v_from.profile_id;
-    INSERT INTO persona.merges (from_profile_id, into_profile_id)
-    VALUES (v_from.profile_id, v_into.profile_id);
-    DELETE FROM persona.profiles AS p WHERE p.profile_id = v_from.profile_id;
-    -- The absorbed profile leaves its segments; the survivor changed in
-    -- every column, so every segment is evaluated for it.
-    PERFORM persona.leave_segments(v_from.profile_id);
-    PERFORM persona.refresh_segments(ARRAY[v_into.profile_id], NULL);
+    -- Every table of person data, in the registry's order (src/registry.sql):
+    -- identities, events and decisions move to the survivor, the profile
+    -- rows combine, and the absorbed profile leaves its segments.
+    PERFORM persona.merge_rows(v_into.profile_id, v_from.profile_id);
     RETURN v_into.profile_id;
 END
 $$;

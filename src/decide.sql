@@ -74,6 +74,31 @@ CREATE TABLE persona.feedback (
 );
 COMMENT ON TABLE persona.feedback IS 'outcomes of decisions (persona_feedback), at most one per decision and outcome';
 
+-- A forget step of the registry (src/registry.sql): a profile's decisions
+-- and their feedback (keyed by decision, so it goes with them).
+CREATE FUNCTION persona.erase_decisions(profile_id bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_pid  bigint := $1;
+    v_rows bigint;
+    v_n    bigint;
+BEGIN
+    DELETE FROM persona.feedback AS f
+     USING persona.decisions AS d
+     WHERE d.decision_id = f.decision_id AND d.profile_id = v_pid;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    DELETE FROM persona.decisions AS d WHERE d.profile_id = v_pid;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_rows + v_n;
+END
+$$;
+COMMENT ON FUNCTION persona.erase_decisions(bigint) IS
+    'forget step of persona.decisions: deletes the decisions of a profile and their feedback; returns the number of rows';
+
 SELECT pg_catalog.pg_extension_config_dump('persona.actions', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.action_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.action_stats', '');

@@ -20,6 +20,16 @@ REVOKE ALL ON FUNCTION persona.merge(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.link(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.max_event_bytes() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.announce_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.combine_identities(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.erase_identities(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.combine_profiles(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.erase_profile(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.check_step_function(text, regtype[], regtype, text, regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.check_person_table() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.build_person_walks() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.person_tables_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.merge_rows(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.forget_rows(bigint) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION @extschema@.persona_define_trait(text, text, text, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_drop_trait(text) FROM PUBLIC;
@@ -43,6 +53,7 @@ REVOKE ALL ON FUNCTION persona.compile_predicate(text, regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.compile_definition() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.refresh_segments(bigint[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.leave_segments(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.combine_segment_members(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.next_change(bytea) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION @extschema@.persona_create_action(text, text, jsonb, text, text, int, float8, int, interval, timestamptz, timestamptz) FROM PUBLIC;
@@ -52,6 +63,7 @@ REVOKE ALL ON FUNCTION @extschema@.persona_drop_action(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_decide(text, jsonb, text, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_feedback(bigint, text, float8) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_action(persona.actions) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.erase_decisions(bigint) FROM PUBLIC;
 
 -- Not revoked: persona.trait_bigint, trait_numeric and trait_text. Whoever
 -- may SELECT persona.traits runs them as themselves; they decode bytes

@@ -2,9 +2,10 @@
 --
 -- Merge protocol (shared with the ingest trigger, src/ingest.c): a merge
 -- locks both profile rows in profile_id order, re-reads the identities under
--- the lock, then moves identities and events of the absorbed profile to the
--- survivor, folds its statistics in, records the move in persona.merges and
--- deletes the absorbed row.  An ingest statement that resolved rows to the
+-- the lock, then walks the registry of person data (src/registry.sql): it
+-- moves identities and events of the absorbed profile to the survivor, folds
+-- its statistics in, records the move in persona.merges and deletes the
+-- absorbed row, in that order.  An ingest statement that resolved rows to the
 -- absorbed profile before the merge committed finds the row gone when it
 -- upserts, looks it up in persona.merges and follows it.
 
@@ -106,6 +107,111 @@ $$;
 COMMENT ON FUNCTION persona.ensure_profile(text, text) IS
     'the profile of an id, created with its identity when the id is new';
 
+-- Registry steps for persona.identities and persona.profiles (src/registry.sql).
+
+-- A merge step: the absorbed profile's ids resolve to the survivor. Its
+-- ids are its anonymous ids and its user id (see
+-- persona.identities_anonymous_idx), both reached through an index; a bare
+-- profile_id predicate would read the whole table.
+CREATE FUNCTION persona.combine_identities(into_profile_id bigint, from_profile_id bigint)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_into bigint := $1;
+    v_from bigint := $2;
+    v_user text;
+BEGIN
+    -- Read first, not as a subquery: NULL (the known user's profile always
+    -- survives) then leaves the hash index scan alone in the plan.
+    SELECT p.user_id INTO v_user FROM persona.profiles AS p WHERE p.profile_id = v_from;
+    UPDATE persona.identities AS i SET profile_id = v_into
+     WHERE (i.kind = 'anonymous' AND i.profile_id = v_from)
+        OR i.id = v_user;
+END
+$$;
+COMMENT ON FUNCTION persona.combine_identities(bigint, bigint) IS
+    'merge step of persona.identities: every id of the absorbed profile resolves to the survivor';
+
+-- A forget step: deletes a profile's ids; returns how many.
+CREATE FUNCTION persona.erase_identities(profile_id bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_pid bigint := $1;
+    v_n   bigint;
+BEGIN
+    DELETE FROM persona.identities AS i
+     WHERE (i.kind = 'anonymous' AND i.profile_id = v_pid)
+        OR i.id = (SELECT p.user_id FROM persona.profiles AS p WHERE p.profile_id = v_pid);
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+COMMENT ON FUNCTION persona.erase_identities(bigint) IS
+    'forget step of persona.identities: deletes every id of a profile; returns the number of rows';
+
+-- A merge step: folds the absorbed profile row into the survivor's (events
+-- counted, first and last seen widened, declared traits combined with the
+-- survivor's winning, computed trait states merged), leaves its forwarding
+-- address in persona.merges for ingest to follow, and deletes it.
+CREATE FUNCTION persona.combine_profiles(into_profile_id bigint, from_profile_id bigint)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_into bigint := $1;
+    v_from bigint := $2;
+BEGIN
+    UPDATE persona.profiles AS p
+       SET traits      = f.traits || p.traits,
+           first_seen  = LEAST(p.first_seen, f.first_seen),
+           last_seen   = GREATEST(p.last_seen, f.last_seen),
+           event_count = p.event_count + f.event_count,
+           computed_state = persona.state_merge(p.computed_state, f.computed_state),
+           next_change_at = LEAST(p.next_change_at, f.next_change_at),
+           updated_at  = now()
+      FROM persona.profiles AS f
+     WHERE p.profile_id = v_into AND f.profile_id = v_from;
+    UPDATE persona.merges AS m SET into_profile_id = v_into
+     WHERE m.into_profile_id = v_from;
+    INSERT INTO persona.merges (from_profile_id, into_profile_id) VALUES (v_from, v_into);
+    DELETE FROM persona.profiles AS p WHERE p.profile_id = v_from;
+END
+$$;
+COMMENT ON FUNCTION persona.combine_profiles(bigint, bigint) IS
+    'merge step of persona.profiles: folds the absorbed profile into the survivor, records the move in persona.merges and deletes it';
+
+-- A forget step: deletes a profile row and the persona.merges rows of the
+-- profiles it absorbed; returns how many rows.
+CREATE FUNCTION persona.erase_profile(profile_id bigint)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_pid  bigint := $1;
+    v_rows bigint;
+    v_n    bigint;
+BEGIN
+    DELETE FROM persona.merges AS m WHERE m.into_profile_id = v_pid;
+    GET DIAGNOSTICS v_rows = ROW_COUNT;
+    DELETE FROM persona.profiles AS p WHERE p.profile_id = v_pid;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_rows + v_n;
+END
+$$;
+COMMENT ON FUNCTION persona.erase_profile(bigint) IS
+    'forget step of persona.profiles: deletes the profile row and the persona.merges rows of the profiles it absorbed; returns the number of rows';
+
 -- Makes one profile of the profiles of two ids; returns the survivor.
 CREATE FUNCTION persona.merge(keep_id text, other_id text) RETURNS bigint
     LANGUAGE plpgsql VOLATILE STRICT
@@ -178,33 +284,10 @@ BEGIN
         v_from := p_other;
     END IF;
 
-    -- A profile's ids: its anonymous ids, and its user id (see
-    -- persona.identities_anonymous_idx). The absorbed profile has none.
-    UPDATE persona.identities AS i SET profile_id = v_into.profile_id
-     WHERE (i.kind = 'anonymous' AND i.profile_id = v_from.profile_id)
-        OR i.id = v_from.user_id;
-    UPDATE persona.events AS e SET profile_id = v_into.profile_id
-     WHERE e.profile_id = v_from.profile_id;
-    UPDATE persona.decisions AS d SET profile_id = v_into.profile_id
-     WHERE d.profile_id = v_from.profile_id;
-    UPDATE persona.profiles AS p
-       SET traits      = v_from.traits || p.traits,
-           first_seen  = LEAST(p.first_seen, v_from.first_seen),
-           last_seen   = GREATEST(p.last_seen, v_from.last_seen),
-           event_count = p.event_count + v_from.event_count,
-           computed_state = persona.state_merge(p.computed_state, v_from.computed_state),
-           next_change_at = LEAST(p.next_change_at, v_from.next_change_at),
-           updated_at  = now()
-     WHERE p.profile_id = v_into.profile_id;
-    UPDATE persona.merges AS m SET into_profile_id = v_into.profile_id
-     WHERE m.into_profile_id = v_from.profile_id;
-    INSERT INTO persona.merges (from_profile_id, into_profile_id)
-    VALUES (v_from.profile_id, v_into.profile_id);
-    DELETE FROM persona.profiles AS p WHERE p.profile_id = v_from.profile_id;
-    -- The absorbed profile leaves its segments; the survivor changed in
-    -- every column, so every segment is evaluated for it.
-    PERFORM persona.leave_segments(v_from.profile_id);
-    PERFORM persona.refresh_segments(ARRAY[v_into.profile_id], NULL);
+    -- Every table of person data, in the registry's order (src/registry.sql):
+    -- identities, events and decisions move to the survivor, the profile
+    -- rows combine, and the absorbed profile leaves its segments.
+    PERFORM persona.merge_rows(v_into.profile_id, v_from.profile_id);
     RETURN v_into.profile_id;
 END
 $$;
@@ -360,8 +443,6 @@ CREATE FUNCTION @extschema@.persona_forget(user_id text)
 DECLARE
     v_id    text := persona.check_id($1, 'user_id');
     v_pid   bigint;
-    v_rows  bigint := 0;
-    v_n     bigint;
 BEGIN
     PERFORM persona.lock_order();
     -- Lock the profile first: ingest that resolved to it waits, then retries.
@@ -379,39 +460,8 @@ BEGIN
             USING ERRCODE = '40001', HINT = 'Retry the transaction.';
     END IF;
 
-    DELETE FROM persona.events AS e WHERE e.profile_id = v_pid;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    v_rows := v_rows + v_n;
-    DELETE FROM persona.identities AS i
-     WHERE (i.kind = 'anonymous' AND i.profile_id = v_pid)
-        OR i.id = (SELECT p.user_id FROM persona.profiles AS p WHERE p.profile_id = v_pid);
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    v_rows := v_rows + v_n;
-    DELETE FROM persona.segment_members AS m WHERE m.profile_id = v_pid;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    v_rows := v_rows + v_n;
-    DELETE FROM persona.feedback AS f
-     USING persona.decisions AS d
-     WHERE d.decision_id = f.decision_id AND d.profile_id = v_pid;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    v_rows := v_rows + v_n;
-    DELETE FROM persona.decisions AS d WHERE d.profile_id = v_pid;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    v_rows := v_rows + v_n;
-    -- The log of this profile and of every profile it absorbed.
-    DELETE FROM persona.segment_log AS l
-     WHERE l.profile_id = v_pid
-        OR l.profile_id IN (SELECT m.from_profile_id FROM persona.merges AS m
-                             WHERE m.into_profile_id = v_pid);
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    v_rows := v_rows + v_n;
-    DELETE FROM persona.merges AS m WHERE m.into_profile_id = v_pid;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    v_rows := v_rows + v_n;
-    DELETE FROM persona.profiles AS p WHERE p.profile_id = v_pid;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    v_rows := v_rows + v_n;
-    RETURN v_rows;
+    -- Every table of person data, in the registry's order (src/registry.sql).
+    RETURN persona.forget_rows(v_pid);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_forget(text) IS

@@ -93,6 +93,22 @@ $$;
 COMMENT ON FUNCTION persona.leave_segments(bigint) IS
     'removes a profile from every segment, logging and announcing the exits';
 
+-- A merge step of the registry (src/registry.sql): the absorbed profile
+-- leaves its segments; the survivor changed in every column, so every
+-- segment is evaluated for it.
+CREATE FUNCTION persona.combine_segment_members(into_profile_id bigint, from_profile_id bigint)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    PERFORM persona.leave_segments($2);
+    PERFORM persona.refresh_segments(ARRAY[$1], NULL);
+END
+$$;
+COMMENT ON FUNCTION persona.combine_segment_members(bigint, bigint) IS
+    'merge step of persona.segment_members: the absorbed profile exits its segments, the survivor is evaluated against every segment';
+
 CREATE FUNCTION @extschema@.persona_create_segment(name text, predicate text)
     RETURNS void
     LANGUAGE plpgsql VOLATILE
