@@ -1,6 +1,6 @@
 -- Identity: persona_identify, persona_alias, persona_profile, persona_forget.
 --
--- Merge protocol (shared with the ingest trigger, src/ingest.c): a merge
+-- Merge protocol (shared with the ingest trigger, src/ingest_apply.c): a merge
 -- locks both profile rows in profile_id order, re-reads the identities under
 -- the lock, then moves identities and events of the absorbed profile to the
 -- survivor, folds its statistics in, records the move in persona.merges and
