@@ -14,7 +14,7 @@ OBJS = src/persona.o src/catalog.o src/rowwriter.o src/ingest.o src/idmap.o src/
 SQL_FRAGMENTS = src/schema.sql src/catalog.sql src/ingest.sql src/traits.sql src/segments.sql src/decide.sql src/identity.sql src/grants.sql
 DATA_built = sql/persona--$(EXTVERSION).sql
 
-REGRESS = ingest identity bad_input traits segments decide roles
+REGRESS = ingest identity bad_input traits segments decide roles cancel
 REGRESS_OPTS = --load-extension=persona
 
 ISOLATION = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))

@@ -594,6 +594,7 @@ persona_decide(PG_FUNCTION_ARGS)
 	{
 		ActionDef  *d = &ac->actions[k];
 
+		CHECK_FOR_INTERRUPTS();
 		evaluate[k] = !d->paused && d->starts_at <= now && now < d->ends_at &&
 			(channel == NULL || strcmp(channel, d->channel) == 0);
 		flags[k] = BoolGetDatum(evaluate[k] && d->condition_sql != NULL);
@@ -632,6 +633,7 @@ persona_decide(PG_FUNCTION_ARGS)
 			ActionDef  *d = &ac->actions[k];
 			bool		ok = evaluate[k];
 
+			CHECK_FOR_INTERRUPTS();
 			if (ok && d->condition_sql != NULL)
 			{
 				ok = c < ninside && !inside_null[c] && DatumGetBool(inside[c]);
@@ -703,6 +705,7 @@ persona_decide(PG_FUNCTION_ARGS)
 				int64		today = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 				TimestampTz last = DatumGetTimestampTz(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
 
+				CHECK_FOR_INTERRUPTS();
 				for (int i = 0; i < ncand; i++)
 				{
 					ActionDef  *d = cand[i].def;
@@ -745,6 +748,7 @@ persona_decide(PG_FUNCTION_ARGS)
 			HeapTuple	tup = SPI_tuptable->vals[r];
 			int32		action_id = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
 
+			CHECK_FOR_INTERRUPTS();
 			for (int i = 0; i < ncand; i++)
 				if (cand[i].def->action_id == action_id)
 				{

@@ -13,6 +13,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "miscadmin.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
 
@@ -76,7 +77,8 @@ IdMapXactCallback(XactEvent event, void *arg)
  * the tables, for the folds of enclosing statements, which point to
  * entries: entries made in it or its children go, identity rows written
  * there are pending again.  Memory is kept (folds may point to an entry
- * that leaves the map).
+ * that leaves the map).  No CHECK_FOR_INTERRUPTS: this runs inside the
+ * abort, which holds interrupts, and must finish to leave the map true.
  */
 static void
 RollBackIdMap(SubTransactionId subid)
@@ -145,7 +147,6 @@ IdMapPruneStale(void)
 	idmap_iterator it;
 	IdSlot	   *slot;
 
-	IdMap.stale = false;
 	if (IdMap.pending == 0 && !IngestHasFolds())
 	{
 		IdMapForget();
@@ -153,8 +154,13 @@ IdMapPruneStale(void)
 	}
 	idmap_start_iterate(IdMap.map, &it);
 	while ((slot = idmap_iterate(IdMap.map, &it)) != NULL)
+	{
+		CHECK_FOR_INTERRUPTS();
 		if (!slot->entry->pending)
 			idmap_delete_item(IdMap.map, slot);
+	}
+	/* Only now: a walk cancelled half-way is taken up again next time. */
+	IdMap.stale = false;
 }
 
 void

@@ -128,8 +128,11 @@ BuildArray(Datum *values, bool *nulls, int n, Oid type)
 
 /*
  * A subtransaction of the statement trigger's own.  Rolling it back undoes
- * rows this statement wrote in it but no id of the map (IdMap.in_own_subxact keeps
- * IdMapSubXactCallback from forgetting them).
+ * rows this statement wrote in it but no id of the map (IdMap.in_own_subxact
+ * keeps IdMapSubXactCallback from forgetting them).  An error inside it (a
+ * cancel included) must roll it back before going on (AbortOwnSubxact), so
+ * that whoever catches the error finds its own subtransaction current and
+ * the map's callbacks listening again.
  */
 typedef struct OwnSubxact
 {
@@ -157,6 +160,19 @@ EndOwnSubxact(const OwnSubxact *sub, bool commit)
 	MemoryContextSwitchTo(sub->cxt);
 	CurrentResourceOwner = sub->owner;
 	IdMap.in_own_subxact = false;
+}
+
+/* In the PG_CATCH of an own subtransaction: rolls it back, returns the error. */
+static ErrorData *
+AbortOwnSubxact(const OwnSubxact *sub)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(sub->cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	EndOwnSubxact(sub, false);
+	return edata;
 }
 
 /*
@@ -193,6 +209,7 @@ InsertIdentitiesDirect(const SortedId *fresh, int n)
 		{
 			Datum		values[3];
 
+			CHECK_FOR_INTERRUPTS();
 			values[0] = CStringGetTextDatum(fresh[i].entry->id);
 			values[1] = Int64GetDatum(fresh[i].profile_id);
 			values[2] = fresh[i].entry->is_user ? user : anonymous;
@@ -204,12 +221,8 @@ InsertIdentitiesDirect(const SortedId *fresh, int n)
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = AbortOwnSubxact(&sub);
 
-		MemoryContextSwitchTo(sub.cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		EndOwnSubxact(&sub, false);
 		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
 			ReThrowError(edata);
 		FreeErrorData(edata);
@@ -236,6 +249,7 @@ InsertIdentitiesOnConflict(const SortedId *fresh, int n)
 
 	for (int i = 0; i < n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		ids[i] = CStringGetTextDatum(fresh[i].entry->id);
 		pids[i] = Int64GetDatum(fresh[i].profile_id);
 		kinds[i] = CStringGetTextDatum(fresh[i].entry->is_user ? "user" : "anonymous");
@@ -279,6 +293,7 @@ JoinWinners(pidmap_hash *deltas, ProfileDelta **fresh, int n)
 		bool		isnull;
 		int64		winner_pid;
 
+		CHECK_FOR_INTERRUPTS();
 		if (SPI_execute_plan(plan, &id, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "reading identities failed");
 		if (SPI_processed == 0)
@@ -352,6 +367,7 @@ NewIds(RowFolds *folds, int *n)
 	{
 		for (int i = 0; i < folds->nfresh; i++)
 		{
+			CHECK_FOR_INTERRUPTS();
 			if (folds->fresh[i].entry->pending)
 				ids[k++] = folds->fresh[i];
 			else
@@ -368,6 +384,7 @@ NewIds(RowFolds *folds, int *n)
 		{
 			ProfileDelta *d = slot->delta;
 
+			CHECK_FOR_INTERRUPTS();
 			if (d->new_id == NULL)
 				continue;
 			if (d->new_id->pending)
@@ -425,6 +442,7 @@ InsertNewProfiles(ProfileDelta **list, int n)
 		bytea	   *state;
 		TimestampTz next;
 
+		CHECK_FOR_INTERRUPTS();
 		DeltaState(d, now, &state, &next);
 		values[0] = Int64GetDatum(d->profile_id);
 		values[1] = TimestampTzGetDatum(d->first_seen);
@@ -559,6 +577,7 @@ UpdateProfiles(ProfileDelta **list, int n, ProfileDelta **orphans)
 	change.now = GetCurrentTransactionStartTimestamp();
 	for (int i = 0; i < n; i++)
 	{
+		CHECK_FOR_INTERRUPTS();
 		old = MemoryContextSwitchTo(row_cxt);
 		change.delta = list[i];
 		if (!RowUpdaterUpdate(u, list[i]->profile_id, AddDelta, &change))
@@ -621,7 +640,15 @@ UpdateProfilesOnce(ProfileDelta **list, int n, ProfileDelta **orphans)
 		return UpdateProfiles(list, n, orphans);
 
 	BeginOwnSubxact(&sub);
-	norphans = UpdateProfiles(list, n, orphans);
+	PG_TRY();
+	{
+		norphans = UpdateProfiles(list, n, orphans);
+	}
+	PG_CATCH();
+	{
+		ReThrowError(AbortOwnSubxact(&sub));
+	}
+	PG_END_TRY();
 	EndOwnSubxact(&sub, norphans == 0);
 	if (norphans > 0)
 		for (int i = 0; i < n; i++)
@@ -656,6 +683,7 @@ RefreshSegments(pidmap_hash *deltas, List *touched)
 	pidmap_start_iterate(deltas, &it);
 	while ((slot = pidmap_iterate(deltas, &it)) != NULL)
 	{
+		CHECK_FOR_INTERRUPTS();
 		if (slot->delta->created)
 			created[ncreated++] = slot->profile_id;
 		else
@@ -722,8 +750,11 @@ persona_events_apply(PG_FUNCTION_ARGS)
 		list = palloc(sizeof(ProfileDelta *) * deltas->members);
 		pidmap_start_iterate(deltas, &it);
 		while ((slot = pidmap_iterate(deltas, &it)) != NULL)
+		{
+			CHECK_FOR_INTERRUPTS();
 			if (!slot->delta->written)
 				list[n++] = slot->delta;
+		}
 		if (n == 0)
 			break;
 		orphans = palloc(sizeof(ProfileDelta *) * n);
@@ -735,6 +766,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 			bool		found;
 			ProfileDelta *d;
 
+			CHECK_FOR_INTERRUPTS();
 			pidmap_delete(deltas, moved.profile_id);
 			d = EnterDelta(deltas, into, &found);
 			if (found && !d->written)

@@ -28,6 +28,7 @@
 #include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "executor/tuptable.h"
+#include "miscadmin.h"
 #include "storage/bufmgr.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
@@ -535,7 +536,10 @@ IngestTakeFolds(void)
 		{
 			ProfileDelta *from = slot->delta;
 			bool		found;
-			ProfileDelta *d = EnterDelta(taken->deltas, from->profile_id, &found);
+			ProfileDelta *d;
+
+			CHECK_FOR_INTERRUPTS();
+			d = EnterDelta(taken->deltas, from->profile_id, &found);
 
 			if (!found)
 				*d = *from;

@@ -27,6 +27,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "optimizer/optimizer.h"
@@ -549,6 +550,7 @@ WriteEntries(const SegmentCatalog *sc, const ChangeList *entries)
 		TupleTableSlot *written;
 		bool		isnull;
 
+		CHECK_FOR_INTERRUPTS();
 		(void) RowWriterInsert(members, values, NULL);
 		written = RowWriterInsert(log, values, NULL);
 		Announce(&payload, seg->name_json, DatumGetInt64(entries->pids[i]), "enter",
@@ -605,6 +607,7 @@ WriteExits(const SegmentCatalog *sc, const ChangeList *exits)
 		int64		log_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
 														 SPI_tuptable->tupdesc, 3, &isnull));
 
+		CHECK_FOR_INTERRUPTS();
 		Announce(&payload, JsonString(segment), pid, "exit", log_id);
 	}
 	return done;
@@ -703,6 +706,7 @@ SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 		Datum	   *members;
 		int			nmembers;
 
+		CHECK_FOR_INTERRUPTS();
 		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 2, &isnull)),
 						  BOOLOID, 1, true, TYPALIGN_CHAR, &inside, &inside_null, &ninside);
 		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 3, &isnull)),
