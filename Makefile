@@ -7,11 +7,11 @@ EXTENSION  = persona
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" persona.control)
 
 MODULE_big = persona
-OBJS = src/persona.o src/catalog.o src/rowwriter.o src/ingest.o src/idmap.o src/ingest_row.o src/ingest_apply.o src/traits.o src/segments.o src/decide.o
+OBJS = src/persona.o src/catalog.o src/rowwriter.o src/ingest.o src/idmap.o src/ingest_row.o src/ingest_apply.o src/validate.o src/traits.o src/segments.o src/decide.o
 
 # The install script is assembled from the per-concept fragments in src/,
 # in this order, so each function's declaration sits beside its C body.
-SQL_FRAGMENTS = src/schema.sql src/catalog.sql src/ingest.sql src/traits.sql src/segments.sql src/decide.sql src/identity.sql src/grants.sql
+SQL_FRAGMENTS = src/schema.sql src/catalog.sql src/validate.sql src/ingest.sql src/traits.sql src/segments.sql src/decide.sql src/identity.sql src/grants.sql
 DATA_built = sql/persona--$(EXTVERSION).sql
 
 REGRESS = ingest identity bad_input traits segments decide roles cancel

@@ -42,6 +42,7 @@
 #include "ingest.h"
 #include "persona.h"
 #include "traits.h"
+#include "validate.h"
 
 /* Columns of persona.events, by name, for one relation. */
 typedef struct EventColumns
@@ -84,20 +85,11 @@ ResolveEventColumns(Relation rel)
 	event_columns.relid = relid;
 }
 
-static inline void
-RequireNotNull(bool isnull, const char *column)
-{
-	if (isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s of an event must not be null", column)));
-}
-
 /*
  * Copies the id into ``buf`` (PERSONA_MAX_ID_BYTES + 1 bytes) as a C string
  * and returns it, or NULL for a NULL id; rejects empty and over-long ids.
  */
-static char *
+static inline char *
 CheckId(Datum value, bool isnull, const char *column, char *buf)
 {
 	text	   *t;
@@ -106,73 +98,27 @@ CheckId(Datum value, bool isnull, const char *column, char *buf)
 	if (isnull)
 		return NULL;
 	t = DatumGetTextPP(value);
-	len = VARSIZE_ANY_EXHDR(t);
-	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be empty", column),
-				 errhint("Pass NULL when the id is not known.")));
-	if (len > PERSONA_MAX_ID_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("%s is too long", column),
-				 errdetail("The id has %d bytes; the limit is %d.",
-						   len, PERSONA_MAX_ID_BYTES)));
+	len = PersonaCheckId(t, column, true);
 	memcpy(buf, VARDATA_ANY(t), len);
 	buf[len] = '\0';
 	return buf;
 }
 
-/*
- * Checks that a jsonb value is an object and returns its size.  Only the
- * root container's header is read, in place: no detoasting copy.
- */
-static Size
-CheckObject(Datum value, bool isnull, const char *column)
-{
-	struct varlena *v;
-	uint32		header;
-
-	RequireNotNull(isnull, column);
-	v = PG_DETOAST_DATUM_PACKED(value);
-	if (VARSIZE_ANY_EXHDR(v) < sizeof(uint32))
-		elog(ERROR, "invalid jsonb value in %s", column);
-	memcpy(&header, VARDATA_ANY(v), sizeof(uint32));
-	if ((header & JB_FOBJECT) == 0 || (header & JB_FSCALAR) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s of an event must be a JSON object", column),
-				 errhint("Use '{}' for no %s.", column)));
-	return VARSIZE_ANY_EXHDR(v) + VARHDRSZ;
-}
-
-/* Checks the columns of an event other than its ids. */
+/* Checks the columns of an event other than its ids (validate.h's rules). */
 static void
 CheckEvent(const Datum *values, const bool *nulls)
 {
-	text	   *type;
-	int			len;
 	Size		payload;
 	int			at = event_columns.occurred_at - 1;
 
-	RequireNotNull(nulls[event_columns.event_type - 1], "event_type");
-	type = DatumGetTextPP(values[event_columns.event_type - 1]);
-	len = VARSIZE_ANY_EXHDR(type);
-	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("event_type must not be empty")));
-	if (len > PERSONA_MAX_EVENT_TYPE_BYTES)
-		ereport(ERROR,
-				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("event_type is too long"),
-				 errdetail("The event type has %d bytes; the limit is %d.",
-						   len, PERSONA_MAX_EVENT_TYPE_BYTES)));
+	PersonaCheckNotNull(nulls[event_columns.event_type - 1], "event_type");
+	(void) PersonaCheckEventType(DatumGetTextPP(values[event_columns.event_type - 1]),
+								 "event_type");
 
-	payload = CheckObject(values[event_columns.properties - 1],
-						  nulls[event_columns.properties - 1], "properties");
-	payload += CheckObject(values[event_columns.context - 1],
-						   nulls[event_columns.context - 1], "context");
+	payload = PersonaCheckObject(values[event_columns.properties - 1],
+								 nulls[event_columns.properties - 1], "properties");
+	payload += PersonaCheckObject(values[event_columns.context - 1],
+								  nulls[event_columns.context - 1], "context");
 	if (payload > (Size) persona_max_event_bytes)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -181,7 +127,7 @@ CheckEvent(const Datum *values, const bool *nulls)
 						   payload, persona_max_event_bytes),
 				 errhint("Raise persona.max_event_bytes or send less.")));
 
-	RequireNotNull(nulls[at], "occurred_at");
+	PersonaCheckNotNull(nulls[at], "occurred_at");
 	if (TIMESTAMP_NOT_FINITE(DatumGetTimestampTz(values[at])))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
