@@ -74,6 +74,67 @@ SELECT persona_alias('u-bad', NULL);
 SELECT persona_forget(NULL);
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 
+-- The same rule, the same SQLSTATE and message, at every entry point (C and
+-- PL/pgSQL alike): each call's SQLSTATE and message, side by side.
+CREATE FUNCTION pg_temp.error_of(call text) RETURNS text
+    LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE call;
+    RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ' ' || SQLERRM;
+END
+$$;
+SELECT rule, pg_temp.error_of(call) AS error, call
+  FROM (VALUES
+    ('id NULL', $$SELECT persona_identify(NULL)$$),
+    ('id NULL', $$SELECT persona_alias(NULL, 'anon-bad')$$),
+    ('id NULL', $$SELECT persona_forget(NULL)$$),
+    ('id NULL', $$SELECT persona_decide(NULL)$$),
+    ('id NULL', $$SELECT persona_in_segment(NULL, 'seg')$$),
+    ('id empty', $$SELECT persona_track('', 'page_view')$$),
+    ('id empty', $$INSERT INTO persona.events (user_id, event_type) VALUES ('', 'page_view')$$),
+    ('id empty', $$SELECT persona_identify('')$$),
+    ('id empty', $$SELECT persona_alias('', 'anon-bad')$$),
+    ('id empty', $$SELECT persona_forget('')$$),
+    ('id empty', $$SELECT persona_decide('')$$),
+    ('id empty', $$SELECT persona_in_segment('', 'seg')$$),
+    ('id too long', $$SELECT persona_track(repeat('x', 256), 'page_view')$$),
+    ('id too long', $$INSERT INTO persona.events (user_id, event_type) VALUES (repeat('x', 256), 'page_view')$$),
+    ('id too long', $$SELECT persona_identify(repeat('x', 256))$$),
+    ('id too long', $$SELECT persona_alias('u-bad', repeat('x', 256))$$),
+    ('id too long', $$SELECT persona_forget(repeat('x', 256))$$),
+    ('id too long', $$SELECT persona_decide(repeat('x', 256))$$),
+    ('id too long', $$SELECT persona_in_segment(repeat('x', 256), 'seg')$$),
+    ('event type NULL', $$SELECT persona_track('u-bad', NULL)$$),
+    ('event type NULL', $$SELECT persona_define_trait('t_bad', 'count', NULL)$$),
+    ('event type empty', $$SELECT persona_track('u-bad', '')$$),
+    ('event type empty', $$SELECT persona_define_trait('t_bad', 'count', '')$$),
+    ('event type too long', $$SELECT persona_track('u-bad', repeat('e', 129))$$),
+    ('event type too long', $$INSERT INTO persona.events (user_id, event_type) VALUES ('u-bad', repeat('e', 129))$$),
+    ('event type too long', $$SELECT persona_define_trait('t_bad', 'count', repeat('e', 129))$$),
+    ('name NULL', $$SELECT persona_create_segment(NULL, 'true')$$),
+    ('name NULL', $$SELECT persona_in_segment('u-bad', NULL)$$),
+    ('name NULL', $$SELECT persona_create_action(NULL, 'web', '{}')$$),
+    ('name empty', $$SELECT persona_create_segment('', 'true')$$),
+    ('name empty', $$SELECT persona_in_segment('u-bad', '')$$),
+    ('name empty', $$SELECT persona_create_action('', 'web', '{}')$$),
+    ('name too long', $$SELECT persona_create_segment(repeat('s', 201), 'true')$$),
+    ('name too long', $$SELECT persona_in_segment('u-bad', repeat('s', 201))$$),
+    ('name too long', $$SELECT persona_create_action(repeat('s', 201), 'web', '{}')$$),
+    ('object NULL', $$SELECT persona_track('u-bad', 'page_view', NULL)$$),
+    ('object NULL', $$SELECT persona_identify('u-bad', NULL)$$),
+    ('object NULL', $$SELECT persona_decide('u-bad', NULL)$$),
+    ('object NULL', $$SELECT persona_create_action('a_bad', 'web', NULL)$$),
+    ('object NULL', $$SELECT persona_update_action('a_bad', NULL)$$),
+    ('not an object', $$SELECT persona_track('u-bad', 'page_view', '[1]')$$),
+    ('not an object', $$INSERT INTO persona.events (user_id, event_type, context) VALUES ('u-bad', 'page_view', '"x"')$$),
+    ('not an object', $$SELECT persona_identify('u-bad', '[1]')$$),
+    ('not an object', $$SELECT persona_decide('u-bad', '"x"')$$),
+    ('not an object', $$SELECT persona_create_action('a_bad', 'web', '[1]')$$),
+    ('not an object', $$SELECT persona_update_action('a_bad', '42')$$)
+  ) AS c(rule, call);
+
 -- Nothing of the above was written.
 SELECT (SELECT count(*) FROM persona.events WHERE user_id = 'u-bad' OR anonymous_id = 'anon-bad') AS events,
        (SELECT count(*) FROM persona.profiles WHERE user_id = 'u-bad') AS profiles,

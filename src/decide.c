@@ -50,6 +50,7 @@
 #include "persona.h"
 #include "profile.h"
 #include "traits.h"
+#include "validate.h"
 
 #define MAX_DECISIONS 100
 #define ADVISORY_CLASS 0x50525341	/* "PRSA": persona's advisory locks */
@@ -765,6 +766,8 @@ ApplyCaps(const DecideRequest *req, int64 profile_id, CandidateSet *set)
 		int64		today = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 		TimestampTz last = DatumGetTimestampTz(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
 
+		CHECK_FOR_INTERRUPTS();
+
 		for (int i = 0; i < set->n; i++)
 		{
 			ActionDef  *d = set->items[i].def;
@@ -804,6 +807,8 @@ ScoreCandidates(CandidateSet *set)
 		HeapTuple	tup = SPI_tuptable->vals[r];
 		bool		isnull;
 		int32		action_id = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+
+		CHECK_FOR_INTERRUPTS();
 
 		for (int i = 0; i < set->n; i++)
 			if (set->items[i].def->action_id == action_id)
@@ -906,22 +911,12 @@ persona_decide(PG_FUNCTION_ARGS)
 	CandidateSet candidates;
 	ActionCatalog *ac;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						errmsg("user_id must not be null")));
+	PersonaCheckNotNull(PG_ARGISNULL(0), "user_id");
+	(void) PersonaCheckId(PG_GETARG_TEXT_PP(0), "user_id", false);
 	id = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (id[0] == '\0' || strlen(id) > PERSONA_MAX_ID_BYTES)
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("user_id must be 1 to %d bytes", PERSONA_MAX_ID_BYTES)));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						errmsg("context must not be null"),
-						errhint("Use '{}' for no context.")));
+	(void) PersonaCheckObject(PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1),
+							  PG_ARGISNULL(1), "context");
 	context = PG_GETARG_JSONB_P(1);
-	if (!JB_ROOT_IS_OBJECT(context) || JB_ROOT_IS_SCALAR(context))
-		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						errmsg("context must be a JSON object"),
-						errhint("Use '{}' for no context.")));
 	if (!PG_ARGISNULL(2))
 		channel = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	n = PG_ARGISNULL(3) ? 1 : PG_GETARG_INT32(3);

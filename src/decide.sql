@@ -125,19 +125,15 @@ CREATE FUNCTION persona.check_action(a persona.actions) RETURNS persona.actions
 DECLARE
     v_c record;
 BEGIN
-    IF a.name IS NULL OR a.channel IS NULL OR a.content IS NULL THEN
-        RAISE EXCEPTION 'name, channel and content must not be null' USING ERRCODE = '22004';
-    END IF;
-    IF a.name = '' OR octet_length(a.name) > 200 THEN
-        RAISE EXCEPTION 'an action name must be 1 to 200 bytes' USING ERRCODE = '22023';
+    PERFORM persona.check_name(a.name, 'name');
+    IF a.channel IS NULL THEN
+        RAISE EXCEPTION 'channel must not be null' USING ERRCODE = '22004';
     END IF;
     IF a.channel !~ '^[a-z][a-z0-9_]{0,31}$' THEN
         RAISE EXCEPTION 'invalid channel name "%"', a.channel USING ERRCODE = '22023',
             HINT = 'Use up to 32 lower-case letters, digits and underscores, starting with a letter, such as web, email or push.';
     END IF;
-    IF jsonb_typeof(a.content) <> 'object' THEN
-        RAISE EXCEPTION 'content must be a JSON object' USING ERRCODE = '22023';
-    END IF;
+    PERFORM persona.check_object(a.content, 'content');
     IF a.segment IS NOT NULL AND NOT EXISTS (SELECT FROM persona.segments AS s WHERE s.name = a.segment) THEN
         RAISE EXCEPTION 'segment "%" does not exist', a.segment USING ERRCODE = '42704';
     END IF;
@@ -228,12 +224,10 @@ DECLARE
     v_allowed text[] := ARRAY['channel', 'content', 'segment', 'condition', 'priority', 'value',
                               'cap_per_day', 'cooldown', 'starts_at', 'ends_at', 'paused'];
 BEGIN
-    IF $1 IS NULL OR $2 IS NULL THEN
-        RAISE EXCEPTION 'name and changes must not be null' USING ERRCODE = '22004';
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
     END IF;
-    IF jsonb_typeof($2) <> 'object' THEN
-        RAISE EXCEPTION 'changes must be a JSON object' USING ERRCODE = '22023';
-    END IF;
+    PERFORM persona.check_object($2, 'changes');
     FOR v_key IN SELECT jsonb_object_keys($2) LOOP
         IF NOT v_key = ANY (v_allowed) THEN
             RAISE EXCEPTION 'unknown action field "%"', v_key USING ERRCODE = '22023',

@@ -1,6 +1,6 @@
 -- Identity: persona_identify, persona_alias, persona_profile, persona_forget.
 --
--- Merge protocol (shared with the ingest trigger, src/ingest.c): a merge
+-- Merge protocol (shared with the ingest trigger, src/ingest_apply.c): a merge
 -- locks both profile rows in profile_id order, re-reads the identities under
 -- the lock, then walks the registry of person data (src/registry.sql): it
 -- moves identities and events of the absorbed profile to the survivor, folds
@@ -27,27 +27,6 @@ END
 $$;
 COMMENT ON FUNCTION persona.lock_order() IS
     'takes persona.events before persona.profiles, the one lock order every writer follows';
-
--- Checks an id argument; returns it.
-CREATE FUNCTION persona.check_id(id text, what text) RETURNS text
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    IF id IS NULL THEN
-        RAISE EXCEPTION '% must not be null', what USING ERRCODE = '22004';
-    END IF;
-    IF id = '' THEN
-        RAISE EXCEPTION '% must not be empty', what USING ERRCODE = '22023';
-    END IF;
-    IF octet_length(id) > 255 THEN
-        RAISE EXCEPTION '% is too long', what USING ERRCODE = '22001',
-            DETAIL = format('The id has %s bytes; the limit is 255.', octet_length(id));
-    END IF;
-    RETURN id;
-END
-$$;
-COMMENT ON FUNCTION persona.check_id(text, text) IS 'rejects a NULL, empty or over-long id';
 
 -- Declared traits after an update: new keys win, a key set to JSON null is removed.
 CREATE FUNCTION persona.apply_traits(old jsonb, changes jsonb) RETURNS jsonb
@@ -344,18 +323,10 @@ CREATE FUNCTION @extschema@.persona_identify(
 #variable_conflict use_column
 DECLARE
     v_user   text  := persona.check_id($1, 'user_id');
-    v_traits jsonb := $2;
+    v_traits jsonb := persona.check_object($2, 'traits');
     v_anon   text  := $3;
     v_pid    bigint;
 BEGIN
-    IF v_traits IS NULL THEN
-        RAISE EXCEPTION 'traits must not be null' USING ERRCODE = '22004',
-            HINT = 'Pass ''{}'' to change no trait.';
-    END IF;
-    IF jsonb_typeof(v_traits) <> 'object' THEN
-        RAISE EXCEPTION 'traits must be a JSON object' USING ERRCODE = '22023',
-            DETAIL = format('The value given is a JSON %s.', jsonb_typeof(v_traits));
-    END IF;
     IF pg_column_size(v_traits) > persona.max_event_bytes() THEN
         RAISE EXCEPTION 'traits are too large' USING ERRCODE = '54000',
             DETAIL = format('They take %s bytes; the limit is %s.', pg_column_size(v_traits),

@@ -7,6 +7,8 @@
 
 #include "postgres.h"
 
+#include "access/attnum.h"
+
 /* Longest id (user or anonymous) and event type, in bytes. */
 #define PERSONA_MAX_ID_BYTES		255
 #define PERSONA_MAX_EVENT_TYPE_BYTES 128

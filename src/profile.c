@@ -8,6 +8,11 @@
  * sees the calling statement's own writes (the profile ingest just updated),
  * as a query run through SPI would.  Its expression context has the profile
  * as its scan tuple, for the predicates predicate.c compiles.
+ *
+ * The index scans keep state that they allocate as they go (btree's list
+ * of dead items to mark, for one), in the memory context current at each
+ * call: every scan call runs in the context the reader began in, so that a
+ * caller may read in a short-lived context without freeing scan state.
  */
 #include "postgres.h"
 
@@ -27,6 +32,7 @@ PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
 	const PersonaCatalog *cat = PersonaGetCatalog();
 
 	memset(r, 0, sizeof(ProfileReader));
+	r->cxt = CurrentMemoryContext;
 	CommandCounterIncrement();
 	r->snapshot = RegisterSnapshot(GetTransactionSnapshot());
 	r->profiles = table_open(cat->profiles, AccessShareLock);
@@ -68,10 +74,14 @@ bool
 PersonaProfileFetch(ProfileReader *r, int64 profile_id)
 {
 	ScanKeyData key;
+	MemoryContext old = MemoryContextSwitchTo(r->cxt);
+	bool		found;
 
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
 	index_rescan(r->profile_scan, &key, 1, NULL, 0);
-	return index_getnext_slot(r->profile_scan, ForwardScanDirection, r->profile);
+	found = index_getnext_slot(r->profile_scan, ForwardScanDirection, r->profile);
+	MemoryContextSwitchTo(old);
+	return found;
 }
 
 /* A column of the profile last fetched, by name. */
@@ -92,6 +102,7 @@ PersonaProfileSegments(ProfileReader *r, int64 profile_id, int *n)
 	ScanKeyData key;
 	int			max = 8;
 	Datum	   *names = palloc(sizeof(Datum) * max);
+	MemoryContext caller = MemoryContextSwitchTo(r->cxt);
 
 	Assert(r->members != NULL);
 	*n = 0;
@@ -102,12 +113,15 @@ PersonaProfileSegments(ProfileReader *r, int64 profile_id, int *n)
 		bool		isnull;
 		Datum		name = slot_getattr(r->member, r->member_segment, &isnull);
 
+		MemoryContextSwitchTo(caller);
 		if (*n == max)
 		{
 			max *= 2;
 			names = repalloc(names, sizeof(Datum) * max);
 		}
 		names[(*n)++] = PointerGetDatum(DatumGetTextPCopy(name));
+		MemoryContextSwitchTo(r->cxt);
 	}
+	MemoryContextSwitchTo(caller);
 	return names;
 }

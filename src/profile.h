@@ -16,6 +16,7 @@
 
 typedef struct ProfileReader
 {
+	MemoryContext cxt;			/* where the scans began: they allocate there */
 	Relation	profiles;
 	Relation	profiles_pkey;
 	IndexScanDesc profile_scan;

@@ -223,6 +223,7 @@ WriteEntries(const SegmentCatalog *sc, const ChangeList *entries)
 		TupleTableSlot *written;
 		bool		isnull;
 
+		CHECK_FOR_INTERRUPTS();
 		(void) RowWriterInsert(members, values, NULL);
 		written = RowWriterInsert(log, values, NULL);
 		Announce(&payload, seg->name_json, DatumGetInt64(entries->pids[i]), "enter",
@@ -279,6 +280,7 @@ WriteExits(const SegmentCatalog *sc, const ChangeList *exits)
 		int64		log_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
 														 SPI_tuptable->tupdesc, 3, &isnull));
 
+		CHECK_FOR_INTERRUPTS();
 		Announce(&payload, JsonString(segment), pid, "exit", log_id);
 	}
 	return done;

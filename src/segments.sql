@@ -120,12 +120,7 @@ DECLARE
     v_name text := $1;
     v_c    record;
 BEGIN
-    IF v_name IS NULL THEN
-        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
-    END IF;
-    IF v_name = '' OR octet_length(v_name) > 200 THEN
-        RAISE EXCEPTION 'a segment name must be 1 to 200 bytes' USING ERRCODE = '22023';
-    END IF;
+    PERFORM persona.check_name(v_name, 'name');
     v_c := persona.compile_predicate($2, 'persona.segment_source');
     -- The evaluation must see every profile committed before live
     -- maintenance takes over, which a transaction-wide snapshot would not.
@@ -204,9 +199,8 @@ CREATE FUNCTION @extschema@.persona_in_segment(user_id text, segment text)
     AS $$
 #variable_conflict use_column
 BEGIN
-    IF $1 IS NULL OR $2 IS NULL THEN
-        RAISE EXCEPTION 'user_id and segment must not be null' USING ERRCODE = '22004';
-    END IF;
+    PERFORM persona.check_id($1, 'user_id');
+    PERFORM persona.check_name($2, 'segment');
     IF NOT EXISTS (SELECT FROM persona.segments AS s WHERE s.name = $2) THEN
         RAISE EXCEPTION 'segment "%" does not exist', $2 USING ERRCODE = '42704';
     END IF;

@@ -256,12 +256,7 @@ BEGIN
         RAISE EXCEPTION 'unknown aggregate "%"', $2 USING ERRCODE = '22023',
             HINT = 'Use count, sum, min, max, avg, first, last or count_distinct.';
     END IF;
-    IF v_type IS NULL THEN
-        RAISE EXCEPTION 'event_type must not be null' USING ERRCODE = '22004';
-    END IF;
-    IF v_type = '' OR octet_length(v_type) > 128 THEN
-        RAISE EXCEPTION 'event_type must be 1 to 128 bytes' USING ERRCODE = '22023';
-    END IF;
+    PERFORM persona.check_event_type(v_type, 'event_type');
     IF v_prop IS NULL AND v_agg <> 'count' THEN
         RAISE EXCEPTION 'aggregate % needs a property', v_agg USING ERRCODE = '22004',
             HINT = 'Name the key of properties to aggregate, e.g. ''price''.';

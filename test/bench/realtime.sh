@@ -3,7 +3,12 @@
 # them, with computed traits and segments, against a one-row INSERT into a
 # plain table in the same run.
 #
-# $USERS known users (each already has a profile and an add_to_cart event).
+# $USERS known users, each with a profile and two add_to_cart events worth
+# 600 to 1,398 in all, so that every user is in all 4 segments and stays
+# there: the steady state of a running site, where an event re-evaluates
+# the segments it can change and rarely changes a membership. (Entries and
+# exits cost a member row, a log row and a notification each: segments.sh
+# measures them in bulk.)
 # pgbench, $CLIENTS clients: persona_track('user-N', 'add_to_cart',
 # '{"price": P}') against INSERT INTO plain (same columns, defaults and
 # indexes as persona.events, no triggers). Setups, each measured durable
@@ -80,8 +85,8 @@ setup() { # none|traits|segments|both
 	psql_q -c "$sql" >/dev/null
 	psql_q -c 'TRUNCATE plain' \
 		-c "INSERT INTO persona.events (user_id, event_type, properties, occurred_at)
-		    SELECT 'user-' || u, 'add_to_cart', jsonb_build_object('price', u % 300), now() - interval '1 hour'
-		      FROM generate_series(1, $USERS) AS u" \
+		    SELECT 'user-' || u, 'add_to_cart', jsonb_build_object('price', 300 + u % 400), now() - interval '1 hour'
+		      FROM generate_series(1, $USERS) AS u, generate_series(1, 2)" \
 		-c 'VACUUM ANALYZE persona.events, persona.profiles, persona.identities, persona.segment_members, plain' >/dev/null
 }
 
