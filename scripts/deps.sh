@@ -10,6 +10,7 @@ PACKAGES=(
 	postgresql-15-cron                     # pg_cron (preloaded by the test cluster)
 	postgresql-15-pgtap                    # pgTAP
 	libtap-parser-sourcehandler-pgtap-perl # pg_prove
+	python3-psycopg                        # examples/worker.py and its test
 	make
 	gcc
 )

@@ -132,10 +132,25 @@ run_upgrade() {
 	fi
 }
 
+# test/worker/run.sh: examples/worker.py against this cluster (TAP-style lines).
+run_worker() {
+	local suite=worker rc=0 passed failed
+	say "$suite: examples/worker.py"
+	bash test/worker/run.sh 2>&1 | tee "$LOGS/$suite.log" || rc=$?
+	passed=$(grep -c '^ok ' "$LOGS/$suite.log") || passed=0
+	failed=$(grep -c '^not ok ' "$LOGS/$suite.log") || failed=0
+	if ((rc == 0 && failed == 0 && passed > 0)); then
+		record "$suite" ok "$passed" 0
+	else
+		record "$suite" FAILED "$passed" "$failed"
+	fi
+}
+
 run_pgxs_suite pg_regress REGRESS ISOLATION regression.diffs
 run_pgxs_suite isolation ISOLATION REGRESS output_iso/regression.diffs
 run_pgtap
 run_upgrade
+run_worker
 
 # Stop the cluster now so the summary is the last thing printed.
 cluster_down

@@ -12,11 +12,14 @@
  *	   profile, its traits and the call's context, and the declared and
  *	   computed traits and segments (for eligibility and rendering);
  *	4. CheckEligibility: condition and segment;
- *	5. ApplyCaps: caps and cooldowns, from the profile's recent decisions;
- *	6. ScoreCandidates: priority first, then a Thompson sample of each
+ *	5. ApplyConsent: the person's consent to the action's channel (a
+ *	   withdrawn channel, or an opt-in channel without a grant, is out);
+ *	6. ApplyCaps: caps and cooldowns, from the profile's recent decisions
+ *	   and messages (persona.recent_sends);
+ *	7. ScoreCandidates: priority first, then a Thompson sample of each
  *	   action's Beta(1 + successes, 1 + failures) success probability times
  *	   its value, so that an action without feedback is explored;
- *	7. RecordDecisions: renders {{trait}} and {{context.path}} placeholders
+ *	8. RecordDecisions: renders {{trait}} and {{context.path}} placeholders
  *	   and records every returned row in persona.decisions.
  *
  * The work grows with the number of candidate actions, not with the events
@@ -41,19 +44,20 @@
 #include "utils/builtins.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "defcache.h"
+#include "outbox.h"
 #include "persona.h"
 #include "profile.h"
 #include "traits.h"
 #include "validate.h"
 
 #define MAX_DECISIONS 100
-#define ADVISORY_CLASS 0x50525341	/* "PRSA": persona's advisory locks */
 
 /* One row of persona.actions, as persona_decide needs it. */
 typedef struct ActionDef
@@ -97,6 +101,7 @@ static bool decide_prng_seeded = false;
 static SPIPlanPtr resolve_plan = NULL;
 static SPIPlanPtr create_plan = NULL;
 static SPIPlanPtr recent_plan = NULL;
+static SPIPlanPtr recent_decisions_plan = NULL;
 static SPIPlanPtr stats_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr hold_plan = NULL;
@@ -177,6 +182,31 @@ static ActionCatalog *
 GetActionCatalog(void)
 {
 	return (ActionCatalog *) PersonaDefinitions(&action_cache);
+}
+
+/*
+ * The content template of an action, from the cached definitions (for the
+ * outbox, which renders it at claim); NULL when the action is gone.
+ */
+Jsonb *
+PersonaActionContent(int32 action_id)
+{
+	ActionCatalog *ac = GetActionCatalog();
+	int			lo = 0,
+				hi = ac->nactions - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (ac->actions[mid].action_id == action_id)
+			return ac->actions[mid].content;
+		if (ac->actions[mid].action_id < action_id)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return NULL;
 }
 
 /* ---------------------------------------------------------------------
@@ -366,9 +396,13 @@ RenderString(JsonbValue *v, Jsonb *context, Jsonb *declared, Jsonb *computed)
 	v->val.string.len = out.len;
 }
 
-/* The content with every string's placeholders filled; always valid JSON. */
-static Jsonb *
-Render(Jsonb *content, Jsonb *context, Jsonb *declared, Jsonb *computed)
+/*
+ * The content with every string's placeholders filled; always valid JSON.
+ * persona_decide renders with the call's context, persona_claim (outbox.c)
+ * with none.
+ */
+Jsonb *
+PersonaRender(Jsonb *content, Jsonb *context, Jsonb *declared, Jsonb *computed)
 {
 	JsonbIterator *it = JsonbIteratorInit(&content->root);
 	JsonbParseState *state = NULL;
@@ -408,6 +442,7 @@ typedef struct DecideProfile
 	int64		profile_id;
 	Jsonb	   *declared;		/* declared traits, NULL if none */
 	Jsonb	   *computed;		/* computed traits by name, NULL if none */
+	Jsonb	   *consent;		/* channel -> granted */
 	Datum	   *segments;		/* names (text) of the segments it is in */
 	int			nsegments;
 	bool	   *condition;		/* per action of the catalog: condition held */
@@ -516,8 +551,7 @@ ResolveDecideProfile(Datum id)
 			elog(ERROR, "creating a profile failed");
 	}
 	pid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	DirectFunctionCall2(pg_advisory_xact_lock_int4, Int32GetDatum(ADVISORY_CLASS),
-						Int32GetDatum((int32) (pid ^ (pid >> 32))));
+	PersonaLockProfileSends(pid);
 	return HoldProfile(id, pid);
 }
 
@@ -641,6 +675,7 @@ ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSe
 	ErrorData  *error = NULL;
 	bool		isnull;
 	Datum		d;
+	AttrNumber	consent_att;
 
 	profile->condition = palloc0(sizeof(bool) * Max(ac->nactions, 1));
 	for (int i = 0; i < set->n; i++)
@@ -657,6 +692,14 @@ ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSe
 	profile->declared = isnull ? NULL : DatumGetJsonbPCopy(d);
 	d = PersonaProfileColumn(&r, "computed_state", &isnull);
 	profile->computed = PersonaTraitsJson(isnull ? NULL : DatumGetByteaPP(d));
+	/* A database still on 0.1.0's schema has no consent column. */
+	consent_att = get_attnum(RelationGetRelid(r.profiles), "consent");
+	profile->consent = NULL;
+	if (consent_att != InvalidAttrNumber)
+	{
+		d = slot_getattr(r.profile, consent_att, &isnull);
+		profile->consent = isnull ? NULL : DatumGetJsonbPCopy(d);
+	}
 	profile->segments = PersonaProfileSegments(&r, profile->profile_id, &profile->nsegments);
 
 	params->params[0].value = JsonbPGetDatum(req->context);
@@ -708,7 +751,23 @@ CheckEligibility(const ActionCatalog *ac, const DecideProfile *profile, Candidat
 	CompactCandidates(set);
 }
 
-/* Step 5: caps and cooldowns, from this profile's recent decisions of them. */
+/*
+ * Step 5: consent.  A withdrawn channel, or a channel of
+ * persona.opt_in_channels the person has not granted, gets nothing.
+ */
+static void
+ApplyConsent(const DecideProfile *profile, CandidateSet *set)
+{
+	for (int i = 0; i < set->n; i++)
+		if (!PersonaConsented(profile->consent, set->items[i].def->channel))
+			set->items[i].def = NULL;
+	CompactCandidates(set);
+}
+
+/*
+ * Step 6: caps and cooldowns, from this profile's recent decisions and
+ * messages of them (persona.recent_sends, shared with the outbox).
+ */
 static void
 ApplyCaps(const DecideRequest *req, int64 profile_id, CandidateSet *set)
 {
@@ -733,15 +792,20 @@ ApplyCaps(const DecideRequest *req, int64 profile_id, CandidateSet *set)
 	}
 	if (nlimited == 0)
 		return;
-	plan = PersonaKeptPlan(&recent_plan,
-						   "SELECT d.action_id, "
-						   "  count(*) FILTER (WHERE d.decided_at > pg_catalog.now() - interval '24 hours'), "
-						   "  max(d.decided_at) "
-						   "FROM persona.decisions AS d "
-						   "WHERE d.profile_id OPERATOR(pg_catalog.=) $1 "
-						   "  AND d.decided_at > pg_catalog.now() - $2 "
-						   "  AND d.action_id OPERATOR(pg_catalog.=) ANY ($3) "
-						   "GROUP BY d.action_id", 3, types, 0);
+	if (OidIsValid(get_relname_relid("messages", PersonaGetCatalog()->schema)))
+		plan = PersonaKeptPlan(&recent_plan,
+							   "SELECT r.action_id, r.last_day, r.latest "
+							   "FROM persona.recent_sends($1, $2, $3) AS r", 3, types, 0);
+	else						/* 0.1.0's schema, before the outbox */
+		plan = PersonaKeptPlan(&recent_decisions_plan,
+							   "SELECT d.action_id, "
+							   "  count(*) FILTER (WHERE d.decided_at > pg_catalog.now() - interval '24 hours'), "
+							   "  max(d.decided_at) "
+							   "FROM persona.decisions AS d "
+							   "WHERE d.profile_id OPERATOR(pg_catalog.=) $1 "
+							   "  AND d.decided_at > pg_catalog.now() - $2 "
+							   "  AND d.action_id OPERATOR(pg_catalog.=) ANY ($3) "
+							   "GROUP BY d.action_id", 3, types, 0);
 	memset(&span, 0, sizeof(span));
 	span.time = max_cooldown;
 	a[0] = Int64GetDatum(profile_id);
@@ -757,7 +821,7 @@ ApplyCaps(const DecideRequest *req, int64 profile_id, CandidateSet *set)
 	rc = SPI_execute_snapshot(plan, a, NULL, latest, InvalidSnapshot, true, false, 0);
 	UnregisterSnapshot(latest);
 	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "reading recent decisions failed");
+		elog(ERROR, "reading recent decisions and messages failed");
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[r];
@@ -782,7 +846,7 @@ ApplyCaps(const DecideRequest *req, int64 profile_id, CandidateSet *set)
 	CompactCandidates(set);
 }
 
-/* Step 6: what feedback taught us, and the ranking. */
+/* Step 7: what feedback taught us, and the ranking. */
 static void
 ScoreCandidates(CandidateSet *set)
 {
@@ -829,7 +893,7 @@ ScoreCandidates(CandidateSet *set)
 }
 
 /*
- * Step 7: the first n candidates rendered, recorded in persona.decisions
+ * Step 8: the first n candidates rendered, recorded in persona.decisions
  * and returned.
  */
 static void
@@ -857,7 +921,7 @@ RecordDecisions(const DecideRequest *req, const DecideProfile *profile,
 		rec[3][i] = CStringGetTextDatum(c->def->channel);
 		rec[4][i] = Float8GetDatum(c->score);
 		rec[5][i] = CStringGetTextDatum(Reason(c, set->items, set->n, i));
-		rec[6][i] = JsonbPGetDatum(Render(c->def->content, req->context, profile->declared,
+		rec[6][i] = JsonbPGetDatum(PersonaRender(c->def->content, req->context, profile->declared,
 										  profile->computed));
 	}
 	plan = PersonaKeptPlan(&record_plan,
@@ -925,16 +989,7 @@ persona_decide(PG_FUNCTION_ARGS)
 						errmsg("n must be between 1 and %d", MAX_DECISIONS),
 						errdetail("The n given was %d.", n)));
 	if (channel != NULL)
-	{
-		bool		ok = channel[0] >= 'a' && channel[0] <= 'z' && strlen(channel) <= 32;
-
-		for (const char *p = channel; ok && *p; p++)
-			ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
-		if (!ok)
-			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							errmsg("invalid channel name \"%s\"", channel),
-							errhint("Channels are lower-case letters, digits and underscores, such as web or email.")));
-	}
+		PersonaCheckChannel(channel);
 	InitMaterializedSRF(fcinfo, 0);
 
 	req.id = CStringGetTextDatum(id);
@@ -950,6 +1005,7 @@ persona_decide(PG_FUNCTION_ARGS)
 	LoadCandidates(ac, &req, &candidates);
 	ReadDecideProfile(ac, &req, &candidates, &profile);
 	CheckEligibility(ac, &profile, &candidates);
+	ApplyConsent(&profile, &candidates);
 	ApplyCaps(&req, profile.profile_id, &candidates);
 	ScoreCandidates(&candidates);
 	RecordDecisions(&req, &profile, &candidates, rsinfo);

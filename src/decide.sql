@@ -300,6 +300,52 @@ CREATE FUNCTION @extschema@.persona_decide(
 COMMENT ON FUNCTION @extschema@.persona_decide(text, jsonb, text, int) IS
     'the next best actions for a person now: eligible by schedule, segment, condition, caps and cooldown; ranked by priority, then Thompson-sampled success times value; rendered and recorded';
 
+-- The outcome of a feedback call, checked and lower-cased (persona_feedback
+-- and persona_message_feedback).
+CREATE FUNCTION persona.check_outcome(outcome text, value float8) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_outcome text := lower(outcome);
+BEGIN
+    IF v_outcome IS NULL THEN
+        RAISE EXCEPTION 'outcome must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF v_outcome NOT IN ('impression', 'click', 'conversion', 'dismiss', 'ignore') THEN
+        RAISE EXCEPTION 'unknown outcome "%"', outcome USING ERRCODE = '22023',
+            HINT = 'Use impression, click, conversion, dismiss or ignore.';
+    END IF;
+    IF value IS NOT NULL AND (v_outcome <> 'conversion'
+                              OR value IN ('Infinity', '-Infinity', 'NaN')) THEN
+        RAISE EXCEPTION 'only a conversion carries a value, and it must be finite' USING ERRCODE = '22023';
+    END IF;
+    RETURN v_outcome;
+END
+$$;
+COMMENT ON FUNCTION persona.check_outcome(text, float8) IS
+    'checks a feedback outcome and its value; returns the outcome lower-cased';
+
+-- What one new outcome teaches an action (persona.action_stats): a trial at
+-- the first outcome of a decision or message, a success at its first click
+-- or conversion. earlier: the outcomes it had before.
+CREATE FUNCTION persona.learn(action_id int, earlier text[], outcome text, value float8)
+    RETURNS void
+    LANGUAGE sql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    BEGIN ATOMIC
+        UPDATE persona.action_stats AS s
+           SET trials = s.trials + (cardinality(learn.earlier) = 0)::int,
+               successes = s.successes
+                   + (learn.outcome IN ('click', 'conversion')
+                      AND NOT learn.earlier && ARRAY['click', 'conversion'])::int,
+               conversions = s.conversions + (learn.outcome = 'conversion')::int,
+               revenue = s.revenue + coalesce(learn.value, 0)
+         WHERE s.action_id = learn.action_id;
+    END;
+COMMENT ON FUNCTION persona.learn(int, text[], text, float8) IS
+    'counts a new feedback outcome in persona.action_stats (trials, successes, conversions, revenue)';
+
 CREATE FUNCTION @extschema@.persona_feedback(decision_id bigint, outcome text, value float8 DEFAULT NULL)
     RETURNS void
     LANGUAGE plpgsql VOLATILE
@@ -309,23 +355,14 @@ CREATE FUNCTION @extschema@.persona_feedback(decision_id bigint, outcome text, v
 #variable_conflict use_column
 DECLARE
     v_id      bigint := $1;
-    v_outcome text   := lower($2);
+    v_outcome text;
     v_value   float8 := $3;
     v_action  int;
-    v_first   boolean;
-    v_success boolean;
 BEGIN
-    IF v_id IS NULL OR v_outcome IS NULL THEN
+    IF v_id IS NULL THEN
         RAISE EXCEPTION 'decision_id and outcome must not be null' USING ERRCODE = '22004';
     END IF;
-    IF v_outcome NOT IN ('impression', 'click', 'conversion', 'dismiss', 'ignore') THEN
-        RAISE EXCEPTION 'unknown outcome "%"', $2 USING ERRCODE = '22023',
-            HINT = 'Use impression, click, conversion, dismiss or ignore.';
-    END IF;
-    IF v_value IS NOT NULL AND (v_outcome <> 'conversion'
-                                OR v_value IN ('Infinity', '-Infinity', 'NaN')) THEN
-        RAISE EXCEPTION 'only a conversion carries a value, and it must be finite' USING ERRCODE = '22023';
-    END IF;
+    v_outcome := persona.check_outcome($2, v_value);
     SELECT d.action_id INTO v_action FROM persona.decisions AS d WHERE d.decision_id = v_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'decision % does not exist', v_id USING ERRCODE = '42704';
@@ -340,18 +377,10 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;                     -- already recorded: idempotent
     END IF;
-    v_first := NOT EXISTS (SELECT FROM persona.feedback AS f
-                            WHERE f.decision_id = v_id AND f.outcome <> v_outcome);
-    v_success := v_outcome IN ('click', 'conversion')
-                 AND NOT EXISTS (SELECT FROM persona.feedback AS f
-                                  WHERE f.decision_id = v_id AND f.outcome <> v_outcome
-                                    AND f.outcome IN ('click', 'conversion'));
-    UPDATE persona.action_stats AS s
-       SET trials = s.trials + v_first::int,
-           successes = s.successes + v_success::int,
-           conversions = s.conversions + (v_outcome = 'conversion')::int,
-           revenue = s.revenue + coalesce(v_value, 0)
-     WHERE s.action_id = v_action;
+    PERFORM persona.learn(v_action,
+                          ARRAY(SELECT f.outcome FROM persona.feedback AS f
+                                 WHERE f.decision_id = v_id AND f.outcome <> v_outcome),
+                          v_outcome, v_value);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_feedback(bigint, text, float8) IS

@@ -67,6 +67,22 @@ REVOKE ALL ON FUNCTION @extschema@.persona_decide(text, jsonb, text, int) FROM P
 REVOKE ALL ON FUNCTION @extschema@.persona_feedback(bigint, text, float8) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_action(persona.actions) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.erase_decisions(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.check_outcome(text, float8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.learn(int, text[], text, float8) FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION @extschema@.persona_set_consent(text, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_claim(text, int, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_ack(bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_fail(bigint, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_message_feedback(bigint, text, float8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.check_channel(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.consented(jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.merge_consent(jsonb, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.lock_profile_sends(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.count_suppressions(text[], text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.recent_sends(bigint, interval, int[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.retry_delay(int) FROM PUBLIC;
 
 -- Not revoked: persona.trait_bigint, trait_numeric and trait_text. Whoever
 -- may SELECT persona.traits runs them as themselves; they decode bytes

@@ -137,7 +137,8 @@ COMMENT ON FUNCTION persona.erase_identities(bigint) IS
 
 -- A merge step: folds the absorbed profile row into the survivor's (events
 -- counted, first and last seen widened, declared traits combined with the
--- survivor's winning, computed trait states merged), leaves its forwarding
+-- survivor's winning, computed trait states merged, consent merged with a
+-- withdrawal winning), leaves its forwarding
 -- address in persona.merges for ingest to follow, and deletes it.
 CREATE FUNCTION persona.combine_profiles(into_profile_id bigint, from_profile_id bigint)
     RETURNS void
@@ -156,6 +157,7 @@ BEGIN
            event_count = p.event_count + f.event_count,
            computed_state = persona.state_merge(p.computed_state, f.computed_state),
            next_change_at = LEAST(p.next_change_at, f.next_change_at),
+           consent     = persona.merge_consent(p.consent, f.consent),
            updated_at  = now()
       FROM persona.profiles AS f
      WHERE p.profile_id = v_into AND f.profile_id = v_from;
@@ -394,7 +396,7 @@ CREATE FUNCTION @extschema@.persona_profile(user_id text)
                    'segments',      coalesce((SELECT jsonb_agg(m.segment ORDER BY m.segment)
                                                 FROM persona.segment_members AS m
                                                WHERE m.profile_id = p.profile_id), '[]'::jsonb),
-                   'consent',       '{}'::jsonb,
+                   'consent',       p.consent,
                    'first_seen',    p.first_seen,
                    'last_seen',     p.last_seen,
                    'event_count',   p.event_count)

@@ -8,6 +8,7 @@
 #include "utils/guc.h"
 
 #include "defcache.h"
+#include "outbox.h"
 #include "persona.h"
 
 PG_MODULE_MAGIC;
@@ -34,6 +35,25 @@ _PG_init(void)
 							65536, 1024, 64 * 1024 * 1024,
 							PGC_SUSET,
 							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("persona.opt_in_channels",
+							   "Sets the channels that reach a person only after an explicit grant.",
+							   "A comma-separated list of channel names, such as 'email,sms'; "
+							   "persona_set_consent records grants.",
+							   &persona_opt_in_channels,
+							   "",
+							   PGC_SUSET,
+							   GUC_LIST_INPUT,
+							   PersonaCheckOptInChannels, NULL, NULL);
+
+	DefineCustomIntVariable("persona.max_attempts",
+							"Sets the number of tries after which a message is dead.",
+							NULL,
+							&persona_max_attempts,
+							5, 1, 100,
+							PGC_SUSET,
+							0,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("persona");

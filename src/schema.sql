@@ -29,13 +29,15 @@ CREATE TABLE persona.profiles (
     computed_state bytea,
     next_change_at timestamptz,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    consent     jsonb       NOT NULL DEFAULT '{}'
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE persona.profiles IS 'one row per person: declared traits and event statistics, maintained by persona';
 COMMENT ON COLUMN persona.profiles.user_id IS 'the known user id, NULL while the person is anonymous';
 COMMENT ON COLUMN persona.profiles.traits IS 'declared traits (persona_identify), a JSON object (persona_identify checks it)';
 COMMENT ON COLUMN persona.profiles.computed_state IS 'the state of every computed trait (read them in persona.traits)';
 COMMENT ON COLUMN persona.profiles.next_change_at IS 'when a windowed trait of the profile next changes by the clock alone (persona_tick)';
+COMMENT ON COLUMN persona.profiles.consent IS 'channel -> granted (persona_set_consent); a merge keeps a withdrawal over a grant';
 COMMENT ON COLUMN persona.profiles.first_seen IS 'earliest occurred_at of the profile''s events';
 COMMENT ON COLUMN persona.profiles.last_seen IS 'latest occurred_at of the profile''s events';
 

@@ -159,6 +159,11 @@ BEGIN
     PERFORM persona_feedback(d.decision_id, 'click')
        FROM unnest(ARRAY['tap-reg-u', 'tap-reg-a', 'tap-reg-other']) AS u (id),
             LATERAL persona_decide(u.id, '{}') AS d;
+    -- A message each, sent, with feedback (the outbox's two tables).
+    PERFORM persona.enqueue_message(pg_temp.pid(u.id), 'tap_reg_offer', 'trigger:tap')
+       FROM unnest(ARRAY['tap-reg-u', 'tap-reg-a', 'tap-reg-other']) AS u (id);
+    PERFORM persona_ack(ARRAY(SELECT c.message_id FROM persona_claim('web', 10) AS c));
+    PERFORM persona_message_feedback(m.message_id, 'click') FROM persona.messages AS m;
     INSERT INTO persona.tap_scores (profile_id, score)
     SELECT pg_temp.pid(u.id), 1 FROM unnest(ARRAY['tap-reg-u', 'tap-reg-a', 'tap-reg-other']) AS u (id);
     INSERT INTO persona.tap_notes (profile_id, note)

@@ -1,0 +1,447 @@
+-- Delivery: consent (persona_set_consent), the outbox (persona.messages),
+-- the worker protocol (persona_claim in src/outbox.c, persona_ack,
+-- persona_fail) and feedback on messages. docs/delivery.md describes them.
+
+-- ---------------------------------------------------------------------
+-- Consent
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION persona.check_channel(channel text) RETURNS text
+    LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'persona_check_channel';
+COMMENT ON FUNCTION persona.check_channel(text) IS
+    'rejects an invalid channel name (22023); returns it';
+
+-- The rule (src/outbox.c, PersonaConsented): withdrawn -> no; granted ->
+-- yes; otherwise yes unless persona.opt_in_channels names the channel.
+CREATE FUNCTION persona.consented(consent jsonb, channel text) RETURNS boolean
+    LANGUAGE C STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'persona_consented';
+COMMENT ON FUNCTION persona.consented(jsonb, text) IS
+    'whether a consent object (channel -> granted) lets the channel reach the person, persona.opt_in_channels considered';
+
+-- Consent of a merged profile: every channel of either, a withdrawal winning.
+CREATE FUNCTION persona.merge_consent(a jsonb, b jsonb) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    RETURN (SELECT coalesce(jsonb_object_agg(c.channel, c.granted), '{}'::jsonb)
+              FROM (SELECT e.key AS channel, bool_and(e.value::boolean) AS granted
+                      FROM (SELECT * FROM jsonb_each(a) UNION ALL SELECT * FROM jsonb_each(b)) AS e
+                     GROUP BY e.key) AS c);
+COMMENT ON FUNCTION persona.merge_consent(jsonb, jsonb) IS
+    'the consent of two merged profiles: a withdrawal (false) wins over a grant';
+
+-- Serializes the decisions and messages of one profile (caps hold under
+-- concurrency); the same lock persona_decide takes.
+CREATE FUNCTION persona.lock_profile_sends(profile_id bigint) RETURNS void
+    LANGUAGE C VOLATILE STRICT
+    AS 'MODULE_PATHNAME', 'persona_lock_profile_sends';
+COMMENT ON FUNCTION persona.lock_profile_sends(bigint) IS
+    'takes the transaction-level advisory lock that serializes a profile''s decisions and messages';
+
+-- ---------------------------------------------------------------------
+-- The outbox
+-- ---------------------------------------------------------------------
+
+CREATE SEQUENCE persona.message_id_seq CACHE 32;
+COMMENT ON SEQUENCE persona.message_id_seq IS 'allocates message ids';
+
+-- One row per message. Keyed so that it can be distributed by profile_id:
+-- the primary key carries it, and every lookup by message_id alone (ack,
+-- fail) reads the primary key's leading column. ready_at is when a worker
+-- may next claim the row (due_at, the retry time after a failure, or the
+-- end of a lease), NULL once it is final: the partial index on it is the
+-- queue, and holds only the messages that are still to go.
+CREATE TABLE persona.messages (
+    message_id  bigint      NOT NULL DEFAULT nextval('persona.message_id_seq'),
+    profile_id  bigint      NOT NULL,
+    channel     text        NOT NULL,
+    action      text        NOT NULL,
+    source      text        NOT NULL,
+    status      text        NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'claimed', 'sent', 'failed', 'dead', 'cancelled')),
+    attempts    int         NOT NULL DEFAULT 0,
+    due_at      timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    sent_at     timestamptz,
+    last_error  text,
+    content     jsonb,
+    action_id   int         NOT NULL,
+    ready_at    timestamptz,
+    PRIMARY KEY (message_id, profile_id),
+    CHECK ((ready_at IS NULL) = (status IN ('sent', 'dead', 'cancelled')))
+);
+ALTER SEQUENCE persona.message_id_seq OWNED BY persona.messages.message_id;
+CREATE INDEX messages_ready_idx ON persona.messages (channel, ready_at)
+    WHERE ready_at IS NOT NULL;
+-- Caps and cooldowns (persona.recent_sends), merge, forget and the
+-- cancellation of a withdrawn channel read a profile's messages.
+CREATE INDEX messages_profile_idx ON persona.messages (profile_id, action_id, due_at);
+COMMENT ON TABLE persona.messages IS
+    'the outbox: one row per message, the durable record of what persona sends (claim, ack, fail)';
+COMMENT ON COLUMN persona.messages.source IS 'what queued it: trigger:NAME, campaign:NAME';
+COMMENT ON COLUMN persona.messages.status IS
+    'queued, claimed (leased to a worker), sent (acked), failed (waiting to retry), dead (out of attempts), cancelled';
+COMMENT ON COLUMN persona.messages.attempts IS 'claims so far';
+COMMENT ON COLUMN persona.messages.due_at IS 'when it is meant to go; it counts toward caps and cooldowns at this time';
+COMMENT ON COLUMN persona.messages.content IS 'the action''s content as rendered at the last claim';
+COMMENT ON COLUMN persona.messages.ready_at IS
+    'when a worker may claim it next (due, retry or lease end); NULL once sent, dead or cancelled';
+
+CREATE TABLE persona.message_feedback (
+    profile_id  bigint      NOT NULL,
+    message_id  bigint      NOT NULL,
+    outcome     text        NOT NULL CHECK (outcome IN ('impression', 'click', 'conversion', 'dismiss', 'ignore')),
+    value       float8,
+    at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (profile_id, message_id, outcome)
+);
+COMMENT ON TABLE persona.message_feedback IS
+    'outcomes of messages (persona_message_feedback), at most one per message and outcome';
+
+-- Messages not queued or cancelled, by source and reason, for operators.
+CREATE TABLE persona.suppressions (
+    source   text        NOT NULL,
+    reason   text        NOT NULL CHECK (reason IN ('consent', 'cap', 'cooldown', 'action_dropped')),
+    messages bigint      NOT NULL,
+    last_at  timestamptz NOT NULL,
+    PRIMARY KEY (source, reason)
+);
+COMMENT ON TABLE persona.suppressions IS
+    'messages suppressed before queueing or cancelled before sending, counted by source and reason';
+
+SELECT pg_catalog.pg_extension_config_dump('persona.messages', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.message_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.message_feedback', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.suppressions', '');
+
+-- Counts suppressed messages: sources[i] for reasons[i].
+CREATE FUNCTION persona.count_suppressions(sources text[], reasons text[]) RETURNS void
+    LANGUAGE sql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    BEGIN ATOMIC
+        INSERT INTO persona.suppressions AS s (source, reason, messages, last_at)
+        SELECT u.source, u.reason, count(*), clock_timestamp()
+          FROM ROWS FROM (unnest(count_suppressions.sources), unnest(count_suppressions.reasons))
+               AS u(source, reason)
+         GROUP BY u.source, u.reason
+        ON CONFLICT (source, reason) DO UPDATE
+           SET messages = s.messages + excluded.messages, last_at = excluded.last_at;
+    END;
+COMMENT ON FUNCTION persona.count_suppressions(text[], text[]) IS
+    'adds suppressed messages to persona.suppressions, by source and reason';
+
+-- What counts toward an action's cap_per_day and cooldown for a profile:
+-- its decisions at decided_at, and its messages at due_at unless cancelled
+-- or dead (a message queued for later counts already). last_day counts the
+-- 24 hours before now(); latest is the latest of them within span.
+-- Not SECURITY DEFINER and without SET, so that persona_decide's query
+-- inlines it; every name is qualified.
+CREATE FUNCTION persona.recent_sends(profile_id bigint, span interval, actions int[])
+    RETURNS TABLE (action_id int, last_day bigint, latest timestamptz)
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT x.action_id,
+           pg_catalog.count(*) FILTER (WHERE x.at OPERATOR(pg_catalog.>)
+                                       (pg_catalog.now() OPERATOR(pg_catalog.-) interval '24 hours')),
+           pg_catalog.max(x.at)
+      FROM (SELECT d.action_id, d.decided_at AS at
+              FROM persona.decisions AS d
+             WHERE d.profile_id OPERATOR(pg_catalog.=) $1
+               AND d.decided_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $2)
+               AND d.action_id OPERATOR(pg_catalog.=) ANY ($3)
+            UNION ALL
+            SELECT m.action_id, m.due_at
+              FROM persona.messages AS m
+             WHERE m.profile_id OPERATOR(pg_catalog.=) $1
+               AND m.action_id OPERATOR(pg_catalog.=) ANY ($3)
+               AND m.due_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $2)
+               AND m.status OPERATOR(pg_catalog.<>) ALL ('{cancelled,dead}'::pg_catalog.text[])) AS x
+     GROUP BY x.action_id
+$$;
+COMMENT ON FUNCTION persona.recent_sends(bigint, interval, int[]) IS
+    'per action: decisions and live messages of a profile in the last 24 hours, and the latest within span (caps and cooldowns)';
+
+-- The outbox's entry: queues one message of an action for a profile, due
+-- at due_at (default: now), unless consent, the action's cap or its
+-- cooldown suppresses it (counted in persona.suppressions; returns NULL).
+-- Triggers and campaigns call it; it notifies persona_outbox with the
+-- channel (PostgreSQL delivers one notification per channel and payload
+-- per transaction, however many messages).
+CREATE FUNCTION persona.enqueue_message(profile_id bigint, action text, source text,
+                                        due_at timestamptz DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_pid     bigint := $1;
+    v_source  text := $3;
+    v_due     timestamptz := coalesce($4, clock_timestamp());
+    a         persona.actions;
+    v_consent jsonb;
+    v_reason  text;
+    v_id      bigint;
+    r         record;
+BEGIN
+    IF v_pid IS NULL OR $2 IS NULL OR v_source IS NULL THEN
+        RAISE EXCEPTION 'profile_id, action and source must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF v_source = '' OR octet_length(v_source) > 300 THEN
+        RAISE EXCEPTION 'a message source must be 1 to 300 bytes' USING ERRCODE = '22023';
+    END IF;
+    SELECT * INTO a FROM persona.actions AS x WHERE x.name = $2;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'action "%" does not exist', $2 USING ERRCODE = '42704';
+    END IF;
+    PERFORM persona.lock_profile_sends(v_pid);
+    SELECT p.consent INTO v_consent FROM persona.profiles AS p
+     WHERE p.profile_id = v_pid FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'profile % does not exist', v_pid USING ERRCODE = '42704';
+    END IF;
+    IF NOT persona.consented(v_consent, a.channel) THEN
+        v_reason := 'consent';
+    ELSIF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
+        SELECT * INTO r
+          FROM persona.recent_sends(v_pid, greatest(interval '24 hours', a.cooldown),
+                                    ARRAY[a.action_id]);
+        IF FOUND AND r.last_day >= a.cap_per_day THEN
+            v_reason := 'cap';
+        ELSIF FOUND AND r.latest > now() - a.cooldown THEN
+            v_reason := 'cooldown';
+        END IF;
+    END IF;
+    IF v_reason IS NOT NULL THEN
+        PERFORM persona.count_suppressions(ARRAY[v_source], ARRAY[v_reason]);
+        RETURN NULL;
+    END IF;
+    INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at)
+    VALUES (v_pid, a.channel, a.name, v_source, v_due, a.action_id, v_due)
+    RETURNING message_id INTO v_id;
+    PERFORM pg_notify('persona_outbox', a.channel);
+    RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz) IS
+    'queues a message of an action for a profile unless consent, cap or cooldown suppresses it (counted); returns the message_id or NULL';
+
+-- ---------------------------------------------------------------------
+-- The API
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.persona_set_consent(user_id text, channel text, granted boolean)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_id      text := persona.check_id($1, 'user_id');
+    v_channel text;
+    v_pid     bigint;
+    v_sources text[];
+BEGIN
+    IF $2 IS NULL OR $3 IS NULL THEN
+        RAISE EXCEPTION 'channel and granted must not be null' USING ERRCODE = '22004';
+    END IF;
+    v_channel := persona.check_channel($2);
+    -- An unknown id gets a new anonymous profile (as persona_decide does), so
+    -- that a choice made before the first event is kept. A merge that
+    -- absorbs the profile meanwhile: resolve again.
+    FOR attempt IN 1..20 LOOP
+        v_pid := persona.ensure_profile(v_id, 'anonymous');
+        UPDATE persona.profiles AS p
+           SET consent = p.consent || jsonb_build_object(v_channel, $3),
+               updated_at = now()
+         WHERE p.profile_id = v_pid;
+        EXIT WHEN FOUND;
+        v_pid := NULL;
+    END LOOP;
+    IF v_pid IS NULL THEN
+        RAISE EXCEPTION 'could not serialize access due to concurrent merges'
+            USING ERRCODE = '40001', HINT = 'Retry the transaction.';
+    END IF;
+    IF NOT $3 THEN
+        -- Unclaimed messages of the channel are cancelled; claimed ones
+        -- finish (their worker holds them).
+        WITH c AS (
+            UPDATE persona.messages AS m
+               SET status = 'cancelled', ready_at = NULL, last_error = 'consent withdrawn'
+             WHERE m.profile_id = v_pid AND m.channel = v_channel
+               AND m.status IN ('queued', 'failed')
+            RETURNING m.source)
+        SELECT array_agg(c.source) INTO v_sources FROM c;
+        IF v_sources IS NOT NULL THEN
+            PERFORM persona.count_suppressions(v_sources, array_fill('consent'::text, ARRAY[cardinality(v_sources)]));
+        END IF;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_set_consent(text, text, boolean) IS
+    'records a person''s consent to a channel; withdrawing cancels the channel''s unclaimed messages to them';
+
+CREATE FUNCTION @extschema@.persona_claim(channel text, n int DEFAULT 100,
+                                         lease interval DEFAULT '30 seconds')
+    RETURNS TABLE (message_id bigint, profile_id bigint, user_id text, channel text,
+                   action text, content jsonb, attempt int, source text)
+    LANGUAGE C VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'persona_claim';
+COMMENT ON FUNCTION @extschema@.persona_claim(text, int, interval) IS
+    'leases up to n due messages of a channel to the caller, content rendered now; call it in its own transaction';
+
+CREATE FUNCTION @extschema@.persona_ack(message_ids bigint[])
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_ids  bigint[];
+    v_bad  bigint[];
+    v_n    bigint;
+BEGIN
+    IF $1 IS NULL OR array_position($1, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'message_ids must not be or contain null' USING ERRCODE = '22004';
+    END IF;
+    SELECT array_agg(DISTINCT x.id ORDER BY x.id) INTO v_ids FROM unnest($1) AS x(id);
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF cardinality(v_ids) > 10000 THEN
+        RAISE EXCEPTION 'at most 10000 messages can be acked at once' USING ERRCODE = '54000',
+            DETAIL = format('%s were given.', cardinality(v_ids));
+    END IF;
+    -- In id order, so that two acks of overlapping batches cannot deadlock.
+    PERFORM 1 FROM persona.messages AS m WHERE m.message_id = ANY (v_ids)
+     ORDER BY m.message_id FOR UPDATE;
+    SELECT array_agg(x.id) INTO v_bad FROM unnest(v_ids) AS x(id)
+     WHERE NOT EXISTS (SELECT FROM persona.messages AS m WHERE m.message_id = x.id);
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'message % does not exist', array_to_string(v_bad, ', ') USING ERRCODE = '42704';
+    END IF;
+    SELECT array_agg(m.message_id ORDER BY m.message_id) INTO v_bad FROM persona.messages AS m
+     WHERE m.message_id = ANY (v_ids) AND m.status = 'sent';
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'message % was already acked', array_to_string(v_bad, ', ')
+            USING ERRCODE = '55000',
+                  DETAIL = 'Another worker acked it first: its lease had expired and it was claimed again.',
+                  HINT = 'Ack the other messages of the batch again without it.';
+    END IF;
+    SELECT array_agg(m.message_id ORDER BY m.message_id) INTO v_bad FROM persona.messages AS m
+     WHERE m.message_id = ANY (v_ids) AND m.status <> 'claimed';
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'message % is not claimed', array_to_string(v_bad, ', ')
+            USING ERRCODE = '55000',
+                  HINT = 'Only a claimed message can be acked or failed: claim it with persona_claim.';
+    END IF;
+    UPDATE persona.messages AS m
+       SET status = 'sent', sent_at = clock_timestamp(), ready_at = NULL
+     WHERE m.message_id = ANY (v_ids);
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_ack(bigint[]) IS
+    'marks claimed messages sent (all or none); returns how many';
+
+-- The wait before retry number n + 1 after n failed tries: 10 seconds
+-- doubled per try, at most an hour, with "equal jitter": half of it fixed,
+-- half uniformly random, so that a burst of failures spreads out.
+CREATE FUNCTION persona.retry_delay(attempts int) RETURNS interval
+    LANGUAGE sql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    RETURN make_interval(secs => least(3600, 10 * power(2, greatest(attempts, 1) - 1))
+                                 * (0.5 + 0.5 * random()));
+COMMENT ON FUNCTION persona.retry_delay(int) IS
+    'the backoff before the next try: 10 s doubled per failed try, capped at 1 h, between half and all of it at random';
+
+CREATE FUNCTION @extschema@.persona_fail(message_id bigint, error text, retry boolean DEFAULT true)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_id  bigint := $1;
+    m     record;
+BEGIN
+    IF v_id IS NULL OR $2 IS NULL OR $3 IS NULL THEN
+        RAISE EXCEPTION 'message_id, error and retry must not be null' USING ERRCODE = '22004';
+    END IF;
+    SELECT x.status, x.attempts INTO m FROM persona.messages AS x
+     WHERE x.message_id = v_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'message % does not exist', v_id USING ERRCODE = '42704';
+    END IF;
+    IF m.status <> 'claimed' THEN
+        RAISE EXCEPTION 'message % is not claimed', v_id USING ERRCODE = '55000',
+            DETAIL = format('Its status is %s.', m.status),
+            HINT = 'Only a claimed message can be acked or failed: claim it with persona_claim.';
+    END IF;
+    IF NOT $3 OR m.attempts >= current_setting('persona.max_attempts')::int THEN
+        UPDATE persona.messages AS x
+           SET status = 'dead', ready_at = NULL, last_error = left($2, 1000)
+         WHERE x.message_id = v_id;
+    ELSE
+        UPDATE persona.messages AS x
+           SET status = 'failed', ready_at = clock_timestamp() + persona.retry_delay(m.attempts),
+               last_error = left($2, 1000)
+         WHERE x.message_id = v_id;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_fail(bigint, text, boolean) IS
+    'records a failed send: retried after a backoff, or dead after persona.max_attempts tries or when retry is false';
+
+CREATE FUNCTION @extschema@.persona_message_feedback(message_id bigint, outcome text,
+                                                    value float8 DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_id      bigint := $1;
+    v_outcome text;
+    v_value   float8 := $3;
+    m         record;
+BEGIN
+    IF v_id IS NULL THEN
+        RAISE EXCEPTION 'message_id must not be null' USING ERRCODE = '22004';
+    END IF;
+    v_outcome := persona.check_outcome($2, v_value);
+    SELECT x.profile_id, x.action_id, x.status INTO m FROM persona.messages AS x
+     WHERE x.message_id = v_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'message % does not exist', v_id USING ERRCODE = '42704';
+    END IF;
+    IF m.status NOT IN ('claimed', 'sent') THEN
+        RAISE EXCEPTION 'message % was not sent', v_id USING ERRCODE = '55000',
+            DETAIL = format('Its status is %s.', m.status);
+    END IF;
+    -- The lock order of persona_feedback: the action's statistics, then the item.
+    PERFORM 1 FROM persona.action_stats AS s WHERE s.action_id = m.action_id FOR UPDATE;
+    PERFORM 1 FROM persona.messages AS x
+     WHERE x.message_id = v_id AND x.profile_id = m.profile_id FOR KEY SHARE;
+    INSERT INTO persona.message_feedback (profile_id, message_id, outcome, value)
+    VALUES (m.profile_id, v_id, v_outcome, v_value)
+    ON CONFLICT (profile_id, message_id, outcome) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN;                     -- already recorded: idempotent
+    END IF;
+    PERFORM persona.learn(m.action_id,
+                          ARRAY(SELECT f.outcome FROM persona.message_feedback AS f
+                                 WHERE f.profile_id = m.profile_id AND f.message_id = v_id
+                                   AND f.outcome <> v_outcome),
+                          v_outcome, v_value);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_message_feedback(bigint, text, float8) IS
+    'records an outcome of a message (impression, click, conversion, dismiss, ignore); idempotent; teaches the action''s statistics as persona_feedback does';
