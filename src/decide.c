@@ -16,7 +16,10 @@
  *	6. ScoreCandidates: priority first, then a Thompson sample of each
  *	   action's Beta(1 + successes, 1 + failures) success probability times
  *	   its value, so that an action without feedback is explored;
- *	7. RecordDecisions: renders {{trait}} and {{context.path}} placeholders
+ *	7. ApplyHoldouts: running experiments (experiments.c): a global
+ *	   holdout gets nothing, an action's holdout gets the next best; the
+ *	   person's arm is recorded at the first exposure, in either arm;
+ *	8. RecordDecisions: renders {{trait}} and {{context.path}} placeholders
  *	   and records every returned row in persona.decisions.
  *
  * The work grows with the number of candidate actions, not with the events
@@ -47,6 +50,7 @@
 #include "utils/timestamp.h"
 
 #include "defcache.h"
+#include "experiments.h"
 #include "persona.h"
 #include "profile.h"
 #include "traits.h"
@@ -405,6 +409,7 @@ typedef struct DecideRequest
 typedef struct DecideProfile
 {
 	int64		profile_id;
+	text	   *user_id;		/* NULL while anonymous */
 	Jsonb	   *declared;		/* declared traits, NULL if none */
 	Jsonb	   *computed;		/* computed traits by name, NULL if none */
 	Datum	   *segments;		/* names (text) of the segments it is in */
@@ -491,12 +496,13 @@ HoldProfile(Datum id, int64 pid)
 }
 
 /*
- * Step 1: the profile of the id (a new anonymous one when the id is new),
+ * Step 1 (and persona_arm's first, experiments.c): the profile of the id
+ * (a new anonymous one when the id is new),
  * with decisions for it serialized (a transaction-level advisory lock), so
  * that caps hold under concurrency.
  */
-static int64
-ResolveDecideProfile(Datum id)
+int64
+PersonaDecideProfile(Datum id)
 {
 	Oid			type = TEXTOID;
 	bool		isnull;
@@ -652,6 +658,8 @@ ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSe
 	PersonaProfileReaderBegin(&r, true);
 	if (!PersonaProfileFetch(&r, profile->profile_id))
 		elog(ERROR, "profile " INT64_FORMAT " is gone", profile->profile_id);
+	d = PersonaProfileColumn(&r, "user_id", &isnull);
+	profile->user_id = isnull ? NULL : DatumGetTextPCopy(d);
 	d = PersonaProfileColumn(&r, "traits", &isnull);
 	profile->declared = isnull ? NULL : DatumGetJsonbPCopy(d);
 	d = PersonaProfileColumn(&r, "computed_state", &isnull);
@@ -824,7 +832,75 @@ ScoreCandidates(CandidateSet *set)
 }
 
 /*
- * Step 7: the first n candidates rendered, recorded in persona.decisions
+ * Step 7: holdouts.  An experiment is exposed, and the person's arm
+ * recorded (experiments.c), when the decision reaches it:
+ *	- a global holdout (no action): whenever at least one candidate is
+ *	  left, that is whenever the decision would return a row; its holdout
+ *	  gets no row at all;
+ *	- an action's holdout: when the walk below reaches that action, in rank
+ *	  order, while filling the n rows, that is when the action would be
+ *	  returned but for the experiment; its holdout does not get it and the
+ *	  walk goes on to the next best.
+ * The id hashed is the profile's user_id, else the id of the call.
+ */
+static void
+ApplyHoldouts(const DecideRequest *req, const DecideProfile *profile, CandidateSet *set)
+{
+	PersonaExperimentSet *es;
+	text	   *hid;
+	int			taken = 0;
+
+	if (set->n == 0)
+		return;
+	es = PersonaGetExperiments();
+	if (es->nrunning == 0)
+		return;
+	hid = profile->user_id != NULL ? profile->user_id : DatumGetTextPP(req->id);
+	if (es->nrunning_global > 0)
+	{
+		bool		held = false;
+
+		for (int k = 0; k < es->n; k++)
+		{
+			const PersonaExperiment *e = &es->experiments[k];
+
+			if (e->running && e->action == NULL &&
+				PersonaExperimentHoldout(e, profile->profile_id, VARDATA_ANY(hid),
+										 VARSIZE_ANY_EXHDR(hid)))
+				held = true;
+		}
+		if (held)
+		{
+			set->n = 0;
+			return;
+		}
+	}
+	if (es->nrunning == es->nrunning_global)
+		return;
+	for (int i = 0; i < set->n && taken < req->n; i++)
+	{
+		Candidate  *c = &set->items[i];
+		bool		held = false;
+
+		for (int k = 0; k < es->n; k++)
+		{
+			const PersonaExperiment *e = &es->experiments[k];
+
+			if (e->running && e->action != NULL && strcmp(e->action, c->def->name) == 0 &&
+				PersonaExperimentHoldout(e, profile->profile_id, VARDATA_ANY(hid),
+										 VARSIZE_ANY_EXHDR(hid)))
+				held = true;
+		}
+		if (held)
+			c->def = NULL;
+		else
+			taken++;
+	}
+	CompactCandidates(set);
+}
+
+/*
+ * Step 8: the first n candidates rendered, recorded in persona.decisions
  * and returned.
  */
 static void
@@ -951,12 +1027,13 @@ persona_decide(PG_FUNCTION_ARGS)
 	ac = GetActionCatalog();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	profile.profile_id = ResolveDecideProfile(req.id);
+	profile.profile_id = PersonaDecideProfile(req.id);
 	LoadCandidates(ac, &req, &candidates);
 	ReadDecideProfile(ac, &req, &candidates, &profile);
 	CheckEligibility(ac, &profile, &candidates);
 	ApplyCaps(&req, profile.profile_id, &candidates);
 	ScoreCandidates(&candidates);
+	ApplyHoldouts(&req, &profile, &candidates);
 	RecordDecisions(&req, &profile, &candidates, rsinfo);
 	SPI_finish();
 	return (Datum) 0;

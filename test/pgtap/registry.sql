@@ -159,6 +159,10 @@ BEGIN
     PERFORM persona_feedback(d.decision_id, 'click')
        FROM unnest(ARRAY['tap-reg-u', 'tap-reg-a', 'tap-reg-other']) AS u (id),
             LATERAL persona_decide(u.id, '{}') AS d;
+    -- An experiment of its own, so that a decision above is not withheld.
+    PERFORM persona_create_experiment('tap_reg_exp', 50);
+    PERFORM persona_arm('tap_reg_exp', u.id)
+       FROM unnest(ARRAY['tap-reg-u', 'tap-reg-a', 'tap-reg-other']) AS u (id);
     INSERT INTO persona.tap_scores (profile_id, score)
     SELECT pg_temp.pid(u.id), 1 FROM unnest(ARRAY['tap-reg-u', 'tap-reg-a', 'tap-reg-other']) AS u (id);
     INSERT INTO persona.tap_notes (profile_id, note)
