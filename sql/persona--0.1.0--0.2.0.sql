@@ -967,30 +967,36 @@ CREATE FUNCTION @extschema@.persona_arm(experiment text, user_id text)
 COMMENT ON FUNCTION @extschema@.persona_arm(text, text) IS
     'the arm of a person in an experiment, holdout or treatment; asking is an exposure: the arm is recorded (for an ended experiment: the recorded arm, or NULL)';
 
--- The per-person figures of an experiment's report: each assigned person,
--- their arm, and their conversions (events of the type at or after the
--- assignment and since, before the end) with their revenue. One pass over
--- the assignments joined to the events of that type by profile_id.
+-- The per-person figures of an experiment (persona_experiment_daily): each
+-- assigned person, their arm, and their conversions (events of the type at
+-- or after the assignment and since, before the end) with their revenue.
+-- The conversions are grouped by person first, then joined to the
+-- assignments: persona_experiment_report aggregates the same shape by arm.
 CREATE FUNCTION persona.experiment_people(experiment text, conversion_event text,
                                           since timestamptz, until timestamptz)
     RETURNS TABLE (profile_id bigint, arm text, assigned_at timestamptz,
                    first_conversion timestamptz, revenue float8)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path = pg_catalog, pg_temp
-    BEGIN ATOMIC
-        SELECT a.profile_id, a.arm, a.assigned_at, min(e.occurred_at),
-               sum(CASE WHEN jsonb_typeof(e.properties -> 'revenue') = 'number'
-                        THEN (e.properties ->> 'revenue')::float8 END)
-          FROM persona.assignments AS a
-          LEFT JOIN persona.events AS e
-            ON e.profile_id = a.profile_id AND e.event_type = experiment_people.conversion_event
-           AND e.occurred_at >= a.assigned_at AND e.occurred_at >= experiment_people.since
-           AND e.occurred_at < experiment_people.until
-         WHERE a.experiment = experiment_people.experiment
-         GROUP BY a.profile_id, a.arm, a.assigned_at;
-    END;
+    AS $$
+BEGIN
+    RETURN QUERY
+    SELECT a.profile_id, a.arm, a.assigned_at, c.first_conversion, c.revenue
+      FROM persona.assignments AS a
+      LEFT JOIN (SELECT e.profile_id, min(e.occurred_at) AS first_conversion,
+                        sum(CASE WHEN jsonb_typeof(e.properties -> 'revenue') = 'number'
+                                 THEN (e.properties ->> 'revenue')::float8 END) AS revenue
+                   FROM persona.events AS e
+                   JOIN persona.assignments AS x
+                     ON x.profile_id = e.profile_id AND x.experiment = $1
+                  WHERE e.event_type = $2 AND e.occurred_at >= x.assigned_at
+                    AND e.occurred_at >= $3 AND e.occurred_at < $4
+                  GROUP BY e.profile_id) AS c ON c.profile_id = a.profile_id
+     WHERE a.experiment = $1;
+END
+$$;
 COMMENT ON FUNCTION persona.experiment_people(text, text, timestamptz, timestamptz) IS
-    'each person assigned to an experiment: arm, assignment, first conversion and revenue of the conversion events in the window (the report''s one pass)';
+    'each person assigned to an experiment: arm, assignment, first conversion and revenue of the conversion events in the window';
 
 -- The experiment of a report: its row, or 42704; and the window of its
 -- conversions, [greatest(since, -infinity), its end or infinity).
@@ -1060,12 +1066,26 @@ DECLARE
     r     record;
 BEGIN
     e := persona.report_experiment($1, $2);
+    -- One pass: the conversions of the assigned people grouped by person
+    -- (a hash join of the experiment's assignments to the events of the
+    -- type), then the assignments counted by arm (persona.experiment_people
+    -- has the same shape, per person).
     FOR r IN
-        SELECT p.arm, count(*) AS users, count(p.first_conversion) AS converters,
-               coalesce(sum(p.revenue), 0) AS revenue
-          FROM persona.experiment_people(e.name, $2, coalesce($3, '-infinity'),
-                                         coalesce(e.ended_at, 'infinity')) AS p
-         GROUP BY p.arm
+        SELECT a.arm, count(*) AS users, count(c.profile_id) AS converters,
+               coalesce(sum(c.revenue), 0) AS revenue
+          FROM persona.assignments AS a
+          LEFT JOIN (SELECT ev.profile_id,
+                            sum(CASE WHEN jsonb_typeof(ev.properties -> 'revenue') = 'number'
+                                     THEN (ev.properties ->> 'revenue')::float8 END) AS revenue
+                       FROM persona.events AS ev
+                       JOIN persona.assignments AS x
+                         ON x.profile_id = ev.profile_id AND x.experiment = e.name
+                      WHERE ev.event_type = $2 AND ev.occurred_at >= x.assigned_at
+                        AND ev.occurred_at >= coalesce($3, '-infinity')
+                        AND ev.occurred_at < coalesce(e.ended_at, 'infinity')
+                      GROUP BY ev.profile_id) AS c ON c.profile_id = a.profile_id
+         WHERE a.experiment = e.name
+         GROUP BY a.arm
     LOOP
         IF r.arm = 'holdout' THEN
             n_h := r.users; x_h := r.converters; r_h := r.revenue;
