@@ -13,12 +13,16 @@ GRANT EXECUTE ON FUNCTION persona_track(text, text, jsonb, timestamptz, jsonb, t
 CREATE ROLE persona_decider NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO persona_decider;
 GRANT EXECUTE ON FUNCTION persona_decide(text, jsonb, text, int),
-                          persona_feedback(bigint, text, float8) TO persona_decider;
+                          persona_feedback(bigint, text, float8),
+                          persona_arm(text, text) TO persona_decider;
 
 CREATE ROLE persona_reader NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO persona_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA persona TO persona_reader;
-GRANT EXECUTE ON FUNCTION persona_profile(text), persona_in_segment(text, text) TO persona_reader;
+GRANT EXECUTE ON FUNCTION persona_profile(text), persona_in_segment(text, text),
+                          persona_experiment_report(text, text, timestamptz),
+                          persona_experiment_daily(text, text, timestamptz),
+                          persona.experiment_bucket(text, text) TO persona_reader;
 
 CREATE ROLE persona_admin NOLOGIN;
 GRANT persona_ingest, persona_decider, persona_reader TO persona_admin;
@@ -34,7 +38,10 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_create_action(text, text, jsonb, text, text, int, float8, int, interval, timestamptz, timestamptz),
                           persona_update_action(text, jsonb),
                           persona_pause_action(text, boolean),
-                          persona_drop_action(text) TO persona_admin;
+                          persona_drop_action(text),
+                          persona_create_experiment(text, float8, text),
+                          persona_end_experiment(text),
+                          persona_drop_experiment(text) TO persona_admin;
 
 CREATE ROLE persona_nobody NOLOGIN;
 
@@ -84,6 +91,25 @@ INSERT INTO persona.events (user_id, event_type) VALUES ('u-role', 'page_view');
 SELECT persona_identify('u-role', '{}');
 UPDATE persona.profiles SET traits = '{}';
 SELECT persona_forget('u-role');
+RESET ROLE;
+
+-- Experiments: the admin creates them; the decider asks for an arm (an
+-- exposure, a write); the reader reads the report and cannot expose anyone.
+SET ROLE persona_admin;
+SELECT persona_create_experiment('role_exp', 10);
+RESET ROLE;
+SET ROLE persona_decider;
+SELECT persona_arm('role_exp', 'u-role') IN ('holdout', 'treatment') AS armed;
+SELECT persona_create_experiment('role_exp_2', 10);
+RESET ROLE;
+SET ROLE persona_reader;
+SELECT arm, users FROM persona_experiment_report('role_exp', 'page_view');
+SELECT persona_arm('role_exp', 'u-role');
+SELECT persona_end_experiment('role_exp');
+RESET ROLE;
+SET ROLE persona_admin;
+SELECT persona_end_experiment('role_exp');
+SELECT persona_drop_experiment('role_exp');
 RESET ROLE;
 
 -- A role with no grant can do nothing at all.

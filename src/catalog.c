@@ -68,6 +68,8 @@ PersonaGetCatalog(void)
 		catalog.segment_source = RequireRelation(schema, "segment_source");
 		catalog.decision_source = RequireRelation(schema, "decision_source");
 		catalog.actions = RequireRelation(schema, "actions");
+		/* New in 0.2.0: a database not yet updated has none. */
+		catalog.experiments = get_relname_relid("experiments", schema);
 		catalog_valid = true;
 	}
 	return &catalog;

@@ -8,9 +8,10 @@
  *	   anonymous profile), decisions for it serialized by a transaction-level
  *	   advisory lock, so that caps hold under concurrency;
  *	2. LoadCandidates: the actions active now, not paused, on the channel;
- *	3. ReadDecideProfile: in one query, the candidates' conditions over the
- *	   profile, its traits and the call's context, and the declared and
- *	   computed traits and segments (for eligibility and rendering);
+ *	3. ReadDecideProfile: the profile's row and segments (profile.c), the
+ *	   candidates' conditions, compiled once (predicate.c) and evaluated in
+ *	   C over the row and the call's context, and the declared and computed
+ *	   traits (for eligibility and rendering);
  *	4. CheckEligibility: condition and segment;
  *	5. ApplyConsent: the person's consent to the action's channel (a
  *	   withdrawn channel, or an opt-in channel without a grant, is out);
@@ -19,7 +20,10 @@
  *	7. ScoreCandidates: priority first, then a Thompson sample of each
  *	   action's Beta(1 + successes, 1 + failures) success probability times
  *	   its value, so that an action without feedback is explored;
- *	8. RecordDecisions: renders {{trait}} and {{context.path}} placeholders
+ *	8. ApplyHoldouts: running experiments (experiments.c): a global
+ *	   holdout gets nothing, an action's holdout gets the next best; the
+ *	   person's arm is recorded at the first exposure, in either arm;
+ *	9. RecordDecisions: renders {{trait}} and {{context.path}} placeholders
  *	   and records every returned row in persona.decisions.
  *
  * The work grows with the number of candidate actions, not with the events
@@ -52,6 +56,7 @@
 
 #include "defcache.h"
 #include "outbox.h"
+#include "experiments.h"
 #include "persona.h"
 #include "profile.h"
 #include "traits.h"
@@ -440,6 +445,7 @@ typedef struct DecideRequest
 typedef struct DecideProfile
 {
 	int64		profile_id;
+	text	   *user_id;		/* NULL while anonymous */
 	Jsonb	   *declared;		/* declared traits, NULL if none */
 	Jsonb	   *computed;		/* computed traits by name, NULL if none */
 	Jsonb	   *consent;		/* channel -> granted */
@@ -527,12 +533,13 @@ HoldProfile(Datum id, int64 pid)
 }
 
 /*
- * Step 1: the profile of the id (a new anonymous one when the id is new),
+ * Step 1 (and persona_arm's first, experiments.c): the profile of the id
+ * (a new anonymous one when the id is new),
  * with decisions for it serialized (a transaction-level advisory lock), so
  * that caps hold under concurrency.
  */
-static int64
-ResolveDecideProfile(Datum id)
+int64
+PersonaDecideProfile(Datum id)
 {
 	Oid			type = TEXTOID;
 	bool		isnull;
@@ -688,6 +695,8 @@ ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSe
 	PersonaProfileReaderBegin(&r, true);
 	if (!PersonaProfileFetch(&r, profile->profile_id))
 		elog(ERROR, "profile " INT64_FORMAT " is gone", profile->profile_id);
+	d = PersonaProfileColumn(&r, "user_id", &isnull);
+	profile->user_id = isnull ? NULL : DatumGetTextPCopy(d);
 	d = PersonaProfileColumn(&r, "traits", &isnull);
 	profile->declared = isnull ? NULL : DatumGetJsonbPCopy(d);
 	d = PersonaProfileColumn(&r, "computed_state", &isnull);
@@ -893,7 +902,75 @@ ScoreCandidates(CandidateSet *set)
 }
 
 /*
- * Step 8: the first n candidates rendered, recorded in persona.decisions
+ * Step 8: holdouts.  An experiment is exposed, and the person's arm
+ * recorded (experiments.c), when the decision reaches it:
+ *	- a global holdout (no action): whenever at least one candidate is
+ *	  left, that is whenever the decision would return a row; its holdout
+ *	  gets no row at all;
+ *	- an action's holdout: when the walk below reaches that action, in rank
+ *	  order, while filling the n rows, that is when the action would be
+ *	  returned but for the experiment; its holdout does not get it and the
+ *	  walk goes on to the next best.
+ * The id hashed is the profile's user_id, else the id of the call.
+ */
+static void
+ApplyHoldouts(const DecideRequest *req, const DecideProfile *profile, CandidateSet *set)
+{
+	PersonaExperimentSet *es;
+	text	   *hid;
+	int			taken = 0;
+
+	if (set->n == 0)
+		return;
+	es = PersonaGetExperiments();
+	if (es->nrunning == 0)
+		return;
+	hid = profile->user_id != NULL ? profile->user_id : DatumGetTextPP(req->id);
+	if (es->nrunning_global > 0)
+	{
+		bool		held = false;
+
+		for (int k = 0; k < es->n; k++)
+		{
+			const PersonaExperiment *e = &es->experiments[k];
+
+			if (e->running && e->action == NULL &&
+				PersonaExperimentHoldout(e, profile->profile_id, VARDATA_ANY(hid),
+										 VARSIZE_ANY_EXHDR(hid)))
+				held = true;
+		}
+		if (held)
+		{
+			set->n = 0;
+			return;
+		}
+	}
+	if (es->nrunning == es->nrunning_global)
+		return;
+	for (int i = 0; i < set->n && taken < req->n; i++)
+	{
+		Candidate  *c = &set->items[i];
+		bool		held = false;
+
+		for (int k = 0; k < es->n; k++)
+		{
+			const PersonaExperiment *e = &es->experiments[k];
+
+			if (e->running && e->action != NULL && strcmp(e->action, c->def->name) == 0 &&
+				PersonaExperimentHoldout(e, profile->profile_id, VARDATA_ANY(hid),
+										 VARSIZE_ANY_EXHDR(hid)))
+				held = true;
+		}
+		if (held)
+			c->def = NULL;
+		else
+			taken++;
+	}
+	CompactCandidates(set);
+}
+
+/*
+ * Step 9: the first n candidates rendered, recorded in persona.decisions
  * and returned.
  */
 static void
@@ -1001,13 +1078,14 @@ persona_decide(PG_FUNCTION_ARGS)
 	ac = GetActionCatalog();
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	profile.profile_id = ResolveDecideProfile(req.id);
+	profile.profile_id = PersonaDecideProfile(req.id);
 	LoadCandidates(ac, &req, &candidates);
 	ReadDecideProfile(ac, &req, &candidates, &profile);
 	CheckEligibility(ac, &profile, &candidates);
 	ApplyConsent(&profile, &candidates);
 	ApplyCaps(&req, profile.profile_id, &candidates);
 	ScoreCandidates(&candidates);
+	ApplyHoldouts(&req, &profile, &candidates);
 	RecordDecisions(&req, &profile, &candidates, rsinfo);
 	SPI_finish();
 	return (Datum) 0;

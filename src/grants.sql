@@ -84,6 +84,21 @@ REVOKE ALL ON FUNCTION persona.recent_sends(bigint, interval, int[]) FROM PUBLIC
 REVOKE ALL ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.retry_delay(int) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION @extschema@.persona_create_experiment(text, float8, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_end_experiment(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_drop_experiment(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_arm(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_experiment_report(text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_experiment_daily(text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.check_experiment_update() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.combine_assignments(bigint, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.experiment_bucket(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.two_sided_p(float8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.holdout_suppresses(bigint, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.experiment_people(text, text, timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.report_experiment(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.check_conversion_event(text) FROM PUBLIC;
+
 -- Not revoked: persona.trait_bigint, trait_numeric and trait_text. Whoever
 -- may SELECT persona.traits runs them as themselves; they decode bytes
 -- (checking every one) and write nothing, and without USAGE on schema

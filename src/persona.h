@@ -35,6 +35,7 @@ typedef struct PersonaCatalog
 	Oid			segment_source;
 	Oid			decision_source;
 	Oid			actions;
+	Oid			experiments;	/* InvalidOid under 0.1.0's SQL */
 } PersonaCatalog;
 
 extern const PersonaCatalog *PersonaGetCatalog(void);

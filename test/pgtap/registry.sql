@@ -164,6 +164,10 @@ BEGIN
        FROM unnest(ARRAY['tap-reg-u', 'tap-reg-a', 'tap-reg-other']) AS u (id);
     PERFORM persona_ack(ARRAY(SELECT c.message_id FROM persona_claim('web', 10) AS c));
     PERFORM persona_message_feedback(m.message_id, 'click') FROM persona.messages AS m;
+    -- An experiment of its own, so that a decision above is not withheld.
+    PERFORM persona_create_experiment('tap_reg_exp', 50);
+    PERFORM persona_arm('tap_reg_exp', u.id)
+       FROM unnest(ARRAY['tap-reg-u', 'tap-reg-a', 'tap-reg-other']) AS u (id);
     INSERT INTO persona.tap_scores (profile_id, score)
     SELECT pg_temp.pid(u.id), 1 FROM unnest(ARRAY['tap-reg-u', 'tap-reg-a', 'tap-reg-other']) AS u (id);
     INSERT INTO persona.tap_notes (profile_id, note)
