@@ -13,17 +13,26 @@ GRANT INSERT ON persona.events TO sec_ingest;
 GRANT USAGE ON SEQUENCE persona.event_id_seq TO sec_ingest;
 GRANT EXECUTE ON FUNCTION persona_track(text, text, jsonb, timestamptz, jsonb, text),
                           persona_identify(text, jsonb, text),
-                          persona_alias(text, text) TO sec_ingest;
+                          persona_alias(text, text),
+                          persona_set_consent(text, text, boolean) TO sec_ingest;
 CREATE ROLE sec_decider NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO sec_decider;
 GRANT EXECUTE ON FUNCTION persona_decide(text, jsonb, text, int),
-                          persona_feedback(bigint, text, float8) TO sec_decider;
+                          persona_feedback(bigint, text, float8),
+                          persona_message_feedback(bigint, text, float8),
+                          persona_arm(text, text) TO sec_decider;
+CREATE ROLE sec_worker NOLOGIN;
+GRANT USAGE ON SCHEMA persona TO sec_worker;
+GRANT EXECUTE ON FUNCTION persona_claim(text, int, interval),
+                          persona_ack(bigint[]),
+                          persona_fail(bigint, text, boolean),
+                          persona_message_feedback(bigint, text, float8) TO sec_worker;
 CREATE ROLE sec_reader NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO sec_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA persona TO sec_reader;
 GRANT EXECUTE ON FUNCTION persona_profile(text), persona_in_segment(text, text) TO sec_reader;
 CREATE ROLE sec_admin NOLOGIN;
-GRANT sec_ingest, sec_decider, sec_reader TO sec_admin;
+GRANT sec_ingest, sec_decider, sec_reader, sec_worker TO sec_admin;
 -- More than the recipe grants: GRANT ALL includes TRIGGER and REFERENCES.
 GRANT ALL ON ALL TABLES IN SCHEMA persona TO sec_admin;
 GRANT ALL ON ALL SEQUENCES IN SCHEMA persona TO sec_admin;
@@ -185,6 +194,7 @@ SELECT set_eq(
        WHERE has_function_privilege('sec_ingest', p.oid, 'EXECUTE')$$,
     $$VALUES ('persona_track(text,text,jsonb,timestamp with time zone,jsonb,text)'),
              ('persona_identify(text,jsonb,text)'), ('persona_alias(text,text)'),
+             ('persona_set_consent(text,text,boolean)'),
              ('persona.next_event_id()'), ('persona.event_folded(bigint)'),
              ('persona.trait_bigint(bytea,integer)'), ('persona.trait_numeric(bytea,integer)'),
              ('persona.trait_text(bytea,integer)')$$,
