@@ -60,6 +60,11 @@ SELECT count(*) AS assignments FROM persona.assignments;
 SELECT persona.holdout_suppresses(persona.resolve(:'h'), 'banner') AS h_suppressed,
        persona.holdout_suppresses(persona.resolve(:'t'), 'banner') AS t_suppressed,
        persona.holdout_suppresses(persona.resolve(:'h'), 'fallback') AS other_action;
+-- The outbox uses it: a message of the banner is not queued for the
+-- holdout, and is counted as suppressed by the holdout.
+SELECT persona.enqueue_message(persona.resolve(:'h'), 'banner', 'trigger:exp') IS NULL AS h_not_queued,
+       persona.enqueue_message(persona.resolve(:'t'), 'banner', 'trigger:exp') IS NOT NULL AS t_queued;
+SELECT reason, messages FROM persona.suppressions WHERE source = 'trigger:exp';
 
 -- An anonymous visitor is hashed on the id of the call; asking is exposure.
 SELECT persona_arm('banner_test', 'anon-v1') =

@@ -102,7 +102,7 @@ COMMENT ON TABLE persona.message_feedback IS
 -- Messages not queued or cancelled, by source and reason, for operators.
 CREATE TABLE persona.suppressions (
     source   text        NOT NULL,
-    reason   text        NOT NULL CHECK (reason IN ('consent', 'cap', 'cooldown', 'action_dropped')),
+    reason   text        NOT NULL CHECK (reason IN ('consent', 'cap', 'cooldown', 'holdout', 'action_dropped')),
     messages bigint      NOT NULL,
     last_at  timestamptz NOT NULL,
     PRIMARY KEY (source, reason)
@@ -213,6 +213,11 @@ BEGIN
             v_reason := 'cooldown';
         END IF;
     END IF;
+    -- Last: a holdout records the exposure of someone the message would
+    -- otherwise have reached (experiments.c), in either arm.
+    IF v_reason IS NULL AND persona.holdout_suppresses(v_pid, a.name) THEN
+        v_reason := 'holdout';
+    END IF;
     IF v_reason IS NOT NULL THEN
         PERFORM persona.count_suppressions(ARRAY[v_source], ARRAY[v_reason]);
         RETURN NULL;
@@ -225,7 +230,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz) IS
-    'queues a message of an action for a profile unless consent, cap or cooldown suppresses it (counted); returns the message_id or NULL';
+    'queues a message of an action for a profile unless consent, cap, cooldown or a holdout suppresses it (counted); returns the message_id or NULL';
 
 -- ---------------------------------------------------------------------
 -- The API
