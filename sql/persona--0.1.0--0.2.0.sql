@@ -731,3 +731,146 @@ BEGIN
 END
 $$;
 
+
+-- ---------------------------------------------------------------------
+-- Backup and restore (issue 15): pg_dump restores into an exact, working
+-- copy with psql / pg_restore and no flag (docs/operations.md).
+-- ---------------------------------------------------------------------
+
+-- The segment log's ids go into the dump, so the first entry after a
+-- restore does not take an id the restored log holds.
+SELECT pg_catalog.pg_extension_config_dump('persona.segment_log_log_id_seq', '');
+
+-- A definition row that comes with its SQL, written by the owner, is a
+-- restored one and is stored as is (persona.compile_definition, in C): the
+-- API functions now insert the text alone and let the trigger compile it.
+CREATE OR REPLACE FUNCTION @extschema@.persona_create_segment(name text, predicate text)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_name text := $1;
+    v_c    record;
+BEGIN
+    IF v_name IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF v_name = '' OR octet_length(v_name) > 200 THEN
+        RAISE EXCEPTION 'a segment name must be 1 to 200 bytes' USING ERRCODE = '22023';
+    END IF;
+    v_c := persona.compile_predicate($2, 'persona.segment_source');
+    -- The evaluation must see every profile committed before live
+    -- maintenance takes over, which a transaction-wide snapshot would not.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'persona_create_segment must run at READ COMMITTED'
+            USING ERRCODE = '25000',
+                  DETAIL = format('The transaction runs at %s.', current_setting('transaction_isolation'));
+    END IF;
+
+    LOCK TABLE persona.segments IN EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM persona.segments AS s WHERE s.name = v_name) THEN
+        RAISE EXCEPTION 'segment "%" already exists', v_name USING ERRCODE = '42710';
+    END IF;
+    -- Every profile is evaluated now; ingest waits meanwhile, so no change
+    -- slips between this evaluation and live maintenance.
+    PERFORM persona.lock_order();
+    LOCK TABLE persona.events IN SHARE MODE;
+    -- The text alone: segments_compile writes what is derived from it (a
+    -- row that comes with its SQL is a restored one, docs/operations.md).
+    INSERT INTO persona.segments (name, predicate) VALUES (v_name, $2);
+
+    -- v_c.sql is the checked expression deparsed from its parse tree, never
+    -- the text given; the name is only ever a parameter.
+    EXECUTE format($q$
+        WITH entered AS (
+            INSERT INTO persona.segment_members (segment, profile_id)
+            SELECT $1, s.profile_id FROM persona.segment_source AS s
+             WHERE coalesce((%s), false)
+            RETURNING segment, profile_id),
+        logged AS (
+            INSERT INTO persona.segment_log (segment, profile_id, op)
+            SELECT e.segment, e.profile_id, 'enter' FROM entered AS e
+            RETURNING log_id, segment, profile_id)
+        SELECT count(pg_notify('persona_segment',
+                               jsonb_build_object('op', 'enter', 'log_id', l.log_id, 'segment', l.segment,
+                                                  'profile_id', l.profile_id)::text))
+          FROM logged AS l$q$, v_c.sql)
+    USING v_name;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_create_segment(text, text) IS
+    'defines a segment by a boolean predicate over persona.profiles and persona.traits, and evaluates every profile';
+
+CREATE OR REPLACE FUNCTION @extschema@.persona_create_action(
+        name        text,
+        channel     text,
+        content     jsonb,
+        segment     text        DEFAULT NULL,
+        condition   text        DEFAULT NULL,
+        priority    int         DEFAULT 0,
+        value       float8      DEFAULT 1,
+        cap_per_day int         DEFAULT NULL,
+        cooldown    interval    DEFAULT NULL,
+        starts_at   timestamptz DEFAULT NULL,
+        ends_at     timestamptz DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    a persona.actions;
+BEGIN
+    a.name := $1; a.channel := $2; a.content := $3; a.segment := $4; a.condition := $5;
+    a.priority := $6; a.value := $7; a.cap_per_day := $8; a.cooldown := $9;
+    a.starts_at := $10; a.ends_at := $11; a.paused := false;
+    a := persona.check_action(a);
+    LOCK TABLE persona.actions IN EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM persona.actions AS x WHERE x.name = a.name) THEN
+        RAISE EXCEPTION 'action "%" already exists', a.name USING ERRCODE = '42710';
+    END IF;
+    -- The condition's text alone: actions_compile writes what is derived
+    -- from it (a row that comes with its SQL is a restored one,
+    -- docs/operations.md).
+    INSERT INTO persona.actions (name, channel, content, segment, condition,
+                                 priority, value, cap_per_day, cooldown,
+                                 starts_at, ends_at)
+    VALUES (a.name, a.channel, a.content, a.segment, a.condition,
+            a.priority, a.value, a.cap_per_day, a.cooldown,
+            a.starts_at, a.ends_at)
+    RETURNING action_id INTO a.action_id;
+    INSERT INTO persona.action_stats (action_id) VALUES (a.action_id);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_create_action(text, text, jsonb, text, text, int, float8, int, interval, timestamptz, timestamptz) IS
+    'defines an action persona_decide can choose: channel, content template, eligibility (segment, condition, caps, cooldown, schedule), priority and value';
+
+-- Trait definitions restored with ids of their own rebuild persona.traits
+-- and the views on it.
+CREATE FUNCTION persona.trait_defs_restored() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'STATEMENT' OR TG_OP <> 'INSERT' THEN
+        RAISE EXCEPTION 'persona.trait_defs_restored must run AFTER INSERT ... FOR EACH STATEMENT'
+            USING ERRCODE = '39P01';
+    END IF;
+    IF EXISTS (SELECT FROM new_defs AS d, persona.trait_id_seq AS s
+                WHERE NOT s.is_called OR d.trait_id > s.last_value) THEN
+        PERFORM persona.rebuild_traits_view();
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION persona.trait_defs_restored() IS
+    'rebuilds persona.traits and the views on it for trait definitions written with ids of their own, as a restore does (AFTER INSERT FOR EACH STATEMENT)';
+
+CREATE TRIGGER trait_defs_restored
+    AFTER INSERT ON persona.trait_defs
+    REFERENCING NEW TABLE AS new_defs
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.trait_defs_restored();
+REVOKE ALL ON FUNCTION persona.trait_defs_restored() FROM PUBLIC;

@@ -6,6 +6,8 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "executor/spi.h"
@@ -86,6 +88,25 @@ PersonaRequireColumn(Oid relid, const char *name)
 	if (attnum <= 0)
 		elog(ERROR, "relation \"%s\" has no column \"%s\"", get_rel_name(relid), name);
 	return attnum;
+}
+
+/*
+ * Whether the current user may store a row of one of persona's tables as
+ * it comes, with a column that persona otherwise computes: the owner of the
+ * table (or a member of its role, or a superuser), as a restore of pg_dump
+ * runs.  Anyone else gets an error naming the column (docs/operations.md).
+ */
+void
+PersonaRequireRestorer(Relation rel, const char *column, const char *detail)
+{
+	if (!pg_class_ownercheck(RelationGetRelid(rel), GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("only the owner of table %s may set column \"%s\"",
+						RelationGetRelationName(rel), column),
+				 errdetail("%s", detail),
+				 errhint("Leave \"%s\" out; rows that carry it are restored rows, stored as they come.",
+						 column)));
 }
 
 void

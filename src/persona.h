@@ -7,6 +7,8 @@
 
 #include "postgres.h"
 
+#include "utils/relcache.h"
+
 /* Longest id (user or anonymous) and event type, in bytes. */
 #define PERSONA_MAX_ID_BYTES		255
 #define PERSONA_MAX_EVENT_TYPE_BYTES 128
@@ -38,6 +40,7 @@ typedef struct PersonaCatalog
 extern const PersonaCatalog *PersonaGetCatalog(void);
 extern AttrNumber PersonaRequireColumn(Oid relid, const char *name);
 extern void PersonaCatalogInit(void);
+extern void PersonaRequireRestorer(Relation rel, const char *column, const char *detail);
 
 
 struct _SPI_plan;

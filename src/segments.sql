@@ -47,6 +47,7 @@ SELECT pg_catalog.pg_extension_config_dump('persona.segments', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.segment_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.segment_members', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.segment_log', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.segment_log_log_id_seq', '');
 
 -- However a row is written, its SQL is the checked compilation of its text.
 CREATE TRIGGER segments_compile
@@ -143,8 +144,9 @@ BEGIN
     -- slips between this evaluation and live maintenance.
     PERFORM persona.lock_order();
     LOCK TABLE persona.events IN SHARE MODE;
-    INSERT INTO persona.segments (name, predicate, predicate_sql, reads, clock)
-    VALUES (v_name, $2, v_c.sql, v_c.reads, v_c.clock);
+    -- The text alone: segments_compile writes what is derived from it (a
+    -- row that comes with its SQL is a restored one, docs/operations.md).
+    INSERT INTO persona.segments (name, predicate) VALUES (v_name, $2);
 
     -- v_c.sql is the checked expression deparsed from its parse tree, never
     -- the text given; the name is only ever a parameter.
