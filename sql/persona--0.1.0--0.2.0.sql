@@ -874,3 +874,60 @@ CREATE TRIGGER trait_defs_restored
     REFERENCING NEW TABLE AS new_defs
     FOR EACH STATEMENT EXECUTE FUNCTION persona.trait_defs_restored();
 REVOKE ALL ON FUNCTION persona.trait_defs_restored() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------
+-- Exits are never silent (issue 15): persona_forget and
+-- persona_drop_segment log every exit in persona.segment_log and announce
+-- them (docs/segments.md).
+-- ---------------------------------------------------------------------
+
+-- The forget step of persona.segment_members is persona.leave_segments:
+-- the person exits its segments, logged and announced, after its earlier
+-- log rows are erased.
+UPDATE persona.person_tables
+   SET forget_rule = 'erase', erase_function = 'persona.leave_segments(bigint)'
+ WHERE relation = 'persona.segment_members'::regclass;
+
+-- Every member of a dropped segment exits, logged; one 'drop' announces them.
+CREATE OR REPLACE FUNCTION @extschema@.persona_drop_segment(name text)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_name  text := $1;
+    v_exits bigint;
+    v_last  bigint;
+BEGIN
+    IF v_name IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
+    END IF;
+    LOCK TABLE persona.segments IN EXCLUSIVE MODE;
+    -- Ingest in flight may still add members: wait for it, as creation does.
+    PERFORM persona.lock_order();
+    LOCK TABLE persona.events IN SHARE MODE;
+    DELETE FROM persona.segments AS s WHERE s.name = v_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'segment "%" does not exist', v_name USING ERRCODE = '42704';
+    END IF;
+    -- Every member exits, logged, so a listener replaying the log drops
+    -- them; one notification announces them all (one per member would fill
+    -- the notification queue for a large segment): it carries the number of
+    -- exits and the last one's log_id.
+    WITH gone AS (
+        DELETE FROM persona.segment_members AS m WHERE m.segment = v_name
+        RETURNING m.segment, m.profile_id),
+    logged AS (
+        INSERT INTO persona.segment_log (segment, profile_id, op)
+        SELECT g.segment, g.profile_id, 'exit' FROM gone AS g ORDER BY g.profile_id
+        RETURNING log_id)
+    SELECT count(*), max(l.log_id) INTO v_exits, v_last FROM logged AS l;
+    PERFORM pg_notify('persona_segment',
+                      jsonb_build_object('op', 'drop', 'exits', v_exits, 'log_id', v_last,
+                                         'segment', v_name)::text);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_drop_segment(text) IS
+    'drops a segment: every member exits (logged), announced once as op "drop"; its log stays';

@@ -166,15 +166,23 @@ SELECT persona_in_segment('nobody-at-all', 'viewers') AS unknown_user;
 SELECT persona_schedule();
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 
--- forget erases memberships and the log of the person.
+-- forget erases memberships and the log of the person, then logs its exit
+-- from each segment it was in: all that stays of it, so listeners drop it.
+SELECT count(*) AS meera_segments FROM persona.segment_members m
+  JOIN persona.identities i USING (profile_id) WHERE i.id = 's-meera';
 SELECT persona_forget('s-meera') > 0 AS forgotten;
-SELECT count(*) AS left_behind FROM persona.segment_log l
+SELECT l.op, count(*) AS left_behind FROM persona.segment_log l
  WHERE NOT EXISTS (SELECT FROM persona.profiles p WHERE p.profile_id = l.profile_id)
-   AND NOT EXISTS (SELECT FROM persona.merges m WHERE m.from_profile_id = l.profile_id);
+   AND NOT EXISTS (SELECT FROM persona.merges m WHERE m.from_profile_id = l.profile_id)
+ GROUP BY l.op;
 
--- Dropping a segment removes its members.
+-- Dropping a segment removes its members, each exit logged.
+SELECT count(*) AS members FROM persona.segment_members WHERE segment = 'viewers';
+SELECT coalesce(max(log_id), 0) AS last_log_id FROM persona.segment_log \gset
 SELECT persona_drop_segment('viewers');
 SELECT count(*) AS members FROM persona.segment_members WHERE segment = 'viewers';
+SELECT op, segment, count(*) AS logged FROM persona.segment_log
+ WHERE log_id > :last_log_id GROUP BY op, segment;
 
 SELECT persona_drop_segment(name) FROM persona.segments ORDER BY segment_id;
 SELECT persona_drop_trait(name) FROM persona.trait_defs ORDER BY trait_id;

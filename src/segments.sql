@@ -67,7 +67,12 @@ COMMENT ON FUNCTION persona.refresh_segments(bigint[], text[]) IS
     're-evaluates for these profiles the segments that read a changed column (NULL: all); returns entries plus exits';
 
 -- Leaves every segment of a profile that is going away (absorbed by a
--- merge), logged and announced as exits.
+-- merge, or forgotten), logged and announced as exits. It is also the
+-- forget step of persona.segment_members in the registry (src/registry.sql):
+-- a listener keeping its own copy of a segment drops a forgotten person
+-- too. Forget erases the person's earlier log rows first (their step comes
+-- first), so what stays of the person is one 'exit' per segment, under a
+-- profile id that no longer resolves to anyone.
 CREATE FUNCTION persona.leave_segments(profile_id bigint) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -178,7 +183,9 @@ CREATE FUNCTION @extschema@.persona_drop_segment(name text)
     AS $$
 #variable_conflict use_column
 DECLARE
-    v_name text := $1;
+    v_name  text := $1;
+    v_exits bigint;
+    v_last  bigint;
 BEGIN
     IF v_name IS NULL THEN
         RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
@@ -191,12 +198,25 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'segment "%" does not exist', v_name USING ERRCODE = '42704';
     END IF;
-    DELETE FROM persona.segment_members AS m WHERE m.segment = v_name;
-    PERFORM pg_notify('persona_segment', jsonb_build_object('segment', v_name, 'op', 'drop')::text);
+    -- Every member exits, logged, so a listener replaying the log drops
+    -- them; one notification announces them all (one per member would fill
+    -- the notification queue for a large segment): it carries the number of
+    -- exits and the last one's log_id.
+    WITH gone AS (
+        DELETE FROM persona.segment_members AS m WHERE m.segment = v_name
+        RETURNING m.segment, m.profile_id),
+    logged AS (
+        INSERT INTO persona.segment_log (segment, profile_id, op)
+        SELECT g.segment, g.profile_id, 'exit' FROM gone AS g ORDER BY g.profile_id
+        RETURNING log_id)
+    SELECT count(*), max(l.log_id) INTO v_exits, v_last FROM logged AS l;
+    PERFORM pg_notify('persona_segment',
+                      jsonb_build_object('op', 'drop', 'exits', v_exits, 'log_id', v_last,
+                                         'segment', v_name)::text);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_drop_segment(text) IS
-    'drops a segment and its members (announced once, as op "drop"); its log stays';
+    'drops a segment: every member exits (logged), announced once as op "drop"; its log stays';
 
 CREATE FUNCTION @extschema@.persona_in_segment(user_id text, segment text)
     RETURNS boolean
