@@ -42,7 +42,9 @@ SELECT p.user_id, p.event_count, t.op_orders,
        (SELECT count(*) FROM persona.events AS e WHERE e.profile_id = p.profile_id) AS events
   FROM persona.profiles AS p JOIN persona.traits AS t USING (profile_id)
  WHERE p.user_id LIKE 'u-op-%' ORDER BY p.user_id;
+SET persona.maintenance = on;
 DELETE FROM persona.events WHERE event_id = 1000000;
+RESET persona.maintenance;
 
 -- A definition with its SQL: stored as is from the owner (a restore) ...
 INSERT INTO persona.segments (segment_id, name, predicate, predicate_sql, reads, clock)
@@ -65,6 +67,26 @@ SELECT persona_define_trait('op_views', 'count', 'page_view');
 SELECT a.attname FROM pg_attribute AS a
  WHERE a.attrelid = 'persona.traits'::regclass AND a.attname LIKE 'op\_%' ORDER BY a.attnum;
 SELECT persona_drop_trait('op_restored_views');
+
+-- UPDATE, DELETE and TRUNCATE of the tables persona maintains are refused,
+-- from anyone (the owner included), ...
+UPDATE persona.profiles SET event_count = 0;
+DELETE FROM persona.events WHERE user_id = 'u-op-1';
+TRUNCATE persona.identities;
+DELETE FROM persona.merges;
+UPDATE persona.segment_members SET segment = 'op_buyers';
+DELETE FROM persona.segment_log;
+-- ... unless a superuser sets persona.maintenance, to repair by hand.
+SET ROLE persona_op_admin;
+SET persona.maintenance = on;
+RESET ROLE;
+BEGIN;
+SET LOCAL persona.maintenance = on;
+UPDATE persona.profiles SET updated_at = updated_at WHERE user_id = 'u-op-1';
+ROLLBACK;
+-- persona's own functions set it for their writes: forget deletes.
+SELECT persona_forget('u-op-1') > 0 AS forgotten;
+SELECT count(*) AS left_behind FROM persona.profiles WHERE user_id = 'u-op-1';
 
 DROP OWNED BY persona_op_ingest, persona_op_admin;
 DROP ROLE persona_op_ingest, persona_op_admin;

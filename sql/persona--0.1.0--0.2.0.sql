@@ -931,3 +931,47 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_drop_segment(text) IS
     'drops a segment: every member exits (logged), announced once as op "drop"; its log stays';
+
+-- ---------------------------------------------------------------------
+-- No silent inconsistency (issue 15): UPDATE, DELETE and TRUNCATE of the
+-- tables persona maintains are refused unless persona.maintenance is on,
+-- which persona's own writing functions set (docs/operations.md).
+-- ---------------------------------------------------------------------
+
+-- The tables persona maintains refuse UPDATE, DELETE and TRUNCATE unless
+-- persona.maintenance is on: persona's functions that write them set it
+-- (SET clause), so a change by hand can never leave profiles, traits or
+-- segments silently inconsistent (docs/operations.md). Statement-level, and
+-- never fired by ingest (it inserts, and writes profiles without SQL).
+CREATE FUNCTION persona.refuse_direct_change() RETURNS trigger
+    LANGUAGE C
+    AS 'MODULE_PATHNAME', 'persona_refuse_direct_change';
+COMMENT ON FUNCTION persona.refuse_direct_change() IS
+    'refuses UPDATE, DELETE and TRUNCATE of a table persona maintains unless persona.maintenance is on (BEFORE ... FOR EACH STATEMENT)';
+
+CREATE TRIGGER events_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.events
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER profiles_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.profiles
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER identities_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.identities
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER merges_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.merges
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER segment_members_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.segment_members
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER segment_log_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.segment_log
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+REVOKE ALL ON FUNCTION persona.refuse_direct_change() FROM PUBLIC;
+ALTER FUNCTION persona.events_apply() SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_identify(text, jsonb, text) SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_alias(text, text) SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_forget(text) SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_define_trait(text, text, text, text, interval) SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_drop_segment(text) SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_tick() SET persona.maintenance = on;

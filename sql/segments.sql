@@ -67,8 +67,10 @@ SELECT l.op, count(*) FROM persona.segment_log l
 
 -- Only the segments that read what changed are evaluated: a page_view does
 -- not touch s_cart_value, so mumbai_big_cart is not re-evaluated even if
--- its members were tampered with.
+-- its members were tampered with (which takes persona.maintenance).
+SET persona.maintenance = on;
 DELETE FROM persona.segment_members WHERE segment = 'mumbai_big_cart';
+RESET persona.maintenance;
 SELECT persona_track('s-ravi', 'page_view') > 0 AS tracked;
 SELECT count(*) AS not_reevaluated FROM persona.segment_members WHERE segment = 'mumbai_big_cart';
 SELECT persona_track('s-ravi', 'add_to_cart', '{"price": 1}') > 0 AS tracked;
@@ -86,8 +88,10 @@ SELECT persona_in_segment('s-old', 'active_today') AS old_active;
 -- persona_tick re-evaluates windowed traits whose bucket left the window:
 -- simulate the week passing by moving the profile's clock mark.
 SELECT persona_create_segment('big_cart_week', 's_cart_value > 100');
+SET persona.maintenance = on;
 UPDATE persona.profiles SET next_change_at = now() - interval '1 second'
  WHERE user_id = 's-ravi';
+RESET persona.maintenance;
 SELECT persona_tick() >= 0 AS ticked;
 SELECT next_change_at > now() AS rescheduled FROM persona.profiles WHERE user_id = 's-ravi';
 

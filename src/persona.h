@@ -15,6 +15,7 @@
 
 /* GUCs (persona.c) */
 extern int	persona_max_event_bytes;
+extern bool persona_maintenance;
 
 /* OIDs of persona's own relations, looked up once and kept (catalog.c). */
 typedef struct PersonaCatalog

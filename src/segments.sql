@@ -49,6 +49,14 @@ SELECT pg_catalog.pg_extension_config_dump('persona.segment_members', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.segment_log', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.segment_log_log_id_seq', '');
 
+-- Members and their log are maintained too (src/catalog.sql).
+CREATE TRIGGER segment_members_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.segment_members
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER segment_log_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.segment_log
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+
 -- However a row is written, its SQL is the checked compilation of its text.
 CREATE TRIGGER segments_compile
     BEFORE INSERT OR UPDATE ON persona.segments
@@ -180,6 +188,7 @@ CREATE FUNCTION @extschema@.persona_drop_segment(name text)
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -245,6 +254,7 @@ CREATE FUNCTION @extschema@.persona_tick()
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 DECLARE
     v_changes  bigint := 0;

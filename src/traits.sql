@@ -255,6 +255,7 @@ CREATE FUNCTION @extschema@.persona_define_trait(
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE
