@@ -27,7 +27,7 @@ ifneq ($(filter $(EXTVERSION),$(RELEASED)),)
 $(error default_version $(EXTVERSION) in persona.control is released (RELEASED): its install script is frozen; set default_version to the next version (docs/development.md))
 endif
 
-REGRESS = ingest identity bad_input traits segments decide delivery experiments roles cancel
+REGRESS = ingest identity bad_input traits segments decide delivery experiments roles operations cancel
 REGRESS_OPTS = --load-extension=persona
 
 ISOLATION = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test`: build and install persona, start a throwaway cluster, run every
-# suite against it (pg_regress, isolation, pgTAP, upgrade), print a summary and a final
+# suite against it (pg_regress, isolation, pgTAP, upgrade, dump), print a summary and a final
 # "N passed, N failed" line. Exits non-zero when anything failed.
 set -euo pipefail
 
@@ -115,28 +115,12 @@ run_pgtap() {
 	fi
 }
 
-# test/upgrade/run.sh: every released version upgraded to the current one
-# equals a fresh install (schema and data); DROP EXTENSION leaves nothing.
-run_upgrade() {
-	local suite=upgrade rc=0 current released passed failed
-	current=$(make_var EXTVERSION)
-	read -r -a released <<<"$(make_var RELEASED)"
-	say "$suite: ${released[*]:-no released version} -> $current"
-	bash test/upgrade/run.sh "$current" "${released[@]}" 2>&1 | tee "$LOGS/$suite.log" || rc=$?
-	passed=$(grep -c '^ok ' "$LOGS/$suite.log") || passed=0
-	failed=$(grep -c '^not ok ' "$LOGS/$suite.log") || failed=0
-	if ((rc == 0 && failed == 0)); then
-		record "$suite" ok "$passed" 0
-	else
-		record "$suite" FAILED "$passed" "$failed"
-	fi
-}
-
-# test/worker/run.sh: examples/worker.py against this cluster (TAP-style lines).
-run_worker() {
-	local suite=worker rc=0 passed failed
-	say "$suite: examples/worker.py"
-	bash test/worker/run.sh 2>&1 | tee "$LOGS/$suite.log" || rc=$?
+# A script that prints "ok N - ..." / "not ok N - ..." lines: one suite row.
+# A script that checked nothing has failed too.
+run_ok_script() { # suite command...
+	local suite=$1 rc=0 passed failed
+	shift
+	"$@" 2>&1 | tee "$LOGS/$suite.log" || rc=$?
 	passed=$(grep -c '^ok ' "$LOGS/$suite.log") || passed=0
 	failed=$(grep -c '^not ok ' "$LOGS/$suite.log") || failed=0
 	if ((rc == 0 && failed == 0 && passed > 0)); then
@@ -146,11 +130,35 @@ run_worker() {
 	fi
 }
 
+# test/worker/run.sh: examples/worker.py against this cluster.
+run_worker() {
+	say "worker: examples/worker.py"
+	run_ok_script worker bash test/worker/run.sh
+}
+
+# test/upgrade/run.sh: every released version upgraded to the current one
+# equals a fresh install (schema and data); DROP EXTENSION leaves nothing.
+run_upgrade() {
+	local current released
+	current=$(make_var EXTVERSION)
+	read -r -a released <<<"$(make_var RELEASED)"
+	say "upgrade: ${released[*]:-no released version} -> $current"
+	run_ok_script upgrade bash test/upgrade/run.sh "$current" "${released[@]}"
+}
+
+# test/dump/run.sh: pg_dump, plain and custom, restored with psql and
+# pg_restore, gives an exact and working copy (docs/operations.md).
+run_dump() {
+	say "dump: pg_dump -Fp / -Fc, restored with psql / pg_restore"
+	run_ok_script dump bash test/dump/run.sh
+}
+
 run_pgxs_suite pg_regress REGRESS ISOLATION regression.diffs
 run_pgxs_suite isolation ISOLATION REGRESS output_iso/regression.diffs
 run_pgtap
 run_upgrade
 run_worker
+run_dump
 
 # Stop the cluster now so the summary is the last thing printed.
 cluster_down

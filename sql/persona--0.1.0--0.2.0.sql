@@ -556,6 +556,7 @@ CREATE OR REPLACE FUNCTION @extschema@.persona_forget(user_id text)
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -721,6 +722,7 @@ CREATE OR REPLACE FUNCTION @extschema@.persona_identify(
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -761,57 +763,6 @@ $$;
 COMMENT ON FUNCTION @extschema@.persona_identify(text, jsonb, text) IS
     'resolves or creates the profile of a user id, merges declared traits into it and links an anonymous id; returns the profile_id';
 
-CREATE OR REPLACE FUNCTION @extschema@.persona_create_segment(name text, predicate text)
-    RETURNS void
-    LANGUAGE plpgsql VOLATILE
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-#variable_conflict use_column
-DECLARE
-    v_name text := $1;
-    v_c    record;
-BEGIN
-    PERFORM persona.check_name(v_name, 'name');
-    v_c := persona.compile_predicate($2, 'persona.segment_source');
-    -- The evaluation must see every profile committed before live
-    -- maintenance takes over, which a transaction-wide snapshot would not.
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'persona_create_segment must run at READ COMMITTED'
-            USING ERRCODE = '25000',
-                  DETAIL = format('The transaction runs at %s.', current_setting('transaction_isolation'));
-    END IF;
-
-    LOCK TABLE persona.segments IN EXCLUSIVE MODE;
-    IF EXISTS (SELECT FROM persona.segments AS s WHERE s.name = v_name) THEN
-        RAISE EXCEPTION 'segment "%" already exists', v_name USING ERRCODE = '42710';
-    END IF;
-    -- Every profile is evaluated now; ingest waits meanwhile, so no change
-    -- slips between this evaluation and live maintenance.
-    PERFORM persona.lock_order();
-    LOCK TABLE persona.events IN SHARE MODE;
-    INSERT INTO persona.segments (name, predicate, predicate_sql, reads, clock)
-    VALUES (v_name, $2, v_c.sql, v_c.reads, v_c.clock);
-
-    -- v_c.sql is the checked expression deparsed from its parse tree, never
-    -- the text given; the name is only ever a parameter.
-    EXECUTE format($q$
-        WITH entered AS (
-            INSERT INTO persona.segment_members (segment, profile_id)
-            SELECT $1, s.profile_id FROM persona.segment_source AS s
-             WHERE coalesce((%s), false)
-            RETURNING segment, profile_id),
-        logged AS (
-            INSERT INTO persona.segment_log (segment, profile_id, op)
-            SELECT e.segment, e.profile_id, 'enter' FROM entered AS e
-            RETURNING log_id, segment, profile_id)
-        SELECT count(pg_notify('persona_segment',
-                               jsonb_build_object('op', 'enter', 'log_id', l.log_id, 'segment', l.segment,
-                                                  'profile_id', l.profile_id)::text))
-          FROM logged AS l$q$, v_c.sql)
-    USING v_name;
-END
-$$;
 COMMENT ON FUNCTION @extschema@.persona_create_segment(text, text) IS
     'defines a segment by a boolean predicate over persona.profiles and persona.traits, and evaluates every profile';
 
@@ -846,6 +797,7 @@ CREATE OR REPLACE FUNCTION @extschema@.persona_define_trait(
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -1401,6 +1353,7 @@ CREATE FUNCTION @extschema@.persona_set_consent(user_id text, channel text, gran
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -2114,4 +2067,244 @@ REVOKE ALL ON FUNCTION persona.holdout_suppresses(bigint, text, text) FROM PUBLI
 REVOKE ALL ON FUNCTION persona.experiment_people(text, text, timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.report_experiment(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_conversion_event(text) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------
+-- Backup and restore (issue 15): pg_dump restores into an exact, working
+-- copy with psql / pg_restore and no flag (docs/operations.md).
+-- ---------------------------------------------------------------------
+
+-- The segment log's ids go into the dump, so the first entry after a
+-- restore does not take an id the restored log holds.
+SELECT pg_catalog.pg_extension_config_dump('persona.segment_log_log_id_seq', '');
+
+-- A definition row that comes with its SQL, written by the owner, is a
+-- restored one and is stored as is (persona.compile_definition, in C): the
+-- API functions now insert the text alone and let the trigger compile it.
+CREATE OR REPLACE FUNCTION @extschema@.persona_create_segment(name text, predicate text)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_name text := $1;
+    v_c    record;
+BEGIN
+    PERFORM persona.check_name(v_name, 'name');
+    v_c := persona.compile_predicate($2, 'persona.segment_source');
+    -- The evaluation must see every profile committed before live
+    -- maintenance takes over, which a transaction-wide snapshot would not.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'persona_create_segment must run at READ COMMITTED'
+            USING ERRCODE = '25000',
+                  DETAIL = format('The transaction runs at %s.', current_setting('transaction_isolation'));
+    END IF;
+
+    LOCK TABLE persona.segments IN EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM persona.segments AS s WHERE s.name = v_name) THEN
+        RAISE EXCEPTION 'segment "%" already exists', v_name USING ERRCODE = '42710';
+    END IF;
+    -- Every profile is evaluated now; ingest waits meanwhile, so no change
+    -- slips between this evaluation and live maintenance.
+    PERFORM persona.lock_order();
+    LOCK TABLE persona.events IN SHARE MODE;
+    -- The text alone: segments_compile writes what is derived from it (a
+    -- row that comes with its SQL is a restored one, docs/operations.md).
+    INSERT INTO persona.segments (name, predicate) VALUES (v_name, $2);
+
+    -- v_c.sql is the checked expression deparsed from its parse tree, never
+    -- the text given; the name is only ever a parameter.
+    EXECUTE format($q$
+        WITH entered AS (
+            INSERT INTO persona.segment_members (segment, profile_id)
+            SELECT $1, s.profile_id FROM persona.segment_source AS s
+             WHERE coalesce((%s), false)
+            RETURNING segment, profile_id),
+        logged AS (
+            INSERT INTO persona.segment_log (segment, profile_id, op)
+            SELECT e.segment, e.profile_id, 'enter' FROM entered AS e
+            RETURNING log_id, segment, profile_id)
+        SELECT count(pg_notify('persona_segment',
+                               jsonb_build_object('op', 'enter', 'log_id', l.log_id, 'segment', l.segment,
+                                                  'profile_id', l.profile_id)::text))
+          FROM logged AS l$q$, v_c.sql)
+    USING v_name;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_create_segment(text, text) IS
+    'defines a segment by a boolean predicate over persona.profiles and persona.traits, and evaluates every profile';
+
+CREATE OR REPLACE FUNCTION @extschema@.persona_create_action(
+        name        text,
+        channel     text,
+        content     jsonb,
+        segment     text        DEFAULT NULL,
+        condition   text        DEFAULT NULL,
+        priority    int         DEFAULT 0,
+        value       float8      DEFAULT 1,
+        cap_per_day int         DEFAULT NULL,
+        cooldown    interval    DEFAULT NULL,
+        starts_at   timestamptz DEFAULT NULL,
+        ends_at     timestamptz DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    a persona.actions;
+BEGIN
+    a.name := $1; a.channel := $2; a.content := $3; a.segment := $4; a.condition := $5;
+    a.priority := $6; a.value := $7; a.cap_per_day := $8; a.cooldown := $9;
+    a.starts_at := $10; a.ends_at := $11; a.paused := false;
+    a := persona.check_action(a);
+    LOCK TABLE persona.actions IN EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM persona.actions AS x WHERE x.name = a.name) THEN
+        RAISE EXCEPTION 'action "%" already exists', a.name USING ERRCODE = '42710';
+    END IF;
+    -- The condition's text alone: actions_compile writes what is derived
+    -- from it (a row that comes with its SQL is a restored one,
+    -- docs/operations.md).
+    INSERT INTO persona.actions (name, channel, content, segment, condition,
+                                 priority, value, cap_per_day, cooldown,
+                                 starts_at, ends_at)
+    VALUES (a.name, a.channel, a.content, a.segment, a.condition,
+            a.priority, a.value, a.cap_per_day, a.cooldown,
+            a.starts_at, a.ends_at)
+    RETURNING action_id INTO a.action_id;
+    INSERT INTO persona.action_stats (action_id) VALUES (a.action_id);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_create_action(text, text, jsonb, text, text, int, float8, int, interval, timestamptz, timestamptz) IS
+    'defines an action persona_decide can choose: channel, content template, eligibility (segment, condition, caps, cooldown, schedule), priority and value';
+
+-- Trait definitions restored with ids of their own rebuild persona.traits
+-- and the views on it.
+CREATE FUNCTION persona.trait_defs_restored() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'STATEMENT' OR TG_OP <> 'INSERT' THEN
+        RAISE EXCEPTION 'persona.trait_defs_restored must run AFTER INSERT ... FOR EACH STATEMENT'
+            USING ERRCODE = '39P01';
+    END IF;
+    IF EXISTS (SELECT FROM new_defs AS d, persona.trait_id_seq AS s
+                WHERE NOT s.is_called OR d.trait_id > s.last_value) THEN
+        PERFORM persona.rebuild_traits_view();
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION persona.trait_defs_restored() IS
+    'rebuilds persona.traits and the views on it for trait definitions written with ids of their own, as a restore does (AFTER INSERT FOR EACH STATEMENT)';
+
+CREATE TRIGGER trait_defs_restored
+    AFTER INSERT ON persona.trait_defs
+    REFERENCING NEW TABLE AS new_defs
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.trait_defs_restored();
+REVOKE ALL ON FUNCTION persona.trait_defs_restored() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------
+-- Exits are never silent (issue 15): persona_forget and
+-- persona_drop_segment log every exit in persona.segment_log and announce
+-- them (docs/segments.md).
+-- ---------------------------------------------------------------------
+
+-- The forget step of persona.segment_members is persona.leave_segments:
+-- the person exits its segments, logged and announced, after its earlier
+-- log rows are erased.
+UPDATE persona.person_tables
+   SET forget_rule = 'erase', erase_function = 'persona.leave_segments(bigint)'
+ WHERE relation = 'persona.segment_members'::regclass;
+
+-- Every member of a dropped segment exits, logged; one 'drop' announces them.
+CREATE OR REPLACE FUNCTION @extschema@.persona_drop_segment(name text)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_name  text := $1;
+    v_exits bigint;
+    v_last  bigint;
+BEGIN
+    IF v_name IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
+    END IF;
+    LOCK TABLE persona.segments IN EXCLUSIVE MODE;
+    -- Ingest in flight may still add members: wait for it, as creation does.
+    PERFORM persona.lock_order();
+    LOCK TABLE persona.events IN SHARE MODE;
+    DELETE FROM persona.segments AS s WHERE s.name = v_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'segment "%" does not exist', v_name USING ERRCODE = '42704';
+    END IF;
+    -- Every member exits, logged, so a listener replaying the log drops
+    -- them; one notification announces them all (one per member would fill
+    -- the notification queue for a large segment): it carries the number of
+    -- exits and the last one's log_id.
+    WITH gone AS (
+        DELETE FROM persona.segment_members AS m WHERE m.segment = v_name
+        RETURNING m.segment, m.profile_id),
+    logged AS (
+        INSERT INTO persona.segment_log (segment, profile_id, op)
+        SELECT g.segment, g.profile_id, 'exit' FROM gone AS g ORDER BY g.profile_id
+        RETURNING log_id)
+    SELECT count(*), max(l.log_id) INTO v_exits, v_last FROM logged AS l;
+    PERFORM pg_notify('persona_segment',
+                      jsonb_build_object('op', 'drop', 'exits', v_exits, 'log_id', v_last,
+                                         'segment', v_name)::text);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_drop_segment(text) IS
+    'drops a segment: every member exits (logged), announced once as op "drop"; its log stays';
+
+-- ---------------------------------------------------------------------
+-- No silent inconsistency (issue 15): UPDATE, DELETE and TRUNCATE of the
+-- tables persona maintains are refused unless persona.maintenance is on,
+-- which persona's own writing functions set (docs/operations.md).
+-- ---------------------------------------------------------------------
+
+-- The tables persona maintains refuse UPDATE, DELETE and TRUNCATE unless
+-- persona.maintenance is on: persona's functions that write them set it
+-- (SET clause), so a change by hand can never leave profiles, traits or
+-- segments silently inconsistent (docs/operations.md). Statement-level, and
+-- never fired by ingest (it inserts, and writes profiles without SQL).
+CREATE FUNCTION persona.refuse_direct_change() RETURNS trigger
+    LANGUAGE C
+    AS 'MODULE_PATHNAME', 'persona_refuse_direct_change';
+COMMENT ON FUNCTION persona.refuse_direct_change() IS
+    'refuses UPDATE, DELETE and TRUNCATE of a table persona maintains unless persona.maintenance is on (BEFORE ... FOR EACH STATEMENT)';
+
+CREATE TRIGGER events_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.events
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER profiles_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.profiles
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER identities_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.identities
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER merges_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.merges
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER segment_members_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.segment_members
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER segment_log_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.segment_log
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+REVOKE ALL ON FUNCTION persona.refuse_direct_change() FROM PUBLIC;
+ALTER FUNCTION persona.events_apply() SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_identify(text, jsonb, text) SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_alias(text, text) SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_forget(text) SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_define_trait(text, text, text, text, interval) SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_drop_segment(text) SET persona.maintenance = on;
+ALTER FUNCTION @extschema@.persona_tick() SET persona.maintenance = on;
 

@@ -67,8 +67,10 @@ SELECT l.op, count(*) FROM persona.segment_log l
 
 -- Only the segments that read what changed are evaluated: a page_view does
 -- not touch s_cart_value, so mumbai_big_cart is not re-evaluated even if
--- its members were tampered with.
+-- its members were tampered with (which takes persona.maintenance).
+SET persona.maintenance = on;
 DELETE FROM persona.segment_members WHERE segment = 'mumbai_big_cart';
+RESET persona.maintenance;
 SELECT persona_track('s-ravi', 'page_view') > 0 AS tracked;
 SELECT count(*) AS not_reevaluated FROM persona.segment_members WHERE segment = 'mumbai_big_cart';
 SELECT persona_track('s-ravi', 'add_to_cart', '{"price": 1}') > 0 AS tracked;
@@ -86,8 +88,10 @@ SELECT persona_in_segment('s-old', 'active_today') AS old_active;
 -- persona_tick re-evaluates windowed traits whose bucket left the window:
 -- simulate the week passing by moving the profile's clock mark.
 SELECT persona_create_segment('big_cart_week', 's_cart_value > 100');
+SET persona.maintenance = on;
 UPDATE persona.profiles SET next_change_at = now() - interval '1 second'
  WHERE user_id = 's-ravi';
+RESET persona.maintenance;
 SELECT persona_tick() >= 0 AS ticked;
 SELECT next_change_at > now() AS rescheduled FROM persona.profiles WHERE user_id = 's-ravi';
 
@@ -166,15 +170,23 @@ SELECT persona_in_segment('nobody-at-all', 'viewers') AS unknown_user;
 SELECT persona_schedule();
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 
--- forget erases memberships and the log of the person.
+-- forget erases memberships and the log of the person, then logs its exit
+-- from each segment it was in: all that stays of it, so listeners drop it.
+SELECT count(*) AS meera_segments FROM persona.segment_members m
+  JOIN persona.identities i USING (profile_id) WHERE i.id = 's-meera';
 SELECT persona_forget('s-meera') > 0 AS forgotten;
-SELECT count(*) AS left_behind FROM persona.segment_log l
+SELECT l.op, count(*) AS left_behind FROM persona.segment_log l
  WHERE NOT EXISTS (SELECT FROM persona.profiles p WHERE p.profile_id = l.profile_id)
-   AND NOT EXISTS (SELECT FROM persona.merges m WHERE m.from_profile_id = l.profile_id);
+   AND NOT EXISTS (SELECT FROM persona.merges m WHERE m.from_profile_id = l.profile_id)
+ GROUP BY l.op;
 
--- Dropping a segment removes its members.
+-- Dropping a segment removes its members, each exit logged.
+SELECT count(*) AS members FROM persona.segment_members WHERE segment = 'viewers';
+SELECT coalesce(max(log_id), 0) AS last_log_id FROM persona.segment_log \gset
 SELECT persona_drop_segment('viewers');
 SELECT count(*) AS members FROM persona.segment_members WHERE segment = 'viewers';
+SELECT op, segment, count(*) AS logged FROM persona.segment_log
+ WHERE log_id > :last_log_id GROUP BY op, segment;
 
 SELECT persona_drop_segment(name) FROM persona.segments ORDER BY segment_id;
 SELECT persona_drop_trait(name) FROM persona.trait_defs ORDER BY trait_id;

@@ -260,6 +260,18 @@ SELECT p.user_id, p.event_count, t.t_midway,
  WHERE p.user_id LIKE 'u-dropway-%' ORDER BY 1;
 DROP FUNCTION drop_midway(int);
 
+-- Window buckets are numbered from PostgreSQL's epoch, 2000-01-01 00:00
+-- UTC (timestamptz counts microseconds from it), not the Unix epoch: for a
+-- 7-day window (buckets of 2 h 48 min) the edges sit 24 minutes apart from
+-- where Unix-epoch buckets would. An event's bucket stops counting at its
+-- end plus the window: next_change_at minus 7 days is a bucket edge.
+SELECT persona_define_trait('t_week_views', 'count', 'week_view', time_window => '7 days');
+SELECT persona_track('u-week', 'week_view', occurred_at => now() - interval '1 day') > 0 AS tracked;
+SELECT extract(epoch FROM p.next_change_at - interval '7 days'
+                            - timestamptz '2000-01-01 00:00+00')::bigint % 10080 AS from_2000,
+       extract(epoch FROM p.next_change_at - interval '7 days')::bigint % 10080 AS from_1970
+  FROM persona.profiles AS p WHERE p.user_id = 'u-week';
+
 -- Clean up for the files that follow.
 SELECT persona_drop_trait(name) FROM persona.trait_defs ORDER BY trait_id;
 SELECT count(*) AS trait_columns FROM pg_attribute

@@ -6,10 +6,13 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
 #include "executor/spi.h"
 #include "utils/inval.h"
+#include "utils/rel.h"
 #include "utils/lsyscache.h"
 
 #include "persona.h"
@@ -90,6 +93,25 @@ PersonaRequireColumn(Oid relid, const char *name)
 	return attnum;
 }
 
+/*
+ * Whether the current user may store a row of one of persona's tables as
+ * it comes, with a column that persona otherwise computes: the owner of the
+ * table (or a member of its role, or a superuser), as a restore of pg_dump
+ * runs.  Anyone else gets an error naming the column (docs/operations.md).
+ */
+void
+PersonaRequireRestorer(Relation rel, const char *column, const char *detail)
+{
+	if (!pg_class_ownercheck(RelationGetRelid(rel), GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("only the owner of table %s may set column \"%s\"",
+						RelationGetRelationName(rel), column),
+				 errdetail("%s", detail),
+				 errhint("Leave \"%s\" out; rows that carry it are restored rows, stored as they come.",
+						 column)));
+}
+
 void
 PersonaCatalogInit(void)
 {
@@ -115,6 +137,42 @@ persona_announce_change(PG_FUNCTION_ARGS)
 				 errmsg("persona_announce_change must be fired AFTER ... FOR EACH STATEMENT")));
 	CacheInvalidateRelcache(trigdata->tg_relation);
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * BEFORE UPDATE OR DELETE OR TRUNCATE FOR EACH STATEMENT on the tables
+ * persona maintains: refuses the statement unless persona.maintenance is
+ * on, as persona's own functions set it (SET clause) for their writes.  A
+ * hand-written change would leave profiles, traits and segments silently
+ * inconsistent with the events (docs/operations.md).  Ingest never runs it:
+ * it inserts events and writes profiles with no SQL UPDATE.
+ */
+PG_FUNCTION_INFO_V1(persona_refuse_direct_change);
+Datum
+persona_refuse_direct_change(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	const char *verb;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) ||
+		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) ||
+		TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("persona_refuse_direct_change must be fired BEFORE UPDATE OR DELETE OR TRUNCATE ... FOR EACH STATEMENT")));
+	if (persona_maintenance)
+		return PointerGetDatum(NULL);
+	verb = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? "UPDATE" :
+		TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) ? "DELETE" : "TRUNCATE";
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("cannot %s %s.%s directly", verb,
+					get_namespace_name(RelationGetNamespace(trigdata->tg_relation)),
+					RelationGetRelationName(trigdata->tg_relation)),
+			 errdetail("persona maintains this table: a change by hand would leave profiles, traits or segments inconsistent."),
+			 errhint("Use persona_forget to erase a person, and persona's functions for everything else; a superuser repairing by hand may SET persona.maintenance = on.")));
+	return PointerGetDatum(NULL);		/* not reached */
 }
 
 /* An SPI plan prepared on first use and kept for the backend's life. */

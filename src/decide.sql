@@ -199,11 +199,14 @@ BEGIN
     IF EXISTS (SELECT FROM persona.actions AS x WHERE x.name = a.name) THEN
         RAISE EXCEPTION 'action "%" already exists', a.name USING ERRCODE = '42710';
     END IF;
-    INSERT INTO persona.actions (name, channel, content, segment, condition, condition_sql,
-                                 condition_reads, priority, value, cap_per_day, cooldown,
+    -- The condition's text alone: actions_compile writes what is derived
+    -- from it (a row that comes with its SQL is a restored one,
+    -- docs/operations.md).
+    INSERT INTO persona.actions (name, channel, content, segment, condition,
+                                 priority, value, cap_per_day, cooldown,
                                  starts_at, ends_at)
-    VALUES (a.name, a.channel, a.content, a.segment, a.condition, a.condition_sql,
-            a.condition_reads, a.priority, a.value, a.cap_per_day, a.cooldown,
+    VALUES (a.name, a.channel, a.content, a.segment, a.condition,
+            a.priority, a.value, a.cap_per_day, a.cooldown,
             a.starts_at, a.ends_at)
     RETURNING action_id INTO a.action_id;
     INSERT INTO persona.action_stats (action_id) VALUES (a.action_id);

@@ -39,6 +39,8 @@ REVOKE ALL ON FUNCTION @extschema@.persona_drop_trait(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.state_merge(bytea, bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.state_put(bytea, bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.rebuild_traits_view() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.trait_defs_restored() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.refuse_direct_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.traits_json(bytea) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_traits_view_free() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.trait_agg_add(internal, int, text, interval, text, timestamptz, bigint, jsonb) FROM PUBLIC;

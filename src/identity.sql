@@ -321,6 +321,7 @@ CREATE FUNCTION @extschema@.persona_identify(
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -366,6 +367,7 @@ CREATE FUNCTION @extschema@.persona_alias(user_id text, anonymous_id text)
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 DECLARE
     v_user text := persona.check_id($1, 'user_id');
@@ -411,6 +413,7 @@ CREATE FUNCTION @extschema@.persona_forget(user_id text)
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE

@@ -42,6 +42,7 @@ CREATE FUNCTION persona.events_apply() RETURNS trigger
     LANGUAGE C
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS 'MODULE_PATHNAME', 'persona_events_apply';
 COMMENT ON FUNCTION persona.events_apply() IS
     'writes new identities and updates each touched profile once per statement (AFTER INSERT FOR EACH STATEMENT on persona.events)';

@@ -601,6 +601,7 @@ static int	row_natts = 0;
  */
 static int64 default_event_id = 0;
 static int64 folded_event_id = 0;
+static bool restored_row = false;	/* the last row was stored as is */
 
 /*
  * Whether the BEFORE ROW trigger may fold a row itself: the row will be
@@ -658,6 +659,7 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 	desc = RelationGetDescr(trigdata->tg_relation);
 	ResolveEventColumns(trigdata->tg_relation);
 	folded_event_id = 0;
+	restored_row = false;
 
 	/* Every column at once: the ids make later offsets uncacheable. */
 	if (desc->natts > row_natts)
@@ -679,6 +681,23 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 				 errmsg("an event needs a user_id or an anonymous_id"),
 				 errhint("Pass the known user id, or the anonymous id of the device.")));
 	CheckEvent(row_values, row_nulls);
+
+	/*
+	 * A row that comes with its profile_id is a restored one (pg_dump writes
+	 * every column, and the dumped profiles already count it): stored as
+	 * is, neither resolved nor folded.  Only the owner of persona.events
+	 * may, as a restore runs as the owner; anyone else would attach an event
+	 * to a profile without counting it (docs/operations.md).
+	 */
+	if (!row_nulls[event_columns.profile_id - 1] &&
+		DatumGetInt64(row_values[event_columns.profile_id - 1]) != 0)
+	{
+		PersonaRequireRestorer(trigdata->tg_relation, "profile_id",
+							   "The profile of an event is resolved from its user_id or anonymous_id.");
+		restored_row = true;
+		default_event_id = 0;
+		return PointerGetDatum(tuple);
+	}
 
 	/* A known user id wins; the anonymous id is kept on the event. */
 	if (user_id != NULL)
@@ -725,7 +744,8 @@ PG_FUNCTION_INFO_V1(persona_event_folded);
 Datum
 persona_event_folded(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(folded_event_id != 0 && PG_GETARG_INT64(0) == folded_event_id);
+	PG_RETURN_BOOL(restored_row ||
+				   (folded_event_id != 0 && PG_GETARG_INT64(0) == folded_event_id));
 }
 
 /*

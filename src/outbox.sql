@@ -241,6 +241,7 @@ CREATE FUNCTION @extschema@.persona_set_consent(user_id text, channel text, gran
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE

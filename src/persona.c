@@ -14,6 +14,7 @@
 PG_MODULE_MAGIC;
 
 int			persona_max_event_bytes = 65536;
+bool		persona_maintenance = false;
 
 void		_PG_init(void);
 
@@ -55,6 +56,14 @@ _PG_init(void)
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
+	DefineCustomBoolVariable("persona.maintenance",
+							 "Sets whether UPDATE, DELETE and TRUNCATE of the tables persona maintains are allowed.",
+							 "persona's own functions set it for their writes; a superuser may set it to repair by hand.",
+							 &persona_maintenance,
+							 false,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("persona");
 

@@ -8,6 +8,7 @@
 #include "postgres.h"
 
 #include "access/attnum.h"
+#include "utils/relcache.h"
 
 /* Longest id (user or anonymous) and event type, in bytes. */
 #define PERSONA_MAX_ID_BYTES		255
@@ -15,6 +16,7 @@
 
 /* GUCs (persona.c) */
 extern int	persona_max_event_bytes;
+extern bool persona_maintenance;
 
 /* OIDs of persona's own relations, looked up once and kept (catalog.c). */
 typedef struct PersonaCatalog
@@ -41,6 +43,7 @@ typedef struct PersonaCatalog
 extern const PersonaCatalog *PersonaGetCatalog(void);
 extern AttrNumber PersonaRequireColumn(Oid relid, const char *name);
 extern void PersonaCatalogInit(void);
+extern void PersonaRequireRestorer(Relation rel, const char *column, const char *detail);
 
 
 struct _SPI_plan;

@@ -44,6 +44,7 @@
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
 #include "optimizer/optimizer.h"
@@ -58,6 +59,7 @@
 #include "rewrite/rewriteManip.h"
 #include "executor/executor.h"
 #include "nodes/params.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -652,7 +654,8 @@ persona_compile_predicate(PG_FUNCTION_ARGS)
  * BEFORE INSERT OR UPDATE row trigger of the definition tables: compiles
  * the expression column again and overwrites what is derived from it, so
  * that the stored SQL is always the checked compilation of the stored
- * text, however the row was written.  Arguments: the source view, the
+ * text, however the row was written (an owner's restored row aside, see
+ * below).  Arguments: the source view, the
  * text column, the SQL column, the reads column, and the clock column or ''.
  * A NULL text (an action without condition) gives NULL SQL and no reads.
  */
@@ -691,6 +694,19 @@ persona_compile_definition(PG_FUNCTION_ARGS)
 			: PersonaRequireColumn(RelationGetRelid(trigdata->tg_relation), trigger->tgargs[i]);
 	if (attnums[3] != InvalidAttrNumber)
 		ncols = 4;
+
+	/*
+	 * A row inserted with its SQL already written, by the owner, is a
+	 * restored one (pg_dump's COPY): stored as is.  Its predicate may read
+	 * traits whose columns come back only when persona.trait_defs is
+	 * restored, later in the dump.  persona's own functions insert the text
+	 * alone, so this trigger compiles it; so it does for anyone else, and
+	 * on every UPDATE.
+	 */
+	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) &&
+		!heap_attisnull(tuple, attnums[1], desc) &&
+		pg_class_ownercheck(RelationGetRelid(trigdata->tg_relation), GetUserId()))
+		return PointerGetDatum(tuple);
 
 	text_datum = heap_getattr(tuple, attnums[0], desc, &isnull);
 	if (isnull)

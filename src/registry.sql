@@ -220,7 +220,9 @@ CREATE TRIGGER person_tables_changed
 --    refresh evaluates the combined survivor;
 --  - forget: persona.identities before persona.profiles (its erase reads the
 --    profile's user_id), and every delete_with_absorbed entry before
---    persona.profiles (whose erase deletes the persona.merges rows it reads).
+--    persona.profiles (whose erase deletes the persona.merges rows it reads),
+--    and persona.segment_log before persona.segment_members (whose erase
+--    logs the person's exits, which stay).
 INSERT INTO persona.person_tables
        (relation, step, merge_rule, combine_function, forget_rule, erase_function)
 VALUES ('persona.identities', 10, 'combine', 'persona.combine_identities(bigint,bigint)',
@@ -235,4 +237,4 @@ VALUES ('persona.identities', 10, 'combine', 'persona.combine_identities(bigint,
        ('persona.profiles', 50, 'combine', 'persona.combine_profiles(bigint,bigint)',
         'erase', 'persona.erase_profile(bigint)'),
        ('persona.segment_members', 60, 'combine', 'persona.combine_segment_members(bigint,bigint)',
-        'delete', NULL);
+        'erase', 'persona.leave_segments(bigint)');

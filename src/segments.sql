@@ -47,6 +47,15 @@ SELECT pg_catalog.pg_extension_config_dump('persona.segments', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.segment_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.segment_members', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.segment_log', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.segment_log_log_id_seq', '');
+
+-- Members and their log are maintained too (src/catalog.sql).
+CREATE TRIGGER segment_members_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.segment_members
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+CREATE TRIGGER segment_log_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.segment_log
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
 
 -- However a row is written, its SQL is the checked compilation of its text.
 CREATE TRIGGER segments_compile
@@ -66,7 +75,12 @@ COMMENT ON FUNCTION persona.refresh_segments(bigint[], text[]) IS
     're-evaluates for these profiles the segments that read a changed column (NULL: all); returns entries plus exits';
 
 -- Leaves every segment of a profile that is going away (absorbed by a
--- merge), logged and announced as exits.
+-- merge, or forgotten), logged and announced as exits. It is also the
+-- forget step of persona.segment_members in the registry (src/registry.sql):
+-- a listener keeping its own copy of a segment drops a forgotten person
+-- too. Forget erases the person's earlier log rows first (their step comes
+-- first), so what stays of the person is one 'exit' per segment, under a
+-- profile id that no longer resolves to anyone.
 CREATE FUNCTION persona.leave_segments(profile_id bigint) RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -138,8 +152,9 @@ BEGIN
     -- slips between this evaluation and live maintenance.
     PERFORM persona.lock_order();
     LOCK TABLE persona.events IN SHARE MODE;
-    INSERT INTO persona.segments (name, predicate, predicate_sql, reads, clock)
-    VALUES (v_name, $2, v_c.sql, v_c.reads, v_c.clock);
+    -- The text alone: segments_compile writes what is derived from it (a
+    -- row that comes with its SQL is a restored one, docs/operations.md).
+    INSERT INTO persona.segments (name, predicate) VALUES (v_name, $2);
 
     -- v_c.sql is the checked expression deparsed from its parse tree, never
     -- the text given; the name is only ever a parameter.
@@ -168,10 +183,13 @@ CREATE FUNCTION @extschema@.persona_drop_segment(name text)
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE
-    v_name text := $1;
+    v_name  text := $1;
+    v_exits bigint;
+    v_last  bigint;
 BEGIN
     IF v_name IS NULL THEN
         RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
@@ -184,12 +202,25 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'segment "%" does not exist', v_name USING ERRCODE = '42704';
     END IF;
-    DELETE FROM persona.segment_members AS m WHERE m.segment = v_name;
-    PERFORM pg_notify('persona_segment', jsonb_build_object('segment', v_name, 'op', 'drop')::text);
+    -- Every member exits, logged, so a listener replaying the log drops
+    -- them; one notification announces them all (one per member would fill
+    -- the notification queue for a large segment): it carries the number of
+    -- exits and the last one's log_id.
+    WITH gone AS (
+        DELETE FROM persona.segment_members AS m WHERE m.segment = v_name
+        RETURNING m.segment, m.profile_id),
+    logged AS (
+        INSERT INTO persona.segment_log (segment, profile_id, op)
+        SELECT g.segment, g.profile_id, 'exit' FROM gone AS g ORDER BY g.profile_id
+        RETURNING log_id)
+    SELECT count(*), max(l.log_id) INTO v_exits, v_last FROM logged AS l;
+    PERFORM pg_notify('persona_segment',
+                      jsonb_build_object('op', 'drop', 'exits', v_exits, 'log_id', v_last,
+                                         'segment', v_name)::text);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_drop_segment(text) IS
-    'drops a segment and its members (announced once, as op "drop"); its log stays';
+    'drops a segment: every member exits (logged), announced once as op "drop"; its log stays';
 
 CREATE FUNCTION @extschema@.persona_in_segment(user_id text, segment text)
     RETURNS boolean
@@ -217,6 +248,7 @@ CREATE FUNCTION @extschema@.persona_tick()
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 DECLARE
     v_changes  bigint := 0;

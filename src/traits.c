@@ -20,8 +20,10 @@
  * bytes.  Every reader checks what it reads: a state is data, never trusted.
  *
  * Windows.  A window of W is counted in TRAIT_WINDOW_BUCKETS buckets of
- * width W / 60 (at least a second), numbered from the epoch so that states
- * of two profiles line up when they merge.  A bucket counts while any part
+ * width W / 60 (at least a second), numbered from PostgreSQL's epoch
+ * (2000-01-01 00:00 UTC, where TimestampTz counts from; not the Unix epoch)
+ * so that states of two profiles line up when they merge.  Bucket numbers
+ * are stored in states, so the origin never changes.  A bucket counts while any part
  * of it lies in (now - W, now]: an event counts for at least W and at most
  * W + W/60 after it occurred.  Buckets wholly older than the window are
  * dropped whenever the state is written.

@@ -215,6 +215,36 @@ $$;
 COMMENT ON FUNCTION persona.rebuild_traits_view() IS
     'recreates persona.traits with one typed column per defined trait, keeping its grants';
 
+-- Definitions restored by pg_dump: CREATE EXTENSION made the views with no
+-- trait column, and the restore copies persona.trait_defs back with their
+-- ids, before it sets persona.trait_id_seq. Rows whose ids the sequence has
+-- not handed out did not come through persona_define_trait (which rebuilds
+-- the views itself, once its backfill is done): the views are rebuilt for
+-- them (docs/operations.md).
+CREATE FUNCTION persona.trait_defs_restored() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_WHEN <> 'AFTER' OR TG_LEVEL <> 'STATEMENT' OR TG_OP <> 'INSERT' THEN
+        RAISE EXCEPTION 'persona.trait_defs_restored must run AFTER INSERT ... FOR EACH STATEMENT'
+            USING ERRCODE = '39P01';
+    END IF;
+    IF EXISTS (SELECT FROM new_defs AS d, persona.trait_id_seq AS s
+                WHERE NOT s.is_called OR d.trait_id > s.last_value) THEN
+        PERFORM persona.rebuild_traits_view();
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION persona.trait_defs_restored() IS
+    'rebuilds persona.traits and the views on it for trait definitions written with ids of their own, as a restore does (AFTER INSERT FOR EACH STATEMENT)';
+
+CREATE TRIGGER trait_defs_restored
+    AFTER INSERT ON persona.trait_defs
+    REFERENCING NEW TABLE AS new_defs
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.trait_defs_restored();
+
 CREATE FUNCTION @extschema@.persona_define_trait(
         name        text,
         aggregate   text,
@@ -225,6 +255,7 @@ CREATE FUNCTION @extschema@.persona_define_trait(
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE

@@ -178,6 +178,7 @@ BEGIN
     PERFORM persona_drop_trait(d.name) FROM persona.trait_defs AS d;
 END
 $$;
+SET persona.maintenance = on;   -- persona's tables refuse TRUNCATE otherwise
 TRUNCATE persona.events, persona.profiles, persona.identities, persona.merges,
          persona.decisions, persona.feedback, persona.segment_log, bench_plain;
 

@@ -123,6 +123,7 @@ t0=$(date +%s.%N)
 psql_q -v people="$PEOPLE" -v events="$EVENTS" <<'SQL'
 SET client_min_messages = warning;
 SELECT persona_drop_experiment('bench_banner') \g /dev/null
+SET persona.maintenance = on;   -- persona's tables refuse TRUNCATE otherwise
 TRUNCATE persona.events, persona.profiles, persona.identities, persona.decisions, persona.assignments;
 -- events / people events a person: page views, and a purchase (with a
 -- revenue) for one event in ten; all after the assignment.

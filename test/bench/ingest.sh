@@ -113,6 +113,7 @@ PLAIN_INSERT="INSERT INTO plain (profile_id, user_id, event_type, properties, co
 # Empties persona (merge history too, where there is one) and restarts the
 # profile ids, so every "new users" run allocates the same ids.
 RESET_PERSONA="DO \$\$ BEGIN
+	PERFORM pg_catalog.set_config('persona.maintenance', 'on', true);
 	EXECUTE 'TRUNCATE persona.events, persona.profiles, persona.identities'
 		|| CASE WHEN to_regclass('persona.merges') IS NULL THEN '' ELSE ', persona.merges' END
 		|| ' CASCADE';
@@ -139,7 +140,7 @@ bulk_run() { # side case -> "ms wal_bytes"
 		psql_q -c 'VACUUM ANALYZE persona.events, persona.profiles, persona.identities'
 	else
 		# Known users: only the events go; profiles keep counting up.
-		psql_q -c 'TRUNCATE persona.events' -c 'VACUUM persona.profiles, persona.identities' -c CHECKPOINT
+		psql_q -c 'SET persona.maintenance = on' -c 'TRUNCATE persona.events' -c 'VACUUM persona.profiles, persona.identities' -c CHECKPOINT
 		res=$(timed "$PERSONA_INSERT")
 		expect "profiles (known users)" "SELECT count(*) FROM persona.profiles" "$USERS"
 		expect "identities (known users)" "SELECT count(*) FROM persona.identities" "$USERS"

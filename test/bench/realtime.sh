@@ -58,6 +58,7 @@ CLEAN="DO \$\$ BEGIN
   PERFORM persona_drop_segment(s.name) FROM persona.segments AS s WHERE s.name LIKE 'rt\\_%';
   PERFORM persona_drop_trait(d.name) FROM persona.trait_defs AS d WHERE d.name LIKE 'rt\\_%';
 END \$\$;
+SET persona.maintenance = on;
 TRUNCATE persona.events, persona.profiles, persona.identities, persona.merges,
          persona.segment_members, persona.segment_log;"
 

@@ -85,6 +85,7 @@ met_le() { awk -v r="$1" -v t="$2" 'BEGIN { print (r <= t ? "yes" : "NO") }'; }
 # Empties persona's data (whatever other benchmarks left) and restarts the
 # profile ids; drops the traits and segments this script defines.
 RESET_DATA="DO \$\$ BEGIN
+	PERFORM pg_catalog.set_config('persona.maintenance', 'on', true);
 	EXECUTE 'TRUNCATE persona.events, persona.profiles, persona.identities, persona.segment_members, persona.segment_log'
 		|| CASE WHEN to_regclass('persona.merges') IS NULL THEN '' ELSE ', persona.merges' END
 		|| ' CASCADE';
@@ -566,7 +567,7 @@ for ((r = 1; r <= TICK_RUNS; r++)); do
 	for ((k = 0; k < ${#fractions[@]}; k++)); do
 		f=${fractions[$(((k + r - 1) % ${#fractions[@]}))]}
 		per_mille=$(calc "int($f * 10 + 0.5)")
-		psql_q -c "UPDATE persona.profiles SET next_change_at = now() - interval '1 minute'
+		psql_q -c 'SET persona.maintenance = on' -c "UPDATE persona.profiles SET next_change_at = now() - interval '1 minute'
 		            WHERE profile_id % 1000 < $per_mille" \
 			-c 'VACUUM ANALYZE persona.profiles' -c CHECKPOINT
 		due=$(val "SELECT count(*) FROM persona.profiles WHERE next_change_at <= now()")
@@ -591,7 +592,7 @@ if [[ $TICK_CLOCK == 1 ]]; then
 	# For information: a predicate on now() makes every tick visit every
 	# profile (batches of 10000, each locked FOR SHARE).
 	psql_q -c "SELECT persona_create_segment('bseg_clock', \$\$last_seen > now() - interval '30 days'\$\$)" \
-		-c "UPDATE persona.profiles SET next_change_at = now() - interval '1 minute' WHERE profile_id % 1000 < 1" \
+		-c 'SET persona.maintenance = on' -c "UPDATE persona.profiles SET next_change_at = now() - interval '1 minute' WHERE profile_id % 1000 < 1" \
 		-c 'VACUUM ANALYZE persona.profiles, persona.segment_members' -c CHECKPOINT >/dev/null
 	ms=$(timed 'SELECT persona_tick()')
 	printf '  for information: one tick at 0.1%% due with a clock segment (last_seen > now() - 30 days) also\n'

@@ -74,6 +74,7 @@ met() { awk -v r="$1" -v t="$2" -v d="$3" 'BEGIN { print ((d == "min" ? r >= t :
 # Empties persona (definitions too) and restarts the profile ids.
 RESET_PERSONA="DO \$\$ BEGIN
 	PERFORM persona_drop_trait(d.name) FROM persona.trait_defs AS d;
+	PERFORM pg_catalog.set_config('persona.maintenance', 'on', true);
 	EXECUTE 'TRUNCATE persona.events, persona.profiles, persona.identities'
 		|| CASE WHEN to_regclass('persona.merges') IS NULL THEN '' ELSE ', persona.merges' END
 		|| ' CASCADE';
@@ -176,7 +177,7 @@ bulk_run() { # side case -> ms
 		;;
 	traits/known)
 		# Only the events go; profiles and their trait states keep counting up.
-		psql_q -c 'TRUNCATE persona.events' -c 'VACUUM persona.profiles, persona.identities' -c CHECKPOINT
+		psql_q -c 'SET persona.maintenance = on' -c 'TRUNCATE persona.events' -c 'VACUUM persona.profiles, persona.identities' -c CHECKPOINT
 		ms=$(timed "$PERSONA_INSERT")
 		check_traits
 		psql_q -c 'VACUUM ANALYZE persona.events, persona.profiles'
@@ -301,7 +302,7 @@ after_define() {
 			WRONG=$wrong
 		fi
 	fi
-	psql_q -c "SELECT persona_drop_trait('x')" -c 'UPDATE persona.profiles SET computed_state = NULL' >/dev/null
+	psql_q -c "SELECT persona_drop_trait('x')" -c 'SET persona.maintenance = on' -c 'UPDATE persona.profiles SET computed_state = NULL' >/dev/null
 	psql_q -c 'VACUUM ANALYZE persona.profiles'
 }
 

@@ -4,7 +4,7 @@
 -- new entry is tested without editing this file.
 -- Run by pg_prove in a database where CREATE EXTENSION persona and pgtap ran.
 BEGIN;
-SELECT plan(26);
+SELECT plan(28);
 SET LOCAL TimeZone = 'UTC';
 
 -- ---------------------------------------------------------------------
@@ -87,6 +87,9 @@ SELECT ok((SELECT step FROM persona.person_tables WHERE relation = 'persona.prof
 SELECT ok((SELECT step FROM persona.person_tables WHERE relation = 'persona.identities'::regclass)
           < (SELECT step FROM persona.person_tables WHERE relation = 'persona.profiles'::regclass),
     'forget erases persona.identities (which reads the profile''s user_id) before persona.profiles');
+SELECT ok((SELECT step FROM persona.person_tables WHERE relation = 'persona.segment_log'::regclass)
+          < (SELECT step FROM persona.person_tables WHERE relation = 'persona.segment_members'::regclass),
+    'forget erases persona.segment_log before persona.segment_members logs the exits, which stay');
 SELECT is(
     ARRAY(SELECT t.relation::text FROM persona.person_tables AS t
            WHERE t.forget_rule = 'delete_with_absorbed'
@@ -259,9 +262,16 @@ SELECT is(persona_forget('tap-reg-a'), (SELECT n FROM expected_forget),
     'persona_forget returns the number of rows it erased');
 
 SELECT is(
-    ARRAY(SELECT r.relation FROM person AS p, pg_temp.rows_of(p.pids) AS r WHERE r.n > 0 ORDER BY 1),
+    ARRAY(SELECT r.relation FROM person AS p, pg_temp.rows_of(p.pids) AS r
+           WHERE r.n > 0 AND r.relation <> 'persona.segment_log' ORDER BY 1),
     '{}'::text[],
     'after forget no registered table holds a row of the person''s profiles, absorbed ones included');
+
+SELECT is(
+    ARRAY(SELECT l.op || ' ' || l.segment FROM person AS p, persona.segment_log AS l
+           WHERE l.profile_id = ANY (p.pids) ORDER BY l.log_id),
+    ARRAY['exit tap_reg_seen'],
+    'of its segment log, only its exits stay: one per segment it was in, so listeners drop it');
 
 SELECT is(
     ARRAY(SELECT b.relation FROM before_merge AS b, people AS p, pg_temp.rows_of(ARRAY[p.bystander]) AS r

@@ -78,7 +78,9 @@ SELECT persona_drop_trait('u_scratch');
 -- A segment created over existing profiles, one that members leave, and
 -- one dropped.
 SELECT persona_create_segment('u_viewers', 'u_skus >= 2');
-SELECT persona_create_segment('u_scratch_seg', 'event_count > 1');
+-- (Dropped while empty: 0.1.0 logged no exit for the members of a dropped
+-- segment, 0.2.0 logs one each, so the two histories would differ.)
+SELECT persona_create_segment('u_scratch_seg', 'event_count > 1000');
 SELECT persona_drop_segment('u_scratch_seg');
 SELECT persona_identify('u-ravi', '{"city": "Pune"}') > 0;   -- exits u_mumbai
 

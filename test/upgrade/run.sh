@@ -33,25 +33,9 @@ shift
 RELEASED=("$@")
 ROLES=(persona_upgrade_ingest persona_upgrade_reader)
 FRESH=persona_upgrade_fresh
-export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/persona-upgrade.XXXXXX")
-DBS=()
-cleanup() {
-	local db role
-	for db in "${DBS[@]}"; do
-		psql -X -q -d postgres -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true
-	done
-	for role in "${ROLES[@]}"; do
-		psql -X -q -d postgres -c "DROP ROLE IF EXISTS $role" >/dev/null 2>&1 || true
-	done
-	rm -rf -- "$WORK"
-}
-trap cleanup EXIT
-
-n=0 failed=0
-ok() { n=$((n + 1)); echo "ok $n - $*"; }
-not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
+NAME=upgrade
+# shellcheck source=test/okscript.sh
+source "$HERE/../okscript.sh"
 
 # As docs/roles.md tells users: an ON ALL TABLES grant covers the tables
 # that existed when it ran, so the reader's grant is run again after an
@@ -59,13 +43,6 @@ not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $*"; }
 # database at the same point).
 regrant() { # db
 	run_sql "$1" -c 'GRANT SELECT ON ALL TABLES IN SCHEMA persona TO persona_upgrade_reader' >/dev/null
-}
-
-# psql that stops at the first error; output to the caller.
-run_sql() { # db, then psql arguments
-	local db=$1
-	shift
-	psql -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"
 }
 
 # A database's schema and data, as sorted lines, into $WORK/NAME.{schema,data}.
@@ -115,11 +92,6 @@ extversion() { # db
 	run_sql "$1" -At -c "SELECT extversion FROM pg_extension WHERE extname = 'persona'"
 }
 
-new_db() { # name
-	DBS+=("$1")
-	run_sql postgres -c "DROP DATABASE IF EXISTS \"$1\"" -c "CREATE DATABASE \"$1\"" >/dev/null
-}
-
 # Runs a data script, its output kept aside (shown only when it fails).
 load() { # db script label
 	if run_sql "$1" -f "$HERE/$2" >"$WORK/load.log" 2>&1; then
@@ -131,9 +103,7 @@ load() { # db script label
 }
 
 # Roles the test data grant to: privileges users granted must survive.
-for role in "${ROLES[@]}"; do
-	run_sql postgres -c "DROP ROLE IF EXISTS $role" -c "CREATE ROLE $role NOLOGIN" >/dev/null
-done
+make_roles
 
 # The versions to walk: the released ones older than CURRENT, then CURRENT.
 chain=()
@@ -196,8 +166,4 @@ done
 
 check_drop "$FRESH" "fresh install of $CURRENT"
 
-echo "1..$n"
-if ((failed > 0)); then
-	echo "# failed $failed of $n"
-	exit 1
-fi
+finish
