@@ -11,6 +11,7 @@ PACKAGES=(
 	postgresql-15-pgtap                    # pgTAP
 	libtap-parser-sourcehandler-pgtap-perl # pg_prove
 	python3-psycopg                        # examples/worker.py and its test
+	pg-bsd-indent                          # make indent / indent-check (CI checks the format)
 	make
 	gcc
 )

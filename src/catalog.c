@@ -172,7 +172,7 @@ persona_refuse_direct_change(PG_FUNCTION_ARGS)
 					RelationGetRelationName(trigdata->tg_relation)),
 			 errdetail("persona maintains this table: a change by hand would leave profiles, traits or segments inconsistent."),
 			 errhint("Use persona_forget to erase a person, and persona's functions for everything else; a superuser repairing by hand may SET persona.maintenance = on.")));
-	return PointerGetDatum(NULL);		/* not reached */
+	return PointerGetDatum(NULL);	/* not reached */
 }
 
 /* An SPI plan prepared on first use and kept for the backend's life. */

@@ -73,7 +73,8 @@ typedef struct ActionDef
 	Jsonb	   *content;
 	char	   *segment;		/* NULL: everyone */
 	char	   *condition_sql;	/* NULL: no condition */
-	ExprState  *condition;		/* it, compiled over a profile row; context is $1 */
+	ExprState  *condition;		/* it, compiled over a profile row; context is
+								 * $1 */
 	int32		priority;
 	double		value;
 	int32		cap_per_day;	/* 0: no cap */
@@ -135,7 +136,7 @@ ReadActionDef(void *entry, const Datum *values, const bool *nulls)
 	d->priority = DatumGetInt32(values[6]);
 	d->value = DatumGetFloat8(values[7]);
 	d->cap_per_day = nulls[8] ? 0 : DatumGetInt32(values[8]);
-	d->cooldown_us = nulls[9] ? 0 : TraitIntervalUs(DatumGetIntervalP(values[9]));
+	d->cooldown_us = nulls[9] ? 0 : PersonaTraitIntervalUs(DatumGetIntervalP(values[9]));
 	if (nulls[10])
 		TIMESTAMP_NOBEGIN(d->starts_at);
 	else
@@ -999,7 +1000,7 @@ RecordDecisions(const DecideRequest *req, const DecideProfile *profile,
 		rec[4][i] = Float8GetDatum(c->score);
 		rec[5][i] = CStringGetTextDatum(Reason(c, set->items, set->n, i));
 		rec[6][i] = JsonbPGetDatum(PersonaRender(c->def->content, req->context, profile->declared,
-										  profile->computed));
+												 profile->computed));
 	}
 	plan = PersonaKeptPlan(&record_plan,
 						   "INSERT INTO persona.decisions "

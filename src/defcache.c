@@ -108,7 +108,7 @@ PersonaDefinitions(DefinitionCache *cache)
 	const PersonaCatalog *cat = PersonaGetCatalog();
 	Oid			relid = *(const Oid *) ((const char *) cat + cache->relation);
 	Oid			depends = cache->depends == 0 ? InvalidOid
-		: *(const Oid *) ((const char *) cat + cache->depends);
+	: *(const Oid *) ((const char *) cat + cache->depends);
 	MemoryContext cxt;
 	MemoryContext old;
 	void	   *entries;

@@ -20,27 +20,27 @@
 #include "ingest.h"
 #include "persona.h"
 
-IdMapState	IdMap = {NULL, NULL, 0, false, InvalidOid, false};
+IdMapState	PersonaIdMap = {NULL, NULL, 0, false, InvalidOid, false};
 
 void
-IdMapForget(void)
+PersonaIdMapForget(void)
 {
-	if (IdMap.cxt != NULL)
-		MemoryContextReset(IdMap.cxt);
-	IdMap.map = NULL;
-	IdMap.pending = 0;
-	IdMap.stale = false;
+	if (PersonaIdMap.cxt != NULL)
+		MemoryContextReset(PersonaIdMap.cxt);
+	PersonaIdMap.map = NULL;
+	PersonaIdMap.pending = 0;
+	PersonaIdMap.stale = false;
 }
 
 /* Makes an empty map (see IdMapGet). */
 void
-IdMapCreate(void)
+PersonaIdMapCreate(void)
 {
-	if (IdMap.cxt == NULL)
-		IdMap.cxt = AllocSetContextCreate(TopMemoryContext,
-										  "persona ingest",
-										  ALLOCSET_DEFAULT_SIZES);
-	IdMap.map = idmap_create(IdMap.cxt, 1024, NULL);
+	if (PersonaIdMap.cxt == NULL)
+		PersonaIdMap.cxt = AllocSetContextCreate(TopMemoryContext,
+												 "persona ingest",
+												 ALLOCSET_DEFAULT_SIZES);
+	PersonaIdMap.map = idmap_create(PersonaIdMap.cxt, 1024, NULL);
 }
 
 static void
@@ -51,21 +51,25 @@ IdMapXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PARALLEL_PRE_COMMIT:
 		case XACT_EVENT_PRE_PREPARE:
-			IngestCloseIdentityScan();
+			PersonaIngestCloseIdentityScan();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			IngestForgetIdentityScan(TopSubTransactionId);
-			IngestForgetFolds();	/* freed with TopTransactionContext */
-			IdMapForget();
+			PersonaIngestForgetIdentityScan(TopSubTransactionId);
+			PersonaIngestForgetFolds(); /* freed with TopTransactionContext */
+			PersonaIdMapForget();
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 		case XACT_EVENT_PREPARE:
-			/* Folds left (events_apply disabled) and pending ids are of no use. */
-			IngestForgetFolds();
-			if (IdMap.pending > 0)
-				IdMapForget();
+
+			/*
+			 * Folds left (events_apply disabled) and pending ids are of no
+			 * use.
+			 */
+			PersonaIngestForgetFolds();
+			if (PersonaIdMap.pending > 0)
+				PersonaIdMapForget();
 			break;
 		default:
 			break;
@@ -86,25 +90,25 @@ RollBackIdMap(SubTransactionId subid)
 	idmap_iterator it;
 	IdSlot	   *slot;
 
-	if (IdMap.map == NULL)
+	if (PersonaIdMap.map == NULL)
 		return;
-	idmap_start_iterate(IdMap.map, &it);
-	while ((slot = idmap_iterate(IdMap.map, &it)) != NULL)
+	idmap_start_iterate(PersonaIdMap.map, &it);
+	while ((slot = idmap_iterate(PersonaIdMap.map, &it)) != NULL)
 	{
 		IdEntry    *entry = slot->entry;
 
 		if (entry->created_in >= subid)
 		{
 			if (entry->pending)
-				IdMap.pending--;
+				PersonaIdMap.pending--;
 			entry->pending = false;
-			idmap_delete_item(IdMap.map, slot);
+			idmap_delete_item(PersonaIdMap.map, slot);
 		}
 		else if (!entry->pending && entry->written_in >= subid)
 		{
 			entry->pending = true;
 			entry->written_in = InvalidSubTransactionId;
-			IdMap.pending++;
+			PersonaIdMap.pending++;
 		}
 	}
 }
@@ -113,18 +117,18 @@ static void
 IdMapSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 					 SubTransactionId parentSubid, void *arg)
 {
-	if (IdMap.in_own_subxact)
+	if (PersonaIdMap.in_own_subxact)
 		return;
 	if (event == SUBXACT_EVENT_COMMIT_SUB)
-		IngestCommitFolds(mySubid, parentSubid);
+		PersonaIngestCommitFolds(mySubid, parentSubid);
 	else if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
 		/* The abort released the scan if it was opened there. */
-		IngestForgetIdentityScan(mySubid);
-		if (IngestAbortFolds(mySubid))
+		PersonaIngestForgetIdentityScan(mySubid);
+		if (PersonaIngestAbortFolds(mySubid))
 			RollBackIdMap(mySubid);
 		else
-			IdMapForget();
+			PersonaIdMapForget();
 	}
 }
 
@@ -136,35 +140,35 @@ IdMapSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 static void
 IdMapRelcacheCallback(Datum arg, Oid relid)
 {
-	if (IdMap.map != NULL && (!OidIsValid(relid) || relid == IdMap.relid))
-		IdMap.stale = true;
+	if (PersonaIdMap.map != NULL && (!OidIsValid(relid) || relid == PersonaIdMap.relid))
+		PersonaIdMap.stale = true;
 }
 
 /* Drops every resolved entry of a stale map (see IdMapPrune); pending ones are our own. */
 void
-IdMapPruneStale(void)
+PersonaIdMapPruneStale(void)
 {
 	idmap_iterator it;
 	IdSlot	   *slot;
 
-	if (IdMap.pending == 0 && !IngestHasFolds())
+	if (PersonaIdMap.pending == 0 && !PersonaIngestHasFolds())
 	{
-		IdMapForget();
+		PersonaIdMapForget();
 		return;
 	}
-	idmap_start_iterate(IdMap.map, &it);
-	while ((slot = idmap_iterate(IdMap.map, &it)) != NULL)
+	idmap_start_iterate(PersonaIdMap.map, &it);
+	while ((slot = idmap_iterate(PersonaIdMap.map, &it)) != NULL)
 	{
 		CHECK_FOR_INTERRUPTS();
 		if (!slot->entry->pending)
-			idmap_delete_item(IdMap.map, slot);
+			idmap_delete_item(PersonaIdMap.map, slot);
 	}
 	/* Only now: a walk cancelled half-way is taken up again next time. */
-	IdMap.stale = false;
+	PersonaIdMap.stale = false;
 }
 
 void
-IdMapInit(void)
+PersonaIdMapInit(void)
 {
 	RegisterXactCallback(IdMapXactCallback, NULL);
 	RegisterSubXactCallback(IdMapSubXactCallback, NULL);

@@ -32,7 +32,7 @@ static SPIPlanPtr track_plan = NULL;
  * the given timing and level (``usage`` says which, for the error).
  */
 TriggerData *
-IngestRequireInsertTrigger(FunctionCallInfo fcinfo, bool before, bool row, const char *usage)
+PersonaIngestRequireInsertTrigger(FunctionCallInfo fcinfo, bool before, bool row, const char *usage)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 
@@ -62,7 +62,10 @@ persona_track(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int64		event_id;
 
-	/* Arguments: user_id, event_type, properties, occurred_at, context, anonymous_id */
+	/*
+	 * Arguments: user_id, event_type, properties, occurred_at, context,
+	 * anonymous_id
+	 */
 	static const int order[6] = {0, 5, 1, 2, 4, 3};
 
 	for (int i = 0; i < 6; i++)
@@ -76,10 +79,10 @@ persona_track(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	plan = PersonaKeptPlan(&track_plan,
-					   "INSERT INTO persona.events "
-					   "  (user_id, anonymous_id, event_type, properties, context, occurred_at) "
-					   "VALUES ($1, $2, $3, $4, $5, $6) RETURNING event_id",
-					   6, types, 0);
+						   "INSERT INTO persona.events "
+						   "  (user_id, anonymous_id, event_type, properties, context, occurred_at) "
+						   "VALUES ($1, $2, $3, $4, $5, $6) RETURNING event_id",
+						   6, types, 0);
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "inserting the event failed");
@@ -92,5 +95,5 @@ persona_track(PG_FUNCTION_ARGS)
 void
 PersonaIngestInit(void)
 {
-	IdMapInit();
+	PersonaIdMapInit();
 }

@@ -141,22 +141,22 @@ typedef struct IdMapState
 	bool		in_own_subxact; /* see OwnSubxact (ingest_apply.c) */
 } IdMapState;
 
-extern IdMapState IdMap;
+extern IdMapState PersonaIdMap;
 
-extern void IdMapCreate(void);
-extern void IdMapForget(void);
-extern void IdMapPruneStale(void);
-extern void IdMapInit(void);
+extern void PersonaIdMapCreate(void);
+extern void PersonaIdMapForget(void);
+extern void PersonaIdMapPruneStale(void);
+extern void PersonaIdMapInit(void);
 
 /* The map, emptied first when ``fresh``. */
 static inline idmap_hash *
 IdMapGet(bool fresh)
 {
 	if (fresh)
-		IdMapForget();
-	if (IdMap.map == NULL)
-		IdMapCreate();
-	return IdMap.map;
+		PersonaIdMapForget();
+	if (PersonaIdMap.map == NULL)
+		PersonaIdMapCreate();
+	return PersonaIdMap.map;
 }
 
 /*
@@ -167,8 +167,8 @@ IdMapGet(bool fresh)
 static inline void
 IdMapPrune(void)
 {
-	if (IdMap.stale)
-		IdMapPruneStale();
+	if (PersonaIdMap.stale)
+		PersonaIdMapPruneStale();
 }
 
 /*
@@ -220,31 +220,34 @@ typedef struct RowFolds
 {
 	uint64		generation;		/* unique in the backend: IdEntry.delta_folds */
 	SubTransactionId subid;
-	MemoryContext cxt;			/* holds the folds; under TopTransactionContext */
+	MemoryContext cxt;			/* holds the folds; under
+								 * TopTransactionContext */
 	pidmap_hash *deltas;
-	const TraitCatalog *traits; /* the definitions the folds used (compared only) */
+	const TraitCatalog *traits; /* the definitions the folds used (compared
+								 * only) */
 	int			ntraits;
 	bool	   *touched;		/* per definition: fed by a row */
 	List	   *touched_names;	/* the names of those, copied */
 	SortedId   *fresh;			/* the deltas given a pending id, in order */
 	int			nfresh;
 	int			maxfresh;
-	bool		merged;			/* TakeFolds merged others in: fresh is partial */
+	bool		merged;			/* TakeFolds merged others in: fresh is
+								 * partial */
 	struct RowFolds *outer;		/* older folds */
 } RowFolds;
 
 /* ingest_row.c */
-extern void IngestCloseIdentityScan(void);
-extern void IngestForgetIdentityScan(SubTransactionId subid);
-extern void IngestCombineDeltas(ProfileDelta *into, const ProfileDelta *from);
-extern RowFolds *IngestTakeFolds(void);
-extern bool IngestHasFolds(void);
-extern void IngestForgetFolds(void);
-extern void IngestCommitFolds(SubTransactionId mySubid, SubTransactionId parentSubid);
-extern bool IngestAbortFolds(SubTransactionId mySubid);
+extern void PersonaIngestCloseIdentityScan(void);
+extern void PersonaIngestForgetIdentityScan(SubTransactionId subid);
+extern void PersonaIngestCombineDeltas(ProfileDelta *into, const ProfileDelta *from);
+extern RowFolds *PersonaIngestTakeFolds(void);
+extern bool PersonaIngestHasFolds(void);
+extern void PersonaIngestForgetFolds(void);
+extern void PersonaIngestCommitFolds(SubTransactionId mySubid, SubTransactionId parentSubid);
+extern bool PersonaIngestAbortFolds(SubTransactionId mySubid);
 
 /* ingest.c */
-extern TriggerData *IngestRequireInsertTrigger(FunctionCallInfo fcinfo, bool before,
-											   bool row, const char *usage);
+extern TriggerData *PersonaIngestRequireInsertTrigger(FunctionCallInfo fcinfo, bool before,
+													  bool row, const char *usage);
 
 #endif							/* PERSONA_INGEST_H */

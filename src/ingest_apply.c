@@ -90,7 +90,7 @@ SortByProfileId(ProfileDelta **list, int n)
 	}
 	placed = palloc0(sizeof(ProfileDelta *) * (hi - lo + 1));
 	for (int i = 0; i < n; i++)
-		placed[list[i]->profile_id - lo] = list[i];	/* ids are distinct */
+		placed[list[i]->profile_id - lo] = list[i]; /* ids are distinct */
 	for (int64 j = 0; j <= hi - lo; j++)
 		if (placed[j] != NULL)
 			list[k++] = placed[j];
@@ -104,9 +104,9 @@ MoveEvents(int64 from, int64 into)
 	Datum		args[2] = {Int64GetDatum(from), Int64GetDatum(into)};
 	Oid			types[2] = {INT8OID, INT8OID};
 	SPIPlanPtr	plan = PersonaKeptPlan(&move_events_plan,
-								   "UPDATE persona.events SET profile_id = $2 "
-								   "WHERE profile_id = $1",
-								   2, types, 0);
+									   "UPDATE persona.events SET profile_id = $2 "
+									   "WHERE profile_id = $1",
+									   2, types, 0);
 
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "moving events of profile " INT64_FORMAT " failed", from);
@@ -128,7 +128,7 @@ BuildArray(Datum *values, bool *nulls, int n, Oid type)
 
 /*
  * A subtransaction of the statement trigger's own.  Rolling it back undoes
- * rows this statement wrote in it but no id of the map (IdMap.in_own_subxact
+ * rows this statement wrote in it but no id of the map (PersonaIdMap.in_own_subxact
  * keeps IdMapSubXactCallback from forgetting them).  An error inside it (a
  * cancel included) must roll it back before going on (AbortOwnSubxact), so
  * that whoever catches the error finds its own subtransaction current and
@@ -145,7 +145,7 @@ BeginOwnSubxact(OwnSubxact *sub)
 {
 	sub->cxt = CurrentMemoryContext;
 	sub->owner = CurrentResourceOwner;
-	IdMap.in_own_subxact = true;
+	PersonaIdMap.in_own_subxact = true;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(sub->cxt);
 }
@@ -159,7 +159,7 @@ EndOwnSubxact(const OwnSubxact *sub, bool commit)
 		RollbackAndReleaseCurrentSubTransaction();
 	MemoryContextSwitchTo(sub->cxt);
 	CurrentResourceOwner = sub->owner;
-	IdMap.in_own_subxact = false;
+	PersonaIdMap.in_own_subxact = false;
 }
 
 /* In the PG_CATCH of an own subtransaction: rolls it back, returns the error. */
@@ -201,7 +201,7 @@ InsertIdentitiesDirect(const SortedId *fresh, int n)
 	BeginOwnSubxact(&sub);
 	PG_TRY();
 	{
-		RowWriter  *w = RowWriterOpen(relid, columns, lengthof(columns));
+		RowWriter  *w = PersonaRowWriterOpen(relid, columns, lengthof(columns));
 		Datum		user = CStringGetTextDatum("user");
 		Datum		anonymous = CStringGetTextDatum("anonymous");
 
@@ -213,10 +213,10 @@ InsertIdentitiesDirect(const SortedId *fresh, int n)
 			values[0] = CStringGetTextDatum(fresh[i].entry->id);
 			values[1] = Int64GetDatum(fresh[i].profile_id);
 			values[2] = fresh[i].entry->is_user ? user : anonymous;
-			RowWriterInsert(w, values, NULL);
+			PersonaRowWriterInsert(w, values, NULL);
 			pfree(DatumGetPointer(values[0]));
 		}
-		RowWriterClose(w);
+		PersonaRowWriterClose(w);
 		EndOwnSubxact(&sub, true);
 	}
 	PG_CATCH();
@@ -260,12 +260,12 @@ InsertIdentitiesOnConflict(const SortedId *fresh, int n)
 
 	/* A function scan returns its rows in order, so rows go in key order. */
 	plan = PersonaKeptPlan(&insert_identities_plan,
-					   "INSERT INTO persona.identities (id, profile_id, kind) "
-					   "SELECT u.id, u.profile_id, u.kind "
-					   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-					   "  pg_catalog.unnest($3)) AS u(id, profile_id, kind) "
-					   "ON CONFLICT (id) DO NOTHING",
-					   3, types, 0);
+						   "INSERT INTO persona.identities (id, profile_id, kind) "
+						   "SELECT u.id, u.profile_id, u.kind "
+						   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+						   "  pg_catalog.unnest($3)) AS u(id, profile_id, kind) "
+						   "ON CONFLICT (id) DO NOTHING",
+						   3, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "writing new identities failed");
 	return SPI_processed;
@@ -312,7 +312,7 @@ JoinWinners(pidmap_hash *deltas, ProfileDelta **fresh, int n)
 		lost->new_id->profile_id = winner_pid;
 		winner = EnterDelta(deltas, winner_pid, &found);
 		if (found)
-			IngestCombineDeltas(winner, lost);
+			PersonaIngestCombineDeltas(winner, lost);
 		else
 		{
 			*winner = *lost;
@@ -346,14 +346,14 @@ WriteNewIdentities(pidmap_hash *deltas, const SortedId *ids, ProfileDelta **fres
 		ids[i].entry->written_in = GetCurrentSubTransactionId();
 		fresh[i] = ids[i].delta;
 	}
-	IdMap.pending -= n;
+	PersonaIdMap.pending -= n;
 	if (written < (uint64) n)
 		JoinWinners(deltas, fresh, n);
 }
 
 /*
  * The ids the statement's rows saw first, sorted bytewise: the records the
- * row trigger made, or, when IngestTakeFolds merged folds (whose records point to
+ * row trigger made, or, when PersonaIngestTakeFolds merged folds (whose records point to
  * deltas it copied), made again from the deltas.  An id whose identity a
  * statement in between wrote is known: its delta loses it.
  */
@@ -412,8 +412,8 @@ DeltaState(ProfileDelta *d, TimestampTz now, bytea **state, TimestampTz *next)
 		d->created = true;
 	if (d->traits != NULL)
 	{
-		*state = ProfileTraitsSerialize(d->traits, now);
-		*next = ProfileTraitsNextChange(d->traits, now);
+		*state = PersonaProfileTraitsSerialize(d->traits, now);
+		*next = PersonaProfileTraitsNextChange(d->traits, now);
 	}
 	d->written = true;
 }
@@ -430,7 +430,7 @@ InsertNewProfiles(ProfileDelta **list, int n)
 		"profile_id", "first_seen", "last_seen", "event_count", "computed_state",
 		"next_change_at", "user_id"
 	};
-	RowWriter  *w = RowWriterOpen(PersonaGetCatalog()->profiles, columns, lengthof(columns));
+	RowWriter  *w = PersonaRowWriterOpen(PersonaGetCatalog()->profiles, columns, lengthof(columns));
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
 	SortByProfileId(list, n);
@@ -454,13 +454,13 @@ InsertNewProfiles(ProfileDelta **list, int n)
 		nulls[5] = next == 0;
 		nulls[6] = !d->new_id->is_user;
 		values[6] = nulls[6] ? (Datum) 0 : CStringGetTextDatum(d->new_id->id);
-		RowWriterInsert(w, values, nulls);
+		PersonaRowWriterInsert(w, values, nulls);
 		if (state != NULL)
 			pfree(state);
 		if (!nulls[6])
 			pfree(DatumGetPointer(values[6]));
 	}
-	RowWriterClose(w);
+	PersonaRowWriterClose(w);
 	CommandCounterIncrement();
 }
 
@@ -526,12 +526,12 @@ AddDelta(TupleTableSlot *current, Datum *values, bool *nulls, void *arg)
 	{
 		int			cs = pc->computed_state - 1;
 		int			nc = pc->next_change_at - 1;
-		TimestampTz next = ProfileTraitsNextChange(d->traits, change->now);
-		ProfileTraits *pt = ProfileTraitsParse(nulls[cs] ? NULL : DatumGetByteaPP(values[cs]));
+		TimestampTz next = PersonaProfileTraitsNextChange(d->traits, change->now);
+		ProfileTraits *pt = PersonaProfileTraitsParse(nulls[cs] ? NULL : DatumGetByteaPP(values[cs]));
 		bytea	   *state;
 
-		ProfileTraitsCombine(pt, d->traits);
-		state = ProfileTraitsSerialize(pt, change->now);
+		PersonaProfileTraitsCombine(pt, d->traits);
+		state = PersonaProfileTraitsSerialize(pt, change->now);
 		values[cs] = PointerGetDatum(state);
 		nulls[cs] = state == NULL;
 		if (next != 0 && (nulls[nc] || next < DatumGetTimestampTz(values[nc])))
@@ -573,19 +573,19 @@ UpdateProfiles(ProfileDelta **list, int n, ProfileDelta **orphans)
 	 */
 	CommandCounterIncrement();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	u = RowUpdaterOpen(cat->profiles, cat->profiles_pkey);
+	u = PersonaRowUpdaterOpen(cat->profiles, cat->profiles_pkey);
 	change.now = GetCurrentTransactionStartTimestamp();
 	for (int i = 0; i < n; i++)
 	{
 		CHECK_FOR_INTERRUPTS();
 		old = MemoryContextSwitchTo(row_cxt);
 		change.delta = list[i];
-		if (!RowUpdaterUpdate(u, list[i]->profile_id, AddDelta, &change))
+		if (!PersonaRowUpdaterUpdate(u, list[i]->profile_id, AddDelta, &change))
 			orphans[norphans++] = list[i];
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(row_cxt);
 	}
-	RowUpdaterClose(u);
+	PersonaRowUpdaterClose(u);
 	PopActiveSnapshot();
 	MemoryContextDelete(row_cxt);
 	CommandCounterIncrement();
@@ -607,8 +607,8 @@ FollowMerge(int64 pid)
 	int64		into;
 
 	plan = PersonaKeptPlan(&select_merges_plan,
-					   "SELECT into_profile_id FROM persona.merges WHERE from_profile_id = $1",
-					   1, &type, 0);
+						   "SELECT into_profile_id FROM persona.merges WHERE from_profile_id = $1",
+						   1, &type, 0);
 	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading persona.merges failed");
 	if (SPI_processed == 0)
@@ -689,8 +689,8 @@ RefreshSegments(pidmap_hash *deltas, List *touched)
 		else
 			known[nknown++] = slot->profile_id;
 	}
-	(void) SegmentsRefresh(known, nknown, false, changed, nchanged);
-	(void) SegmentsRefresh(created, ncreated, true, NULL, 0);
+	(void) PersonaSegmentsRefresh(known, nknown, false, changed, nchanged);
+	(void) PersonaSegmentsRefresh(created, ncreated, true, NULL, 0);
 }
 
 /* Writes each profile the statement's rows touched, once. */
@@ -709,10 +709,10 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	SortedId   *ids;
 	int			n = 0;
 
-	(void) IngestRequireInsertTrigger(fcinfo, false, false,
-								"persona_events_apply must be fired AFTER INSERT FOR EACH STATEMENT");
-	IngestCloseIdentityScan();
-	folds = IngestTakeFolds();
+	(void) PersonaIngestRequireInsertTrigger(fcinfo, false, false,
+											 "persona_events_apply must be fired AFTER INSERT FOR EACH STATEMENT");
+	PersonaIngestCloseIdentityScan();
+	folds = PersonaIngestTakeFolds();
 	if (folds == NULL)
 	{
 		IdMapPrune();
@@ -770,7 +770,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 			pidmap_delete(deltas, moved.profile_id);
 			d = EnterDelta(deltas, into, &found);
 			if (found && !d->written)
-				IngestCombineDeltas(d, &moved);
+				PersonaIngestCombineDeltas(d, &moved);
 			else
 			{
 				/* Only the moved rows are still to be written. */

@@ -152,7 +152,8 @@ typedef struct IdentityScan
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
 	Buffer		vmbuffer;		/* visibility map page, or InvalidBuffer */
-	MemoryContext cxt;			/* the scan's: btree keeps buffers across rescans */
+	MemoryContext cxt;			/* the scan's: btree keeps buffers across
+								 * rescans */
 	Snapshot	snapshot;
 	LocalTransactionId lxid;
 	CommandId	cid;
@@ -167,7 +168,7 @@ static IdentityScan id_scan;
  * a function of an enclosing INSERT's rows may be the one to close it.
  */
 void
-IngestCloseIdentityScan(void)
+PersonaIngestCloseIdentityScan(void)
 {
 	ResourceOwner owner = CurrentResourceOwner;
 
@@ -186,7 +187,7 @@ IngestCloseIdentityScan(void)
 
 /* Forgets the scan when ``subid`` or a child of it opened it: its abort released it. */
 void
-IngestForgetIdentityScan(SubTransactionId subid)
+PersonaIngestForgetIdentityScan(SubTransactionId subid)
 {
 	if (id_scan.rel != NULL && id_scan.subid >= subid)
 		id_scan.rel = NULL;
@@ -209,7 +210,7 @@ LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
 		(id_scan.snapshot != GetActiveSnapshot() || id_scan.lxid != MyProc->lxid ||
 		 id_scan.cid != GetCurrentCommandId(false) ||
 		 RelationGetRelid(id_scan.rel) != cat->identities))
-		IngestCloseIdentityScan();
+		PersonaIngestCloseIdentityScan();
 	if (id_scan.rel == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
@@ -275,7 +276,7 @@ ResolveProfile(const char *id, bool is_user)
 
 	IdMapPrune();
 	map = IdMapGet(false);
-	IdMap.relid = cat->identities;
+	PersonaIdMap.relid = cat->identities;
 	slot = idmap_lookup(map, id);
 	if (slot != NULL)
 		return slot->entry;
@@ -289,9 +290,9 @@ ResolveProfile(const char *id, bool is_user)
 	}
 
 	/* Folds point to entries: the map starts over only when none do. */
-	if (map->members >= ID_MAP_MAX_ENTRIES && IdMap.pending == 0 && row_folds == NULL)
+	if (map->members >= ID_MAP_MAX_ENTRIES && PersonaIdMap.pending == 0 && row_folds == NULL)
 		map = IdMapGet(true);
-	entry = MemoryContextAlloc(IdMap.cxt, offsetof(IdEntry, id) + strlen(id) + 1);
+	entry = MemoryContextAlloc(PersonaIdMap.cxt, offsetof(IdEntry, id) + strlen(id) + 1);
 	strcpy(entry->id, id);
 	entry->profile_id = profile_id;
 	entry->pending = !found;
@@ -303,7 +304,7 @@ ResolveProfile(const char *id, bool is_user)
 	slot = idmap_insert(map, entry->id, &found);
 	slot->entry = entry;
 	if (entry->pending)
-		IdMap.pending++;
+		PersonaIdMap.pending++;
 	return entry;
 }
 
@@ -313,14 +314,14 @@ ResolveProfile(const char *id, bool is_user)
 
 /* Folds ``from`` into ``into`` (same person). */
 void
-IngestCombineDeltas(ProfileDelta *into, const ProfileDelta *from)
+PersonaIngestCombineDeltas(ProfileDelta *into, const ProfileDelta *from)
 {
 	into->events += from->events;
 	if (from->traits != NULL)
 	{
 		if (into->traits == NULL)
-			into->traits = ProfileTraitsCreate();
-		ProfileTraitsCombine(into->traits, from->traits);
+			into->traits = PersonaProfileTraitsCreate();
+		PersonaProfileTraitsCombine(into->traits, from->traits);
 	}
 	if (from->first_seen < into->first_seen)
 		into->first_seen = from->first_seen;
@@ -377,8 +378,8 @@ FoldTraits(RowFolds *f, ProfileDelta *d, const Datum *values, TimestampTz at)
 			props = DatumGetJsonbP(values[event_columns.properties - 1]);
 		old = MemoryContextSwitchTo(f->cxt);
 		if (d->traits == NULL)
-			d->traits = ProfileTraitsCreate();
-		TraitAdd(ProfileTraitsGet(d->traits, def), def, at, event_id, props, now);
+			d->traits = PersonaProfileTraitsCreate();
+		PersonaTraitAdd(PersonaProfileTraitsGet(d->traits, def), def, at, event_id, props, now);
 		if (!f->touched[i])
 		{
 			f->touched[i] = true;
@@ -456,7 +457,7 @@ FoldRow(const Datum *values, IdEntry *entry)
  * context becomes theirs too.  NULL when there are none.
  */
 RowFolds *
-IngestTakeFolds(void)
+PersonaIngestTakeFolds(void)
 {
 	SubTransactionId subid = GetCurrentSubTransactionId();
 	RowFolds   *taken = NULL;
@@ -491,7 +492,7 @@ IngestTakeFolds(void)
 				*d = *from;
 			else
 			{
-				IngestCombineDeltas(d, from);
+				PersonaIngestCombineDeltas(d, from);
 				if (d->new_id == NULL)
 					d->new_id = from->new_id;
 			}
@@ -504,21 +505,21 @@ IngestTakeFolds(void)
 
 /* Whether rows are folded and not applied yet. */
 bool
-IngestHasFolds(void)
+PersonaIngestHasFolds(void)
 {
 	return row_folds != NULL;
 }
 
 /* At the end of the transaction: the folds go with TopTransactionContext. */
 void
-IngestForgetFolds(void)
+PersonaIngestForgetFolds(void)
 {
 	row_folds = NULL;
 }
 
 /* A committed subtransaction's folds pass to its parent. */
 void
-IngestCommitFolds(SubTransactionId mySubid, SubTransactionId parentSubid)
+PersonaIngestCommitFolds(SubTransactionId mySubid, SubTransactionId parentSubid)
 {
 	for (RowFolds *f = row_folds; f != NULL && f->subid >= mySubid; f = f->outer)
 		f->subid = parentSubid;
@@ -529,7 +530,7 @@ IngestCommitFolds(SubTransactionId mySubid, SubTransactionId parentSubid)
  * Returns whether folds of enclosing statements are left.
  */
 bool
-IngestAbortFolds(SubTransactionId mySubid)
+PersonaIngestAbortFolds(SubTransactionId mySubid)
 {
 	while (row_folds != NULL && row_folds->subid >= mySubid)
 	{
@@ -640,8 +641,8 @@ PG_FUNCTION_INFO_V1(persona_events_resolve);
 Datum
 persona_events_resolve(PG_FUNCTION_ARGS)
 {
-	TriggerData *trigdata = IngestRequireInsertTrigger(fcinfo, true, true,
-												 "persona_events_resolve must be fired BEFORE INSERT FOR EACH ROW");
+	TriggerData *trigdata = PersonaIngestRequireInsertTrigger(fcinfo, true, true,
+															  "persona_events_resolve must be fired BEFORE INSERT FOR EACH ROW");
 	HeapTuple	tuple;
 	HeapTuple	result;
 	TupleDesc	desc;
@@ -684,10 +685,10 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 
 	/*
 	 * A row that comes with its profile_id is a restored one (pg_dump writes
-	 * every column, and the dumped profiles already count it): stored as
-	 * is, neither resolved nor folded.  Only the owner of persona.events
-	 * may, as a restore runs as the owner; anyone else would attach an event
-	 * to a profile without counting it (docs/operations.md).
+	 * every column, and the dumped profiles already count it): stored as is,
+	 * neither resolved nor folded.  Only the owner of persona.events may, as
+	 * a restore runs as the owner; anyone else would attach an event to a
+	 * profile without counting it (docs/operations.md).
 	 */
 	if (!row_nulls[event_columns.profile_id - 1] &&
 		DatumGetInt64(row_values[event_columns.profile_id - 1]) != 0)
@@ -773,8 +774,8 @@ PG_FUNCTION_INFO_V1(persona_events_confirm);
 Datum
 persona_events_confirm(PG_FUNCTION_ARGS)
 {
-	TriggerData *trigdata = IngestRequireInsertTrigger(fcinfo, false, true,
-												 "persona_events_confirm must be fired AFTER INSERT FOR EACH ROW");
+	TriggerData *trigdata = PersonaIngestRequireInsertTrigger(fcinfo, false, true,
+															  "persona_events_confirm must be fired AFTER INSERT FOR EACH ROW");
 	TupleDesc	desc;
 	Datum	   *values;
 	bool	   *nulls;
@@ -789,11 +790,11 @@ persona_events_confirm(PG_FUNCTION_ARGS)
 
 	/* The id the row resolved by, as persona_events_resolve chose it. */
 	idcol = nulls[event_columns.user_id - 1] ? event_columns.anonymous_id : event_columns.user_id;
-	if (IdMap.map != NULL && !nulls[idcol - 1])
+	if (PersonaIdMap.map != NULL && !nulls[idcol - 1])
 	{
 		char	   *id = TextDatumGetCString(values[idcol - 1]);
 
-		slot = idmap_lookup(IdMap.map, id);
+		slot = idmap_lookup(PersonaIdMap.map, id);
 		pfree(id);
 	}
 	FoldRow(values, slot != NULL ? slot->entry : NULL);

@@ -700,8 +700,8 @@ persona_compile_definition(PG_FUNCTION_ARGS)
 	 * restored one (pg_dump's COPY): stored as is.  Its predicate may read
 	 * traits whose columns come back only when persona.trait_defs is
 	 * restored, later in the dump.  persona's own functions insert the text
-	 * alone, so this trigger compiles it; so it does for anyone else, and
-	 * on every UPDATE.
+	 * alone, so this trigger compiles it; so it does for anyone else, and on
+	 * every UPDATE.
 	 */
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) &&
 		!heap_attisnull(tuple, attnums[1], desc) &&

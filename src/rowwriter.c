@@ -111,7 +111,8 @@ struct RowWriter
 	Size		bufferedbytes;
 	int			ncolumns;
 	AttrNumber *attnums;		/* the caller's columns, in its order */
-	Datum	   *base_values;	/* every row starts as this: defaults computed once */
+	Datum	   *base_values;	/* every row starts as this: defaults computed
+								 * once */
 	bool	   *base_nulls;
 	ExprState **defaults;		/* per attribute: a default computed per row */
 };
@@ -121,7 +122,7 @@ struct RowWriter
  * inserts of ``ncolumns`` named columns, in that order.
  */
 RowWriter *
-RowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
+PersonaRowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 {
 	RowWriter  *w = palloc0(sizeof(RowWriter));
 	TupleDesc	desc;
@@ -205,11 +206,11 @@ Flush(RowWriter *w)
  * Inserts one row: ``values`` and ``nulls`` in the order of the columns.
  * Returns the row with its defaults, valid until the next call.  Constraints
  * are checked at once; a batched row reaches the table and its indexes (and
- * a unique violation is raised) by a later call or RowWriterClose at the
+ * a unique violation is raised) by a later call or PersonaRowWriterClose at the
  * latest.
  */
 TupleTableSlot *
-RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
+PersonaRowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
 {
 	TupleTableSlot *slot;
 	TupleDesc	desc = RelationGetDescr(w->t.rel);
@@ -252,7 +253,7 @@ RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
 
 /* Writes the buffered rows and closes the writer. */
 void
-RowWriterClose(RowWriter *w)
+PersonaRowWriterClose(RowWriter *w)
 {
 	Flush(w);
 	CloseTarget(&w->t);
@@ -280,7 +281,7 @@ struct RowUpdater
  * one bigint column, under the active snapshot.
  */
 RowUpdater *
-RowUpdaterOpen(Oid relid, Oid indexid)
+PersonaRowUpdaterOpen(Oid relid, Oid indexid)
 {
 	RowUpdater *u = palloc0(sizeof(RowUpdater));
 
@@ -399,7 +400,7 @@ UpdateFound(RowUpdater *u, RowChangeFunc change, void *arg)
  * serialization failure instead).
  */
 bool
-RowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg)
+PersonaRowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg)
 {
 	ScanKeyData skey;
 	TM_FailureData tmfd;
@@ -439,7 +440,7 @@ RowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg)
 }
 
 void
-RowUpdaterClose(RowUpdater *u)
+PersonaRowUpdaterClose(RowUpdater *u)
 {
 	index_endscan(u->scan);
 	index_close(u->index, NoLock);

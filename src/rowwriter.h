@@ -11,9 +11,9 @@
 
 typedef struct RowWriter RowWriter;
 
-extern RowWriter *RowWriterOpen(Oid relid, const char *const *columns, int ncolumns);
-extern TupleTableSlot *RowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls);
-extern void RowWriterClose(RowWriter *w);
+extern RowWriter *PersonaRowWriterOpen(Oid relid, const char *const *columns, int ncolumns);
+extern TupleTableSlot *PersonaRowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls);
+extern void PersonaRowWriterClose(RowWriter *w);
 
 typedef struct RowUpdater RowUpdater;
 
@@ -21,8 +21,8 @@ typedef struct RowUpdater RowUpdater;
 typedef void (*RowChangeFunc) (TupleTableSlot *current, Datum *values, bool *nulls,
 							   void *arg);
 
-extern RowUpdater *RowUpdaterOpen(Oid relid, Oid indexid);
-extern bool RowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg);
-extern void RowUpdaterClose(RowUpdater *u);
+extern RowUpdater *PersonaRowUpdaterOpen(Oid relid, Oid indexid);
+extern bool PersonaRowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg);
+extern void PersonaRowUpdaterClose(RowUpdater *u);
 
 #endif							/* PERSONA_ROWWRITER_H */

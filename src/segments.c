@@ -4,7 +4,7 @@
  *	  profiles a change touched.  Predicates are checked and compiled by
  *	  predicate.c when a segment is created.
  *
- * Refreshing.  SegmentsRefresh(profiles, changed columns) evaluates, in one
+ * Refreshing.  PersonaSegmentsRefresh(profiles, changed columns) evaluates, in one
  * query, every segment that reads one of the changed columns for those
  * profiles, compares with the current members, and writes the entries and
  * exits (persona.segment_members, persona.segment_log) with a NOTIFY on
@@ -214,8 +214,8 @@ WriteEntries(const SegmentCatalog *sc, const ChangeList *entries)
 	if (entries->n == 0)
 		return 0;
 	initStringInfo(&payload);
-	members = RowWriterOpen(cat->segment_members, member_columns, lengthof(member_columns));
-	log = RowWriterOpen(cat->segment_log, log_columns, lengthof(log_columns));
+	members = PersonaRowWriterOpen(cat->segment_members, member_columns, lengthof(member_columns));
+	log = PersonaRowWriterOpen(cat->segment_log, log_columns, lengthof(log_columns));
 	for (int i = 0; i < entries->n; i++)
 	{
 		const SegmentDef *seg = &sc->segments[entries->segments[i]];
@@ -224,13 +224,13 @@ WriteEntries(const SegmentCatalog *sc, const ChangeList *entries)
 		bool		isnull;
 
 		CHECK_FOR_INTERRUPTS();
-		(void) RowWriterInsert(members, values, NULL);
-		written = RowWriterInsert(log, values, NULL);
+		(void) PersonaRowWriterInsert(members, values, NULL);
+		written = PersonaRowWriterInsert(log, values, NULL);
 		Announce(&payload, seg->name_json, DatumGetInt64(entries->pids[i]), "enter",
 				 DatumGetInt64(slot_getattr(written, log_id, &isnull)));
 	}
-	RowWriterClose(log);
-	RowWriterClose(members);
+	PersonaRowWriterClose(log);
+	PersonaRowWriterClose(members);
 	CommandCounterIncrement();
 	return entries->n;
 }
@@ -259,15 +259,15 @@ WriteExits(const SegmentCatalog *sc, const ChangeList *exits)
 	args[1] = PointerGetDatum(construct_array(exits->pids, exits->n, INT8OID, 8,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	plan = PersonaKeptPlan(&exit_plan,
-					"WITH changed AS ("
-					" DELETE FROM persona.segment_members AS m"
-					" USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(segment, profile_id)"
-					" WHERE m.segment OPERATOR(pg_catalog.=) u.segment"
-					"   AND m.profile_id OPERATOR(pg_catalog.=) u.profile_id"
-					" RETURNING m.segment, m.profile_id) "
-					"INSERT INTO persona.segment_log (segment, profile_id, op, at) "
-					"SELECT c.segment, c.profile_id, 'exit', pg_catalog.now() FROM changed AS c "
-					"RETURNING segment, profile_id, log_id", 2, types, 0);
+						   "WITH changed AS ("
+						   " DELETE FROM persona.segment_members AS m"
+						   " USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(segment, profile_id)"
+						   " WHERE m.segment OPERATOR(pg_catalog.=) u.segment"
+						   "   AND m.profile_id OPERATOR(pg_catalog.=) u.profile_id"
+						   " RETURNING m.segment, m.profile_id) "
+						   "INSERT INTO persona.segment_log (segment, profile_id, op, at) "
+						   "SELECT c.segment, c.profile_id, 'exit', pg_catalog.now() FROM changed AS c "
+						   "RETURNING segment, profile_id, log_id", 2, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "writing segment exits failed");
 	done = SPI_processed;
@@ -337,14 +337,14 @@ ReadMemberships(ProfileReader *r, const SegmentCatalog *sc, int64 profile_id, bo
  * and exits.
  */
 uint64
-SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
-				const char *const *changed, int nchanged)
+PersonaSegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
+					   const char *const *changed, int nchanged)
 {
 	SegmentCatalog *sc;
 	bool	   *evaluate;
 	bool	   *was_in;
 	int			nevaluate = 0;
-	ChangeList	changes[2] = {{0}};	/* 0: exits, 1: entries */
+	ChangeList	changes[2] = {{0}}; /* 0: exits, 1: entries */
 	uint64		nchanges = 0;
 	bool		clock_requested = false;
 	ProfileReader r;
@@ -445,6 +445,6 @@ persona_refresh_segments(PG_FUNCTION_ARGS)
 		for (int i = 0; i < nchanged; i++)
 			changed[i] = names_null[i] ? "" : TextDatumGetCString(names[i]);
 	}
-	PG_RETURN_INT64((int64) SegmentsRefresh(pids, n, false, (const char *const *) changed,
-											nchanged));
+	PG_RETURN_INT64((int64) PersonaSegmentsRefresh(pids, n, false, (const char *const *) changed,
+												   nchanged));
 }

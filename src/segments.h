@@ -9,7 +9,7 @@
 
 #include "nodes/pg_list.h"
 
-extern uint64 SegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
-							  const char *const *changed, int nchanged);
+extern uint64 PersonaSegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
+									 const char *const *changed, int nchanged);
 
 #endif							/* PERSONA_SEGMENTS_H */

@@ -66,7 +66,7 @@ static const char *const kind_names[] = {
  * --------------------------------------------------------------------- */
 
 TraitKind
-TraitKindFromName(const char *name)
+PersonaTraitKindFromName(const char *name)
 {
 	for (int k = TRAIT_COUNT; k <= TRAIT_COUNT_DISTINCT; k++)
 		if (strcmp(name, kind_names[k]) == 0)
@@ -84,7 +84,7 @@ BucketWidth(int64 window_us)
 
 /* An interval as microseconds: a month is 30 days, a day 24 hours. */
 int64
-TraitIntervalUs(const Interval *w)
+PersonaTraitIntervalUs(const Interval *w)
 {
 	return w->time + (int64) w->day * USECS_PER_DAY +
 		(int64) w->month * DAYS_PER_MONTH * USECS_PER_DAY;
@@ -101,10 +101,10 @@ ReadTraitDef(void *entry, const Datum *values, const bool *nulls)
 
 	d->trait_id = DatumGetInt32(values[0]);
 	d->name = TextDatumGetCString(values[1]);
-	d->kind = TraitKindFromName(TextDatumGetCString(values[2]));
+	d->kind = PersonaTraitKindFromName(TextDatumGetCString(values[2]));
 	d->event_type = TextDatumGetCString(values[3]);
 	d->property = nulls[4] ? NULL : TextDatumGetCString(values[4]);
-	d->window_us = nulls[5] ? 0 : TraitIntervalUs(DatumGetIntervalP(values[5]));
+	d->window_us = nulls[5] ? 0 : PersonaTraitIntervalUs(DatumGetIntervalP(values[5]));
 	d->bucket_us = BucketWidth(d->window_us);
 	if (d->kind == 0)
 		elog(ERROR, "persona.trait_defs holds an unknown aggregate");
@@ -499,7 +499,7 @@ StaticAssertDecl(sizeof(TraitState) <= 128, "a trait state fits a 128-byte chunk
 StaticAssertDecl(sizeof(ProfileTraits) <= 64, "a profile's states fit a 64-byte chunk");
 
 TraitState *
-TraitStateCreate(const TraitDef *def)
+PersonaTraitStateCreate(const TraitDef *def)
 {
 	TraitState *s = palloc0(sizeof(TraitState));
 
@@ -512,8 +512,8 @@ TraitStateCreate(const TraitDef *def)
 
 /* Folds one event into the state. */
 void
-TraitAdd(TraitState *s, const TraitDef *def, TimestampTz at, int64 event_id,
-		 Jsonb *properties, TimestampTz now)
+PersonaTraitAdd(TraitState *s, const TraitDef *def, TimestampTz at, int64 event_id,
+				Jsonb *properties, TimestampTz now)
 {
 	int64		bucket = BucketOf(s, at);
 	JsonbValue	v;
@@ -567,7 +567,7 @@ TraitAdd(TraitState *s, const TraitDef *def, TimestampTz at, int64 event_id,
 
 /* Folds ``from`` into ``into``: the state of both profiles' events. */
 void
-TraitCombine(TraitState *into, const TraitState *from)
+PersonaTraitCombine(TraitState *into, const TraitState *from)
 {
 	into->skipped += from->skipped;
 	for (int i = 0; i < from->ncells; i++)
@@ -575,8 +575,8 @@ TraitCombine(TraitState *into, const TraitState *from)
 		const TraitCell *c = &from->cells[i];
 
 		/*
-		 * Copy what the state keeps: ``from`` may live in shorter-lived memory
-		 * (a deserialized partial state of a parallel aggregate).
+		 * Copy what the state keeps: ``from`` may live in shorter-lived
+		 * memory (a deserialized partial state of a parallel aggregate).
 		 */
 		if (c->n > 0)
 			CellAdd(into->kind, GetCell(into, c->bucket), c->n,
@@ -611,7 +611,7 @@ TraitCombine(TraitState *into, const TraitState *from)
  * numeric for sum, avg, min and max, text for first and last.
  */
 Datum
-TraitValue(const TraitState *s, TimestampTz now, bool *isnull)
+PersonaTraitValue(const TraitState *s, TimestampTz now, bool *isnull)
 {
 	int64		n = 0;
 	Numeric		num = NULL;
@@ -962,7 +962,7 @@ RecvState(StringInfo buf)
  * --------------------------------------------------------------------- */
 
 ProfileTraits *
-ProfileTraitsCreate(void)
+PersonaProfileTraitsCreate(void)
 {
 	return palloc0(sizeof(ProfileTraits));
 }
@@ -997,9 +997,9 @@ ProfileTraitsAppend(ProfileTraits *pt, TraitState *s)
 }
 
 ProfileTraits *
-ProfileTraitsParse(bytea *blob)
+PersonaProfileTraitsParse(bytea *blob)
 {
-	ProfileTraits *pt = ProfileTraitsCreate();
+	ProfileTraits *pt = PersonaProfileTraitsCreate();
 	StringInfoData buf;
 	int			n;
 
@@ -1024,7 +1024,7 @@ ProfileTraitsParse(bytea *blob)
 		sub.len = sub.maxlen = len;
 		sub.cursor = 0;
 		s = RecvState(&sub);
-		CheckState(sub.cursor == sub.len && ProfileTraitsFind(pt, s->trait_id) == NULL);
+		CheckState(sub.cursor == sub.len && PersonaProfileTraitsFind(pt, s->trait_id) == NULL);
 		ProfileTraitsAppend(pt, s);
 	}
 	CheckState(buf.cursor == buf.len);
@@ -1032,7 +1032,7 @@ ProfileTraitsParse(bytea *blob)
 }
 
 TraitState *
-ProfileTraitsFind(ProfileTraits *pt, int32 trait_id)
+PersonaProfileTraitsFind(ProfileTraits *pt, int32 trait_id)
 {
 	for (int i = 0; i < pt->nstates; i++)
 		if (pt->ids[i] == trait_id)
@@ -1042,25 +1042,25 @@ ProfileTraitsFind(ProfileTraits *pt, int32 trait_id)
 
 /* The state of a defined trait, created when the profile has none yet. */
 TraitState *
-ProfileTraitsGet(ProfileTraits *pt, const TraitDef *def)
+PersonaProfileTraitsGet(ProfileTraits *pt, const TraitDef *def)
 {
-	TraitState *s = ProfileTraitsFind(pt, def->trait_id);
+	TraitState *s = PersonaProfileTraitsFind(pt, def->trait_id);
 
 	if (s == NULL)
 	{
-		s = TraitStateCreate(def);
+		s = PersonaTraitStateCreate(def);
 		ProfileTraitsAppend(pt, s);
 	}
 	return s;
 }
 
 void
-ProfileTraitsCombine(ProfileTraits *into, const ProfileTraits *from)
+PersonaProfileTraitsCombine(ProfileTraits *into, const ProfileTraits *from)
 {
 	for (int i = 0; i < from->nstates; i++)
 	{
 		const TraitState *f = from->states[i];
-		TraitState *s = ProfileTraitsFind(into, f->trait_id);
+		TraitState *s = PersonaProfileTraitsFind(into, f->trait_id);
 
 		if (s == NULL)
 		{
@@ -1073,7 +1073,7 @@ ProfileTraitsCombine(ProfileTraits *into, const ProfileTraits *from)
 		}
 		else if (s->kind != f->kind || s->bucket_us != f->bucket_us)
 			CheckState(false);
-		TraitCombine(s, f);
+		PersonaTraitCombine(s, f);
 	}
 }
 
@@ -1130,7 +1130,10 @@ EncodeStates(TraitState *const *states, int n)
 		appendBinaryStringInfo(body, entry->data, entry->len);
 	}
 
-	/* The version and the count of states (at most 11 bytes), then the states. */
+	/*
+	 * The version and the count of states (at most 11 bytes), then the
+	 * states.
+	 */
 	head.data = head_bytes;
 	head.len = 0;
 	head.maxlen = sizeof(head_bytes);
@@ -1149,7 +1152,7 @@ EncodeStates(TraitState *const *states, int n)
  * buckets that can no longer count.  NULL when nothing is left.
  */
 bytea *
-ProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now)
+PersonaProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now)
 {
 	const TraitCatalog *tc = PersonaTraitCatalog();
 	TraitState **kept = palloc(sizeof(TraitState *) * Max(pt->nstates, 1));
@@ -1176,7 +1179,7 @@ ProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now)
  * bucket dated in the future enters it.  0 when no value will change.
  */
 TimestampTz
-ProfileTraitsNextChange(const ProfileTraits *pt, TimestampTz now)
+PersonaProfileTraitsNextChange(const ProfileTraits *pt, TimestampTz now)
 {
 	TimestampTz next = 0;
 
@@ -1190,7 +1193,7 @@ ProfileTraitsNextChange(const ProfileTraits *pt, TimestampTz now)
 		{
 			TimestampTz start = s->cells[c].bucket * s->bucket_us;
 			TimestampTz at = start > now ? start
-				: start + s->bucket_us + s->window_us;
+			: start + s->bucket_us + s->window_us;
 
 			if (s->cells[c].n > 0 && at > now && (next == 0 || at < next))
 				next = at;
@@ -1220,10 +1223,10 @@ persona_state_merge(PG_FUNCTION_ARGS)
 
 	if (PG_ARGISNULL(0) && PG_ARGISNULL(1))
 		PG_RETURN_NULL();
-	pt = ProfileTraitsParse(PG_ARGISNULL(0) ? NULL : PG_GETARG_BYTEA_PP(0));
+	pt = PersonaProfileTraitsParse(PG_ARGISNULL(0) ? NULL : PG_GETARG_BYTEA_PP(0));
 	if (!PG_ARGISNULL(1))
-		ProfileTraitsCombine(pt, ProfileTraitsParse(PG_GETARG_BYTEA_PP(1)));
-	result = ProfileTraitsSerialize(pt, GetCurrentTransactionStartTimestamp());
+		PersonaProfileTraitsCombine(pt, PersonaProfileTraitsParse(PG_GETARG_BYTEA_PP(1)));
+	result = PersonaProfileTraitsSerialize(pt, GetCurrentTransactionStartTimestamp());
 	if (result == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_BYTEA_P(result);
@@ -1238,8 +1241,8 @@ persona_next_change(PG_FUNCTION_ARGS)
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
-	next = ProfileTraitsNextChange(ProfileTraitsParse(PG_GETARG_BYTEA_PP(0)),
-								   GetCurrentTransactionStartTimestamp());
+	next = PersonaProfileTraitsNextChange(PersonaProfileTraitsParse(PG_GETARG_BYTEA_PP(0)),
+										  GetCurrentTransactionStartTimestamp());
 	if (next == 0)
 		PG_RETURN_NULL();
 	PG_RETURN_TIMESTAMPTZ(next);
@@ -1250,13 +1253,13 @@ PG_FUNCTION_INFO_V1(persona_state_put);
 Datum
 persona_state_put(PG_FUNCTION_ARGS)
 {
-	ProfileTraits *pt = ProfileTraitsParse(PG_ARGISNULL(0) ? NULL : PG_GETARG_BYTEA_PP(0));
+	ProfileTraits *pt = PersonaProfileTraitsParse(PG_ARGISNULL(0) ? NULL : PG_GETARG_BYTEA_PP(0));
 	ProfileTraits *one;
 	bytea	   *result;
 
 	if (!PG_ARGISNULL(1))
 	{
-		one = ProfileTraitsParse(PG_GETARG_BYTEA_PP(1));
+		one = PersonaProfileTraitsParse(PG_GETARG_BYTEA_PP(1));
 		for (int i = 0; i < one->nstates; i++)
 		{
 			TraitState *s = one->states[i];
@@ -1272,7 +1275,7 @@ persona_state_put(PG_FUNCTION_ARGS)
 				ProfileTraitsAppend(pt, s);
 		}
 	}
-	result = ProfileTraitsSerialize(pt, GetCurrentTransactionStartTimestamp());
+	result = PersonaProfileTraitsSerialize(pt, GetCurrentTransactionStartTimestamp());
 	if (result == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_BYTEA_P(result);
@@ -1307,7 +1310,7 @@ ParsedStates(bytea *blob)
 	bytes = palloc(Max(len, 1));
 	memcpy(bytes, VARDATA_ANY(blob), len);
 	nbytes = len;
-	parsed = ProfileTraitsParse(blob);
+	parsed = PersonaProfileTraitsParse(blob);
 	MemoryContextSwitchTo(old);
 	return parsed;
 }
@@ -1324,7 +1327,7 @@ StateValue(FunctionCallInfo fcinfo, int kinds, bool *isnull)
 	if (!PG_ARGISNULL(0))
 	{
 		pt = ParsedStates(PG_GETARG_BYTEA_PP(0));
-		s = ProfileTraitsFind(pt, trait_id);
+		s = PersonaProfileTraitsFind(pt, trait_id);
 		if (s != NULL)
 		{
 			Datum		v;
@@ -1334,8 +1337,12 @@ StateValue(FunctionCallInfo fcinfo, int kinds, bool *isnull)
 						(errcode(ERRCODE_DATATYPE_MISMATCH),
 						 errmsg("trait %d is a %s, not read with this function",
 								trait_id, kind_names[s->kind])));
-			v = TraitValue(s, GetCurrentTransactionStartTimestamp(), isnull);
-			/* The cached states outlive this call's memory; the value must not. */
+			v = PersonaTraitValue(s, GetCurrentTransactionStartTimestamp(), isnull);
+
+			/*
+			 * The cached states outlive this call's memory; the value must
+			 * not.
+			 */
 			if (!*isnull && (s->kind == TRAIT_FIRST || s->kind == TRAIT_LAST))
 				v = PointerGetDatum(DatumGetTextPCopy(v));
 			else if (!*isnull && s->kind != TRAIT_COUNT && s->kind != TRAIT_COUNT_DISTINCT)
@@ -1349,9 +1356,9 @@ StateValue(FunctionCallInfo fcinfo, int kinds, bool *isnull)
 	for (int i = 0; i < tc->ndefs; i++)
 		if (tc->defs[i].trait_id == trait_id)
 		{
-			s = TraitStateCreate(&tc->defs[i]);
+			s = PersonaTraitStateCreate(&tc->defs[i]);
 			if (KIND_BIT(s->kind) & kinds)
-				return TraitValue(s, GetCurrentTransactionStartTimestamp(), isnull);
+				return PersonaTraitValue(s, GetCurrentTransactionStartTimestamp(), isnull);
 		}
 	return (Datum) 0;
 }
@@ -1363,7 +1370,7 @@ persona_trait_bigint(PG_FUNCTION_ARGS)
 {
 	bool		isnull;
 	Datum		v = StateValue(fcinfo, KIND_BIT(TRAIT_COUNT) | KIND_BIT(TRAIT_COUNT_DISTINCT),
-								   &isnull);
+							   &isnull);
 
 	if (isnull)
 		PG_RETURN_NULL();
@@ -1377,7 +1384,7 @@ persona_trait_numeric(PG_FUNCTION_ARGS)
 {
 	bool		isnull;
 	Datum		v = StateValue(fcinfo, KIND_BIT(TRAIT_SUM) | KIND_BIT(TRAIT_AVG) |
-								   KIND_BIT(TRAIT_MIN) | KIND_BIT(TRAIT_MAX), &isnull);
+							   KIND_BIT(TRAIT_MIN) | KIND_BIT(TRAIT_MAX), &isnull);
 
 	if (isnull)
 		PG_RETURN_NULL();
@@ -1410,7 +1417,7 @@ Jsonb *
 PersonaTraitsJson(bytea *states)
 {
 	const TraitCatalog *tc = PersonaTraitCatalog();
-	ProfileTraits *pt = ProfileTraitsParse(states);
+	ProfileTraits *pt = PersonaProfileTraitsParse(states);
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	JsonbParseState *state = NULL;
 	JsonbValue *res;
@@ -1419,15 +1426,15 @@ PersonaTraitsJson(bytea *states)
 	for (int i = 0; i < tc->ndefs; i++)
 	{
 		const TraitDef *d = &tc->defs[i];
-		TraitState *s = ProfileTraitsFind(pt, d->trait_id);
+		TraitState *s = PersonaProfileTraitsFind(pt, d->trait_id);
 		JsonbValue	k;
 		JsonbValue	v;
 		bool		isnull;
 		Datum		val;
 
 		if (s == NULL || s->kind != d->kind)
-			s = TraitStateCreate(d);
-		val = TraitValue(s, now, &isnull);
+			s = PersonaTraitStateCreate(d);
+		val = PersonaTraitValue(s, now, &isnull);
 		k.type = jbvString;
 		k.val.string.val = d->name;
 		k.val.string.len = strlen(d->name);
@@ -1477,25 +1484,25 @@ static TraitAggState *
 TraitAggStateCreate(FunctionCallInfo fcinfo, MemoryContext agg)
 {
 	MemoryContext old = MemoryContextSwitchTo(agg);
-	TraitAggState   *a = palloc0(sizeof(TraitAggState));
+	TraitAggState *a = palloc0(sizeof(TraitAggState));
 
 	if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("trait_id and aggregate must not be null")));
 	a->def.trait_id = PG_GETARG_INT32(1);
-	a->def.kind = TraitKindFromName(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	a->def.kind = PersonaTraitKindFromName(text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	if (a->def.kind == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("unknown trait aggregate")));
 	if (!PG_ARGISNULL(3))
 	{
-		a->def.window_us = TraitIntervalUs(PG_GETARG_INTERVAL_P(3));
+		a->def.window_us = PersonaTraitIntervalUs(PG_GETARG_INTERVAL_P(3));
 		a->def.bucket_us = BucketWidth(a->def.window_us);
 	}
 	a->def.property = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
-	a->state = TraitStateCreate(&a->def);
+	a->state = PersonaTraitStateCreate(&a->def);
 	MemoryContextSwitchTo(old);
 	return a;
 }
@@ -1507,7 +1514,7 @@ persona_trait_agg_add(PG_FUNCTION_ARGS)
 {
 	MemoryContext agg;
 	MemoryContext old;
-	TraitAggState   *a;
+	TraitAggState *a;
 
 	if (!AggCheckCallContext(fcinfo, &agg))
 		elog(ERROR, "persona_trait_agg_add called in non-aggregate context");
@@ -1515,10 +1522,10 @@ persona_trait_agg_add(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(5))
 	{
 		old = MemoryContextSwitchTo(agg);
-		TraitAdd(a->state, &a->def, PG_GETARG_TIMESTAMPTZ(5),
-				 PG_ARGISNULL(6) ? 0 : PG_GETARG_INT64(6),
-				 PG_ARGISNULL(7) ? NULL : PG_GETARG_JSONB_P(7),
-				 GetCurrentTransactionStartTimestamp());
+		PersonaTraitAdd(a->state, &a->def, PG_GETARG_TIMESTAMPTZ(5),
+						PG_ARGISNULL(6) ? 0 : PG_GETARG_INT64(6),
+						PG_ARGISNULL(7) ? NULL : PG_GETARG_JSONB_P(7),
+						GetCurrentTransactionStartTimestamp());
 		MemoryContextSwitchTo(old);
 	}
 	PG_RETURN_POINTER(a);
@@ -1531,8 +1538,8 @@ persona_trait_agg_combine(PG_FUNCTION_ARGS)
 {
 	MemoryContext agg;
 	MemoryContext old;
-	TraitAggState   *a;
-	TraitAggState   *b;
+	TraitAggState *a;
+	TraitAggState *b;
 
 	if (!AggCheckCallContext(fcinfo, &agg))
 		elog(ERROR, "persona_trait_agg_combine called in non-aggregate context");
@@ -1554,7 +1561,7 @@ persona_trait_agg_combine(PG_FUNCTION_ARGS)
 	else
 		a = (TraitAggState *) PG_GETARG_POINTER(0);
 	old = MemoryContextSwitchTo(agg);
-	TraitCombine(a->state, b->state);
+	PersonaTraitCombine(a->state, b->state);
 	MemoryContextSwitchTo(old);
 	PG_RETURN_POINTER(a);
 }
@@ -1564,7 +1571,7 @@ PG_FUNCTION_INFO_V1(persona_trait_agg_serialize);
 Datum
 persona_trait_agg_serialize(PG_FUNCTION_ARGS)
 {
-	TraitAggState   *a = (TraitAggState *) PG_GETARG_POINTER(0);
+	TraitAggState *a = (TraitAggState *) PG_GETARG_POINTER(0);
 	StringInfoData buf;
 
 	pq_begintypsend(&buf);
@@ -1580,7 +1587,7 @@ Datum
 persona_trait_agg_deserialize(PG_FUNCTION_ARGS)
 {
 	bytea	   *b = PG_GETARG_BYTEA_PP(0);
-	TraitAggState   *a = palloc0(sizeof(TraitAggState));
+	TraitAggState *a = palloc0(sizeof(TraitAggState));
 	StringInfoData buf;
 	const char *property;
 
@@ -1605,7 +1612,7 @@ PG_FUNCTION_INFO_V1(persona_trait_agg_final);
 Datum
 persona_trait_agg_final(PG_FUNCTION_ARGS)
 {
-	TraitAggState   *a;
+	TraitAggState *a;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();

@@ -3,8 +3,8 @@
  *	  Computed traits: the definitions, and the state of each aggregate.
  *
  * One implementation of each aggregate's state serves three uses: live
- * maintenance in the ingest trigger (TraitAdd), backfill as a custom
- * aggregate, and identity merges (TraitCombine).
+ * maintenance in the ingest trigger (PersonaTraitAdd), backfill as a custom
+ * aggregate, and identity merges (PersonaTraitCombine).
  */
 #ifndef PERSONA_TRAITS_H
 #define PERSONA_TRAITS_H
@@ -69,8 +69,8 @@ typedef struct TraitState
 {
 	int32		trait_id;
 	uint8		kind;			/* a TraitKind, in a byte: see ``one`` */
-	bool		truncated;		/* count_distinct, windowed, past the bound:
-								 * a lower bound */
+	bool		truncated;		/* count_distinct, windowed, past the bound: a
+								 * lower bound */
 	int64		window_us;
 	int64		bucket_us;
 	int64		skipped;		/* values that were not numbers */
@@ -110,21 +110,21 @@ typedef struct ProfileTraits
 
 extern const TraitCatalog *PersonaTraitCatalog(void);
 extern Jsonb *PersonaTraitsJson(bytea *states);
-extern TraitKind TraitKindFromName(const char *name);
-extern int64 TraitIntervalUs(const Interval *w);
+extern TraitKind PersonaTraitKindFromName(const char *name);
+extern int64 PersonaTraitIntervalUs(const Interval *w);
 
-extern TraitState *TraitStateCreate(const TraitDef *def);
-extern void TraitAdd(TraitState *state, const TraitDef *def, TimestampTz at,
-					 int64 event_id, Jsonb *properties, TimestampTz now);
-extern void TraitCombine(TraitState *into, const TraitState *from);
-extern Datum TraitValue(const TraitState *state, TimestampTz now, bool *isnull);
+extern TraitState *PersonaTraitStateCreate(const TraitDef *def);
+extern void PersonaTraitAdd(TraitState *state, const TraitDef *def, TimestampTz at,
+							int64 event_id, Jsonb *properties, TimestampTz now);
+extern void PersonaTraitCombine(TraitState *into, const TraitState *from);
+extern Datum PersonaTraitValue(const TraitState *state, TimestampTz now, bool *isnull);
 
-extern ProfileTraits *ProfileTraitsCreate(void);
-extern ProfileTraits *ProfileTraitsParse(bytea *blob);
-extern TraitState *ProfileTraitsFind(ProfileTraits *pt, int32 trait_id);
-extern TraitState *ProfileTraitsGet(ProfileTraits *pt, const TraitDef *def);
-extern void ProfileTraitsCombine(ProfileTraits *into, const ProfileTraits *from);
-extern bytea *ProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now);
-extern TimestampTz ProfileTraitsNextChange(const ProfileTraits *pt, TimestampTz now);
+extern ProfileTraits *PersonaProfileTraitsCreate(void);
+extern ProfileTraits *PersonaProfileTraitsParse(bytea *blob);
+extern TraitState *PersonaProfileTraitsFind(ProfileTraits *pt, int32 trait_id);
+extern TraitState *PersonaProfileTraitsGet(ProfileTraits *pt, const TraitDef *def);
+extern void PersonaProfileTraitsCombine(ProfileTraits *into, const ProfileTraits *from);
+extern bytea *PersonaProfileTraitsSerialize(const ProfileTraits *pt, TimestampTz now);
+extern TimestampTz PersonaProfileTraitsNextChange(const ProfileTraits *pt, TimestampTz now);
 
 #endif							/* PERSONA_TRAITS_H */
