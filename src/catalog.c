@@ -73,6 +73,8 @@ PersonaGetCatalog(void)
 		catalog.actions = RequireRelation(schema, "actions");
 		/* New in 0.2.0: a database not yet updated has none. */
 		catalog.experiments = get_relname_relid("experiments", schema);
+		catalog.assignments = get_relname_relid("assignments", schema);
+		catalog.assignments_pkey = get_relname_relid("assignments_pkey", schema);
 		catalog_valid = true;
 	}
 	return &catalog;

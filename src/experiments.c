@@ -19,18 +19,24 @@
 
 #include <math.h>
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/nbtree.h"
+#include "access/table.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 
 #include "defcache.h"
 #include "experiments.h"
 #include "persona.h"
 
-static SPIPlanPtr read_arm_plan = NULL;
 static SPIPlanPtr record_arm_plan = NULL;
 static SPIPlanPtr user_id_plan = NULL;
 static SPIPlanPtr anonymous_id_plan = NULL;
@@ -175,27 +181,34 @@ persona_two_sided_p(PG_FUNCTION_ARGS)
 static bool
 ReadArm(int64 profile_id, const char *experiment, bool *holdout)
 {
-	Oid			types[2] = {INT8OID, TEXTOID};
-	Datum		args[2] = {Int64GetDatum(profile_id), CStringGetTextDatum(experiment)};
-	Snapshot	latest;
-	bool		isnull;
-	int			rc;
-	SPIPlanPtr	plan = PersonaKeptPlan(&read_arm_plan,
-									   "SELECT a.arm OPERATOR(pg_catalog.=) 'holdout' "
-									   "FROM persona.assignments AS a "
-									   "WHERE a.profile_id OPERATOR(pg_catalog.=) $1 "
-									   "  AND a.experiment OPERATOR(pg_catalog.=) $2",
-									   2, types, 0);
+	const PersonaCatalog *cat = PersonaGetCatalog();
+	Relation	rel = table_open(cat->assignments, AccessShareLock);
+	ScanKeyData keys[2];
+	Snapshot	latest = RegisterSnapshot(GetLatestSnapshot());
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		found = false;
 
-	latest = RegisterSnapshot(GetLatestSnapshot());
-	rc = SPI_execute_snapshot(plan, args, NULL, latest, InvalidSnapshot, true, false, 1);
+	/* By the primary key (profile_id, experiment), without a query. */
+	ScanKeyInit(&keys[0], PersonaRequireColumn(cat->assignments, "profile_id"),
+				BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
+	ScanKeyInit(&keys[1], PersonaRequireColumn(cat->assignments, "experiment"),
+				BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(experiment));
+	keys[1].sk_collation = DEFAULT_COLLATION_OID;
+	scan = systable_beginscan(rel, cat->assignments_pkey, true, latest, 2, keys);
+	if ((tup = systable_getnext(scan)) != NULL)
+	{
+		bool		isnull;
+		Datum		arm = heap_getattr(tup, PersonaRequireColumn(cat->assignments, "arm"),
+									   RelationGetDescr(rel), &isnull);
+
+		*holdout = !isnull && strcmp(TextDatumGetCString(arm), "holdout") == 0;
+		found = true;
+	}
+	systable_endscan(scan);
 	UnregisterSnapshot(latest);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "reading an assignment failed");
-	if (SPI_processed == 0)
-		return false;
-	*holdout = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	return true;
+	table_close(rel, AccessShareLock);
+	return found;
 }
 
 /*

@@ -38,6 +38,8 @@ typedef struct PersonaCatalog
 	Oid			decision_source;
 	Oid			actions;
 	Oid			experiments;	/* InvalidOid under 0.1.0's SQL */
+	Oid			assignments;	/* likewise */
+	Oid			assignments_pkey;	/* likewise */
 } PersonaCatalog;
 
 extern const PersonaCatalog *PersonaGetCatalog(void);
