@@ -724,7 +724,16 @@ persona_compile_definition(PG_FUNCTION_ARGS)
 		bool		clock;
 		char	   *predicate = RequirePredicateText(DatumGetTextPP(text_datum));
 
-		values[1] = CStringGetTextDatum(PersonaCompilePredicate(predicate, source, &reads, &clock));
+		char	   *sql = PersonaCompilePredicate(predicate, source, &reads, &clock);
+
+		/*
+		 * Prepared as the definitions cache will prepare it, so that what
+		 * fails whatever the profile (1 / 0, folded as a constant) is refused
+		 * here, when the definition is written, and never when the cache
+		 * loads it in the middle of ingest.
+		 */
+		(void) PersonaPreparePredicate(sql, source);
+		values[1] = CStringGetTextDatum(sql);
 		values[2] = ReadsArray(reads);
 		values[3] = BoolGetDatum(clock);
 	}
