@@ -2088,8 +2088,9 @@ CREATE OR REPLACE FUNCTION @extschema@.persona_create_segment(name text, predica
     AS $$
 #variable_conflict use_column
 DECLARE
-    v_name text := $1;
-    v_c    record;
+    v_name  text := $1;
+    v_c     record;
+    v_batch bigint[];
 BEGIN
     PERFORM persona.check_name(v_name, 'name');
     v_c := persona.compile_predicate($2, 'persona.segment_source');
@@ -2113,23 +2114,40 @@ BEGIN
     -- row that comes with its SQL is a restored one, docs/operations.md).
     INSERT INTO persona.segments (name, predicate) VALUES (v_name, $2);
 
+    INSERT INTO persona.segment_stats (segment_id)
+    SELECT s.segment_id FROM persona.segments AS s WHERE s.name = v_name;
+
     -- v_c.sql is the checked expression deparsed from its parse tree, never
-    -- the text given; the name is only ever a parameter.
-    EXECUTE format($q$
-        WITH entered AS (
-            INSERT INTO persona.segment_members (segment, profile_id)
-            SELECT $1, s.profile_id FROM persona.segment_source AS s
-             WHERE coalesce((%s), false)
-            RETURNING segment, profile_id),
-        logged AS (
-            INSERT INTO persona.segment_log (segment, profile_id, op)
-            SELECT e.segment, e.profile_id, 'enter' FROM entered AS e
-            RETURNING log_id, segment, profile_id)
-        SELECT count(pg_notify('persona_segment',
-                               jsonb_build_object('op', 'enter', 'log_id', l.log_id, 'segment', l.segment,
-                                                  'profile_id', l.profile_id)::text))
-          FROM logged AS l$q$, v_c.sql)
-    USING v_name;
+    -- the text given; the name is only ever a parameter. All profiles in one
+    -- statement; if the predicate fails on some profile's data, that is
+    -- undone and the profiles are evaluated in C by batches, where only
+    -- those it fails for are left out (counted in persona.segment_stats).
+    BEGIN
+        EXECUTE format($q$
+            WITH entered AS (
+                INSERT INTO persona.segment_members (segment, profile_id)
+                SELECT $1, s.profile_id FROM persona.segment_source AS s
+                 WHERE coalesce((%s), false)
+                RETURNING segment, profile_id),
+            logged AS (
+                INSERT INTO persona.segment_log (segment, profile_id, op)
+                SELECT e.segment, e.profile_id, 'enter' FROM entered AS e
+                RETURNING log_id, segment, profile_id)
+            SELECT count(pg_notify('persona_segment',
+                                   jsonb_build_object('op', 'enter', 'log_id', l.log_id, 'segment', l.segment,
+                                                      'profile_id', l.profile_id)::text))
+              FROM logged AS l$q$, v_c.sql)
+        USING v_name;
+    EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+        FOR v_batch IN
+            SELECT array_agg(b.profile_id ORDER BY b.profile_id)
+              FROM (SELECT p.profile_id, (row_number() OVER (ORDER BY p.profile_id) - 1) / 10000 AS n
+                      FROM persona.profiles AS p) AS b
+             GROUP BY b.n ORDER BY b.n
+        LOOP
+            PERFORM persona.evaluate_segment(v_name, v_batch);
+        END LOOP;
+    END;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_create_segment(text, text) IS
@@ -2230,6 +2248,7 @@ CREATE OR REPLACE FUNCTION @extschema@.persona_drop_segment(name text)
 #variable_conflict use_column
 DECLARE
     v_name  text := $1;
+    v_id    int;
     v_exits bigint;
     v_last  bigint;
 BEGIN
@@ -2240,10 +2259,11 @@ BEGIN
     -- Ingest in flight may still add members: wait for it, as creation does.
     PERFORM persona.lock_order();
     LOCK TABLE persona.events IN SHARE MODE;
-    DELETE FROM persona.segments AS s WHERE s.name = v_name;
+    DELETE FROM persona.segments AS s WHERE s.name = v_name RETURNING s.segment_id INTO v_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'segment "%" does not exist', v_name USING ERRCODE = '42704';
     END IF;
+    DELETE FROM persona.segment_stats AS s WHERE s.segment_id = v_id;
     -- Every member exits, logged, so a listener replaying the log drops
     -- them; one notification announces them all (one per member would fill
     -- the notification queue for a large segment): it carries the number of
@@ -2308,3 +2328,32 @@ ALTER FUNCTION @extschema@.persona_define_trait(text, text, text, text, interval
 ALTER FUNCTION @extschema@.persona_drop_segment(text) SET persona.maintenance = on;
 ALTER FUNCTION @extschema@.persona_tick() SET persona.maintenance = on;
 
+
+-- ---------------------------------------------------------------------
+-- A definition never blocks ingest (issue 15): a segment predicate that
+-- fails on a profile's data leaves that profile out of that segment for the
+-- change, counted in persona.segment_stats (docs/segments.md). The
+-- functions persona_create_segment and persona_drop_segment are replaced
+-- above, where the restore change replaces them.
+-- ---------------------------------------------------------------------
+
+CREATE TABLE persona.segment_stats (
+    segment_id    int         PRIMARY KEY,
+    errors        bigint      NOT NULL DEFAULT 0,
+    last_error    text,
+    last_error_at timestamptz
+);
+COMMENT ON TABLE persona.segment_stats IS 'per segment: the evaluations in which its predicate failed';
+COMMENT ON COLUMN persona.segment_stats.errors IS
+    'profiles for which the predicate failed with a data exception (class 22) or a program limit (class 54): they neither entered nor left the segment';
+COMMENT ON COLUMN persona.segment_stats.last_error IS 'SQLSTATE and message of the last predicate error';
+SELECT pg_catalog.pg_extension_config_dump('persona.segment_stats', '');
+INSERT INTO persona.segment_stats (segment_id)
+SELECT s.segment_id FROM persona.segments AS s;
+
+CREATE FUNCTION persona.evaluate_segment(segment text, profile_ids bigint[]) RETURNS bigint
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'persona_evaluate_segment';
+COMMENT ON FUNCTION persona.evaluate_segment(text, bigint[]) IS
+    'evaluates one segment for these profiles, each alone when the predicate fails on one (not a member, counted); returns entries plus exits';
+REVOKE ALL ON FUNCTION persona.evaluate_segment(text, bigint[]) FROM PUBLIC;

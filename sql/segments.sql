@@ -188,5 +188,72 @@ SELECT count(*) AS members FROM persona.segment_members WHERE segment = 'viewers
 SELECT op, segment, count(*) AS logged FROM persona.segment_log
  WHERE log_id > :last_log_id GROUP BY op, segment;
 
+-- A definition never blocks ingest. A predicate that fails on a profile's
+-- data (a failed cast, a division by zero) leaves that profile out of that
+-- segment for this change: the event goes in, the profile updates, the
+-- other segments move, the error is counted in persona.segment_stats and a
+-- WARNING is logged once per statement and segment.
+SELECT persona_create_segment('s_adult', $$(traits->>'age')::int >= 18$$);
+SELECT persona_create_segment('s_aged', $$traits ? 'age'$$);
+SELECT persona_identify('s-adult', '{"age": 30}') > 0 AS identified;
+SELECT persona_identify('s-bad-age', '{"age": "n/a"}') > 0 AS identified;
+SELECT p.traits, p.event_count FROM persona.profiles p
+  JOIN persona.identities i USING (profile_id) WHERE i.id = 's-bad-age';
+SELECT i.id, m.segment FROM persona.segment_members m
+  JOIN persona.identities i USING (profile_id)
+ WHERE i.id IN ('s-adult', 's-bad-age') AND m.segment IN ('s_adult', 's_aged') ORDER BY 1, 2;
+SELECT s.name, st.errors, st.last_error, st.last_error_at IS NOT NULL AS dated
+  FROM persona.segment_stats st JOIN persona.segments s USING (segment_id)
+ WHERE s.name IN ('s_adult', 's_aged') ORDER BY 1;
+-- A member whose data turns bad stays a member (the predicate's answer is
+-- unknown); the change goes in, and data made good again decides.
+SELECT persona_identify('s-adult', '{"age": "?"}') > 0 AS identified;
+SELECT persona_in_segment('s-adult', 's_adult') AS still_member;
+SELECT persona_identify('s-adult', '{"age": 12}') > 0 AS identified;
+SELECT persona_in_segment('s-adult', 's_adult') AS member;
+SELECT persona_identify('s-bad-age', '{"age": 40}') > 0 AS identified;
+SELECT persona_in_segment('s-bad-age', 's_adult') AS member;
+-- Creating a segment over existing bad data: that profile is not a member.
+SELECT persona_identify('s-bad-age-2', '{"age": "forty"}') > 0 AS identified;
+SELECT persona_create_segment('s_adult_2', $$(traits->>'age')::int >= 18$$);
+SELECT i.id FROM persona.segment_members m JOIN persona.identities i USING (profile_id)
+ WHERE m.segment = 's_adult_2' ORDER BY 1;
+SELECT st.errors, st.last_error FROM persona.segment_stats st
+  JOIN persona.segments s USING (segment_id) WHERE s.name = 's_adult_2';
+-- Its entries are logged and announced as a set-based creation's are.
+SELECT count(*) AS logged FROM persona.segment_log WHERE segment = 's_adult_2' AND op = 'enter';
+-- A bulk INSERT of many people where a few fail: one WARNING, 4 errors,
+-- everything else applied.
+SELECT persona_create_segment('s_ratio',
+    $$CASE WHEN user_id LIKE 's-bulk-%' THEN 100 / (event_count - 2) > 0 END$$);
+SELECT persona_create_segment('s_two_plus', $$user_id LIKE 's-bulk-%' AND event_count >= 2$$);
+INSERT INTO persona.events (user_id, event_type)
+SELECT 's-bulk-' || i, 'page_view' FROM generate_series(1, 200) AS i,
+       LATERAL generate_series(1, CASE WHEN i % 50 = 0 THEN 2 ELSE 3 END) AS n;
+SELECT count(*) AS bulk_events FROM persona.events WHERE user_id LIKE 's-bulk-%';
+SELECT m.segment, count(*) FROM persona.segment_members m
+ WHERE m.segment IN ('s_ratio', 's_two_plus') GROUP BY 1 ORDER BY 1;
+SELECT st.errors, st.last_error FROM persona.segment_stats st
+  JOIN persona.segments s USING (segment_id) WHERE s.name = 's_ratio';
+-- A predicate that fails whatever the profile (a constant, folded when it
+-- is compiled) is refused when it is written, never when ingest loads it.
+SELECT persona_create_segment('s_const', $$CASE WHEN event_count > 0 THEN 1 / 0 = 1 END$$);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+-- The tick evaluates clock predicates through the same path: one profile
+-- failing does not stop it, and is counted.
+SELECT persona_create_segment('s_tick',
+    $$CASE WHEN user_id = 's-tick-bad' THEN 1 / (event_count - event_count) = 1
+           ELSE last_seen > now() - interval '1 day' END$$);
+SELECT persona_track('s-tick-bad', 'page_view') > 0 AS tracked;
+SELECT persona_tick() >= 0 AS ticked;
+SELECT st.errors, st.last_error FROM persona.segment_stats st
+  JOIN persona.segments s USING (segment_id) WHERE s.name = 's_tick';
+SELECT persona_in_segment('s-tick-bad', 's_tick') AS bad_member,
+       persona_in_segment('s-bulk-1', 's_tick') AS good_member;
+-- Dropping a segment drops its counters.
+SELECT persona_drop_segment('s_ratio');
+SELECT count(*) AS stats_rows FROM persona.segment_stats st
+ WHERE NOT EXISTS (SELECT FROM persona.segments s WHERE s.segment_id = st.segment_id);
+
 SELECT persona_drop_segment(name) FROM persona.segments ORDER BY segment_id;
 SELECT persona_drop_trait(name) FROM persona.trait_defs ORDER BY trait_id;

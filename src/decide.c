@@ -579,58 +579,49 @@ LoadCandidates(const ActionCatalog *ac, const DecideRequest *req, CandidateSet *
 	}
 }
 
+/* What one attempt at a profile's conditions evaluates. */
+typedef struct ConditionRun
+{
+	const ActionCatalog *ac;
+	const bool *flagged;
+	int			only;
+	ProfileReader *r;
+	DecideProfile *profile;
+} ConditionRun;
+
+static void
+EvaluateConditions(void *arg)
+{
+	ConditionRun *run = (ConditionRun *) arg;
+
+	for (int k = 0; k < run->ac->nactions; k++)
+	{
+		bool		isnull;
+		Datum		v;
+
+		if (run->only >= 0 ? k != run->only : !run->flagged[k])
+			continue;
+		v = ExecEvalExprSwitchContext(run->ac->actions[k].condition, run->r->econtext, &isnull);
+		run->profile->condition[k] = !isnull && DatumGetBool(v);
+	}
+}
+
 /*
  * Evaluates the conditions flagged in ``flagged`` (or only action ``only``
  * when it is not negative) against the profile row of the reader, inside a
- * subtransaction.  Returns true with the results in profile->condition, or
- * false when a condition failed on this profile's data or this call's
- * context (a data exception, or a program limit such as an over-long
- * string): the error is returned in ``error``.  Any other error is thrown.
+ * subtransaction (PersonaTryEvaluation).  Returns true with the results in
+ * profile->condition, or false when a condition failed on this profile's
+ * data or this call's context (a data exception, or a program limit such
+ * as an over-long string): the error is returned in ``error``.  Any other
+ * error is thrown.
  */
 static bool
 TryConditions(const ActionCatalog *ac, const bool *flagged, int only, ProfileReader *r,
 			  DecideProfile *profile, ErrorData **error)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool ok = true;
+	ConditionRun run = {ac, flagged, only, r, profile};
+	bool		ok = PersonaTryEvaluation(EvaluateConditions, &run, error);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		for (int k = 0; k < ac->nactions; k++)
-		{
-			bool		isnull;
-			Datum		v;
-
-			if (only >= 0 ? k != only : !flagged[k])
-				continue;
-			v = ExecEvalExprSwitchContext(ac->actions[k].condition, r->econtext, &isnull);
-			profile->condition[k] = !isnull && DatumGetBool(v);
-		}
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-		int			category;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
-		if (category != ERRCODE_DATA_EXCEPTION && category != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
-			ReThrowError(edata);
-		*error = edata;
-		ok = false;
-	}
-	PG_END_TRY();
 	ResetExprContext(r->econtext);
 	return ok;
 }

@@ -60,6 +60,7 @@ struct ExprState;
 extern struct ExprState *PersonaPreparePredicate(const char *sql, Oid relid);
 extern int	PersonaPinSearchPath(void);
 extern void PersonaUnpinSearchPath(int level);
+extern bool PersonaTryEvaluation(void (*body) (void *arg), void *arg, ErrorData **error);
 
 /* ingest.c */
 extern void PersonaIngestInit(void);

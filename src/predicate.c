@@ -38,6 +38,7 @@
 
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
@@ -58,6 +59,8 @@
 #include "rewrite/rewriteHandler.h"
 #include "rewrite/rewriteManip.h"
 #include "executor/executor.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "nodes/params.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -721,10 +724,71 @@ persona_compile_definition(PG_FUNCTION_ARGS)
 		bool		clock;
 		char	   *predicate = RequirePredicateText(DatumGetTextPP(text_datum));
 
-		values[1] = CStringGetTextDatum(PersonaCompilePredicate(predicate, source, &reads, &clock));
+		char	   *sql = PersonaCompilePredicate(predicate, source, &reads, &clock);
+
+		/*
+		 * Prepared as the definitions cache will prepare it, so that what
+		 * fails whatever the profile (1 / 0, folded as a constant) is refused
+		 * here, when the definition is written, and never when the cache
+		 * loads it in the middle of ingest.
+		 */
+		(void) PersonaPreparePredicate(sql, source);
+		values[1] = CStringGetTextDatum(sql);
 		values[2] = ReadsArray(reads);
 		values[3] = BoolGetDatum(clock);
 	}
 	tuple = heap_modify_tuple_by_cols(tuple, desc, ncols - 1, &attnums[1], &values[1], &nulls[1]);
 	return PointerGetDatum(tuple);
+}
+
+/*
+ * Runs ``body`` (evaluations of stored predicates or conditions) inside one
+ * subtransaction.  Returns true when it completed, or false when it failed
+ * on the data it read (a data exception, class 22: a failed cast, a
+ * division by zero; or a program limit, class 54: an over-long string):
+ * the subtransaction is rolled back and the error is returned in
+ * ``error``, in the caller's memory context.  Any other error (a cancel,
+ * out of memory) is thrown.  The caller's memory context and resource
+ * owner are current again on return: what ``body`` allocates in that
+ * context survives a rollback, and what it acquires from the resource owner
+ * inside (buffer pins, relations, snapshots) does not, so a body that opens
+ * scans must also close them.  A definition a marketer wrote must not stop
+ * valid data from going in: callers count the error and go on
+ * (segments.c, decide.c).
+ */
+bool
+PersonaTryEvaluation(void (*body) (void *arg), void *arg, ErrorData **error)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool ok = true;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		body(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		int			category;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
+		if (category != ERRCODE_DATA_EXCEPTION && category != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
+			ReThrowError(edata);
+		*error = edata;
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
 }

@@ -13,9 +13,12 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
+#include "nodes/bitmapset.h"
+#include "storage/proc.h"
 #include "commands/async.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
@@ -327,14 +330,283 @@ ReadMemberships(ProfileReader *r, const SegmentCatalog *sc, int64 profile_id, bo
 }
 
 /*
+ * One refresh: the segments evaluated, the profiles, and what was found.
+ * Everything here is allocated in the caller's memory context, so it
+ * survives a subtransaction that is rolled back.
+ */
+typedef struct Refresh
+{
+	const SegmentCatalog *sc;
+	const bool *evaluate;		/* per segment: whether it is evaluated */
+	const int64 *profile_ids;
+	int			nprofiles;
+	bool		created;		/* the profiles are in no segment yet */
+	ChangeList	changes[2];		/* 0: exits, 1: entries */
+	int			next;			/* the batch: the profile it is at */
+	bool	   *was_in;			/* per segment, for the current profile */
+	bool	   *is_in;
+	ProfileReader *r;			/* the reader of one profile redone alone */
+	int			only;			/* that redo: the one segment evaluated */
+	int64	   *errors;			/* per segment: profiles whose predicate
+								 * failed */
+	ErrorData **last_error;		/* per segment: the last of those errors */
+} Refresh;
+
+/*
+ * Evaluates the segments of the refresh (only segment rf->only when it is
+ * not negative) for the profile in the reader, into rf->is_in.
+ */
+static void
+EvaluatePredicates(Refresh *rf, ProfileReader *r)
+{
+	for (int k = 0; k < rf->sc->nsegments; k++)
+	{
+		bool		isnull;
+		Datum		v;
+
+		if (rf->only >= 0 ? k != rf->only : !rf->evaluate[k])
+			continue;
+		v = ExecEvalExprSwitchContext(rf->sc->segments[k].state, r->econtext, &isnull);
+		rf->is_in[k] = !isnull && DatumGetBool(v);
+	}
+}
+
+/* Notes the segments the current profile enters or leaves. */
+static void
+AddChanges(Refresh *rf, int64 pid)
+{
+	for (int k = 0; k < rf->sc->nsegments; k++)
+		if ((rf->only >= 0 ? k == rf->only : rf->evaluate[k]) && rf->is_in[k] != rf->was_in[k])
+			AddChange(&rf->changes[rf->is_in[k] ? 1 : 0], k, pid);
+}
+
+/* Whether the reader holds the profile, with its memberships in rf->was_in. */
+static bool
+ReadProfile(Refresh *rf, ProfileReader *r, int64 pid)
+{
+	MemoryContext old;
+
+	if (!PersonaProfileFetch(r, pid))
+		return false;
+	old = MemoryContextSwitchTo(r->econtext->ecxt_per_tuple_memory);
+	if (rf->created)
+		memset(rf->was_in, 0, sizeof(bool) * rf->sc->nsegments);
+	else
+		ReadMemberships(r, rf->sc, pid, rf->was_in);
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/*
+ * The batch, from profile rf->next on, run inside one subtransaction
+ * (PersonaTryEvaluation): its reader is begun and ended inside, so that a
+ * rollback releases what its scans hold.  When a predicate fails, rf->next
+ * is the profile it failed on, and the changes noted for the profiles
+ * before it stand.
+ */
+static void
+EvaluateBatch(void *arg)
+{
+	Refresh    *rf = (Refresh *) arg;
+	ProfileReader r;
+
+	PersonaProfileReaderBegin(&r, !rf->created);
+	for (; rf->next < rf->nprofiles; rf->next++)
+	{
+		int64		pid = rf->profile_ids[rf->next];
+
+		CHECK_FOR_INTERRUPTS();
+		if (!ReadProfile(rf, &r, pid))
+			continue;
+		EvaluatePredicates(rf, &r);
+		AddChanges(rf, pid);
+		ResetExprContext(r.econtext);
+	}
+	PersonaProfileReaderEnd(&r);
+}
+
+/* The evaluation of one profile redone alone, in a subtransaction of its own. */
+static void
+EvaluateAlone(void *arg)
+{
+	Refresh    *rf = (Refresh *) arg;
+
+	EvaluatePredicates(rf, rf->r);
+}
+
+/*
+ * Redoes the profile a predicate failed on, segment by segment, each in its
+ * own subtransaction, with a reader begun outside them (its row, fetched
+ * outside, keeps its buffer pin through a rollback; it is fetched again
+ * after one all the same, as the evaluation may have left the expression
+ * context half-used).  A segment whose predicate fails for the profile
+ * changes nothing: the profile does not enter it, and a membership it has
+ * stays, since the predicate's answer is unknown.  The error is counted.
+ */
+static void
+RedoProfile(Refresh *rf, int64 pid)
+{
+	ProfileReader *r = rf->r;
+
+	if (!ReadProfile(rf, r, pid))
+		return;
+	for (int k = 0; k < rf->sc->nsegments; k++)
+	{
+		ErrorData  *error;
+
+		if (!rf->evaluate[k])
+			continue;
+		rf->only = k;
+		if (PersonaTryEvaluation(EvaluateAlone, rf, &error))
+			AddChanges(rf, pid);
+		else
+		{
+			rf->errors[k]++;
+			rf->last_error[k] = error;
+			ResetExprContext(r->econtext);
+			if (!PersonaProfileFetch(r, pid))
+				elog(ERROR, "profile " INT64_FORMAT " is gone", pid);
+		}
+		ResetExprContext(r->econtext);
+	}
+	rf->only = -1;
+}
+
+/*
+ * Segments already warned about in the current statement: a predicate that
+ * fails is logged once per statement and segment, not once per profile.
+ * The set lives in the transaction's memory, and is only read while the
+ * transaction and statement it was made in are current.
+ */
+static LocalTransactionId warned_lxid = InvalidLocalTransactionId;
+static TimestampTz warned_statement = 0;
+static Bitmapset *warned = NULL;
+
+/*
+ * Counts the failures of each segment's predicate on its row of
+ * persona.segment_stats (errors, last_error, last_error_at; written if a
+ * segment has none, as one written by hand) and warns.  The rows are
+ * written in segment_id order.  Needs SPI.
+ */
+static void
+RecordPredicateErrors(const Refresh *rf)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[3] = {INT4OID, INT8OID, TEXTOID};
+
+	if (warned_lxid != MyProc->lxid || warned_statement != GetCurrentStatementStartTimestamp())
+	{
+		warned_lxid = MyProc->lxid;
+		warned_statement = GetCurrentStatementStartTimestamp();
+		warned = NULL;
+	}
+	PersonaKeptPlan(&plan,
+					"INSERT INTO persona.segment_stats AS s "
+					"    (segment_id, errors, last_error, last_error_at) "
+					"VALUES ($1, $2, $3, pg_catalog.clock_timestamp()) "
+					"ON CONFLICT (segment_id) DO UPDATE "
+					"SET errors = s.errors OPERATOR(pg_catalog.+) excluded.errors, "
+					"    last_error = excluded.last_error, last_error_at = excluded.last_error_at",
+					3, types, 0);
+	for (int k = 0; k < rf->sc->nsegments; k++)
+	{
+		const SegmentDef *seg = &rf->sc->segments[k];
+		ErrorData  *edata = rf->last_error[k];
+		Datum		args[3];
+		MemoryContext old;
+
+		if (rf->errors[k] == 0)
+			continue;
+		args[0] = Int32GetDatum(seg->segment_id);
+		args[1] = Int64GetDatum(rf->errors[k]);
+		args[2] = CStringGetTextDatum(psprintf("%s: %s", unpack_sql_state(edata->sqlerrcode),
+											   edata->message));
+		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "counting a predicate error failed");
+		if (bms_is_member(seg->segment_id, warned))
+			continue;
+		old = MemoryContextSwitchTo(TopTransactionContext);
+		warned = bms_add_member(warned, seg->segment_id);
+		MemoryContextSwitchTo(old);
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("predicate of segment \"%s\" failed: %s", seg->name, edata->message),
+				 errdetail("The profiles it failed for neither enter nor leave the segment; the change and the other segments are applied as usual."),
+				 errhint("persona.segment_stats counts the errors of each segment.")));
+	}
+}
+
+/*
+ * Evaluates the segments flagged in ``evaluate`` for the given profiles and
+ * applies the differences.  ``created``: the profiles were created by the
+ * calling statement, so they are in no segment yet.  Each predicate runs
+ * as an expression compiled once per definitions load, over the profile's
+ * row fetched by primary key: no query is planned or executed per call.
+ *
+ * A definition never blocks ingest: the whole batch is evaluated inside
+ * one subtransaction, and only when a predicate fails on a profile's data
+ * (PersonaTryEvaluation) is that profile redone alone, segment by segment
+ * (RedoProfile), before the batch goes on after it in a new
+ * subtransaction.  Nothing is written inside them: the changes are noted
+ * in memory and written afterwards.  Returns the number of entries and
+ * exits.
+ */
+static uint64
+RefreshSegments(const SegmentCatalog *sc, const bool *evaluate, const int64 *profile_ids,
+				int nprofiles, bool created)
+{
+	Refresh		rf = {0};
+	ProfileReader alone;
+	bool		failed = false;
+	uint64		nchanges = 0;
+
+	rf.sc = sc;
+	rf.evaluate = evaluate;
+	rf.profile_ids = profile_ids;
+	rf.nprofiles = nprofiles;
+	rf.created = created;
+	rf.only = -1;
+	rf.was_in = palloc0(sizeof(bool) * sc->nsegments);
+	rf.is_in = palloc0(sizeof(bool) * sc->nsegments);
+	rf.errors = palloc0(sizeof(int64) * sc->nsegments);
+	rf.last_error = palloc0(sizeof(ErrorData *) * sc->nsegments);
+	for (;;)
+	{
+		ErrorData  *error;
+
+		/* A profile's changes are noted once all its predicates answered. */
+		if (PersonaTryEvaluation(EvaluateBatch, &rf, &error))
+			break;
+		if (!failed)
+		{
+			PersonaProfileReaderBegin(&alone, !created);
+			rf.r = &alone;
+			failed = true;
+		}
+		RedoProfile(&rf, profile_ids[rf.next]);
+		rf.next++;
+	}
+	if (failed)
+		PersonaProfileReaderEnd(&alone);
+
+	/* Exits first, then entries. */
+	if (rf.changes[0].n > 0 || failed)
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		nchanges += WriteExits(sc, &rf.changes[0]);
+		if (failed)
+			RecordPredicateErrors(&rf);
+		SPI_finish();
+	}
+	nchanges += WriteEntries(sc, &rf.changes[1]);
+	return nchanges;
+}
+
+/*
  * Re-evaluates the segments that read any of ``changed`` (NULL: all; the
  * pseudo-column "now()" selects the segments that call clock functions) for
- * the given profiles and applies the differences.  ``created``: the
- * profiles were created by the calling statement, so they are in no
- * segment yet.  Each predicate runs as an expression compiled once per
- * definitions load, over the profile's row fetched by primary key: no
- * query is planned or executed per call.  Returns the number of entries
- * and exits.
+ * the given profiles and applies the differences (RefreshSegments).
  */
 uint64
 PersonaSegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
@@ -342,12 +614,8 @@ PersonaSegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 {
 	SegmentCatalog *sc;
 	bool	   *evaluate;
-	bool	   *was_in;
 	int			nevaluate = 0;
-	ChangeList	changes[2] = {{0}}; /* 0: exits, 1: entries */
-	uint64		nchanges = 0;
 	bool		clock_requested = false;
-	ProfileReader r;
 
 	if (nprofiles == 0)
 		return 0;
@@ -359,7 +627,6 @@ PersonaSegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 		if (strcmp(changed[c], "now()") == 0)
 			clock_requested = true;
 	evaluate = palloc0(sizeof(bool) * sc->nsegments);
-	was_in = palloc0(sizeof(bool) * sc->nsegments);
 	for (int k = 0; k < sc->nsegments; k++)
 	{
 		const SegmentDef *seg = &sc->segments[k];
@@ -370,47 +637,60 @@ PersonaSegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 	}
 	if (nevaluate == 0)
 		return 0;
+	return RefreshSegments(sc, evaluate, profile_ids, nprofiles, created);
+}
 
-	PersonaProfileReaderBegin(&r, !created);
-	for (int i = 0; i < nprofiles; i++)
-	{
-		int64		pid = profile_ids[i];
-		MemoryContext old;
+/* The non-null ids of a bigint[] argument. */
+static int64 *
+ProfileIdsArg(FunctionCallInfo fcinfo, int argno, int *n)
+{
+	Datum	   *ids;
+	bool	   *ids_null;
+	int			nids;
+	int64	   *pids;
 
-		CHECK_FOR_INTERRUPTS();
-		if (!PersonaProfileFetch(&r, pid))
-			continue;
-		old = MemoryContextSwitchTo(r.econtext->ecxt_per_tuple_memory);
-		if (!created)
-			ReadMemberships(&r, sc, pid, was_in);
-		MemoryContextSwitchTo(old);
-		for (int k = 0; k < sc->nsegments; k++)
-		{
-			bool		isnull;
-			bool		is_in;
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(argno), INT8OID, 8, FLOAT8PASSBYVAL,
+					  TYPALIGN_DOUBLE, &ids, &ids_null, &nids);
+	pids = palloc(sizeof(int64) * Max(nids, 1));
+	*n = 0;
+	for (int i = 0; i < nids; i++)
+		if (!ids_null[i])
+			pids[(*n)++] = DatumGetInt64(ids[i]);
+	return pids;
+}
 
-			if (!evaluate[k])
-				continue;
-			is_in = DatumGetBool(ExecEvalExprSwitchContext(sc->segments[k].state,
-														   r.econtext, &isnull));
-			is_in = is_in && !isnull;
-			if (is_in != was_in[k])
-				AddChange(&changes[is_in ? 1 : 0], k, pid);
-		}
-		ResetExprContext(r.econtext);
-	}
-	PersonaProfileReaderEnd(&r);
+/*
+ * Evaluates one segment, by name, for profiles (persona_create_segment, when
+ * its set-based evaluation failed on some profile's data): the profiles
+ * whose predicate fails are not members, and counted.
+ */
+PG_FUNCTION_INFO_V1(persona_evaluate_segment);
+Datum
+persona_evaluate_segment(PG_FUNCTION_ARGS)
+{
+	SegmentCatalog *sc;
+	bool	   *evaluate;
+	char	   *name;
+	int64	   *pids;
+	int			n;
+	bool		found = false;
 
-	/* Exits first, then entries. */
-	if (changes[0].n > 0)
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		nchanges += WriteExits(sc, &changes[0]);
-		SPI_finish();
-	}
-	nchanges += WriteEntries(sc, &changes[1]);
-	return nchanges;
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_INT64(0);
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	pids = ProfileIdsArg(fcinfo, 1, &n);
+	sc = GetSegmentCatalog();
+	evaluate = palloc0(sizeof(bool) * Max(sc->nsegments, 1));
+	for (int k = 0; k < sc->nsegments; k++)
+		if (strcmp(sc->segments[k].name, name) == 0)
+			evaluate[k] = found = true;
+	if (!found)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("segment \"%s\" does not exist", name)));
+	if (n == 0)
+		PG_RETURN_INT64(0);
+	PG_RETURN_INT64((int64) RefreshSegments(sc, evaluate, pids, n, false));
 }
 
 /* Re-evaluates segments for profiles; changed NULL means every segment. */
@@ -418,22 +698,14 @@ PG_FUNCTION_INFO_V1(persona_refresh_segments);
 Datum
 persona_refresh_segments(PG_FUNCTION_ARGS)
 {
-	Datum	   *ids;
-	bool	   *ids_null;
-	int			nids;
 	int64	   *pids;
 	char	  **changed = NULL;
 	int			nchanged = 0;
-	int			n = 0;
+	int			n;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_INT64(0);
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), INT8OID, 8, FLOAT8PASSBYVAL,
-					  TYPALIGN_DOUBLE, &ids, &ids_null, &nids);
-	pids = palloc(sizeof(int64) * Max(nids, 1));
-	for (int i = 0; i < nids; i++)
-		if (!ids_null[i])
-			pids[n++] = DatumGetInt64(ids[i]);
+	pids = ProfileIdsArg(fcinfo, 0, &n);
 	if (!PG_ARGISNULL(1))
 	{
 		Datum	   *names;
