@@ -73,6 +73,8 @@ PersonaGetCatalog(void)
 		catalog.actions = RequireRelation(schema, "actions");
 		/* New in 0.2.0: a database not yet updated has none. */
 		catalog.experiments = get_relname_relid("experiments", schema);
+		catalog.triggers = get_relname_relid("triggers", schema);
+		catalog.trigger_source = get_relname_relid("trigger_source", schema);
 		catalog_valid = true;
 	}
 	return &catalog;

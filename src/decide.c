@@ -579,6 +579,33 @@ LoadCandidates(const ActionCatalog *ac, const DecideRequest *req, CandidateSet *
 	}
 }
 
+/* What EvalConditions evaluates. */
+typedef struct ConditionBatch
+{
+	const ActionCatalog *ac;
+	const bool *flagged;
+	int			only;
+	ProfileReader *r;
+	DecideProfile *profile;
+} ConditionBatch;
+
+static void
+EvalConditions(void *arg)
+{
+	ConditionBatch *b = arg;
+
+	for (int k = 0; k < b->ac->nactions; k++)
+	{
+		bool		isnull;
+		Datum		v;
+
+		if (b->only >= 0 ? k != b->only : !b->flagged[k])
+			continue;
+		v = ExecEvalExprSwitchContext(b->ac->actions[k].condition, b->r->econtext, &isnull);
+		b->profile->condition[k] = !isnull && DatumGetBool(v);
+	}
+}
+
 /*
  * Evaluates the conditions flagged in ``flagged`` (or only action ``only``
  * when it is not negative) against the profile row of the reader, inside a
@@ -591,46 +618,9 @@ static bool
 TryConditions(const ActionCatalog *ac, const bool *flagged, int only, ProfileReader *r,
 			  DecideProfile *profile, ErrorData **error)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool ok = true;
+	ConditionBatch b = {ac, flagged, only, r, profile};
+	bool		ok = PersonaEvalCatching(EvalConditions, &b, error);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		for (int k = 0; k < ac->nactions; k++)
-		{
-			bool		isnull;
-			Datum		v;
-
-			if (only >= 0 ? k != only : !flagged[k])
-				continue;
-			v = ExecEvalExprSwitchContext(ac->actions[k].condition, r->econtext, &isnull);
-			profile->condition[k] = !isnull && DatumGetBool(v);
-		}
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-		int			category;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
-		if (category != ERRCODE_DATA_EXCEPTION && category != ERRCODE_PROGRAM_LIMIT_EXCEEDED)
-			ReThrowError(edata);
-		*error = edata;
-		ok = false;
-	}
-	PG_END_TRY();
 	ResetExprContext(r->econtext);
 	return ok;
 }

@@ -38,6 +38,8 @@ typedef struct PersonaCatalog
 	Oid			decision_source;
 	Oid			actions;
 	Oid			experiments;	/* InvalidOid under 0.1.0's SQL */
+	Oid			triggers;		/* likewise */
+	Oid			trigger_source; /* likewise */
 } PersonaCatalog;
 
 extern const PersonaCatalog *PersonaGetCatalog(void);
@@ -56,6 +58,9 @@ extern char *PersonaCompilePredicate(const char *predicate, Oid relid,
 									 struct List **reads, bool *clock);
 struct ExprState;
 extern struct ExprState *PersonaPreparePredicate(const char *sql, Oid relid);
+struct ErrorData;
+extern bool PersonaEvalCatching(void (*eval) (void *arg), void *arg,
+								struct ErrorData **error);
 extern int	PersonaPinSearchPath(void);
 extern void PersonaUnpinSearchPath(int level);
 

@@ -1,0 +1,391 @@
+/*
+ * triggers.c
+ *	  Linked events: the definitions of persona.triggers, cached, and their
+ *	  firing.
+ *
+ * The row phase of ingest (ingest_row.c) takes the event types that have
+ * triggers once per statement (PersonaTriggerEventTypes: NULL when there
+ * are none, so that ingest without triggers pays one cache check per
+ * statement) and records each row of such a type as a TriggerFiring in the
+ * statement's folds.  The apply phase (ingest_apply.c), once the profiles
+ * are written, hands them to PersonaTriggersFire: each trigger's condition
+ * is evaluated in C against the profile row, with the event's context as
+ * parameter 1 and the event object as parameter 2 (persona.trigger_source,
+ * predicate.c), and those that hold become messages through
+ * persona.fire_trigger (src/triggers.sql), which applies consent, caps,
+ * cooldowns and holdouts.  All in the ingesting transaction.
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/executor.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "nodes/params.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+
+#include "defcache.h"
+#include "persona.h"
+#include "profile.h"
+#include "triggers.h"
+
+typedef struct TriggerDef
+{
+	int32		trigger_id;		/* first: defcache.c sorts by it */
+	char	   *name;
+	char	   *event_type;		/* NULL: a segment trigger */
+	char	   *action;
+	char	   *source;			/* trigger:NAME */
+	char	   *condition_sql;	/* NULL: no condition */
+	ExprState  *condition;
+	Interval	delay;
+} TriggerDef;
+
+typedef struct TriggerCatalog
+{
+	TriggerDef *defs;
+	int			ndefs;
+	TriggerEventTypes events;	/* n == 0: no trigger on an event type */
+} TriggerCatalog;
+
+static SPIPlanPtr fire_plan = NULL;
+static SPIPlanPtr error_plan = NULL;
+
+static const char *const trigger_columns[] = {
+	"trigger_id", "name", "event_type", "action", "condition_sql", "delay"
+};
+
+static void
+ReadTriggerDef(void *entry, const Datum *values, const bool *nulls)
+{
+	TriggerDef *d = (TriggerDef *) entry;
+
+	d->trigger_id = DatumGetInt32(values[0]);
+	d->name = TextDatumGetCString(values[1]);
+	d->event_type = nulls[2] ? NULL : TextDatumGetCString(values[2]);
+	d->action = TextDatumGetCString(values[3]);
+	d->source = psprintf("trigger:%s", d->name);
+	d->condition_sql = nulls[4] ? NULL : TextDatumGetCString(values[4]);
+	d->delay = *DatumGetIntervalP(values[5]);
+}
+
+/* Conditions are compiled once per load, over persona.trigger_source. */
+static void *
+BuildTriggerCatalog(void *entries, int n)
+{
+	TriggerCatalog *tc = palloc0(sizeof(TriggerCatalog));
+	Oid			source = PersonaGetCatalog()->trigger_source;
+
+	tc->defs = (TriggerDef *) entries;
+	tc->ndefs = n;
+	tc->events.trigger_ids = palloc(sizeof(int32) * Max(n, 1));
+	tc->events.event_types = palloc(sizeof(char *) * Max(n, 1));
+	for (int k = 0; k < n; k++)
+	{
+		TriggerDef *d = &tc->defs[k];
+
+		if (d->condition_sql != NULL)
+			d->condition = PersonaPreparePredicate(d->condition_sql, source);
+		if (d->event_type != NULL)
+		{
+			tc->events.trigger_ids[tc->events.n] = d->trigger_id;
+			tc->events.event_types[tc->events.n++] = d->event_type;
+		}
+	}
+	return tc;
+}
+
+/*
+ * The trigger definitions, read and compiled again after persona.triggers
+ * changed or persona.trigger_source was rebuilt (defcache.c).
+ */
+static DefinitionCache trigger_cache = {
+	.name = "persona triggers",
+	.relation = offsetof(PersonaCatalog, triggers),
+	.columns = trigger_columns,
+	.ncolumns = lengthof(trigger_columns),
+	.entry_size = sizeof(TriggerDef),
+	.read_row = ReadTriggerDef,
+	.build = BuildTriggerCatalog,
+	.depends = offsetof(PersonaCatalog, trigger_source),
+};
+
+/* NULL under 0.1.0's SQL, which has no persona.triggers. */
+static TriggerCatalog *
+GetTriggerCatalog(void)
+{
+	if (!OidIsValid(PersonaGetCatalog()->triggers))
+		return NULL;
+	return (TriggerCatalog *) PersonaDefinitions(&trigger_cache);
+}
+
+/*
+ * The event types that have triggers, copied into the current memory
+ * context; NULL when no trigger is on an event type.
+ */
+TriggerEventTypes *
+PersonaTriggerEventTypes(void)
+{
+	TriggerCatalog *tc = GetTriggerCatalog();
+	TriggerEventTypes *copy;
+
+	if (tc == NULL || tc->events.n == 0)
+		return NULL;
+	copy = palloc(sizeof(TriggerEventTypes));
+	copy->n = tc->events.n;
+	copy->trigger_ids = palloc(sizeof(int32) * copy->n);
+	copy->event_types = palloc(sizeof(char *) * copy->n);
+	for (int i = 0; i < copy->n; i++)
+	{
+		copy->trigger_ids[i] = tc->events.trigger_ids[i];
+		copy->event_types[i] = pstrdup(tc->events.event_types[i]);
+	}
+	return copy;
+}
+
+static void
+PushKey(JsonbParseState **st, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	pushJsonbValue(st, WJB_KEY, &k);
+}
+
+static void
+PushJsonb(JsonbParseState **st, Jsonb *value)
+{
+	JsonbValue	v;
+
+	v.type = jbvBinary;
+	v.val.binary.data = &value->root;
+	v.val.binary.len = VARSIZE(value) - VARHDRSZ;
+	pushJsonbValue(st, WJB_VALUE, &v);
+}
+
+/* The event as a trigger condition sees it: {event_type, properties, context}. */
+Jsonb *
+PersonaTriggerEventObject(text *event_type, Jsonb *properties, Jsonb *context)
+{
+	JsonbParseState *st = NULL;
+	JsonbValue	v;
+	JsonbValue *result;
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	PushKey(&st, "context");
+	PushJsonb(&st, context);
+	PushKey(&st, "event_type");
+	v.type = jbvString;
+	v.val.string.val = VARDATA_ANY(event_type);
+	v.val.string.len = VARSIZE_ANY_EXHDR(event_type);
+	pushJsonbValue(&st, WJB_VALUE, &v);
+	PushKey(&st, "properties");
+	PushJsonb(&st, properties);
+	result = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(result);
+}
+
+static const TriggerDef *
+FindTrigger(const TriggerCatalog *tc, int32 trigger_id)
+{
+	int			lo = 0,
+				hi = tc->ndefs - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (tc->defs[mid].trigger_id == trigger_id)
+			return &tc->defs[mid];
+		if (tc->defs[mid].trigger_id < trigger_id)
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	return NULL;
+}
+
+/* What EvalFirings evaluates. */
+typedef struct FiringBatch
+{
+	const TriggerCatalog *tc;
+	const TriggerFiring *firings;
+	int			lo;
+	int			hi;
+	HeapTuple  *rows;
+	ExprContext *econtext;
+	ParamListInfo params;
+	bool	   *holds;
+} FiringBatch;
+
+static void
+EvalFirings(void *arg)
+{
+	FiringBatch *b = arg;
+
+	for (int i = b->lo; i < b->hi; i++)
+	{
+		const TriggerFiring *f = &b->firings[i];
+		const TriggerDef *d = FindTrigger(b->tc, f->trigger_id);
+		bool		isnull;
+		Datum		v;
+
+		CHECK_FOR_INTERRUPTS();
+		if (d == NULL || d->condition == NULL)
+			continue;
+		ExecStoreHeapTuple(b->rows[i], b->econtext->ecxt_scantuple, false);
+		b->params->params[0].value = JsonbPGetDatum(f->context);
+		b->params->params[1].value = JsonbPGetDatum(f->event);
+		v = ExecEvalExprSwitchContext(d->condition, b->econtext, &isnull);
+		b->holds[i] = !isnull && DatumGetBool(v);
+		ResetExprContext(b->econtext);
+	}
+}
+
+/*
+ * Evaluates the conditions of firings[lo, hi) (those whose trigger has one)
+ * inside one subtransaction, into holds[], each against its profile row
+ * (rows[i], copied beforehand: buffer pins taken inside the subtransaction
+ * would belong to it).  Returns false when a condition failed on its
+ * profile's data or its event (a data exception or a program limit), the
+ * error in ``error``; any other error is thrown.
+ */
+static bool
+TryConditions(const TriggerCatalog *tc, const TriggerFiring *firings, int lo, int hi,
+			  HeapTuple *rows, ExprContext *econtext, ParamListInfo params, bool *holds,
+			  ErrorData **error)
+{
+	FiringBatch b = {tc, firings, lo, hi, rows, econtext, params, holds};
+	bool		ok = PersonaEvalCatching(EvalFirings, &b, error);
+
+	ResetExprContext(econtext);
+	return ok;
+}
+
+/*
+ * A firing whose condition failed is skipped: counted in
+ * persona.trigger_stats and logged as a warning; the event is ingested.
+ */
+static void
+RecordConditionError(const TriggerDef *d, ErrorData *edata)
+{
+	Oid			types[2] = {INT4OID, TEXTOID};
+	Datum		args[2];
+	SPIPlanPtr	plan = PersonaKeptPlan(&error_plan,
+									   "SELECT persona.count_trigger_error($1, $2)", 2, types, 0);
+
+	args[0] = Int32GetDatum(d->trigger_id);
+	args[1] = CStringGetTextDatum(psprintf("%s: %s", unpack_sql_state(edata->sqlerrcode),
+										   edata->message));
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "counting a trigger condition error failed");
+	ereport(WARNING,
+			(errcode(edata->sqlerrcode),
+			 errmsg("condition of trigger \"%s\" failed: %s", d->name, edata->message),
+			 errdetail("The trigger did not fire for this event; the event was ingested."),
+			 errhint("persona.trigger_stats counts the errors of each trigger.")));
+}
+
+/*
+ * Fires the triggers of a statement's events, in order: evaluates their
+ * conditions and queues the messages of those that hold.  Runs inside the
+ * caller's SPI connection, after the profiles are written.
+ */
+void
+PersonaTriggersFire(const TriggerFiring *firings, int n)
+{
+	TriggerCatalog *tc = GetTriggerCatalog();
+	bool	   *holds;
+	bool		any = false;
+	ProfileReader r;
+	ParamListInfo params;
+	HeapTuple  *rows;
+	ExprContext *econtext;
+	ErrorData  *error = NULL;
+	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	SPIPlanPtr	plan;
+
+	if (tc == NULL || n == 0)
+		return;
+	holds = palloc(sizeof(bool) * n);
+	for (int i = 0; i < n; i++)
+	{
+		const TriggerDef *d = FindTrigger(tc, firings[i].trigger_id);
+
+		/* A trigger dropped since the row came in does not fire. */
+		holds[i] = d != NULL && d->condition == NULL;
+		if (d != NULL && d->condition != NULL)
+			any = true;
+	}
+
+	if (any)
+	{
+		params = makeParamList(2);
+		for (int p = 0; p < 2; p++)
+		{
+			params->params[p].isnull = false;
+			params->params[p].pflags = PARAM_FLAG_CONST;
+			params->params[p].ptype = JSONBOID;
+		}
+		PersonaProfileReaderBegin(&r, false);
+		rows = palloc0(sizeof(HeapTuple) * n);
+		for (int i = 0; i < n; i++)
+		{
+			const TriggerDef *d = FindTrigger(tc, firings[i].trigger_id);
+
+			CHECK_FOR_INTERRUPTS();
+			if (d == NULL || d->condition == NULL)
+				continue;
+			if (!PersonaProfileFetch(&r, firings[i].profile_id))
+				elog(ERROR, "profile " INT64_FORMAT " is gone", firings[i].profile_id);
+			rows[i] = ExecCopySlotHeapTuple(r.profile);
+		}
+		econtext = CreateStandaloneExprContext();
+		econtext->ecxt_scantuple = MakeSingleTupleTableSlot(RelationGetDescr(r.profiles),
+															&TTSOpsHeapTuple);
+		econtext->ecxt_param_list_info = params;
+		PersonaProfileReaderEnd(&r);
+		if (!TryConditions(tc, firings, 0, n, rows, econtext, params, holds, &error))
+		{
+			/* One at a time: only the failing firings are skipped. */
+			for (int i = 0; i < n; i++)
+			{
+				const TriggerDef *d = FindTrigger(tc, firings[i].trigger_id);
+
+				if (d == NULL || d->condition == NULL)
+					continue;
+				holds[i] = false;
+				if (!TryConditions(tc, firings, i, i + 1, rows, econtext, params, holds, &error))
+					RecordConditionError(d, error);
+			}
+		}
+		ExecDropSingleTupleTableSlot(econtext->ecxt_scantuple);
+		FreeExprContext(econtext, true);
+	}
+
+	plan = PersonaKeptPlan(&fire_plan, "SELECT persona.fire_trigger($1, $2, $3, $4)",
+						   4, types, 0);
+	for (int i = 0; i < n; i++)
+	{
+		const TriggerDef *d;
+		Datum		args[4];
+
+		CHECK_FOR_INTERRUPTS();
+		if (!holds[i])
+			continue;
+		d = FindTrigger(tc, firings[i].trigger_id);
+		args[0] = Int64GetDatum(firings[i].profile_id);
+		args[1] = CStringGetTextDatum(d->action);
+		args[2] = CStringGetTextDatum(d->source);
+		args[3] = DirectFunctionCall2(timestamptz_pl_interval,
+									  TimestampTzGetDatum(firings[i].occurred_at),
+									  IntervalPGetDatum(&d->delay));
+		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "queueing the message of trigger \"%s\" failed", d->name);
+	}
+}
