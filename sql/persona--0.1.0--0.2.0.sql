@@ -1187,6 +1187,7 @@ CREATE TABLE persona.messages (
     content     jsonb,
     action_id   int         NOT NULL,
     ready_at    timestamptz,
+    event       jsonb,
     PRIMARY KEY (message_id, profile_id),
     CHECK ((ready_at IS NULL) = (status IN ('sent', 'dead', 'cancelled')))
 );
@@ -1206,6 +1207,8 @@ COMMENT ON COLUMN persona.messages.due_at IS 'when it is meant to go; it counts 
 COMMENT ON COLUMN persona.messages.content IS 'the action''s content as rendered at the last claim';
 COMMENT ON COLUMN persona.messages.ready_at IS
     'when a worker may claim it next (due, retry or lease end); NULL once sent, dead or cancelled';
+COMMENT ON COLUMN persona.messages.event IS
+    'the triggering event of a trigger with a condition, which is checked again against it at claim';
 
 CREATE TABLE persona.message_feedback (
     profile_id  bigint      NOT NULL,
@@ -1221,7 +1224,8 @@ COMMENT ON TABLE persona.message_feedback IS
 -- Messages not queued or cancelled, by source and reason, for operators.
 CREATE TABLE persona.suppressions (
     source   text        NOT NULL,
-    reason   text        NOT NULL CHECK (reason IN ('consent', 'cap', 'cooldown', 'holdout', 'action_dropped')),
+    reason   text        NOT NULL CHECK (reason IN ('consent', 'cap', 'cooldown', 'holdout', 'action_dropped',
+                                                    'condition')),
     messages bigint      NOT NULL,
     last_at  timestamptz NOT NULL,
     PRIMARY KEY (source, reason)
@@ -1284,11 +1288,12 @@ COMMENT ON FUNCTION persona.recent_sends(bigint, interval, int[]) IS
 -- The outbox's entry: queues one message of an action for a profile, due
 -- at due_at (default: now), unless consent, the action's cap or its
 -- cooldown suppresses it (counted in persona.suppressions; returns NULL).
+-- event: a trigger's triggering event, kept for the check at claim.
 -- Triggers and campaigns call it; it notifies persona_outbox with the
 -- channel (PostgreSQL delivers one notification per channel and payload
 -- per transaction, however many messages).
 CREATE FUNCTION persona.enqueue_message(profile_id bigint, action text, source text,
-                                        due_at timestamptz DEFAULT NULL)
+                                        due_at timestamptz DEFAULT NULL, event jsonb DEFAULT NULL)
     RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -1341,14 +1346,14 @@ BEGIN
         PERFORM persona.count_suppressions(ARRAY[v_source], ARRAY[v_reason]);
         RETURN NULL;
     END IF;
-    INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at)
-    VALUES (v_pid, a.channel, a.name, v_source, v_due, a.action_id, v_due)
+    INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at, event)
+    VALUES (v_pid, a.channel, a.name, v_source, v_due, a.action_id, v_due, $5)
     RETURNING message_id INTO v_id;
     PERFORM pg_notify('persona_outbox', a.channel);
     RETURN v_id;
 END
 $$;
-COMMENT ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz) IS
+COMMENT ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz, jsonb) IS
     'queues a message of an action for a profile unless consent, cap, cooldown or a holdout suppresses it (counted); returns the message_id or NULL';
 
 -- ---------------------------------------------------------------------
@@ -1591,7 +1596,7 @@ REVOKE ALL ON FUNCTION persona.merge_consent(jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.lock_profile_sends(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.count_suppressions(text[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.recent_sends(bigint, interval, int[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.retry_delay(int) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------
@@ -2414,11 +2419,12 @@ CREATE TRIGGER triggers_changed
 -- One firing that held its condition: the action's message, unless the
 -- action was dropped since (counted as action_dropped) or consent, caps,
 -- cooldown or a holdout suppress it (persona.enqueue_message counts those).
--- Called by src/triggers.c.
+-- event (NULL when the trigger has no condition) is kept with the message
+-- for the check at claim. Called by src/triggers.c.
 CREATE FUNCTION persona.fire_trigger(profile_id bigint, action text, source text,
-                                     due_at timestamptz)
+                                     due_at timestamptz, event jsonb)
     RETURNS bigint
-    LANGUAGE plpgsql VOLATILE STRICT
+    LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
@@ -2426,10 +2432,10 @@ BEGIN
         PERFORM persona.count_suppressions(ARRAY[$3], ARRAY['action_dropped']);
         RETURN NULL;
     END IF;
-    RETURN persona.enqueue_message($1, $2, $3, $4);
+    RETURN persona.enqueue_message($1, $2, $3, $4, $5);
 END
 $$;
-COMMENT ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz) IS
+COMMENT ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) IS
     'queues the message of a trigger''s firing (persona.enqueue_message), or counts it as action_dropped';
 
 -- Counts a firing skipped because its condition failed.
@@ -2531,5 +2537,5 @@ COMMENT ON FUNCTION @extschema@.persona_drop_trigger(text) IS
 -- Privileges (src/grants.sql).
 REVOKE ALL ON FUNCTION @extschema@.persona_create_trigger(text, text, text, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_drop_trigger(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.count_trigger_error(int, text) FROM PUBLIC;

@@ -79,6 +79,30 @@ SELECT persona_drop_action('t_gone');
 SELECT persona_track('t-asha', 'wishlist_add') > 0 AS tracked;
 SELECT reason, messages FROM persona.suppressions WHERE source = 'trigger:t_orphan';
 
+-- A delayed message is checked again when it is claimed, against the
+-- profile as it is then and the triggering event kept with the message:
+-- the abandoned-cart reminder does not go to someone who has since bought.
+SELECT persona_define_trait('t_orders', 'count', 'order_placed');
+SELECT persona_create_action('t_abandon_push', 'tcart', '{"title": "{{first_name}}, still want it?"}');
+SELECT persona_create_trigger('t_abandon', 'cart_add', 't_abandon_push',
+    condition => $$t_orders = 0 AND event->'properties'->>'sku' IS NOT NULL$$, delay => '30 minutes');
+SELECT persona_track(u, 'cart_add', '{"sku": "RUN-PRO"}', now() - interval '2 hours') > 0 AS tracked
+  FROM unnest(ARRAY['t-asha', 't-ben']) AS u ORDER BY u;
+SELECT user_id, status, m.event FROM persona.messages AS m JOIN persona.profiles USING (profile_id)
+ WHERE m.source = 'trigger:t_abandon' ORDER BY user_id;
+SELECT persona_track('t-asha', 'order_placed') > 0 AS asha_bought;
+SELECT user_id, attempt FROM persona_claim('tcart') ORDER BY user_id;
+SELECT user_id, status, last_error FROM persona.messages AS m JOIN persona.profiles USING (profile_id)
+ WHERE m.source = 'trigger:t_abandon' ORDER BY user_id;
+SELECT reason, messages FROM persona.suppressions WHERE source = 'trigger:t_abandon';
+-- Dropped meanwhile, the trigger checks nothing more: its messages go.
+SELECT persona_track('t-new', 'cart_add', '{"sku": "RUN-PRO"}', now() - interval '2 hours') > 0 AS tracked;
+SELECT persona_drop_trigger('t_abandon');
+SELECT persona_track('t-new', 'order_placed') > 0 AS new_bought;
+SELECT user_id FROM persona_claim('tcart');
+SELECT persona_drop_trait('t_orders');
+SELECT persona_drop_action('t_abandon_push');
+
 -- Action conditions cannot name event; trigger conditions can.
 SELECT persona_create_action('t_bad', 'web', '{}', condition => $$event IS NULL$$);
 

@@ -307,7 +307,7 @@ PersonaTriggersFire(const TriggerFiring *firings, int n)
 	HeapTuple  *rows;
 	ExprContext *econtext;
 	ErrorData  *error = NULL;
-	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, JSONBOID};
 	SPIPlanPtr	plan;
 
 	if (tc == NULL || n == 0)
@@ -368,12 +368,13 @@ PersonaTriggersFire(const TriggerFiring *firings, int n)
 		FreeExprContext(econtext, true);
 	}
 
-	plan = PersonaKeptPlan(&fire_plan, "SELECT persona.fire_trigger($1, $2, $3, $4)",
-						   4, types, 0);
+	plan = PersonaKeptPlan(&fire_plan, "SELECT persona.fire_trigger($1, $2, $3, $4, $5)",
+						   5, types, 0);
 	for (int i = 0; i < n; i++)
 	{
 		const TriggerDef *d;
-		Datum		args[4];
+		Datum		args[5];
+		char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
 		CHECK_FOR_INTERRUPTS();
 		if (!holds[i])
@@ -385,7 +386,94 @@ PersonaTriggersFire(const TriggerFiring *firings, int n)
 		args[3] = DirectFunctionCall2(timestamptz_pl_interval,
 									  TimestampTzGetDatum(firings[i].occurred_at),
 									  IntervalPGetDatum(&d->delay));
-		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		/* The event is kept for the check at claim, when there is one. */
+		args[4] = JsonbPGetDatum(firings[i].event);
+		if (d->condition == NULL)
+			nulls[4] = 'n';
+		if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "queueing the message of trigger \"%s\" failed", d->name);
 	}
+}
+
+/* What EvalRecheck evaluates. */
+typedef struct RecheckArgs
+{
+	const TriggerDef *def;
+	ExprContext *econtext;
+	bool		holds;
+} RecheckArgs;
+
+static void
+EvalRecheck(void *arg)
+{
+	RecheckArgs *a = arg;
+	bool		isnull;
+	Datum		v = ExecEvalExprSwitchContext(a->def->condition, a->econtext, &isnull);
+
+	a->holds = !isnull && DatumGetBool(v);
+}
+
+/*
+ * Whether a message that trigger ``source`` (trigger:NAME) queued for the
+ * profile in ``profile`` (a copied row of persona.profiles, described by
+ * ``desc``) still qualifies: its condition, evaluated again against the
+ * profile as it is now and the triggering event kept with the message.
+ * True when the trigger has no condition or is gone (nothing to check).
+ * Otherwise false with the reason in ``why``: the condition no longer holds,
+ * or it failed (an error of class 22 or 54, as at firing).
+ */
+bool
+PersonaTriggerStillHolds(const char *source, HeapTuple profile, TupleDesc desc,
+						 Jsonb *event, const char **why)
+{
+	TriggerCatalog *tc = GetTriggerCatalog();
+	const TriggerDef *def = NULL;
+	RecheckArgs a;
+	ParamListInfo params;
+	ExprContext *econtext;
+	ErrorData  *error = NULL;
+	bool		ok;
+	JsonbValue	key;
+	JsonbValue *context;
+
+	if (tc == NULL || event == NULL || strncmp(source, "trigger:", 8) != 0)
+		return true;
+	for (int k = 0; k < tc->ndefs; k++)
+		if (strcmp(tc->defs[k].name, source + 8) == 0)
+			def = &tc->defs[k];
+	if (def == NULL || def->condition == NULL)
+		return true;
+
+	params = makeParamList(2);
+	key.type = jbvString;
+	key.val.string.val = "context";
+	key.val.string.len = 7;
+	context = findJsonbValueFromContainer(&event->root, JB_FOBJECT, &key);
+	params->params[0].value = context == NULL ? (Datum) 0 : JsonbPGetDatum(JsonbValueToJsonb(context));
+	params->params[0].isnull = context == NULL;
+	params->params[1].value = JsonbPGetDatum(event);
+	params->params[1].isnull = false;
+	for (int p = 0; p < 2; p++)
+	{
+		params->params[p].pflags = PARAM_FLAG_CONST;
+		params->params[p].ptype = JSONBOID;
+	}
+	econtext = CreateStandaloneExprContext();
+	econtext->ecxt_scantuple = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
+	econtext->ecxt_param_list_info = params;
+	ExecStoreHeapTuple(profile, econtext->ecxt_scantuple, false);
+	a.def = def;
+	a.econtext = econtext;
+	a.holds = false;
+	ok = PersonaEvalCatching(EvalRecheck, &a, &error);
+	ExecDropSingleTupleTableSlot(econtext->ecxt_scantuple);
+	FreeExprContext(econtext, true);
+	if (!ok)
+	{
+		*why = psprintf("condition of trigger \"%s\" failed: %s", def->name, error->message);
+		return false;
+	}
+	if (!a.holds)
+		*why = "condition no longer holds";
+	return a.holds;
 }

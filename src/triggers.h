@@ -8,6 +8,8 @@
 
 #include "postgres.h"
 
+#include "access/htup.h"
+#include "access/tupdesc.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -36,5 +38,7 @@ typedef struct TriggerFiring
 extern TriggerEventTypes *PersonaTriggerEventTypes(void);
 extern Jsonb *PersonaTriggerEventObject(text *event_type, Jsonb *properties, Jsonb *context);
 extern void PersonaTriggersFire(const TriggerFiring *firings, int n);
+extern bool PersonaTriggerStillHolds(const char *source, HeapTuple profile, TupleDesc desc,
+									 Jsonb *event, const char **why);
 
 #endif							/* PERSONA_TRIGGERS_H */

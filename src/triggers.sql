@@ -59,11 +59,12 @@ CREATE TRIGGER triggers_changed
 -- One firing that held its condition: the action's message, unless the
 -- action was dropped since (counted as action_dropped) or consent, caps,
 -- cooldown or a holdout suppress it (persona.enqueue_message counts those).
--- Called by src/triggers.c.
+-- event (NULL when the trigger has no condition) is kept with the message
+-- for the check at claim. Called by src/triggers.c.
 CREATE FUNCTION persona.fire_trigger(profile_id bigint, action text, source text,
-                                     due_at timestamptz)
+                                     due_at timestamptz, event jsonb)
     RETURNS bigint
-    LANGUAGE plpgsql VOLATILE STRICT
+    LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
@@ -71,10 +72,10 @@ BEGIN
         PERFORM persona.count_suppressions(ARRAY[$3], ARRAY['action_dropped']);
         RETURN NULL;
     END IF;
-    RETURN persona.enqueue_message($1, $2, $3, $4);
+    RETURN persona.enqueue_message($1, $2, $3, $4, $5);
 END
 $$;
-COMMENT ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz) IS
+COMMENT ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) IS
     'queues the message of a trigger''s firing (persona.enqueue_message), or counts it as action_dropped';
 
 -- Counts a firing skipped because its condition failed.
