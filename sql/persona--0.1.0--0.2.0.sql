@@ -2483,10 +2483,6 @@ BEGIN
         IF NOT EXISTS (SELECT FROM persona.segments AS s WHERE s.name = v_seg) THEN
             RAISE EXCEPTION 'segment "%" does not exist', v_seg USING ERRCODE = '42704';
         END IF;
-        -- Segment entries and exits do not fire triggers yet (docs/delivery.md).
-        RAISE EXCEPTION 'triggers on segment entries and exits are not supported yet'
-            USING ERRCODE = '0A000',
-                  HINT = 'Trigger on an event type.';
     ELSE
         -- An event type never ingested yet is fine: it fires from its first event.
         v_type := persona.check_event_type($2, 'on_event');
@@ -2509,7 +2505,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_create_trigger(text, text, text, text, interval) IS
-    'creates a linked event: each event of type on_event whose condition holds queues the action''s message, due delay after the event';
+    'creates a linked event: each event of type on_event (or entry into or exit from a segment) whose condition holds queues the action''s message, due delay after it';
 
 CREATE FUNCTION @extschema@.persona_drop_trigger(name text)
     RETURNS void

@@ -103,6 +103,32 @@ SELECT user_id FROM persona_claim('tcart');
 SELECT persona_drop_trait('t_orders');
 SELECT persona_drop_action('t_abandon_push');
 
+-- Segment entries and exits fire triggers on every path that makes them:
+-- identify (declared traits), ingest (a new profile), the tick. The event
+-- is {"event_type": "segment:NAME:enter|exit", "properties": {"segment"}}.
+SELECT persona_create_action('t_seg_msg', 'tseg', '{"title": "{{first_name}}"}');
+SELECT persona_create_segment('t_gold', $$traits->>'tier' = 'gold'$$);
+SELECT persona_create_segment('t_seen', $$event_count >= 1 AND user_id LIKE 't-seg%'$$);
+SELECT persona_create_trigger('t_gold_in', 'segment:t_gold:enter', 't_seg_msg',
+    condition => $$event->'properties'->>'segment' = 't_gold' AND event->>'event_type' = 'segment:t_gold:enter'$$);
+SELECT persona_create_trigger('t_gold_out', 'segment:t_gold:exit', 't_seg_msg');
+SELECT persona_create_trigger('t_seen_in', 'segment:t_seen:enter', 't_seg_msg', delay => '1 day');
+SELECT name, event_type, segment, direction FROM persona.triggers WHERE segment IS NOT NULL ORDER BY name;
+SELECT persona_identify('t-asha', '{"tier": "gold"}') > 0 AS entered;
+SELECT persona_track('t-seg1', 'page_view') > 0 AS first_event;
+SELECT persona_identify('t-asha', '{"tier": "silver"}') > 0 AS exited;
+-- Back in before the exit message is claimed: the exit message is
+-- cancelled at claim, the entry messages go.
+SELECT persona_identify('t-asha', '{"tier": "gold"}') > 0 AS entered_again;
+SELECT user_id, source, status, due_at > now() + interval '23 hours' AS next_day
+  FROM pg_temp.msgs WHERE action = 't_seg_msg';
+SELECT user_id, source FROM persona_claim('tseg') ORDER BY 1, 2;
+SELECT user_id, source, status, last_error FROM persona.messages AS m JOIN persona.profiles USING (profile_id)
+ WHERE m.action = 't_seg_msg' ORDER BY m.message_id;
+SELECT persona_drop_trigger(t) FROM unnest(ARRAY['t_gold_in', 't_gold_out', 't_seen_in']) AS t;
+SELECT persona_drop_segment(s) FROM unnest(ARRAY['t_gold', 't_seen']) AS s;
+SELECT persona_drop_action('t_seg_msg');
+
 -- Action conditions cannot name event; trigger conditions can.
 SELECT persona_create_action('t_bad', 'web', '{}', condition => $$event IS NULL$$);
 

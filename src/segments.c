@@ -33,6 +33,7 @@
 #include "profile.h"
 #include "rowwriter.h"
 #include "segments.h"
+#include "triggers.h"
 
 /* One row of persona.segments, as the C code needs it. */
 typedef struct SegmentDef
@@ -286,6 +287,20 @@ WriteExits(const SegmentCatalog *sc, const ChangeList *exits)
 	return done;
 }
 
+/* The linked events of entries or exits, once they are written (triggers.c). */
+static void
+FireSegmentTriggers(const SegmentCatalog *sc, const ChangeList *changes, bool entered)
+{
+	const char **names;
+
+	if (changes->n == 0)
+		return;
+	names = palloc(sizeof(char *) * changes->n);
+	for (int i = 0; i < changes->n; i++)
+		names[i] = sc->segments[changes->segments[i]].name;
+	PersonaTriggersFireSegments(names, changes->pids, changes->n, entered);
+}
+
 /* Byte equality of two text datums (segment names). */
 static inline bool
 TextEquals(Datum a, Datum b)
@@ -410,6 +425,8 @@ PersonaSegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 		SPI_finish();
 	}
 	nchanges += WriteEntries(sc, &changes[1]);
+	FireSegmentTriggers(sc, &changes[0], false);
+	FireSegmentTriggers(sc, &changes[1], true);
 	return nchanges;
 }
 

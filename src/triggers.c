@@ -37,6 +37,8 @@ typedef struct TriggerDef
 	int32		trigger_id;		/* first: defcache.c sorts by it */
 	char	   *name;
 	char	   *event_type;		/* NULL: a segment trigger */
+	char	   *segment;		/* a segment trigger's segment, else NULL */
+	bool		on_enter;		/* a segment trigger: on entries, else exits */
 	char	   *action;
 	char	   *source;			/* trigger:NAME */
 	char	   *condition_sql;	/* NULL: no condition */
@@ -49,13 +51,15 @@ typedef struct TriggerCatalog
 	TriggerDef *defs;
 	int			ndefs;
 	TriggerEventTypes events;	/* n == 0: no trigger on an event type */
+	int			nsegment;		/* triggers on segment entries and exits */
 } TriggerCatalog;
 
 static SPIPlanPtr fire_plan = NULL;
 static SPIPlanPtr error_plan = NULL;
+static SPIPlanPtr member_plan = NULL;
 
 static const char *const trigger_columns[] = {
-	"trigger_id", "name", "event_type", "action", "condition_sql", "delay"
+	"trigger_id", "name", "event_type", "action", "condition_sql", "delay", "segment", "direction"
 };
 
 static void
@@ -70,6 +74,8 @@ ReadTriggerDef(void *entry, const Datum *values, const bool *nulls)
 	d->source = psprintf("trigger:%s", d->name);
 	d->condition_sql = nulls[4] ? NULL : TextDatumGetCString(values[4]);
 	d->delay = *DatumGetIntervalP(values[5]);
+	d->segment = nulls[6] ? NULL : TextDatumGetCString(values[6]);
+	d->on_enter = !nulls[7] && strcmp(TextDatumGetCString(values[7]), "enter") == 0;
 }
 
 /* Conditions are compiled once per load, over persona.trigger_source. */
@@ -94,6 +100,8 @@ BuildTriggerCatalog(void *entries, int n)
 			tc->events.trigger_ids[tc->events.n] = d->trigger_id;
 			tc->events.event_types[tc->events.n++] = d->event_type;
 		}
+		else
+			tc->nsegment++;
 	}
 	return tc;
 }
@@ -388,11 +396,95 @@ PersonaTriggersFire(const TriggerFiring *firings, int n)
 									  IntervalPGetDatum(&d->delay));
 		/* The event is kept for the check at claim, when there is one. */
 		args[4] = JsonbPGetDatum(firings[i].event);
-		if (d->condition == NULL)
+		if (d->condition == NULL && d->segment == NULL)
 			nulls[4] = 'n';
 		if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "queueing the message of trigger \"%s\" failed", d->name);
 	}
+}
+
+/* Whether the profile of a persona.profiles row is a member of a segment (SPI). */
+static bool
+IsMember(HeapTuple profile, TupleDesc desc, const char *segment)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		args[2];
+	bool		isnull;
+	SPIPlanPtr	plan = PersonaKeptPlan(&member_plan,
+									   "SELECT FROM persona.segment_members AS m "
+									   "WHERE m.profile_id OPERATOR(pg_catalog.=) $1 "
+									   "  AND m.segment OPERATOR(pg_catalog.=) $2", 2, types, 0);
+
+	args[0] = heap_getattr(profile, PersonaRequireColumn(PersonaGetCatalog()->profiles, "profile_id"),
+						   desc, &isnull);
+	args[1] = CStringGetTextDatum(segment);
+	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading a segment membership failed");
+	return SPI_processed > 0;
+}
+
+/*
+ * Fires the triggers on segment entries and exits: ``segments[i]`` entered
+ * (or, when not ``entered``, left) by profile ``pids[i]``.  The event a
+ * condition sees is {"event_type": "segment:NAME:enter|exit", "properties":
+ * {"segment": NAME}, "context": {}}; the message is due delay after now
+ * (the clock).  Nothing when no trigger is on a segment.
+ */
+void
+PersonaTriggersFireSegments(const char *const *segments, const Datum *pids, int n, bool entered)
+{
+	TriggerCatalog *tc = GetTriggerCatalog();
+	TriggerFiring *firings;
+	int			nfirings = 0;
+	Jsonb	   *empty;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (tc == NULL || tc->nsegment == 0 || n == 0)
+		return;
+	firings = palloc(sizeof(TriggerFiring) * n * tc->nsegment);
+	empty = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	for (int i = 0; i < n; i++)
+	{
+		Jsonb	   *event = NULL;
+
+		CHECK_FOR_INTERRUPTS();
+		for (int k = 0; k < tc->ndefs; k++)
+		{
+			const TriggerDef *d = &tc->defs[k];
+			TriggerFiring *f;
+
+			if (d->segment == NULL || d->on_enter != entered || strcmp(d->segment, segments[i]) != 0)
+				continue;
+			if (event == NULL)
+			{
+				JsonbParseState *st = NULL;
+				JsonbValue	v;
+				char	   *type = psprintf("segment:%s:%s", segments[i], entered ? "enter" : "exit");
+
+				pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+				PushKey(&st, "segment");
+				v.type = jbvString;
+				v.val.string.val = (char *) segments[i];
+				v.val.string.len = strlen(segments[i]);
+				pushJsonbValue(&st, WJB_VALUE, &v);
+				event = PersonaTriggerEventObject(cstring_to_text(type),
+												  JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL)),
+												  empty);
+			}
+			f = &firings[nfirings++];
+			f->trigger_id = d->trigger_id;
+			f->profile_id = DatumGetInt64(pids[i]);
+			f->occurred_at = now;
+			f->context = empty;
+			f->event = event;
+		}
+	}
+	if (nfirings == 0)
+		return;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PersonaTriggersFire(firings, nfirings);
+	SPI_finish();
 }
 
 /* What EvalRecheck evaluates. */
@@ -441,7 +533,14 @@ PersonaTriggerStillHolds(const char *source, HeapTuple profile, TupleDesc desc,
 	for (int k = 0; k < tc->ndefs; k++)
 		if (strcmp(tc->defs[k].name, source + 8) == 0)
 			def = &tc->defs[k];
-	if (def == NULL || def->condition == NULL)
+	if (def == NULL)
+		return true;
+	if (def->segment != NULL && IsMember(profile, desc, def->segment) != def->on_enter)
+	{
+		*why = def->on_enter ? "left the segment" : "back in the segment";
+		return false;
+	}
+	if (def->condition == NULL)
 		return true;
 
 	params = makeParamList(2);

@@ -38,6 +38,8 @@ typedef struct TriggerFiring
 extern TriggerEventTypes *PersonaTriggerEventTypes(void);
 extern Jsonb *PersonaTriggerEventObject(text *event_type, Jsonb *properties, Jsonb *context);
 extern void PersonaTriggersFire(const TriggerFiring *firings, int n);
+extern void PersonaTriggersFireSegments(const char *const *segments, const Datum *pids, int n,
+										bool entered);
 extern bool PersonaTriggerStillHolds(const char *source, HeapTuple profile, TupleDesc desc,
 									 Jsonb *event, const char **why);
 
