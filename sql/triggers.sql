@@ -129,6 +129,17 @@ SELECT persona_drop_trigger(t) FROM unnest(ARRAY['t_gold_in', 't_gold_out', 't_s
 SELECT persona_drop_segment(s) FROM unnest(ARRAY['t_gold', 't_seen']) AS s;
 SELECT persona_drop_action('t_seg_msg');
 
+-- One insert that fires for ten thousand people: an action without cap or
+-- cooldown takes no lock per person, so the lock table does not run out.
+BEGIN;
+SELECT persona_create_action('t_bulk', 'tbulk', '{"t": "hi"}');
+SELECT persona_create_trigger('t_bulk', 'bulk_view', 't_bulk');
+INSERT INTO persona.events (user_id, event_type)
+SELECT 't-bulk-' || g, 'bulk_view' FROM generate_series(1, 10000) AS g;
+SELECT count(*) AS bulk_messages, count(DISTINCT profile_id) AS people
+  FROM persona.messages WHERE source = 'trigger:t_bulk';
+ROLLBACK;
+
 -- Action conditions cannot name event; trigger conditions can.
 SELECT persona_create_action('t_bad', 'web', '{}', condition => $$event IS NULL$$);
 

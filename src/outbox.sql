@@ -200,7 +200,13 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'action "%" does not exist', $2 USING ERRCODE = '42704';
     END IF;
-    PERFORM persona.lock_profile_sends(v_pid);
+    -- The decision lock serializes what counts toward caps and cooldowns;
+    -- an action without either needs none (a bulk insert that fires a
+    -- trigger for thousands of people would otherwise take a lock each, and
+    -- could run out of lock table space).
+    IF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
+        PERFORM persona.lock_profile_sends(v_pid);
+    END IF;
     SELECT p.consent INTO v_consent FROM persona.profiles AS p
      WHERE p.profile_id = v_pid FOR KEY SHARE;
     IF NOT FOUND THEN
