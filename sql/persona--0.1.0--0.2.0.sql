@@ -135,9 +135,11 @@ BEGIN
     END LOOP;
 
     ALTER EXTENSION persona DROP VIEW persona.traits;
+    ALTER EXTENSION persona DROP VIEW persona.trigger_source;
     ALTER EXTENSION persona DROP VIEW persona.decision_source;
     ALTER EXTENSION persona DROP VIEW persona.segment_source;
     DROP VIEW persona.traits;
+    DROP VIEW persona.trigger_source;
     DROP VIEW persona.decision_source;
     DROP VIEW persona.segment_source;
     EXECUTE format(E'CREATE VIEW persona.traits AS\n    SELECT p.profile_id%s\n      FROM persona.profiles AS p', v_cols);
@@ -146,13 +148,18 @@ BEGIN
                    '           p.created_at, p.updated_at%s\n      FROM persona.profiles AS p', v_cols);
     CREATE VIEW persona.decision_source AS
         SELECT s.*, NULL::jsonb AS context FROM persona.segment_source AS s;
+    CREATE VIEW persona.trigger_source AS
+        SELECT d.*, NULL::jsonb AS event FROM persona.decision_source AS d;
     ALTER EXTENSION persona ADD VIEW persona.traits;
     ALTER EXTENSION persona ADD VIEW persona.segment_source;
     ALTER EXTENSION persona ADD VIEW persona.decision_source;
+    ALTER EXTENSION persona ADD VIEW persona.trigger_source;
     COMMENT ON VIEW persona.segment_source IS
         'the columns segment predicates can name: persona.profiles and every computed trait';
     COMMENT ON VIEW persona.decision_source IS
         'the columns action conditions can name: those of persona.segment_source and context (the call''s jsonb)';
+    COMMENT ON VIEW persona.trigger_source IS
+        'the columns trigger conditions can name: those of persona.decision_source and event (event_type, properties, context)';
     COMMENT ON VIEW persona.traits IS
         'one row per profile, one typed column per computed trait, values as of now()';
     -- The new view keeps the grants of the old one (regrole's output is
@@ -1180,6 +1187,7 @@ CREATE TABLE persona.messages (
     content     jsonb,
     action_id   int         NOT NULL,
     ready_at    timestamptz,
+    event       jsonb,
     PRIMARY KEY (message_id, profile_id),
     CHECK ((ready_at IS NULL) = (status IN ('sent', 'dead', 'cancelled')))
 );
@@ -1199,6 +1207,8 @@ COMMENT ON COLUMN persona.messages.due_at IS 'when it is meant to go; it counts 
 COMMENT ON COLUMN persona.messages.content IS 'the action''s content as rendered at the last claim';
 COMMENT ON COLUMN persona.messages.ready_at IS
     'when a worker may claim it next (due, retry or lease end); NULL once sent, dead or cancelled';
+COMMENT ON COLUMN persona.messages.event IS
+    'the triggering event of a trigger with a condition, which is checked again against it at claim';
 
 CREATE TABLE persona.message_feedback (
     profile_id  bigint      NOT NULL,
@@ -1214,7 +1224,8 @@ COMMENT ON TABLE persona.message_feedback IS
 -- Messages not queued or cancelled, by source and reason, for operators.
 CREATE TABLE persona.suppressions (
     source   text        NOT NULL,
-    reason   text        NOT NULL CHECK (reason IN ('consent', 'cap', 'cooldown', 'holdout', 'action_dropped')),
+    reason   text        NOT NULL CHECK (reason IN ('consent', 'cap', 'cooldown', 'holdout', 'action_dropped',
+                                                    'condition')),
     messages bigint      NOT NULL,
     last_at  timestamptz NOT NULL,
     PRIMARY KEY (source, reason)
@@ -1277,11 +1288,12 @@ COMMENT ON FUNCTION persona.recent_sends(bigint, interval, int[]) IS
 -- The outbox's entry: queues one message of an action for a profile, due
 -- at due_at (default: now), unless consent, the action's cap or its
 -- cooldown suppresses it (counted in persona.suppressions; returns NULL).
+-- event: a trigger's triggering event, kept for the check at claim.
 -- Triggers and campaigns call it; it notifies persona_outbox with the
 -- channel (PostgreSQL delivers one notification per channel and payload
 -- per transaction, however many messages).
 CREATE FUNCTION persona.enqueue_message(profile_id bigint, action text, source text,
-                                        due_at timestamptz DEFAULT NULL)
+                                        due_at timestamptz DEFAULT NULL, event jsonb DEFAULT NULL)
     RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -1307,7 +1319,13 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'action "%" does not exist', $2 USING ERRCODE = '42704';
     END IF;
-    PERFORM persona.lock_profile_sends(v_pid);
+    -- The decision lock serializes what counts toward caps and cooldowns;
+    -- an action without either needs none (a bulk insert that fires a
+    -- trigger for thousands of people would otherwise take a lock each, and
+    -- could run out of lock table space).
+    IF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
+        PERFORM persona.lock_profile_sends(v_pid);
+    END IF;
     SELECT p.consent INTO v_consent FROM persona.profiles AS p
      WHERE p.profile_id = v_pid FOR KEY SHARE;
     IF NOT FOUND THEN
@@ -1334,14 +1352,14 @@ BEGIN
         PERFORM persona.count_suppressions(ARRAY[v_source], ARRAY[v_reason]);
         RETURN NULL;
     END IF;
-    INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at)
-    VALUES (v_pid, a.channel, a.name, v_source, v_due, a.action_id, v_due)
+    INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at, event)
+    VALUES (v_pid, a.channel, a.name, v_source, v_due, a.action_id, v_due, $5)
     RETURNING message_id INTO v_id;
     PERFORM pg_notify('persona_outbox', a.channel);
     RETURN v_id;
 END
 $$;
-COMMENT ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz) IS
+COMMENT ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz, jsonb) IS
     'queues a message of an action for a profile unless consent, cap, cooldown or a holdout suppresses it (counted); returns the message_id or NULL';
 
 -- ---------------------------------------------------------------------
@@ -1584,7 +1602,7 @@ REVOKE ALL ON FUNCTION persona.merge_consent(jsonb, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.lock_profile_sends(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.count_suppressions(text[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.recent_sends(bigint, interval, int[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.retry_delay(int) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------
@@ -2328,6 +2346,221 @@ ALTER FUNCTION @extschema@.persona_define_trait(text, text, text, text, interval
 ALTER FUNCTION @extschema@.persona_drop_segment(text) SET persona.maintenance = on;
 ALTER FUNCTION @extschema@.persona_tick() SET persona.maintenance = on;
 
+
+-- ---------------------------------------------------------------------
+-- Linked events (issue 13): persona.triggers, persona_create_trigger,
+-- persona_drop_trigger (src/triggers.sql); trigger conditions read the
+-- triggering event through persona.trigger_source (src/traits.sql).
+-- ---------------------------------------------------------------------
+
+-- What trigger conditions see: the same, and the triggering event.
+CREATE VIEW persona.trigger_source AS
+    SELECT d.*, NULL::jsonb AS event FROM persona.decision_source AS d;
+COMMENT ON VIEW persona.trigger_source IS
+    'the columns trigger conditions can name: those of persona.decision_source and event (event_type, properties, context)';
+
+CREATE OR REPLACE FUNCTION persona.check_traits_view_free() RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_rebuilt  regclass[] := ARRAY['persona.traits', 'persona.segment_source',
+                                   'persona.decision_source', 'persona.trigger_source']::regclass[];
+    v_read     text;
+    v_dependent text;
+BEGIN
+    -- Views of one's own on any view the rebuild drops, persona's own aside.
+    SELECT string_agg(DISTINCT d.refobjid::regclass::text, ', '),
+           string_agg(DISTINCT r.ev_class::regclass::text, ', ')
+      INTO v_read, v_dependent
+      FROM pg_depend AS d JOIN pg_rewrite AS r ON r.oid = d.objid
+     WHERE d.classid = 'pg_rewrite'::regclass
+       AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid = ANY (v_rebuilt)
+       AND NOT r.ev_class = ANY (v_rebuilt);
+    IF v_dependent IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot change the traits while other views depend on %', v_read
+            USING ERRCODE = '2BP01',
+                  DETAIL = format('Dependent views: %s.', v_dependent),
+                  HINT = 'Drop them first and create them again afterwards, in the same transaction.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION persona.check_traits_view_free() IS
+    'refuses to go on while views depend on the views a trait change rebuilds (persona.traits, segment_source, decision_source, trigger_source)';
+
+CREATE SEQUENCE persona.trigger_id_seq AS int;
+COMMENT ON SEQUENCE persona.trigger_id_seq IS 'allocates trigger ids';
+
+CREATE TABLE persona.triggers (
+    trigger_id      int         PRIMARY KEY DEFAULT nextval('persona.trigger_id_seq'),
+    name            text        NOT NULL UNIQUE,
+    on_event        text        NOT NULL,
+    event_type      text,
+    segment         text,
+    direction       text        CHECK (direction IN ('enter', 'exit')),
+    action          text        NOT NULL,
+    condition       text,
+    condition_sql   text,
+    condition_reads text[]      NOT NULL DEFAULT '{}',
+    delay           interval    NOT NULL DEFAULT '0'
+                    CHECK (delay >= interval '0' AND delay <= interval '10 years'),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CHECK ((event_type IS NULL) <> (segment IS NULL)),
+    CHECK ((segment IS NULL) = (direction IS NULL))
+);
+ALTER SEQUENCE persona.trigger_id_seq OWNED BY persona.triggers.trigger_id;
+COMMENT ON TABLE persona.triggers IS 'linked events: what turns an event into a message (persona_create_trigger)';
+COMMENT ON COLUMN persona.triggers.on_event IS 'as given: an event type, or segment:NAME:enter / segment:NAME:exit';
+COMMENT ON COLUMN persona.triggers.event_type IS 'the event type that fires it; NULL for a segment trigger';
+COMMENT ON COLUMN persona.triggers.condition_sql IS 'the checked condition, deparsed: what is evaluated';
+COMMENT ON COLUMN persona.triggers.condition_reads IS 'the columns of persona.trigger_source the condition reads';
+COMMENT ON COLUMN persona.triggers.delay IS 'the message is due this long after the event';
+
+-- Conditions that failed on a firing, per trigger (the firing is skipped).
+CREATE TABLE persona.trigger_stats (
+    trigger_id    int         PRIMARY KEY,
+    errors        bigint      NOT NULL DEFAULT 0,
+    last_error    text,
+    last_error_at timestamptz
+);
+COMMENT ON TABLE persona.trigger_stats IS
+    'per trigger: firings skipped because the condition failed (class 22 or 54), and the last error';
+
+SELECT pg_catalog.pg_extension_config_dump('persona.triggers', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.trigger_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.trigger_stats', '');
+
+-- However a row is written, its SQL is the checked compilation of its text.
+CREATE TRIGGER triggers_compile
+    BEFORE INSERT OR UPDATE ON persona.triggers
+    FOR EACH ROW EXECUTE FUNCTION persona.compile_definition(
+        'persona.trigger_source', 'condition', 'condition_sql', 'condition_reads', '');
+
+-- Ingest caches the definitions; changes reach every backend.
+CREATE TRIGGER triggers_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON persona.triggers
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.announce_change();
+
+-- One firing that held its condition: the action's message, unless the
+-- action was dropped since (counted as action_dropped) or consent, caps,
+-- cooldown or a holdout suppress it (persona.enqueue_message counts those).
+-- event (NULL when the trigger has no condition) is kept with the message
+-- for the check at claim. Called by src/triggers.c.
+CREATE FUNCTION persona.fire_trigger(profile_id bigint, action text, source text,
+                                     due_at timestamptz, event jsonb)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM persona.actions AS a WHERE a.name = $2) THEN
+        PERFORM persona.count_suppressions(ARRAY[$3], ARRAY['action_dropped']);
+        RETURN NULL;
+    END IF;
+    RETURN persona.enqueue_message($1, $2, $3, $4, $5);
+END
+$$;
+COMMENT ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) IS
+    'queues the message of a trigger''s firing (persona.enqueue_message), or counts it as action_dropped';
+
+-- Counts a firing skipped because its condition failed.
+CREATE FUNCTION persona.count_trigger_error(trigger_id int, error text)
+    RETURNS void
+    LANGUAGE sql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    BEGIN ATOMIC
+        INSERT INTO persona.trigger_stats AS s (trigger_id, errors, last_error, last_error_at)
+        VALUES (count_trigger_error.trigger_id, 1, count_trigger_error.error, clock_timestamp())
+        ON CONFLICT (trigger_id) DO UPDATE
+           SET errors = s.errors + 1, last_error = excluded.last_error,
+               last_error_at = excluded.last_error_at;
+    END;
+COMMENT ON FUNCTION persona.count_trigger_error(int, text) IS
+    'counts a firing skipped because the trigger''s condition failed';
+
+CREATE FUNCTION @extschema@.persona_create_trigger(name text, on_event text, action text,
+                                                  condition text DEFAULT NULL,
+                                                  delay interval DEFAULT '0')
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_name  text;
+    v_type  text;
+    v_seg   text;
+    v_dir   text;
+    v_parts text[];
+BEGIN
+    IF $2 IS NULL OR $3 IS NULL OR $5 IS NULL THEN
+        RAISE EXCEPTION 'on_event, action and delay must not be null' USING ERRCODE = '22004';
+    END IF;
+    v_name := persona.check_name($1, 'name');
+    IF $2 LIKE 'segment:%' THEN
+        v_parts := regexp_match($2, '^segment:(.+):(enter|exit)$');
+        IF v_parts IS NULL THEN
+            RAISE EXCEPTION 'invalid on_event "%"', $2 USING ERRCODE = '22023',
+                HINT = 'Use an event type, or segment:NAME:enter or segment:NAME:exit.';
+        END IF;
+        v_seg := v_parts[1];
+        v_dir := v_parts[2];
+        IF NOT EXISTS (SELECT FROM persona.segments AS s WHERE s.name = v_seg) THEN
+            RAISE EXCEPTION 'segment "%" does not exist', v_seg USING ERRCODE = '42704';
+        END IF;
+    ELSE
+        -- An event type never ingested yet is fine: it fires from its first event.
+        v_type := persona.check_event_type($2, 'on_event');
+    END IF;
+    IF NOT EXISTS (SELECT FROM persona.actions AS a WHERE a.name = $3) THEN
+        RAISE EXCEPTION 'action "%" does not exist', $3 USING ERRCODE = '42704';
+    END IF;
+    IF $5 < interval '0' OR $5 > interval '10 years' THEN
+        RAISE EXCEPTION 'delay must be between 0 and 10 years' USING ERRCODE = '22023',
+            DETAIL = format('The delay given was "%s".', $5);
+    END IF;
+    LOCK TABLE persona.triggers IN EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM persona.triggers AS t WHERE t.name = v_name) THEN
+        RAISE EXCEPTION 'trigger "%" already exists', v_name USING ERRCODE = '42710';
+    END IF;
+    -- The compile trigger checks the condition (0A000 and friends).
+    INSERT INTO persona.triggers (name, on_event, event_type, segment, direction, action,
+                                  condition, delay)
+    VALUES (v_name, $2, v_type, v_seg, v_dir, $3, $4, $5);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_create_trigger(text, text, text, text, interval) IS
+    'creates a linked event: each event of type on_event (or entry into or exit from a segment) whose condition holds queues the action''s message, due delay after it';
+
+CREATE FUNCTION @extschema@.persona_drop_trigger(name text)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    v_id int;
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
+    END IF;
+    LOCK TABLE persona.triggers IN EXCLUSIVE MODE;
+    DELETE FROM persona.triggers AS t WHERE t.name = $1 RETURNING t.trigger_id INTO v_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'trigger "%" does not exist', $1 USING ERRCODE = '42704';
+    END IF;
+    DELETE FROM persona.trigger_stats AS s WHERE s.trigger_id = v_id;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_drop_trigger(text) IS
+    'drops a linked event; the messages it queued stay';
+
+-- Privileges (src/grants.sql).
+REVOKE ALL ON FUNCTION @extschema@.persona_create_trigger(text, text, text, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_drop_trigger(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.count_trigger_error(int, text) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------
 -- A definition never blocks ingest (issue 15): a segment predicate that

@@ -39,6 +39,8 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_update_action(text, jsonb),
                           persona_pause_action(text, boolean),
                           persona_drop_action(text),
+                          persona_create_trigger(text, text, text, text, interval),
+                          persona_drop_trigger(text),
                           persona_create_experiment(text, float8, text),
                           persona_end_experiment(text),
                           persona_drop_experiment(text) TO persona_admin;
@@ -120,7 +122,12 @@ SELECT count(*) FROM persona.profiles;
 RESET ROLE;
 
 -- The admin does everything, forget included.
+SET ROLE persona_decider;
+SELECT persona_create_trigger('role_trig', 'page_view', 'role_banner');
+RESET ROLE;
 SET ROLE persona_admin;
+SELECT persona_create_trigger('role_trig', 'page_view', 'role_banner', delay => '1 minute');
+SELECT persona_drop_trigger('role_trig');
 SELECT persona_drop_action('role_banner');
 SELECT persona_create_segment('role_seg', 'role_views > 1');
 SELECT persona_tick() >= 0 AS ticked;

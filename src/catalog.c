@@ -75,6 +75,8 @@ PersonaGetCatalog(void)
 		catalog.experiments = get_relname_relid("experiments", schema);
 		catalog.assignments = get_relname_relid("assignments", schema);
 		catalog.assignments_pkey = get_relname_relid("assignments_pkey", schema);
+		catalog.triggers = get_relname_relid("triggers", schema);
+		catalog.trigger_source = get_relname_relid("trigger_source", schema);
 		catalog_valid = true;
 	}
 	return &catalog;

@@ -23,6 +23,7 @@
 #include "utils/timestamp.h"
 
 #include "traits.h"
+#include "triggers.h"
 
 /*
  * What this backend knows about an id: the profile it resolves to, and
@@ -233,6 +234,10 @@ typedef struct RowFolds
 	int			maxfresh;
 	bool		merged;			/* TakeFolds merged others in: fresh is
 								 * partial */
+	TriggerEventTypes *trigger_types;	/* NULL: no trigger on an event type */
+	TriggerFiring *firings;		/* rows of those types, in order */
+	int			nfirings;
+	int			maxfirings;
 	struct RowFolds *outer;		/* older folds */
 } RowFolds;
 

@@ -43,6 +43,44 @@ static SPIPlanPtr select_identities_plan = NULL;
 static SPIPlanPtr move_events_plan = NULL;
 static SPIPlanPtr select_merges_plan = NULL;
 
+/*
+ * Profiles the statement's rows moved from and to (lost identity races,
+ * concurrent merges), in the batch's memory: a trigger's firing follows its
+ * event to the profile it ends on.
+ */
+typedef struct ProfileMove
+{
+	int64		from;
+	int64		into;
+} ProfileMove;
+
+static ProfileMove *moves = NULL;
+static int	nmoves = 0;
+static int	maxmoves = 0;
+
+static void
+RecordMove(int64 from, int64 into)
+{
+	if (nmoves == maxmoves)
+	{
+		maxmoves = Max(8, maxmoves * 2);
+		moves = moves == NULL ? palloc(sizeof(ProfileMove) * maxmoves)
+			: repalloc(moves, sizeof(ProfileMove) * maxmoves);
+	}
+	moves[nmoves].from = from;
+	moves[nmoves++].into = into;
+}
+
+/* Where the rows of a profile ended, following every move in order. */
+static int64
+MovedTo(int64 pid)
+{
+	for (int i = 0; i < nmoves; i++)
+		if (moves[i].from == pid)
+			pid = moves[i].into;
+	return pid;
+}
+
 static int
 CompareSortedIds(const void *a, const void *b)
 {
@@ -309,6 +347,7 @@ JoinWinners(pidmap_hash *deltas, ProfileDelta **fresh, int n)
 			continue;
 
 		MoveEvents(lost->profile_id, winner_pid);
+		RecordMove(lost->profile_id, winner_pid);
 		lost->new_id->profile_id = winner_pid;
 		winner = EnterDelta(deltas, winner_pid, &found);
 		if (found)
@@ -619,6 +658,7 @@ FollowMerge(int64 pid)
 				 errhint("Retry the transaction.")));
 	into = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	MoveEvents(pid, into);
+	RecordMove(pid, into);
 	return into;
 }
 
@@ -723,6 +763,8 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	batch = AllocSetContextCreate(CurrentMemoryContext, "persona batch",
 								  ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(batch);
+	moves = NULL;
+	nmoves = maxmoves = 0;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
@@ -782,6 +824,12 @@ persona_events_apply(PG_FUNCTION_ARGS)
 		}
 	}
 	RefreshSegments(deltas, folds->touched_names);
+	if (folds->nfirings > 0)
+	{
+		for (int i = 0; i < folds->nfirings; i++)
+			folds->firings[i].profile_id = MovedTo(folds->firings[i].profile_id);
+		PersonaTriggersFire(folds->firings, folds->nfirings);
+	}
 	SPI_finish();
 
 	MemoryContextSwitchTo(old);

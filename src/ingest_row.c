@@ -337,6 +337,7 @@ CurrentFolds(void)
 	SubTransactionId subid = GetCurrentSubTransactionId();
 	RowFolds   *f = row_folds;
 	MemoryContext cxt;
+	MemoryContext old;
 
 	if (f != NULL && f->subid == subid && f->traits == traits && f->ntraits == traits->ndefs)
 		return f;
@@ -350,6 +351,10 @@ CurrentFolds(void)
 	f->traits = traits;
 	f->ntraits = traits->ndefs;
 	f->touched = MemoryContextAllocZero(cxt, Max(traits->ndefs, 1));
+	/* Once per statement: ingest without triggers pays nothing more. */
+	old = MemoryContextSwitchTo(cxt);
+	f->trigger_types = PersonaTriggerEventTypes();
+	MemoryContextSwitchTo(old);
 	f->outer = row_folds;
 	row_folds = f;
 	return f;
@@ -386,6 +391,52 @@ FoldTraits(RowFolds *f, ProfileDelta *d, const Datum *values, TimestampTz at)
 			f->touched_names = lappend(f->touched_names, pstrdup(def->name));
 		}
 		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * Records the row as a firing of each trigger on its event type, for the
+ * apply phase (triggers.c).
+ */
+static void
+CollectFirings(RowFolds *f, const Datum *values, int64 pid, TimestampTz at)
+{
+	text	   *type = DatumGetTextPP(values[event_columns.event_type - 1]);
+	const char *tp = VARDATA_ANY(type);
+	int			tlen = VARSIZE_ANY_EXHDR(type);
+	Jsonb	   *context = NULL;
+	Jsonb	   *event = NULL;
+
+	for (int i = 0; i < f->trigger_types->n; i++)
+	{
+		const char *et = f->trigger_types->event_types[i];
+		TriggerFiring *firing;
+		MemoryContext old;
+
+		if (strncmp(et, tp, tlen) != 0 || et[tlen] != '\0')
+			continue;
+		old = MemoryContextSwitchTo(f->cxt);
+		if (event == NULL)
+		{
+			context = DatumGetJsonbPCopy(values[event_columns.context - 1]);
+			event = PersonaTriggerEventObject(type,
+											  DatumGetJsonbP(values[event_columns.properties - 1]),
+											  context);
+		}
+		if (f->nfirings == f->maxfirings)
+		{
+			f->maxfirings = Max(16, f->maxfirings * 2);
+			f->firings = f->firings == NULL
+				? palloc(sizeof(TriggerFiring) * f->maxfirings)
+				: repalloc(f->firings, sizeof(TriggerFiring) * f->maxfirings);
+		}
+		MemoryContextSwitchTo(old);
+		firing = &f->firings[f->nfirings++];
+		firing->trigger_id = f->trigger_types->trigger_ids[i];
+		firing->profile_id = pid;
+		firing->occurred_at = at;
+		firing->context = context;
+		firing->event = event;
 	}
 }
 
@@ -449,6 +500,8 @@ FoldRow(const Datum *values, IdEntry *entry)
 		d->last_seen = at;
 	if (f->ntraits > 0)
 		FoldTraits(f, d, values, at);
+	if (f->trigger_types != NULL)
+		CollectFirings(f, values, pid, at);
 }
 
 /*
@@ -498,6 +551,18 @@ PersonaIngestTakeFolds(void)
 			}
 		}
 		taken->touched_names = list_concat(taken->touched_names, f->touched_names);
+		if (f->nfirings > 0)
+		{
+			/* The older folds' firings come first: events in order. */
+			TriggerFiring *all = palloc(sizeof(TriggerFiring) * (f->nfirings + taken->nfirings));
+
+			memcpy(all, f->firings, sizeof(TriggerFiring) * f->nfirings);
+			if (taken->nfirings > 0)
+				memcpy(all + f->nfirings, taken->firings, sizeof(TriggerFiring) * taken->nfirings);
+			taken->firings = all;
+			taken->nfirings += f->nfirings;
+			taken->maxfirings = taken->nfirings;
+		}
 		MemoryContextSwitchTo(old);
 	}
 	return taken;

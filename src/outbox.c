@@ -7,10 +7,12 @@
  *	1. lock: the due messages of the channel, oldest first, FOR UPDATE SKIP
  *	   LOCKED, so that concurrent claimers never take the same row;
  *	2. in C, per message: the profile read by primary key (traits and
- *	   consent), consent checked again, the action's content rendered by
- *	   PersonaRender (decide.c), as persona_decide renders;
+ *	   consent), consent checked again, a trigger's condition checked again
+ *	   (PersonaTriggerStillHolds, triggers.c), the action's content rendered
+ *	   by PersonaRender (decide.c), as persona_decide renders;
  *	3. one UPDATE of all of them from arrays: claimed with a lease, or
- *	   cancelled (consent withdrawn, action dropped), or dead (its last
+ *	   cancelled (consent withdrawn, action dropped, trigger condition no
+ *	   longer holding), or dead (its last
  *	   lease expired).
  * docs/delivery.md describes the protocol and its costs.
  */
@@ -32,6 +34,7 @@
 #include "persona.h"
 #include "profile.h"
 #include "traits.h"
+#include "triggers.h"
 
 #define MAX_CLAIM 10000
 #define ADVISORY_CLASS 0x50525341	/* "PRSA": persona's advisory locks */
@@ -221,6 +224,8 @@ typedef struct ClaimItem
 	Datum		user_id;
 	bool		user_id_null;
 	const char *error;			/* cancelled or dead: why */
+	const char *reason;			/* cancelled: the persona.suppressions reason */
+	Jsonb	   *event;			/* a trigger's triggering event, or NULL */
 } ClaimItem;
 
 static void
@@ -256,7 +261,7 @@ LockDueMessages(Datum channel, int32 n, TimestampTz now, int *nitems)
 	Datum		args[3] = {channel, TimestampTzGetDatum(now), Int32GetDatum(n)};
 	SPIPlanPtr	plan = PersonaKeptPlan(&claim_lock_plan,
 									   "SELECT m.message_id, m.profile_id, m.action_id, m.attempts, "
-									   "       m.status OPERATOR(pg_catalog.=) 'claimed', m.source "
+									   "       m.status OPERATOR(pg_catalog.=) 'claimed', m.source, m.event "
 									   "FROM persona.messages AS m "
 									   "WHERE m.channel OPERATOR(pg_catalog.=) $1 "
 									   "  AND m.ready_at OPERATOR(pg_catalog.<=) $2 "
@@ -273,6 +278,7 @@ LockDueMessages(Datum channel, int32 n, TimestampTz now, int *nitems)
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
+		Datum		d;
 
 		items[i].message_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		items[i].profile_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
@@ -280,6 +286,8 @@ LockDueMessages(Datum channel, int32 n, TimestampTz now, int *nitems)
 		items[i].attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
 		items[i].was_claimed = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 		items[i].source = datumCopy(SPI_getbinval(tup, desc, 6, &isnull), false, -1);
+		d = SPI_getbinval(tup, desc, 7, &isnull);
+		items[i].event = isnull ? NULL : DatumGetJsonbPCopy(d);
 	}
 	return items;
 }
@@ -313,17 +321,32 @@ DecideClaims(ClaimItem *items, int nitems, const char *channel)
 		MemoryContextSwitchTo(tmp);
 		it->user_id_null = true;
 		if (content == NULL)
-			it->status = "cancelled", it->error = "action dropped";
+			it->status = "cancelled", it->error = "action dropped", it->reason = "action_dropped";
 		else if (!PersonaProfileFetch(&r, it->profile_id))
-			it->status = "cancelled", it->error = "profile gone";
+			it->status = "cancelled", it->error = "profile gone", it->reason = "action_dropped";
 		else
 		{
 			d = PersonaProfileColumn(&r, "consent", &isnull);
 			consent = isnull ? NULL : DatumGetJsonbP(d);
 			if (!PersonaConsented(consent, channel))
-				it->status = "cancelled", it->error = "consent";
+				it->status = "cancelled", it->error = "consent", it->reason = "consent";
 			else if (it->was_claimed && it->attempts >= persona_max_attempts)
 				it->status = "dead", it->error = "lease expired on the last attempt";
+			else if (it->event != NULL &&
+					 !PersonaTriggerStillHolds(TextDatumGetCString(it->source),
+											   ExecCopySlotHeapTuple(r.profile),
+											   RelationGetDescr(r.profiles), it->event,
+											   &it->error))
+			{
+				/*
+				 * A delayed trigger's message whose person no longer
+				 * qualifies.
+				 */
+				it->status = "cancelled";
+				it->reason = "condition";
+				MemoryContextSwitchTo(outer);
+				it->error = pstrdup(it->error);
+			}
 			else
 			{
 				it->status = "claimed";
@@ -360,8 +383,7 @@ CountCancelled(const ClaimItem *items, int nitems)
 		if (strcmp(items[i].status, "cancelled") == 0)
 		{
 			sources[k] = items[i].source;
-			reasons[k++] = CStringGetTextDatum(strcmp(items[i].error, "consent") == 0 ?
-											   "consent" : "action_dropped");
+			reasons[k++] = CStringGetTextDatum(items[i].reason);
 		}
 	if (k == 0)
 		return;

@@ -68,6 +68,7 @@ CREATE TABLE persona.messages (
     content     jsonb,
     action_id   int         NOT NULL,
     ready_at    timestamptz,
+    event       jsonb,
     PRIMARY KEY (message_id, profile_id),
     CHECK ((ready_at IS NULL) = (status IN ('sent', 'dead', 'cancelled')))
 );
@@ -87,6 +88,8 @@ COMMENT ON COLUMN persona.messages.due_at IS 'when it is meant to go; it counts 
 COMMENT ON COLUMN persona.messages.content IS 'the action''s content as rendered at the last claim';
 COMMENT ON COLUMN persona.messages.ready_at IS
     'when a worker may claim it next (due, retry or lease end); NULL once sent, dead or cancelled';
+COMMENT ON COLUMN persona.messages.event IS
+    'the triggering event of a trigger with a condition, which is checked again against it at claim';
 
 CREATE TABLE persona.message_feedback (
     profile_id  bigint      NOT NULL,
@@ -102,7 +105,8 @@ COMMENT ON TABLE persona.message_feedback IS
 -- Messages not queued or cancelled, by source and reason, for operators.
 CREATE TABLE persona.suppressions (
     source   text        NOT NULL,
-    reason   text        NOT NULL CHECK (reason IN ('consent', 'cap', 'cooldown', 'holdout', 'action_dropped')),
+    reason   text        NOT NULL CHECK (reason IN ('consent', 'cap', 'cooldown', 'holdout', 'action_dropped',
+                                                    'condition')),
     messages bigint      NOT NULL,
     last_at  timestamptz NOT NULL,
     PRIMARY KEY (source, reason)
@@ -165,11 +169,12 @@ COMMENT ON FUNCTION persona.recent_sends(bigint, interval, int[]) IS
 -- The outbox's entry: queues one message of an action for a profile, due
 -- at due_at (default: now), unless consent, the action's cap or its
 -- cooldown suppresses it (counted in persona.suppressions; returns NULL).
+-- event: a trigger's triggering event, kept for the check at claim.
 -- Triggers and campaigns call it; it notifies persona_outbox with the
 -- channel (PostgreSQL delivers one notification per channel and payload
 -- per transaction, however many messages).
 CREATE FUNCTION persona.enqueue_message(profile_id bigint, action text, source text,
-                                        due_at timestamptz DEFAULT NULL)
+                                        due_at timestamptz DEFAULT NULL, event jsonb DEFAULT NULL)
     RETURNS bigint
     LANGUAGE plpgsql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -195,7 +200,13 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'action "%" does not exist', $2 USING ERRCODE = '42704';
     END IF;
-    PERFORM persona.lock_profile_sends(v_pid);
+    -- The decision lock serializes what counts toward caps and cooldowns;
+    -- an action without either needs none (a bulk insert that fires a
+    -- trigger for thousands of people would otherwise take a lock each, and
+    -- could run out of lock table space).
+    IF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
+        PERFORM persona.lock_profile_sends(v_pid);
+    END IF;
     SELECT p.consent INTO v_consent FROM persona.profiles AS p
      WHERE p.profile_id = v_pid FOR KEY SHARE;
     IF NOT FOUND THEN
@@ -222,14 +233,14 @@ BEGIN
         PERFORM persona.count_suppressions(ARRAY[v_source], ARRAY[v_reason]);
         RETURN NULL;
     END IF;
-    INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at)
-    VALUES (v_pid, a.channel, a.name, v_source, v_due, a.action_id, v_due)
+    INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at, event)
+    VALUES (v_pid, a.channel, a.name, v_source, v_due, a.action_id, v_due, $5)
     RETURNING message_id INTO v_id;
     PERFORM pg_notify('persona_outbox', a.channel);
     RETURN v_id;
 END
 $$;
-COMMENT ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz) IS
+COMMENT ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz, jsonb) IS
     'queues a message of an action for a profile unless consent, cap, cooldown or a holdout suppresses it (counted); returns the message_id or NULL';
 
 -- ---------------------------------------------------------------------

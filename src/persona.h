@@ -40,6 +40,8 @@ typedef struct PersonaCatalog
 	Oid			experiments;	/* InvalidOid under 0.1.0's SQL */
 	Oid			assignments;	/* likewise */
 	Oid			assignments_pkey;	/* likewise */
+	Oid			triggers;		/* likewise */
+	Oid			trigger_source; /* likewise */
 } PersonaCatalog;
 
 extern const PersonaCatalog *PersonaGetCatalog(void);

@@ -520,11 +520,23 @@ PersonaCompilePredicate(const char *predicate, Oid relid, List **reads, bool *cl
  * Replaces the columns of a view (Vars of range table entry 1) in an
  * expression by the view's own expressions for them, down to the tables
  * it reads: persona.decision_source over persona.segment_source over
- * persona.profiles.  Columns the view does not define (decision_source's
- * context) become the parameter ``param_id`` of their type.
+ * persona.profiles.  Columns the view does not define, NULL placeholders,
+ * become parameters of their type: decision_source's context is parameter
+ * 1, trigger_source's event parameter 2 (PlaceholderParam).
  */
+static int
+PlaceholderParam(const char *column)
+{
+	if (strcmp(column, "context") == 0)
+		return 1;
+	if (strcmp(column, "event") == 0)
+		return 2;
+	elog(ERROR, "unexpected placeholder column \"%s\" in a source view", column);
+	return 0;					/* keep the compiler quiet */
+}
+
 static Node *
-ExpandView(Node *expr, Relation view, int param_id)
+ExpandView(Node *expr, Relation view)
 {
 	Query	   *query = get_view_query(view);
 	List	   *tlist = NIL;
@@ -535,13 +547,13 @@ ExpandView(Node *expr, Relation view, int param_id)
 		TargetEntry *tle = lfirst_node(TargetEntry, lc);
 		TargetEntry *copy = flatCopyTargetEntry(tle);
 
-		/* A NULL placeholder column (context) is the call's parameter. */
+		/* A NULL placeholder column (context, event) is a parameter. */
 		if (IsA(tle->expr, Const) && ((Const *) tle->expr)->constisnull)
 		{
 			Param	   *param = makeNode(Param);
 
 			param->paramkind = PARAM_EXTERN;
-			param->paramid = param_id;
+			param->paramid = PlaceholderParam(tle->resname);
 			param->paramtype = exprType((Node *) tle->expr);
 			param->paramtypmod = -1;
 			param->paramcollid = InvalidOid;
@@ -567,7 +579,7 @@ ExpandView(Node *expr, Relation view, int param_id)
 			Relation	inner = relation_open(rte->relid, AccessShareLock);
 
 			ChangeVarNodes(expr, varno, 1, 0);
-			expr = ExpandView(expr, inner, param_id);
+			expr = ExpandView(expr, inner);
 			relation_close(inner, AccessShareLock);
 		}
 	}
@@ -579,7 +591,8 @@ ExpandView(Node *expr, Relation view, int param_id)
  * prepared for evaluation in C against one row of persona.profiles: the
  * view columns it names are replaced by the view's expressions over the
  * profile (so a trait column is the same decoder call the view makes), and
- * an action condition's context is parameter 1.  The text is checked again
+ * a condition's context is parameter 1, a trigger condition's event
+ * parameter 2.  The text is checked again
  * on the way, as it is compiled on every write.  The result lives in the
  * current memory context; evaluate it with the profile row as the scan
  * tuple.
@@ -594,7 +607,7 @@ PersonaPreparePredicate(const char *sql, Oid relid)
 	Node	   *expr = CheckedTree(sql, rel, &reads, &clock);
 	ExprState  *state;
 
-	expr = ExpandView(expr, rel, 1);
+	expr = ExpandView(expr, rel);
 	relation_close(rel, AccessShareLock);
 	expr = (Node *) expression_planner((Expr *) expr);
 	state = ExecInitExpr((Expr *) expr, NULL);

@@ -36,6 +36,7 @@
 #include "profile.h"
 #include "rowwriter.h"
 #include "segments.h"
+#include "triggers.h"
 
 /* One row of persona.segments, as the C code needs it. */
 typedef struct SegmentDef
@@ -287,6 +288,20 @@ WriteExits(const SegmentCatalog *sc, const ChangeList *exits)
 		Announce(&payload, JsonString(segment), pid, "exit", log_id);
 	}
 	return done;
+}
+
+/* The linked events of entries or exits, once they are written (triggers.c). */
+static void
+FireSegmentTriggers(const SegmentCatalog *sc, const ChangeList *changes, bool entered)
+{
+	const char **names;
+
+	if (changes->n == 0)
+		return;
+	names = palloc(sizeof(char *) * changes->n);
+	for (int i = 0; i < changes->n; i++)
+		names[i] = sc->segments[changes->segments[i]].name;
+	PersonaTriggersFireSegments(names, changes->pids, changes->n, entered);
 }
 
 /* Byte equality of two text datums (segment names). */
@@ -600,6 +615,8 @@ RefreshSegments(const SegmentCatalog *sc, const bool *evaluate, const int64 *pro
 		SPI_finish();
 	}
 	nchanges += WriteEntries(sc, &rf.changes[1]);
+	FireSegmentTriggers(sc, &rf.changes[0], false);
+	FireSegmentTriggers(sc, &rf.changes[1], true);
 	return nchanges;
 }
 

@@ -132,6 +132,12 @@ CREATE VIEW persona.decision_source AS
 COMMENT ON VIEW persona.decision_source IS
     'the columns action conditions can name: those of persona.segment_source and context (the call''s jsonb)';
 
+-- What trigger conditions see: the same, and the triggering event.
+CREATE VIEW persona.trigger_source AS
+    SELECT d.*, NULL::jsonb AS event FROM persona.decision_source AS d;
+COMMENT ON VIEW persona.trigger_source IS
+    'the columns trigger conditions can name: those of persona.decision_source and event (event_type, properties, context)';
+
 -- persona.traits is dropped and recreated when traits change: views built on
 -- it would block that, so they are refused up front.
 CREATE FUNCTION persona.check_traits_view_free() RETURNS void
@@ -140,7 +146,7 @@ CREATE FUNCTION persona.check_traits_view_free() RETURNS void
     AS $$
 DECLARE
     v_rebuilt  regclass[] := ARRAY['persona.traits', 'persona.segment_source',
-                                   'persona.decision_source']::regclass[];
+                                   'persona.decision_source', 'persona.trigger_source']::regclass[];
     v_read     text;
     v_dependent text;
 BEGIN
@@ -162,7 +168,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION persona.check_traits_view_free() IS
-    'refuses to go on while views depend on the views a trait change rebuilds (persona.traits, segment_source, decision_source)';
+    'refuses to go on while views depend on the views a trait change rebuilds (persona.traits, segment_source, decision_source, trigger_source)';
 
 CREATE FUNCTION persona.rebuild_traits_view() RETURNS void
     LANGUAGE plpgsql VOLATILE
@@ -183,9 +189,11 @@ BEGIN
     END LOOP;
 
     ALTER EXTENSION persona DROP VIEW persona.traits;
+    ALTER EXTENSION persona DROP VIEW persona.trigger_source;
     ALTER EXTENSION persona DROP VIEW persona.decision_source;
     ALTER EXTENSION persona DROP VIEW persona.segment_source;
     DROP VIEW persona.traits;
+    DROP VIEW persona.trigger_source;
     DROP VIEW persona.decision_source;
     DROP VIEW persona.segment_source;
     EXECUTE format(E'CREATE VIEW persona.traits AS\n    SELECT p.profile_id%s\n      FROM persona.profiles AS p', v_cols);
@@ -194,13 +202,18 @@ BEGIN
                    '           p.created_at, p.updated_at%s\n      FROM persona.profiles AS p', v_cols);
     CREATE VIEW persona.decision_source AS
         SELECT s.*, NULL::jsonb AS context FROM persona.segment_source AS s;
+    CREATE VIEW persona.trigger_source AS
+        SELECT d.*, NULL::jsonb AS event FROM persona.decision_source AS d;
     ALTER EXTENSION persona ADD VIEW persona.traits;
     ALTER EXTENSION persona ADD VIEW persona.segment_source;
     ALTER EXTENSION persona ADD VIEW persona.decision_source;
+    ALTER EXTENSION persona ADD VIEW persona.trigger_source;
     COMMENT ON VIEW persona.segment_source IS
         'the columns segment predicates can name: persona.profiles and every computed trait';
     COMMENT ON VIEW persona.decision_source IS
         'the columns action conditions can name: those of persona.segment_source and context (the call''s jsonb)';
+    COMMENT ON VIEW persona.trigger_source IS
+        'the columns trigger conditions can name: those of persona.decision_source and event (event_type, properties, context)';
     COMMENT ON VIEW persona.traits IS
         'one row per profile, one typed column per computed trait, values as of now()';
     -- The new view keeps the grants of the old one (regrole's output is

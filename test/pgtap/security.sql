@@ -4,7 +4,7 @@
 -- both the refusal and that the attacker is still not a superuser.
 -- Run by pg_prove in a database where CREATE EXTENSION persona and pgtap ran.
 BEGIN;
-SELECT plan(55);
+SELECT plan(58);
 
 -- The recipe of docs/roles.md, under names of this test's own.
 CREATE ROLE sec_ingest NOLOGIN;
@@ -44,7 +44,9 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_tick(),
                           persona_create_action(text, text, jsonb, text, text, int, float8, int, interval, timestamptz, timestamptz),
                           persona_update_action(text, jsonb),
-                          persona_drop_action(text) TO sec_admin;
+                          persona_drop_action(text),
+                          persona_create_trigger(text, text, text, text, interval),
+                          persona_drop_trigger(text) TO sec_admin;
 CREATE ROLE sec_nobody NOLOGIN;
 -- The attacker: an administrator's login role, who may create functions.
 CREATE ROLE sec_dba NOLOGIN;
@@ -109,6 +111,15 @@ SELECT throws_ok($$INSERT INTO persona.segments (name, predicate, predicate_sql,
                    VALUES ('sec_hand', 'pg_temp.escalate(1)', 'true', '{}', false)$$,
     '0A000', NULL, 'so is a segment inserted by hand');
 SELECT persona_create_action('sec_act', 'web', '{"t": "hi"}');
+SELECT throws_ok($$SELECT persona_create_trigger('x', 'page_view', 'sec_act', condition => $p$(event->>'n')::pg_temp.evil > 0$p$)$$,
+    '0A000', NULL, 'a trigger condition cannot cast the event to a domain');
+SELECT throws_ok($$SELECT persona_create_trigger('x', 'page_view', 'sec_act', condition => $p$public.sec_evil_fn(1) > 0$p$)$$,
+    '0A000', NULL, 'nor call a function of its own');
+SELECT persona_create_trigger('sec_trig', 'page_view', 'sec_act', condition => 'event_count > 0');
+UPDATE persona.triggers SET condition_sql = 'pg_temp.escalate(1)' WHERE name = 'sec_trig';
+SELECT is((SELECT condition_sql FROM persona.triggers WHERE name = 'sec_trig'),
+          '(s.event_count > 0)',
+          'a trigger''s compiled condition written by hand is replaced by the compilation of its condition');
 UPDATE persona.actions SET condition = 'event_count > 0', condition_sql = 'pg_temp.escalate(1)'
  WHERE name = 'sec_act';
 SELECT is((SELECT condition_sql FROM persona.actions WHERE name = 'sec_act'),
