@@ -1208,7 +1208,7 @@ COMMENT ON COLUMN persona.messages.content IS 'the action''s content as rendered
 COMMENT ON COLUMN persona.messages.ready_at IS
     'when a worker may claim it next (due, retry or lease end); NULL once sent, dead or cancelled';
 COMMENT ON COLUMN persona.messages.event IS
-    'the triggering event of a trigger with a condition, which is checked again against it at claim';
+    'the triggering event of a trigger''s message: its condition is checked again against it at claim, and its content renders with it (event, and its context as context)';
 
 CREATE TABLE persona.message_feedback (
     profile_id  bigint      NOT NULL,
@@ -2445,8 +2445,8 @@ CREATE TRIGGER triggers_changed
 -- One firing that held its condition: the action's message, unless the
 -- action was dropped since (counted as action_dropped) or consent, caps,
 -- cooldown or a holdout suppress it (persona.enqueue_message counts those).
--- event (NULL when the trigger has no condition) is kept with the message
--- for the check at claim. Called by src/triggers.c.
+-- event (the triggering event) is kept with the message for the check at
+-- claim and for rendering its content. Called by src/triggers.c.
 CREATE FUNCTION persona.fire_trigger(profile_id bigint, action text, source text,
                                      due_at timestamptz, event jsonb)
     RETURNS bigint
@@ -2590,3 +2590,45 @@ CREATE FUNCTION persona.evaluate_segment(segment text, profile_ids bigint[]) RET
 COMMENT ON FUNCTION persona.evaluate_segment(text, bigint[]) IS
     'evaluates one segment for these profiles, each alone when the predicate fails on one (not a member, counted); returns entries plus exits';
 REVOKE ALL ON FUNCTION persona.evaluate_segment(text, bigint[]) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------
+-- Linked content (issue 13): persona.content_links, persona_link_content
+-- and persona_render (src/render.sql, src/render.c); a trigger's message
+-- keeps its triggering event whatever the trigger, to render with it at
+-- claim (the comment on persona.messages.event is changed above).
+-- ---------------------------------------------------------------------
+CREATE TABLE persona.content_links (
+    name       text        COLLATE "C" PRIMARY KEY
+               CHECK (name ~ '^[A-Za-z_][A-Za-z0-9_]{0,62}$'),
+    relation   regclass    NOT NULL,
+    key_column text        NOT NULL,
+    linked_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE persona.content_links IS
+    'linked content: name -> the table and unique key column that {{name[key].column}} placeholders read (persona_link_content)';
+COMMENT ON COLUMN persona.content_links.relation IS
+    'the source table; it follows a rename, and a dropped one is an error at render';
+COMMENT ON COLUMN persona.content_links.key_column IS
+    'the unique column the key is matched against, by name';
+SELECT pg_catalog.pg_extension_config_dump('persona.content_links', '');
+
+CREATE FUNCTION @extschema@.persona_link_content(name text, relation regclass, key_column text)
+    RETURNS void
+    LANGUAGE C VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'persona_link_content';
+COMMENT ON FUNCTION @extschema@.persona_link_content(text, regclass, text) IS
+    'makes a table with a unique key column a source of linked content, read as {{name[key].column}} in content templates; linking a name again points it at the new source';
+
+CREATE FUNCTION @extschema@.persona_render(message_id bigint)
+    RETURNS jsonb
+    LANGUAGE C VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'persona_render';
+COMMENT ON FUNCTION @extschema@.persona_render(bigint) IS
+    'a message''s content rendered now (open time): its action''s content with the person''s current traits, its triggering event and linked content read now as the caller';
+
+REVOKE ALL ON FUNCTION @extschema@.persona_link_content(text, regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_render(bigint) FROM PUBLIC;

@@ -14,6 +14,7 @@ CREATE ROLE persona_decider NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO persona_decider;
 GRANT EXECUTE ON FUNCTION persona_decide(text, jsonb, text, int),
                           persona_feedback(bigint, text, float8),
+                          persona_render(bigint),
                           persona_arm(text, text) TO persona_decider;
 
 CREATE ROLE persona_reader NOLOGIN;
@@ -41,6 +42,7 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_drop_action(text),
                           persona_create_trigger(text, text, text, text, interval),
                           persona_drop_trigger(text),
+                          persona_link_content(text, regclass, text),
                           persona_create_experiment(text, float8, text),
                           persona_end_experiment(text),
                           persona_drop_experiment(text) TO persona_admin;
@@ -120,6 +122,28 @@ SELECT persona_track('u-role', 'page_view');
 SELECT persona_profile('u-role');
 SELECT count(*) FROM persona.profiles;
 RESET ROLE;
+
+-- Linked content: the admin links a table it can read; the decider cannot
+-- link, and renders with its own privileges on the table.
+CREATE TABLE public.role_products (sku text PRIMARY KEY, name text);
+INSERT INTO public.role_products VALUES ('S1', 'Shoe');
+GRANT SELECT ON public.role_products TO persona_admin;
+SET ROLE persona_decider;
+SELECT persona_link_content('role_products', 'public.role_products', 'sku');
+RESET ROLE;
+SET ROLE persona_admin;
+SELECT persona_link_content('role_products', 'public.role_products', 'sku');
+RESET ROLE;
+SELECT persona_update_action('role_banner', '{"content": {"title": "{{role_products[context.sku].name}}"}}');
+SET ROLE persona_decider;
+SELECT content FROM persona_decide('u-role', '{"sku": "S1"}');
+RESET ROLE;
+GRANT SELECT ON public.role_products TO persona_decider;
+SET ROLE persona_decider;
+SELECT content FROM persona_decide('u-role', '{"sku": "S1"}');
+RESET ROLE;
+DELETE FROM persona.content_links WHERE name = 'role_products';
+DROP TABLE public.role_products;
 
 -- The admin does everything, forget included.
 SET ROLE persona_decider;

@@ -73,6 +73,9 @@ REVOKE ALL ON FUNCTION persona.erase_decisions(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_outcome(text, float8) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.learn(int, text[], text, float8) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION @extschema@.persona_link_content(text, regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_render(bigint) FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION @extschema@.persona_set_consent(text, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_claim(text, int, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_ack(bigint[]) FROM PUBLIC;

@@ -9,7 +9,8 @@
  *	2. in C, per message: the profile read by primary key (traits and
  *	   consent), consent checked again, a trigger's condition checked again
  *	   (PersonaTriggerStillHolds, triggers.c), the action's content rendered
- *	   by PersonaRender (decide.c), as persona_decide renders;
+ *	   by PersonaRenderMessage (render.c), with a trigger's event as its
+ *	   context;
  *	3. one UPDATE of all of them from arrays: claimed with a lease, or
  *	   cancelled (consent withdrawn, action dropped, trigger condition no
  *	   longer holding), or dead (its last
@@ -33,6 +34,7 @@
 #include "outbox.h"
 #include "persona.h"
 #include "profile.h"
+#include "render.h"
 #include "traits.h"
 #include "triggers.h"
 
@@ -302,7 +304,6 @@ DecideClaims(ClaimItem *items, int nitems, const char *channel)
 	MemoryContext outer = CurrentMemoryContext;
 	MemoryContext tmp = AllocSetContextCreate(CurrentMemoryContext, "persona claim",
 											  ALLOCSET_DEFAULT_SIZES);
-	Jsonb	   *empty = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
 	ProfileReader r;
 
 	PersonaProfileReaderBegin(&r, false);
@@ -353,8 +354,8 @@ DecideClaims(ClaimItem *items, int nitems, const char *channel)
 				d = PersonaProfileColumn(&r, "traits", &isnull);
 				declared = isnull ? NULL : DatumGetJsonbP(d);
 				d = PersonaProfileColumn(&r, "computed_state", &isnull);
-				rendered = PersonaRender(content, empty, declared,
-										 PersonaTraitsJson(isnull ? NULL : DatumGetByteaPP(d)));
+				rendered = PersonaRenderMessage(content, it->event, declared,
+												PersonaTraitsJson(isnull ? NULL : DatumGetByteaPP(d)));
 				d = PersonaProfileColumn(&r, "user_id", &it->user_id_null);
 				MemoryContextSwitchTo(outer);
 				it->content = datumCopy(JsonbPGetDatum(rendered), false, -1);

@@ -1,7 +1,7 @@
 /*
  * outbox.h
  *	  Consent and the outbox (outbox.c), and what they share with
- *	  persona_decide (decide.c): rendering and the action definitions.
+ *	  persona_decide (decide.c): the action definitions.
  */
 #ifndef PERSONA_OUTBOX_H
 #define PERSONA_OUTBOX_H
@@ -22,8 +22,6 @@ extern bool PersonaCheckOptInChannels(char **newval, void **extra, GucSource sou
 extern void PersonaLockProfileSends(int64 profile_id);
 
 /* decide.c */
-extern Jsonb *PersonaRender(Jsonb *content, Jsonb *context, Jsonb *declared,
-							Jsonb *computed);
 extern Jsonb *PersonaActionContent(int32 action_id);
 
 #endif							/* PERSONA_OUTBOX_H */

@@ -89,7 +89,7 @@ COMMENT ON COLUMN persona.messages.content IS 'the action''s content as rendered
 COMMENT ON COLUMN persona.messages.ready_at IS
     'when a worker may claim it next (due, retry or lease end); NULL once sent, dead or cancelled';
 COMMENT ON COLUMN persona.messages.event IS
-    'the triggering event of a trigger with a condition, which is checked again against it at claim';
+    'the triggering event of a trigger''s message: its condition is checked again against it at claim, and its content renders with it (event, and its context as context)';
 
 CREATE TABLE persona.message_feedback (
     profile_id  bigint      NOT NULL,

@@ -394,10 +394,8 @@ PersonaTriggersFire(const TriggerFiring *firings, int n)
 		args[3] = DirectFunctionCall2(timestamptz_pl_interval,
 									  TimestampTzGetDatum(firings[i].occurred_at),
 									  IntervalPGetDatum(&d->delay));
-		/* The event is kept for the check at claim, when there is one. */
+		/* The event is kept for the check and the rendering at claim. */
 		args[4] = JsonbPGetDatum(firings[i].event);
-		if (d->condition == NULL && d->segment == NULL)
-			nulls[4] = 'n';
 		if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "queueing the message of trigger \"%s\" failed", d->name);
 	}

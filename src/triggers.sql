@@ -60,8 +60,8 @@ CREATE TRIGGER triggers_changed
 -- One firing that held its condition: the action's message, unless the
 -- action was dropped since (counted as action_dropped) or consent, caps,
 -- cooldown or a holdout suppress it (persona.enqueue_message counts those).
--- event (NULL when the trigger has no condition) is kept with the message
--- for the check at claim. Called by src/triggers.c.
+-- event (the triggering event) is kept with the message for the check at
+-- claim and for rendering its content. Called by src/triggers.c.
 CREATE FUNCTION persona.fire_trigger(profile_id bigint, action text, source text,
                                      due_at timestamptz, event jsonb)
     RETURNS bigint

@@ -9,7 +9,8 @@
 #
 # 1. A source database: CREATE EXTENSION persona, then the data of the
 #    upgrade test (test/upgrade/load.sql: every path in, merges, traits,
-#    segments, actions, decisions, feedback, forget).
+#    segments, actions, decisions, feedback, forget), and linked content
+#    (test/dump/content.sql: a table linked, a message that renders it).
 # 2. pg_dump -Fp and -Fc; each restored into a new, empty database, by psql
 #    -f and by pg_restore -d. Then, for each copy:
 #    - the restore printed no error;
@@ -18,6 +19,7 @@
 #    - its data, every row of every table and every sequence, unmasked
 #      (test/upgrade/data.sql -v exact=1), and every row of persona.traits,
 #      equal the source's: no event went through ingest a second time;
+#    - the linked content's message renders with the linked row;
 #    - the same work done in both (test/upgrade/use.sql: new events of known
 #      and new people, merges, a new trait and segment, decisions, forget)
 #      leaves both equal again (wall-clock times masked), and a new event
@@ -90,6 +92,19 @@ check_new_event() { # db label
 	fi
 }
 
+# Linked content works in the copy: the queued message of test/dump/content.sql
+# renders with the row of the linked table (persona_render).
+check_linked_content() { # db label
+	local db=$1 label=$2 got
+	got=$(value "$db" "SELECT persona_render(m.message_id)->>'title' FROM persona.messages AS m
+	                    WHERE m.source = 'trigger:dump_cart'" 2>&1) || true
+	if [[ $got == 'Cloudrunner: 3 left' ]]; then
+		ok "$label: linked content renders"
+	else
+		not_ok "$label: persona_render of the linked content gave '$got' (want 'Cloudrunner: 3 left')"
+	fi
+}
+
 make_roles
 
 new_db "$SOURCE"
@@ -97,6 +112,11 @@ run_sql "$SOURCE" -c 'CREATE EXTENSION persona' >/dev/null
 if ! run_sql "$SOURCE" -f "$UPGRADE/load.sql" >"$WORK/load.log" 2>&1; then
 	not_ok "loading test/upgrade/load.sql failed:"
 	sed 's/^/    /' "$WORK/load.log"
+	finish
+fi
+if ! run_sql "$SOURCE" -f "$HERE/content.sql" >"$WORK/content.log" 2>&1; then
+	not_ok "loading test/dump/content.sql failed:"
+	sed 's/^/    /' "$WORK/content.log"
 	finish
 fi
 snapshot "$SOURCE" source
@@ -121,6 +141,7 @@ for format in plain custom; do
 	snapshot "$db" "$format"
 	compare "$label: schema" "$WORK/source.schema" "$WORK/$format.schema" "$label"
 	compare "$label: every row and sequence" "$WORK/source.data" "$WORK/$format.data" "$label"
+	check_linked_content "$db" "$label"
 done
 
 # The same work in the source and in each copy leaves them equal.

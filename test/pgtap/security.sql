@@ -4,7 +4,7 @@
 -- both the refusal and that the attacker is still not a superuser.
 -- Run by pg_prove in a database where CREATE EXTENSION persona and pgtap ran.
 BEGIN;
-SELECT plan(58);
+SELECT plan(61);
 
 -- The recipe of docs/roles.md, under names of this test's own.
 CREATE ROLE sec_ingest NOLOGIN;
@@ -20,13 +20,15 @@ GRANT USAGE ON SCHEMA persona TO sec_decider;
 GRANT EXECUTE ON FUNCTION persona_decide(text, jsonb, text, int),
                           persona_feedback(bigint, text, float8),
                           persona_message_feedback(bigint, text, float8),
+                          persona_render(bigint),
                           persona_arm(text, text) TO sec_decider;
 CREATE ROLE sec_worker NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO sec_worker;
 GRANT EXECUTE ON FUNCTION persona_claim(text, int, interval),
                           persona_ack(bigint[]),
                           persona_fail(bigint, text, boolean),
-                          persona_message_feedback(bigint, text, float8) TO sec_worker;
+                          persona_message_feedback(bigint, text, float8),
+                          persona_render(bigint) TO sec_worker;
 CREATE ROLE sec_reader NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO sec_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA persona TO sec_reader;
@@ -46,7 +48,8 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_update_action(text, jsonb),
                           persona_drop_action(text),
                           persona_create_trigger(text, text, text, text, interval),
-                          persona_drop_trigger(text) TO sec_admin;
+                          persona_drop_trigger(text),
+                          persona_link_content(text, regclass, text) TO sec_admin;
 CREATE ROLE sec_nobody NOLOGIN;
 -- The attacker: an administrator's login role, who may create functions.
 CREATE ROLE sec_dba NOLOGIN;
@@ -276,6 +279,34 @@ SELECT is((SELECT s.errors FROM persona.action_stats AS s JOIN persona.actions A
 SELECT matches((SELECT s.last_error FROM persona.action_stats AS s JOIN persona.actions AS a USING (action_id)
                  WHERE a.name = 'sec_fragile'), '^22P02: ',
           'with its SQLSTATE and message');
+RESET ROLE;
+
+-- ---------------------------------------------------------------------
+-- Linked content is read as the caller, never as the owner
+-- ---------------------------------------------------------------------
+SET ROLE sec_dba;
+SELECT throws_ok($$SELECT persona_link_content('sec_auth', 'pg_catalog.pg_authid', 'rolname')$$,
+    '42501', NULL, 'an administrator cannot link a table it cannot read');
+RESET ROLE;
+SELECT persona_link_content('sec_auth', 'pg_catalog.pg_authid', 'rolname');
+SELECT persona_create_action('sec_leak', 'seclink', '{"t": "{{sec_auth[context.r].rolpassword}}"}');
+SET ROLE sec_decider;
+SELECT throws_ok($$SELECT * FROM persona_decide('sec-u1', '{"r": "sec_dba"}', 'seclink')$$,
+    '42501', NULL, 'a decision reads a linked table as the caller, not as the extension''s owner');
+RESET ROLE;
+SET ROLE sec_dba;
+CREATE TABLE public.sec_linked (k text PRIMARY KEY, v text);
+INSERT INTO public.sec_linked VALUES ('a', 'A');
+CREATE FUNCTION public.sec_evil_policy(text) RETURNS boolean LANGUAGE plpgsql
+    AS $$BEGIN EXECUTE 'ALTER ROLE sec_dba SUPERUSER'; RETURN true; END$$;
+ALTER TABLE public.sec_linked ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.sec_linked FORCE ROW LEVEL SECURITY;
+CREATE POLICY sec_evil ON public.sec_linked USING (public.sec_evil_policy(k));
+SELECT persona_link_content('sec_linked', 'public.sec_linked', 'k');
+SELECT persona_create_action('sec_link_act', 'seclink2', '{"t": "{{sec_linked[context.k].v}}"}');
+SELECT throws_ok($$SELECT * FROM persona_decide('sec-u1', '{"k": "a"}', 'seclink2')$$,
+    '42501', NULL,
+    'code that reading linked content runs (a row-level security policy) runs as the caller: it cannot escalate');
 RESET ROLE;
 SELECT ok(NOT pg_temp.is_super(), 'at the end, the administrator is still not a superuser');
 

@@ -35,6 +35,7 @@ WITH masked(rel, col, expr) AS (
            ('persona.actions',         'updated_at',  'wall clock'),
            ('persona.decisions',       'decided_at',  'wall clock'),
            ('persona.feedback',        'at',          'wall clock'),
+           ('persona.content_links',   'linked_at',   'wall clock'),
            ('persona.decisions',       'score',       'sampled'),
            ('persona.decisions',       'reason',      'sampled')
 ),
