@@ -274,3 +274,63 @@ SELECT arm, users, converters, round(conversion_rate::numeric, 3) AS conversion_
        round(ci_low::numeric, 2) AS ci_low, round(ci_high::numeric, 2) AS ci_high,
        round(p_value::numeric, 5) AS p_value, round(srm_p_value::numeric, 3) AS srm_p_value
   FROM persona_experiment_report('cart_recovery_holdout', 'purchase');
+
+\echo
+\echo '== 12. The abandoned cart: a reminder with live stock, cancelled by a purchase =='
+\echo 'The shop''s own products table becomes linked content: any template can'
+\echo 'show a row of it, {{products[KEY].COLUMN}}, read when the message is rendered.'
+CREATE SCHEMA shop;
+CREATE TABLE shop.products (sku text PRIMARY KEY, name text NOT NULL, price numeric NOT NULL,
+                            stock int NOT NULL);
+INSERT INTO shop.products VALUES
+    ('SHOE-CR9', 'Cloudrunner 9 premium running shoes', 14999, 7),
+    ('SOCK-3P', 'Running socks, 3 pairs', 899, 120);
+SELECT persona_link_content('products', 'shop.products', 'sku');
+\echo 'A push reminder that names the product and its stock, and a trigger: an'
+\echo 'add_to_cart of 10,000 or more queues it, due 3 seconds later (hours, in real'
+\echo 'life), unless the person has bought within the hour; checked again at claim.'
+SELECT persona_define_trait('purchases_1h', 'count', 'purchase', time_window => '1 hour');
+SELECT persona_create_action('cart_reminder_push', 'push',
+    '{"title": "{{first_name}}, your {{products[event.properties.sku].name}} are waiting",
+      "body": "Only {{products[last_cart_item].stock}} left in size {{event.properties.size}}, at Rs {{products[last_cart_item].price}}"}');
+SELECT persona_create_trigger('abandoned_cart', 'add_to_cart', 'cart_reminder_push',
+    condition => $$purchases_1h = 0 AND (event->'properties'->>'price')::numeric >= 10000$$,
+    delay => '3 seconds');
+\echo 'Meera and Kabir both leave the premium shoes in their carts:'
+SELECT persona_identify('user-meera', '{"first_name": "Meera"}') > 0 AS meera,
+       persona_identify('user-kabir', '{"first_name": "Kabir"}') > 0 AS kabir;
+SELECT persona_track('user-meera', 'add_to_cart', '{"sku": "SHOE-CR9", "price": 14999, "size": 38}') > 0 AS meera_cart,
+       persona_track('user-kabir', 'add_to_cart', '{"sku": "SHOE-CR9", "price": 14999, "size": 44}') > 0 AS kabir_cart;
+SELECT p.user_id, m.action, m.status, m.due_at - m.created_at > interval '2 seconds' AS delayed
+  FROM persona.messages AS m JOIN persona.profiles AS p USING (profile_id)
+ WHERE m.source = 'trigger:abandoned_cart' ORDER BY p.user_id;
+\echo 'Kabir buys in the meantime; the shop sells five more pairs elsewhere.'
+SELECT persona_track('user-kabir', 'purchase', '{"sku": "SHOE-CR9", "revenue": 14999}') > 0 AS kabir_bought;
+UPDATE shop.products SET stock = stock - 5 WHERE sku = 'SHOE-CR9';
+SELECT pg_sleep(3);
+\echo 'A worker claims the due push messages (examples/worker.py does the same'
+\echo 'in a loop): Meera''s reminder, rendered now with the live stock; Kabir''s is'
+\echo 'cancelled at the claim, as he no longer qualifies.'
+CREATE ROLE demo_worker NOLOGIN;
+GRANT USAGE ON SCHEMA persona, shop TO demo_worker;
+GRANT EXECUTE ON FUNCTION persona_claim(text, int, interval), persona_ack(bigint[]),
+                          persona_render(bigint) TO demo_worker;
+GRANT SELECT ON shop.products TO demo_worker;
+SET ROLE demo_worker;
+SELECT message_id AS reminder_id, user_id, jsonb_pretty(content) AS content, attempt, source
+  FROM persona_claim('push', 100, '30 seconds') \gset
+\echo 'Claimed for' :user_id ':'
+\echo :content
+SELECT persona_ack(ARRAY[:reminder_id]) AS acked;
+RESET ROLE;
+SELECT p.user_id, m.status, m.last_error
+  FROM persona.messages AS m JOIN persona.profiles AS p USING (profile_id)
+ WHERE m.source = 'trigger:abandoned_cart' ORDER BY p.user_id;
+SELECT source, reason, messages FROM persona.suppressions WHERE source = 'trigger:abandoned_cart';
+\echo 'Rendered again when Meera opens it, an hour later: the stock is what it is then.'
+UPDATE shop.products SET stock = 1 WHERE sku = 'SHOE-CR9';
+SET ROLE demo_worker;
+SELECT jsonb_pretty(persona_render(:reminder_id)) AS at_open_time;
+RESET ROLE;
+DROP OWNED BY demo_worker;
+DROP ROLE demo_worker;
