@@ -2611,6 +2611,10 @@ COMMENT ON COLUMN persona.content_links.relation IS
 COMMENT ON COLUMN persona.content_links.key_column IS
     'the unique column the key is matched against, by name';
 SELECT pg_catalog.pg_extension_config_dump('persona.content_links', '');
+-- Rendering caches the links per backend; changes reach every backend.
+CREATE TRIGGER content_links_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON persona.content_links
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.announce_change();
 
 CREATE FUNCTION @extschema@.persona_link_content(name text, relation regclass, key_column text)
     RETURNS void

@@ -17,9 +17,12 @@
  *								trait, context.path or event.path.
  * A missing value renders as the empty string.
  *
- * Linked content is read when the template is rendered, by one index probe
- * per placeholder (a plan prepared once per source and column and kept),
- * and each (name, key, column) once per render call.  It is read with the
+ * Linked content is read when the template is rendered, by one probe of
+ * the source's unique index per placeholder (the index, the key type's =
+ * and the column's output function looked up once per source and column
+ * and kept until the source changes; a source with row-level security for
+ * the caller is read through a kept SPI plan instead, so that its policies
+ * apply), and each (name, key, column) once per render call.  It is read with the
  * privileges of the role calling persona (GetOuterUserId: the session's
  * current role, whatever SECURITY DEFINER function persona runs in), with
  * its row-level security policies, inside a security-restricted operation
@@ -29,16 +32,20 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/nbtree.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -47,6 +54,9 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
+#include "utils/inval.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 
@@ -78,7 +88,7 @@ typedef struct LinkedValue
 	char	   *value;			/* NULL: no row */
 } LinkedValue;
 
-/* A kept plan reading one column of one source by its key. */
+/* How one column of one source is read by its key. */
 typedef struct LinkPlanKey
 {
 	Oid			relid;
@@ -89,12 +99,31 @@ typedef struct LinkPlanKey
 typedef struct LinkPlan
 {
 	LinkPlanKey key;
-	char	   *sql;			/* in TopMemoryContext */
+	bool		valid;			/* false once the relation changed */
 	Oid			key_type;
-	SPIPlanPtr	plan;
+	Oid			index;			/* the unique index on the key, or InvalidOid */
+	Oid			collation;		/* its collation */
+	Oid			eq_proc;		/* the function of the key type's = */
+	FmgrInfo	output;			/* the column type's output function */
+	char	   *sql;			/* the SPI path's query, in TopMemoryContext */
+	SPIPlanPtr	plan;			/* its kept plan */
 } LinkPlan;
 
+/* A link of persona.content_links, cached per backend. */
+typedef struct LinkDef
+{
+	char		name[MAX_LINK_NAME_BYTES + 1];	/* hash key */
+	Oid			relid;
+	char	   *key_column;		/* in TopMemoryContext */
+} LinkDef;
+
 static HTAB *link_plans = NULL;
+static uint64 link_plans_invalidations = 0;
+static HTAB *link_defs = NULL;
+static MemoryContext link_defs_cxt = NULL;	/* holds link_defs */
+static bool link_defs_valid = false;
+static bool link_defs_registered = false;
+static Oid	link_defs_relid = InvalidOid;
 
 static char *QualifiedOperator(Oid opr);
 static SPIPlanPtr find_link_plan = NULL;
@@ -199,6 +228,39 @@ Trim(const char **s, int *len)
  * Linked content
  * --------------------------------------------------------------------- */
 
+/*
+ * A valid btree unique index of the relation that has exactly the column
+ * as its key, with no predicate or expression, in an operator family of
+ * the equality ``eq`` (so that a lookup by = can probe it); InvalidOid
+ * when there is none.  Its collation in ``collation``.
+ */
+static Oid
+UniqueIndexOn(Relation rel, AttrNumber att, Oid eq, Oid *collation)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	Oid			found = InvalidOid;
+
+	foreach(lc, indexes)
+	{
+		Relation	irel = index_open(lfirst_oid(lc), AccessShareLock);
+		Form_pg_index ix = irel->rd_index;
+
+		if (!OidIsValid(found) && ix->indisunique && ix->indisvalid && ix->indnkeyatts == 1 &&
+			ix->indkey.values[0] == att && irel->rd_rel->relam == BTREE_AM_OID &&
+			heap_attisnull(irel->rd_indextuple, Anum_pg_index_indpred, NULL) &&
+			heap_attisnull(irel->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
+			OidIsValid(eq) && op_in_opfamily(eq, irel->rd_opfamily[0]))
+		{
+			found = RelationGetRelid(irel);
+			*collation = irel->rd_indcollation[0];
+		}
+		index_close(irel, AccessShareLock);
+	}
+	list_free(indexes);
+	return found;
+}
+
 /* A link name's syntax: 1 to 63 letters, digits and underscores, not starting with a digit. */
 static inline bool
 LinkNameValid(const char *name, int len)
@@ -266,27 +328,94 @@ KeyText(JsonbValue *v)
 }
 
 /*
- * The source of a link: its table and key column, as persona's owner reads
- * persona.content_links.  42704 when no such link exists.  Runs inside an
- * SPI connection.
+ * A change to persona.content_links (its content_links_changed trigger
+ * sends a relcache invalidation) empties the cache of links at the next
+ * lookup.
+ */
+static void
+LinkDefsCallback(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	LinkPlan   *entry;
+
+	if (!OidIsValid(relid) || relid == link_defs_relid)
+		link_defs_valid = false;
+	if (link_plans == NULL)
+		return;
+	link_plans_invalidations++;
+	hash_seq_init(&status, link_plans);
+	while ((entry = hash_seq_search(&status)) != NULL)
+		if (!OidIsValid(relid) || entry->key.relid == relid)
+			entry->valid = false;
+}
+
+/*
+ * The source of a link: its table and key column, from the backend's cache
+ * of persona.content_links, read as persona's owner under the latest
+ * snapshot (a definition, as the definitions cache reads them: a REPEATABLE
+ * READ transaction must not cache one that is no longer current).  42704
+ * when no such link exists.
  */
 static void
 FindLink(const char *link, Oid *relid, char **key_column)
 {
+	MemoryContext caller = CurrentMemoryContext;
 	Oid			type = TEXTOID;
 	Datum		arg = CStringGetTextDatum(link);
 	bool		isnull;
+	bool		found;
 	SPIPlanPtr	plan;
+	Snapshot	latest;
+	int			rc;
+	LinkDef    *def;
+	char		key[MAX_LINK_NAME_BYTES + 1];
 
-	if (!OidIsValid(get_relname_relid("content_links", PersonaGetCatalog()->schema)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("linked content \"%s\" does not exist", link),
-				 errhint("Run ALTER EXTENSION persona UPDATE, then link a table with persona_link_content.")));
+	if (!link_defs_registered)
+	{
+		CacheRegisterRelcacheCallback(LinkDefsCallback, (Datum) 0);
+		link_defs_registered = true;
+	}
+	if (!link_defs_valid || link_defs == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (link_defs_cxt == NULL)
+			link_defs_cxt = AllocSetContextCreate(TopMemoryContext, "persona linked content",
+												  ALLOCSET_SMALL_SIZES);
+		MemoryContextReset(link_defs_cxt);
+		link_defs = NULL;
+		link_defs_relid = get_relname_relid("content_links", PersonaGetCatalog()->schema);
+		if (!OidIsValid(link_defs_relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("linked content \"%s\" does not exist", link),
+					 errhint("Run ALTER EXTENSION persona UPDATE, then link a table with persona_link_content.")));
+		ctl.keysize = sizeof(key);
+		ctl.entrysize = sizeof(LinkDef);
+		ctl.hcxt = link_defs_cxt;
+		link_defs = hash_create("persona linked content", 16, &ctl,
+								HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		link_defs_valid = true;
+	}
+	memset(key, 0, sizeof(key));
+	strlcpy(key, link, sizeof(key));
+	def = hash_search(link_defs, key, HASH_FIND, &found);
+	if (found)
+	{
+		*relid = def->relid;
+		*key_column = def->key_column;
+		return;
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
 	plan = PersonaKeptPlan(&find_link_plan,
 						   "SELECT l.relation, l.key_column FROM persona.content_links AS l "
 						   "WHERE l.name OPERATOR(pg_catalog.=) $1", 1, &type, 0);
-	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+	latest = RegisterSnapshot(GetLatestSnapshot());
+	rc = SPI_execute_snapshot(plan, &arg, NULL, latest, InvalidSnapshot, true, false, 1);
+	UnregisterSnapshot(latest);
+	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "reading persona.content_links failed");
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -294,7 +423,18 @@ FindLink(const char *link, Oid *relid, char **key_column)
 				 errmsg("linked content \"%s\" does not exist", link),
 				 errhint("Link a table under that name with persona_link_content(name, relation, key_column).")));
 	*relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	*key_column = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	*key_column = MemoryContextStrdup(caller,
+									  TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+																		SPI_tuptable->tupdesc, 2, &isnull)));
+	SPI_finish();
+
+	/* An invalidation while reading leaves the next lookup to start over. */
+	if (link_defs_valid)
+	{
+		def = hash_search(link_defs, key, HASH_ENTER, &found);
+		def->relid = *relid;
+		def->key_column = MemoryContextStrdup(link_defs_cxt, *key_column);
+	}
 }
 
 /* A column of a linked source by name; 42703 when it is gone. */
@@ -316,30 +456,24 @@ LinkedColumn(const char *link, Oid relid, const char *column, const char *what)
 }
 
 /*
- * The kept plan that reads ``column_att`` of the source by its key column,
- * prepared (as the current user) when there is none or when the source's
- * names or key type changed since.
+ * How ``column_att`` of the source is read by its key column: the unique
+ * index to probe and the functions to use, looked up again after the
+ * relation changed (a relcache invalidation, LinkDefsCallback).
  */
-static SPIPlanPtr
+static LinkPlan *
 LinkPlanFor(Oid relid, AttrNumber key_att, AttrNumber column_att, Oid key_type)
 {
 	LinkPlanKey key;
 	LinkPlan   *entry;
 	bool		found;
-	TypeCacheEntry *tc = lookup_type_cache(key_type, TYPECACHE_EQ_OPR);
-	char	   *sql;
-	SPIPlanPtr	plan;
+	TypeCacheEntry *tc;
+	Relation	rel;
+	Oid			output;
+	bool		isvarlena;
+	Oid			index;
+	Oid			collation = InvalidOid;
+	uint64		seen;
 
-	if (!OidIsValid(tc->eq_opr))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("the key column's type %s has no equality operator", format_type_be(key_type))));
-	sql = psprintf("SELECT t.%s FROM %s AS t WHERE t.%s OPERATOR(%s) $1 LIMIT 2",
-				   quote_identifier(get_attname(relid, column_att, false)),
-				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-											  get_rel_name(relid)),
-				   quote_identifier(get_attname(relid, key_att, false)),
-				   QualifiedOperator(tc->eq_opr));
 	if (link_plans == NULL)
 	{
 		HASHCTL		ctl;
@@ -352,24 +486,106 @@ LinkPlanFor(Oid relid, AttrNumber key_att, AttrNumber column_att, Oid key_type)
 	key.relid = relid;
 	key.key_att = key_att;
 	key.column_att = column_att;
-	entry = hash_search(link_plans, &key, HASH_FIND, &found);
-	if (found && entry->key_type == key_type && strcmp(entry->sql, sql) == 0)
-		return entry->plan;
+	entry = hash_search(link_plans, &key, HASH_ENTER, &found);
+	if (!found)
+	{
+		entry->valid = false;
+		entry->sql = NULL;
+		entry->plan = NULL;
+	}
+	if (entry->valid && entry->key_type == key_type)
+		return entry;
 
-	plan = SPI_prepare(sql, 1, &key_type);
+	/*
+	 * Looked up into locals, so that an error leaves the entry invalid; an
+	 * invalidation while looking up leaves the next call to start over.
+	 */
+	entry->valid = false;
+	seen = link_plans_invalidations;
+	tc = lookup_type_cache(key_type, TYPECACHE_EQ_OPR);
+	if (!OidIsValid(tc->eq_opr))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("the key column's type %s has no equality operator", format_type_be(key_type))));
+	rel = table_open(relid, AccessShareLock);
+	index = UniqueIndexOn(rel, key_att, tc->eq_opr, &collation);
+	table_close(rel, NoLock);
+	getTypeOutputInfo(get_atttype(relid, column_att), &output, &isvarlena);
+	fmgr_info_cxt(output, &entry->output, TopMemoryContext);
+	entry->key_type = key_type;
+	entry->eq_proc = get_opcode(tc->eq_opr);
+	entry->index = index;
+	entry->collation = collation;
+	entry->valid = seen == link_plans_invalidations;
+	return entry;
+}
+
+/*
+ * The SPI path (a source with row-level security for the caller, or that
+ * lost its unique index): the kept plan of the query reading the column by
+ * the key, prepared as the caller, again when the source's names changed.
+ */
+static SPIPlanPtr
+LinkQueryFor(LinkPlan *lp)
+{
+	Oid			relid = lp->key.relid;
+	char	   *sql;
+	SPIPlanPtr	plan;
+
+	sql = psprintf("SELECT t.%s FROM %s AS t WHERE t.%s OPERATOR(%s) $1 LIMIT 2",
+				   quote_identifier(get_attname(relid, lp->key.column_att, false)),
+				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+											  get_rel_name(relid)),
+				   quote_identifier(get_attname(relid, lp->key.key_att, false)),
+				   QualifiedOperator(lookup_type_cache(lp->key_type, TYPECACHE_EQ_OPR)->eq_opr));
+	if (lp->plan != NULL && strcmp(lp->sql, sql) == 0)
+		return lp->plan;
+	plan = SPI_prepare(sql, 1, &lp->key_type);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql, SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
-	if (found)
+	if (lp->plan != NULL)
 	{
-		SPI_freeplan(entry->plan);
-		pfree(entry->sql);
+		SPI_freeplan(lp->plan);
+		pfree(lp->sql);
 	}
-	entry = hash_search(link_plans, &key, HASH_ENTER, &found);
-	entry->sql = MemoryContextStrdup(TopMemoryContext, sql);
-	entry->key_type = key_type;
-	entry->plan = plan;
-	return entry->plan;
+	lp->sql = MemoryContextStrdup(TopMemoryContext, sql);
+	lp->plan = plan;
+	return plan;
+}
+
+/*
+ * The direct path: one probe of the unique index under the statement's
+ * snapshot; the column's text, or NULL when no row has the key.
+ */
+static char *
+ScanLinked(LinkPlan *lp, Datum key, MemoryContext outer)
+{
+	Relation	rel = table_open(lp->key.relid, AccessShareLock);
+	Relation	irel = index_open(lp->index, AccessShareLock);
+	Snapshot	snapshot = RegisterSnapshot(ActiveSnapshotSet() ? GetActiveSnapshot() :
+											GetTransactionSnapshot());
+	IndexScanDesc scan = index_beginscan(rel, irel, snapshot, 1, 0);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	ScanKeyData skey;
+	char	   *value = NULL;
+
+	ScanKeyEntryInitialize(&skey, 0, 1, BTEqualStrategyNumber, InvalidOid, lp->collation,
+						   lp->eq_proc, key);
+	index_rescan(scan, &skey, 1, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		bool		isnull;
+		Datum		d = slot_getattr(slot, lp->key.column_att, &isnull);
+
+		value = MemoryContextStrdup(outer, isnull ? "" : OutputFunctionCall(&lp->output, d));
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	index_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	index_close(irel, NoLock);
+	table_close(rel, NoLock);
+	return value;
 }
 
 /* The operator's schema-qualified name, as OPERATOR() takes it. */
@@ -428,13 +644,18 @@ FetchLinked(const char *link, const char *column, const char *key)
 	int			save_sec_context;
 	int			save_nestlevel;
 	AclResult	aclresult;
-	SPIPlanPtr	plan;
+	LinkPlan   *lp;
+	Oid			user;
 	char	   *value = NULL;
 	bool		convertible = true;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	FindLink(link, &relid, &key_column);
+
+	/*
+	 * Locked (until the transaction ends, as a query would) before anything
+	 * about it is looked up: no DDL changes it from here on.
+	 */
+	LockRelationOid(relid, AccessShareLock);
 	relname = get_rel_name(relid);
 	if (relname == NULL)
 		ereport(ERROR,
@@ -453,10 +674,15 @@ FetchLinked(const char *link, const char *column, const char *key)
 	SetUserIdAndSecContext(GetOuterUserId(), save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	save_nestlevel = NewGUCNestLevel();
-	aclresult = pg_namespace_aclcheck(nsp, GetUserId(), ACL_USAGE);
+	user = GetUserId();
+	aclresult = pg_namespace_aclcheck(nsp, user, ACL_USAGE);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult, OBJECT_SCHEMA, get_namespace_name(nsp));
-	plan = LinkPlanFor(relid, key_att, column_att, k.type);
+	if (pg_class_aclcheck(relid, user, ACL_SELECT) != ACLCHECK_OK &&
+		(pg_attribute_aclcheck(relid, key_att, user, ACL_SELECT) != ACLCHECK_OK ||
+		 pg_attribute_aclcheck(relid, column_att, user, ACL_SELECT) != ACLCHECK_OK))
+		aclcheck_error(ACLCHECK_NO_PRIV, get_relkind_objtype(get_rel_relkind(relid)), relname);
+	lp = LinkPlanFor(relid, key_att, column_att, k.type);
 
 	/*
 	 * A key the key column's type cannot hold (a word for an integer key)
@@ -470,9 +696,14 @@ FetchLinked(const char *link, const char *column, const char *key)
 
 		convertible = PersonaTryEvaluation(ConvertKey, &k, &error);
 	}
-	if (convertible)
+	if (convertible && OidIsValid(lp->index) &&
+		check_enable_rls(relid, InvalidOid, false) != RLS_ENABLED)
+		value = ScanLinked(lp, k.value, outer);
+	else if (convertible)
 	{
-		if (SPI_execute_plan(plan, &k.value, NULL, true, 2) != SPI_OK_SELECT)
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_plan(LinkQueryFor(lp), &k.value, NULL, true, 2) != SPI_OK_SELECT)
 			elog(ERROR, "reading linked content \"%s\" failed", link);
 		if (SPI_processed > 1)
 			ereport(ERROR,
@@ -486,10 +717,10 @@ FetchLinked(const char *link, const char *column, const char *key)
 
 			value = v ? MemoryContextStrdup(outer, v) : MemoryContextStrdup(outer, "");
 		}
+		SPI_finish();
 	}
 	AtEOXact_GUC(false, save_nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
-	SPI_finish();
 	return value;
 }
 
@@ -653,35 +884,6 @@ PersonaRenderMessage(Jsonb *content, Jsonb *event, Jsonb *declared, Jsonb *compu
  * The API
  * --------------------------------------------------------------------- */
 
-/*
- * Whether a valid unique index of the relation has exactly the column as
- * its key, with no predicate or expression, in an operator family of the
- * column type's equality (so that the lookup's = can use it).
- */
-static bool
-HasUniqueIndexOn(Relation rel, AttrNumber att, Oid type)
-{
-	List	   *indexes = RelationGetIndexList(rel);
-	ListCell   *lc;
-	Oid			eq = lookup_type_cache(type, TYPECACHE_EQ_OPR)->eq_opr;
-	bool		found = false;
-
-	foreach(lc, indexes)
-	{
-		Relation	irel = index_open(lfirst_oid(lc), AccessShareLock);
-		Form_pg_index ix = irel->rd_index;
-
-		if (ix->indisunique && ix->indisvalid && ix->indnkeyatts == 1 &&
-			ix->indkey.values[0] == att &&
-			heap_attisnull(irel->rd_indextuple, Anum_pg_index_indpred, NULL) &&
-			heap_attisnull(irel->rd_indextuple, Anum_pg_index_indexprs, NULL) &&
-			OidIsValid(eq) && op_in_opfamily(eq, irel->rd_opfamily[0]))
-			found = true;
-		index_close(irel, AccessShareLock);
-	}
-	list_free(indexes);
-	return found;
-}
 
 /* Makes a table a source of linked content, under a name templates use. */
 PG_FUNCTION_INFO_V1(persona_link_content);
@@ -694,6 +896,7 @@ persona_link_content(PG_FUNCTION_ARGS)
 	char	   *relname;
 	Relation	rel;
 	AttrNumber	att;
+	Oid			collation;
 	Oid			caller = GetOuterUserId();
 	Oid			types[3] = {TEXTOID, REGCLASSOID, TEXTOID};
 	Datum		args[3];
@@ -741,7 +944,9 @@ persona_link_content(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for table %s", relname),
 				 errdetail("Linking a table takes SELECT on its key column.")));
-	if (!HasUniqueIndexOn(rel, att, get_atttype(relid, att)))
+	if (!OidIsValid(UniqueIndexOn(rel, att, lookup_type_cache(get_atttype(relid, att),
+															  TYPECACHE_EQ_OPR)->eq_opr,
+								  &collation)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_COLUMN_REFERENCE),
 				 errmsg("column \"%s\" of relation %s is not a unique key", key_column, relname),
