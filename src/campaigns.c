@@ -976,7 +976,7 @@ persona_campaign_reached(PG_FUNCTION_ARGS)
 	int64		pid = PG_GETARG_INT64(1);
 	SPIPlanPtr	plan;
 	bool		reached = false;
-	bool		isnull;
+	bool		isnull = true;
 	Datum		d;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -985,27 +985,26 @@ persona_campaign_reached(PG_FUNCTION_ARGS)
 						   "SELECT k.profile_ids, k.states FROM persona.campaign_chunks AS k "
 						   "WHERE k.campaign_id OPERATOR(pg_catalog.=) $1 "
 						   "  AND k.first_profile_id OPERATOR(pg_catalog.<=) $2 "
-						   "  AND k.states IS NOT NULL "
 						   "ORDER BY k.first_profile_id DESC LIMIT 1", 2, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading a campaign chunk failed");
-	if (SPI_processed == 1)
+	/* a chunk never claimed (states NULL) has reached nobody */
+	d = SPI_processed == 1 ? SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull) : (Datum) 0;
+	if (SPI_processed == 1 && !isnull)
 	{
 		int			n;
 		int64	   *pids = Int8Array(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull), &n);
+		const char *states = ChunkStates(d, false, n);
 		int			lo = 0,
 					hi = n - 1;
 
-		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 		while (lo <= hi)
 		{
 			int			mid = lo + (hi - lo) / 2;
 
 			if (pids[mid] == pid)
 			{
-				char		st = ChunkStates(d, isnull, n)[mid];
-
-				reached = (st == STATE_CLAIMED || st == STATE_SENT);
+				reached = (states[mid] == STATE_CLAIMED || states[mid] == STATE_SENT);
 				break;
 			}
 			if (pids[mid] < pid)
