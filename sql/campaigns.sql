@@ -172,6 +172,15 @@ SELECT count(*) AS claimed, count(DISTINCT message_id) AS ids, count(DISTINCT us
 SELECT persona_ack(ARRAY(SELECT message_id FROM bulk));
 SELECT pg_temp.report('k_bulk1');
 
+-- A recipient forgotten before the claim is cancelled, not sent.
+SELECT count(*) FILTER (WHERE persona_identify('kf-' || g, '{"cohort": "kf"}') > 0) AS identified
+  FROM generate_series(1, 3) AS g;
+SELECT persona_create_segment('k_kf', $$traits->>'cohort' = 'kf'$$);
+SELECT persona_send_campaign('k_forget', 'k_bulk_push', 'k_kf');
+SELECT persona_forget('kf-2') > 0 AS forgotten;
+SELECT user_id FROM persona_claim('kbulk', 10) ORDER BY 1;
+SELECT pg_temp.report('k_forget');
+
 -- Bad input: nothing is written.
 SELECT persona_send_campaign('k_launch', 'k_promo', 'k_cohort');
 SELECT persona_send_campaign('k_bad', 'no_such_action', 'k_cohort');
