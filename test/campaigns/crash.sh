@@ -10,20 +10,17 @@ set -uo pipefail
 
 DB=persona_campaign_crash
 N=2500
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/persona-crash.XXXXXX")
+NAME=crash
+ROLES=()
+# shellcheck source=test/okscript.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../okscript.sh"
 SPID=
-cleanup() {
-	[[ -z $SPID ]] || kill "$SPID" 2>/dev/null
-	rm -rf -- "$WORK"
-}
-trap cleanup EXIT
+trap '[[ -z $SPID ]] || kill "$SPID" 2>/dev/null; cleanup' EXIT
 
-n=0
 check() { # description, command...
 	local what=$1
 	shift
-	n=$((n + 1))
-	if "$@"; then echo "ok $n - $what"; else echo "not ok $n - $what"; fi
+	if "$@"; then ok "$what"; else not_ok "$what"; fi
 }
 sql() { psql -X -qAt -v ON_ERROR_STOP=1 -d "$DB" -c "$1"; }
 pgctl() {
@@ -48,7 +45,7 @@ report() { # status
 	sql "SELECT messages FROM persona_campaign_report('crash') WHERE status = '$1'"
 }
 
-psql -X -q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+new_db "$DB"
 sql "CREATE EXTENSION persona"
 sql "INSERT INTO persona.events (user_id, event_type, occurred_at)
      SELECT 'cr-' || g, 'app_open', now() FROM generate_series(1, $N) AS g"
@@ -100,5 +97,4 @@ check "and no chunk" \
 	              WHERE NOT EXISTS (SELECT FROM persona.campaigns AS c WHERE c.campaign_id = k.campaign_id)")" -eq 0
 check "the name can be used again" test "$(sql "SELECT persona_send_campaign('crash2', 'cr_push')")" -eq $N
 
-psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB"
-echo "1..$n"
+finish
