@@ -153,12 +153,20 @@ run_dump() {
 	run_ok_script dump bash test/dump/run.sh
 }
 
+# test/campaigns/crash.sh: a server crash in the middle of a campaign loses
+# and duplicates nothing that was acked (it restarts the cluster: last).
+run_campaign_crash() {
+	say "crash: pg_ctl -m immediate in the middle of a campaign"
+	run_ok_script crash bash test/campaigns/crash.sh
+}
+
 run_pgxs_suite pg_regress REGRESS ISOLATION regression.diffs
 run_pgxs_suite isolation ISOLATION REGRESS output_iso/regression.diffs
 run_pgtap
 run_upgrade
 run_worker
 run_dump
+run_campaign_crash
 
 # Stop the cluster now so the summary is the last thing printed.
 cluster_down

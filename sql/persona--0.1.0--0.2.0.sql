@@ -1279,7 +1279,13 @@ CREATE FUNCTION persona.recent_sends(profile_id bigint, span interval, actions i
              WHERE m.profile_id OPERATOR(pg_catalog.=) $1
                AND m.action_id OPERATOR(pg_catalog.=) ANY ($3)
                AND m.due_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $2)
-               AND m.status OPERATOR(pg_catalog.<>) ALL ('{cancelled,dead}'::pg_catalog.text[])) AS x
+               AND m.status OPERATOR(pg_catalog.<>) ALL ('{cancelled,dead}'::pg_catalog.text[])
+            UNION ALL
+            SELECT c.action_id, c.due_at
+              FROM persona.campaigns AS c
+             WHERE c.action_id OPERATOR(pg_catalog.=) ANY ($3)
+               AND c.due_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $2)
+               AND persona.campaign_reached(c.campaign_id, $1)) AS x
      GROUP BY x.action_id
 $$;
 COMMENT ON FUNCTION persona.recent_sends(bigint, interval, int[]) IS
@@ -1323,7 +1329,8 @@ BEGIN
     -- an action without either needs none (a bulk insert that fires a
     -- trigger for thousands of people would otherwise take a lock each, and
     -- could run out of lock table space).
-    IF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
+    IF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL
+       OR persona.channel_cap() > 0 THEN
         PERFORM persona.lock_profile_sends(v_pid);
     END IF;
     SELECT p.consent INTO v_consent FROM persona.profiles AS p
@@ -1342,6 +1349,9 @@ BEGIN
         ELSIF FOUND AND r.latest > now() - a.cooldown THEN
             v_reason := 'cooldown';
         END IF;
+    END IF;
+    IF v_reason IS NULL AND persona.channel_cap_reached(v_pid, a.channel) THEN
+        v_reason := 'cap';              -- persona.channel_cap_per_day (src/campaigns.sql)
     END IF;
     -- Last: a holdout records the exposure of someone the message would
     -- otherwise have reached (experiments.c), in either arm.
@@ -1440,6 +1450,8 @@ DECLARE
     v_ids  bigint[];
     v_bad  bigint[];
     v_n    bigint;
+    v_rest bigint[];
+    v_camp bigint;
 BEGIN
     IF $1 IS NULL OR array_position($1, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'message_ids must not be or contain null' USING ERRCODE = '22004';
@@ -1451,6 +1463,13 @@ BEGIN
     IF cardinality(v_ids) > 10000 THEN
         RAISE EXCEPTION 'at most 10000 messages can be acked at once' USING ERRCODE = '54000',
             DETAIL = format('%s were given.', cardinality(v_ids));
+    END IF;
+    -- Campaign messages without a row are acked in their chunks (src/campaigns.sql).
+    v_rest := persona.campaign_ack(v_ids);
+    v_camp := cardinality(v_ids) - cardinality(v_rest);
+    v_ids := v_rest;
+    IF cardinality(v_ids) = 0 THEN
+        RETURN v_camp;
     END IF;
     -- In id order, so that two acks of overlapping batches cannot deadlock.
     PERFORM 1 FROM persona.messages AS m WHERE m.message_id = ANY (v_ids)
@@ -1479,7 +1498,7 @@ BEGIN
        SET status = 'sent', sent_at = clock_timestamp(), ready_at = NULL
      WHERE m.message_id = ANY (v_ids);
     GET DIAGNOSTICS v_n = ROW_COUNT;
-    RETURN v_n;
+    RETURN v_n + v_camp;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_ack(bigint[]) IS
@@ -1510,6 +1529,7 @@ BEGIN
     IF v_id IS NULL OR $2 IS NULL OR $3 IS NULL THEN
         RAISE EXCEPTION 'message_id, error and retry must not be null' USING ERRCODE = '22004';
     END IF;
+    PERFORM persona.campaign_materialize(v_id, false);   -- a campaign message gets its row
     SELECT x.status, x.attempts INTO m FROM persona.messages AS x
      WHERE x.message_id = v_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -1553,6 +1573,7 @@ BEGIN
         RAISE EXCEPTION 'message_id must not be null' USING ERRCODE = '22004';
     END IF;
     v_outcome := persona.check_outcome($2, v_value);
+    PERFORM persona.campaign_materialize(v_id, true);    -- a campaign message gets its row
     SELECT x.profile_id, x.action_id, x.status INTO m FROM persona.messages AS x
      WHERE x.message_id = v_id;
     IF NOT FOUND THEN
@@ -2636,3 +2657,373 @@ COMMENT ON FUNCTION @extschema@.persona_render(bigint) IS
 
 REVOKE ALL ON FUNCTION @extschema@.persona_link_content(text, regclass, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_render(bigint) FROM PUBLIC;
+-- Campaigns (issue 16): persona_send_campaign, persona_cancel_campaign,
+-- persona_campaign_report and persona.channel_cap_per_day
+-- (src/campaigns.sql, src/campaigns.c, docs/campaigns.md). persona_ack,
+-- persona_fail, persona_message_feedback and persona.enqueue_message are
+-- edited in place above; persona.recent_sends is replaced here, as it
+-- reads persona.campaigns.
+-- ---------------------------------------------------------------------
+
+-- Campaign message ids live above 2^48 (281,474,976,710,656): the sequence
+-- persona.message_id_seq, which numbers every other message, would need
+-- 77,000 years at 10 million messages a day to reach it. Recipient i of a
+-- campaign has message id id_base + i; blocks are handed out in order by
+-- persona_send_campaign under a table lock.
+CREATE SEQUENCE persona.campaign_id_seq;
+COMMENT ON SEQUENCE persona.campaign_id_seq IS 'numbers campaigns';
+
+CREATE TABLE persona.campaigns (
+    campaign_id     int         NOT NULL PRIMARY KEY DEFAULT nextval('persona.campaign_id_seq'),
+    name            text        NOT NULL UNIQUE,
+    action_id       int         NOT NULL,
+    action          text        NOT NULL,
+    channel         text        NOT NULL,
+    segment         text,
+    source          text        NOT NULL,
+    id_base         bigint      NOT NULL UNIQUE CHECK (id_base >= 281474976710656),
+    recipients      bigint      NOT NULL DEFAULT 0 CHECK (recipients >= 0),
+    due_at          timestamptz NOT NULL,
+    rate_per_minute int         CHECK (rate_per_minute > 0),
+    status          text        NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'cancelled')),
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    cancelled_at    timestamptz,
+    -- The throttle: the claims of the last minute (when, how many).
+    claimed_at      timestamptz[] NOT NULL DEFAULT '{}',
+    claimed_n       int[]       NOT NULL DEFAULT '{}',
+    throttled_until timestamptz
+);
+ALTER SEQUENCE persona.campaign_id_seq OWNED BY persona.campaigns.campaign_id;
+COMMENT ON TABLE persona.campaigns IS
+    'campaigns (persona_send_campaign): one row each; the recipients are in persona.campaign_chunks';
+COMMENT ON COLUMN persona.campaigns.segment IS 'the segment sent to; NULL: every profile';
+COMMENT ON COLUMN persona.campaigns.source IS 'campaign:NAME, the source of its messages';
+COMMENT ON COLUMN persona.campaigns.id_base IS 'recipient i (from 0) has message id id_base + i';
+COMMENT ON COLUMN persona.campaigns.recipients IS 'members of the segment at the call';
+COMMENT ON COLUMN persona.campaigns.claimed_at IS 'the throttle: when each claim of the last minute was made';
+COMMENT ON COLUMN persona.campaigns.claimed_n IS 'the throttle: how many messages each claim of the last minute took';
+COMMENT ON COLUMN persona.campaigns.throttled_until IS 'no claim takes a message of the campaign before this';
+
+-- The recipient snapshot. A chunk is a run of recipients in profile_id
+-- order (recipient first_index onwards), claimed whole by one claim (a
+-- claim that wants fewer splits it). Campaign data, not rows about one
+-- person: docs/campaigns.md says why it is keyed by campaign.
+CREATE TABLE persona.campaign_chunks (
+    campaign_id      int         NOT NULL,
+    first_index      bigint      NOT NULL,
+    first_profile_id bigint      NOT NULL,
+    channel          text        NOT NULL,
+    profile_ids      bigint[]    NOT NULL,
+    size             int         NOT NULL,
+    status           text        NOT NULL DEFAULT 'queued'
+                     CHECK (status IN ('queued', 'claimed', 'done', 'cancelled')),
+    states           bytea,
+    attempts         int         NOT NULL DEFAULT 0,
+    due_at           timestamptz NOT NULL,
+    ready_at         timestamptz,
+    PRIMARY KEY (campaign_id, first_index),
+    CHECK ((ready_at IS NULL) = (status IN ('done', 'cancelled'))),
+    CHECK (size > 0),
+    CHECK (states IS NULL OR length(states) = size)
+);
+-- Sorted ids change little from one to the next, but pglz's gain does not
+-- pay for its time at send: stored out of line, uncompressed.
+ALTER TABLE persona.campaign_chunks ALTER COLUMN profile_ids SET STORAGE EXTERNAL;
+CREATE INDEX campaign_chunks_ready_idx ON persona.campaign_chunks (channel, ready_at)
+    WHERE ready_at IS NOT NULL;
+CREATE INDEX campaign_chunks_profile_idx ON persona.campaign_chunks (campaign_id, first_profile_id);
+COMMENT ON TABLE persona.campaign_chunks IS
+    'the recipients of each campaign, in chunks claimed by persona_claim; one state byte per recipient once claimed';
+COMMENT ON COLUMN persona.campaign_chunks.first_index IS 'the recipient index of profile_ids[1] (message id: id_base + index)';
+COMMENT ON COLUMN persona.campaign_chunks.profile_ids IS 'the recipients, ascending';
+COMMENT ON COLUMN persona.campaign_chunks.size IS 'cardinality(profile_ids), read without the array';
+COMMENT ON COLUMN persona.campaign_chunks.states IS
+    'NULL: all queued; else one byte per recipient: q queued, c claimed, s sent, f in persona.messages, x cancelled, d dead, C/K/H suppressed (consent, cap, holdout)';
+COMMENT ON COLUMN persona.campaign_chunks.attempts IS 'claims of the chunk so far';
+COMMENT ON COLUMN persona.campaign_chunks.due_at IS 'when its messages are meant to go';
+COMMENT ON COLUMN persona.campaign_chunks.ready_at IS
+    'when a worker may claim it next (due or lease end); NULL once done or cancelled';
+
+SELECT pg_catalog.pg_extension_config_dump('persona.campaigns', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.campaign_chunks', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.campaign_id_seq', '');
+
+-- Writes the recipient snapshot of a campaign: the members of the segment
+-- (every profile when NULL) as of the statement, in chunks. Returns how many.
+CREATE FUNCTION persona.campaign_snapshot(campaign_id int, segment text, channel text, due_at timestamptz)
+    RETURNS bigint
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'persona_campaign_snapshot';
+COMMENT ON FUNCTION persona.campaign_snapshot(int, text, text, timestamptz) IS
+    'writes the chunks of a campaign from the segment''s members; returns the number of recipients';
+
+-- Whether a profile was reached by a campaign: a recipient claimed or sent
+-- (a recipient with a row in persona.messages counts there).
+CREATE FUNCTION persona.campaign_reached(campaign_id int, profile_id bigint) RETURNS boolean
+    LANGUAGE C STABLE STRICT
+    AS 'MODULE_PATHNAME', 'persona_campaign_reached';
+COMMENT ON FUNCTION persona.campaign_reached(int, bigint) IS
+    'whether the campaign''s message to the profile was claimed or sent (it then counts toward caps)';
+
+-- The campaign messages among ids are marked sent (the caller's batch is
+-- all or none); returns the ids that are not campaign messages held in
+-- chunks, for persona_ack's own path.
+CREATE FUNCTION persona.campaign_ack(message_ids bigint[]) RETURNS bigint[]
+    LANGUAGE C VOLATILE STRICT
+    AS 'MODULE_PATHNAME', 'persona_campaign_ack';
+COMMENT ON FUNCTION persona.campaign_ack(bigint[]) IS
+    'acks the campaign messages among the ids (55000 when one is not claimed); returns the other ids';
+
+-- Gives a claimed (for feedback: or sent) campaign message its row in
+-- persona.messages, so that persona_fail and persona_message_feedback
+-- treat it as any message. Nothing for other ids.
+CREATE FUNCTION persona.campaign_materialize(message_id bigint, for_feedback boolean) RETURNS void
+    LANGUAGE C VOLATILE STRICT
+    AS 'MODULE_PATHNAME', 'persona_campaign_materialize';
+COMMENT ON FUNCTION persona.campaign_materialize(bigint, boolean) IS
+    'writes the persona.messages row of a campaign message on its first failure or feedback';
+
+-- Messages of a channel that count toward persona.channel_cap_per_day for a
+-- profile: its messages due in the 24 hours before now (or later), unless
+-- cancelled or dead, and the claimed or sent messages of campaigns of the
+-- channel due then.
+-- (PL/pgSQL: this file comes before src/outbox.sql, whose persona.recent_sends
+-- reads persona.campaigns.)
+CREATE FUNCTION persona.channel_sends(profile_id bigint, channel text) RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    RETURN (SELECT count(*)
+              FROM persona.messages AS m
+             WHERE m.profile_id = $1 AND m.channel = $2
+               AND m.due_at > now() - interval '24 hours'
+               AND m.status <> ALL ('{cancelled,dead}'::text[]))
+         + (SELECT count(*)
+              FROM persona.campaigns AS c
+             WHERE c.channel = $2 AND c.due_at > now() - interval '24 hours'
+               AND persona.campaign_reached(c.campaign_id, $1));
+END
+$$;
+COMMENT ON FUNCTION persona.channel_sends(bigint, text) IS
+    'messages of a channel to a profile in the last 24 hours (or due later), campaigns included: what persona.channel_cap_per_day counts';
+
+-- The setting persona.channel_cap_per_day (0: no cap), read in C so that it
+-- is defined (the library loaded) in any session.
+CREATE FUNCTION persona.channel_cap() RETURNS int
+    LANGUAGE C STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'persona_channel_cap';
+COMMENT ON FUNCTION persona.channel_cap() IS
+    'the setting persona.channel_cap_per_day: messages per person, channel and rolling day; 0: no cap';
+
+-- Whether persona.channel_cap_per_day forbids one more message of the
+-- channel to the profile. The caller holds the profile's send lock.
+CREATE FUNCTION persona.channel_cap_reached(profile_id bigint, channel text) RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    RETURN persona.channel_cap() > 0
+       AND persona.channel_sends(profile_id, channel) >= persona.channel_cap();
+COMMENT ON FUNCTION persona.channel_cap_reached(bigint, text) IS
+    'whether persona.channel_cap_per_day (0: none) is reached for the profile on the channel';
+
+-- ---------------------------------------------------------------------
+-- The API
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.persona_send_campaign(name text, action text, segment text DEFAULT NULL,
+                                                 send_at text DEFAULT 'now',
+                                                 rate_per_minute int DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_name  text := $1;
+    v_rate  int  := $5;
+    v_due   timestamptz;
+    a       persona.actions;
+    v_id    int;
+    v_base  bigint;
+    v_n     bigint;
+BEGIN
+    IF v_name IS NULL OR $2 IS NULL OR $4 IS NULL THEN
+        RAISE EXCEPTION 'name, action and send_at must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF v_name = '' OR octet_length(v_name) > 200 THEN
+        RAISE EXCEPTION 'a campaign name must be 1 to 200 bytes' USING ERRCODE = '22023';
+    END IF;
+    IF v_rate IS NOT NULL AND v_rate <= 0 THEN
+        RAISE EXCEPTION 'rate_per_minute must be positive' USING ERRCODE = '22023',
+            DETAIL = format('The rate_per_minute given was %s.', v_rate),
+            HINT = 'Pass NULL for no throttle.';
+    END IF;
+    IF lower(btrim($4)) = 'now' THEN
+        v_due := clock_timestamp();
+    ELSIF lower(btrim($4)) = 'best_time' THEN
+        RAISE EXCEPTION 'send_at => ''best_time'' is not supported yet' USING ERRCODE = '0A000',
+            DETAIL = 'It comes with best send time (persona_best_send_time).',
+            HINT = 'Use ''now'' or a timestamp.';
+    ELSE
+        BEGIN
+            v_due := $4::timestamptz;
+        EXCEPTION WHEN data_exception THEN
+            RAISE EXCEPTION 'invalid send_at "%"', $4 USING ERRCODE = '22007',
+                HINT = 'Use ''now'', ''best_time'' or a timestamp such as ''2026-12-24 18:00+05:30''.';
+        END;
+        IF v_due < now() THEN
+            RAISE EXCEPTION 'send_at is in the past' USING ERRCODE = '22023',
+                DETAIL = format('The send_at given was %s.', v_due),
+                HINT = 'Use ''now'' to send at once.';
+        END IF;
+    END IF;
+    SELECT * INTO a FROM persona.actions AS x WHERE x.name = $2;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'action "%" does not exist', $2 USING ERRCODE = '42704';
+    END IF;
+    IF $3 IS NOT NULL AND NOT EXISTS (SELECT FROM persona.segments AS s WHERE s.name = $3) THEN
+        RAISE EXCEPTION 'segment "%" does not exist', $3 USING ERRCODE = '42704';
+    END IF;
+    -- Serializes sends: the blocks of message ids are handed out in order.
+    LOCK TABLE persona.campaigns IN SHARE ROW EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM persona.campaigns AS c WHERE c.name = v_name) THEN
+        RAISE EXCEPTION 'campaign "%" already exists', v_name USING ERRCODE = '42710';
+    END IF;
+    -- An empty campaign keeps one id, so that every block starts elsewhere.
+    SELECT coalesce(max(c.id_base + greatest(c.recipients, 1)), 281474976710656) INTO v_base
+      FROM persona.campaigns AS c;
+    INSERT INTO persona.campaigns (name, action_id, action, channel, segment, source, id_base,
+                                   due_at, rate_per_minute)
+    VALUES (v_name, a.action_id, a.name, a.channel, $3, 'campaign:' || v_name, v_base, v_due, v_rate)
+    RETURNING campaign_id INTO v_id;
+    v_n := persona.campaign_snapshot(v_id, $3, a.channel, v_due);
+    UPDATE persona.campaigns AS c SET recipients = v_n WHERE c.campaign_id = v_id;
+    IF v_n > 0 THEN
+        PERFORM pg_notify('persona_outbox', a.channel);
+    END IF;
+    RETURN v_n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_send_campaign(text, text, text, text, int) IS
+    'sends an action to the members of a segment (NULL: everyone) as they are now; returns the number of recipients queued';
+
+CREATE FUNCTION @extschema@.persona_cancel_campaign(name text) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    c     persona.campaigns;
+    v_n   bigint;
+    v_m   bigint;
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
+    END IF;
+    SELECT * INTO c FROM persona.campaigns AS x WHERE x.name = $1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'campaign "%" does not exist', $1 USING ERRCODE = '42704';
+    END IF;
+    IF c.status = 'cancelled' THEN
+        RAISE EXCEPTION 'campaign "%" is already cancelled', $1 USING ERRCODE = '55000';
+    END IF;
+    -- The campaign first: claims stop taking its queued chunks once this
+    -- commits (a claim never waits for the campaign row while it holds a
+    -- chunk). Then its queued chunks, waiting for a claim that holds one;
+    -- twice, so that the rest a claim split off and committed meanwhile is
+    -- cancelled too (any later rest is never claimed, and is reported
+    -- cancelled).
+    UPDATE persona.campaigns AS x SET status = 'cancelled', cancelled_at = clock_timestamp()
+     WHERE x.campaign_id = c.campaign_id AND x.status = 'running';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'campaign "%" is already cancelled', $1 USING ERRCODE = '55000';
+    END IF;
+    v_n := 0;
+    FOR pass IN 1..2 LOOP
+        WITH k AS (
+            UPDATE persona.campaign_chunks AS k
+               SET status = 'cancelled', ready_at = NULL
+             WHERE k.campaign_id = c.campaign_id AND k.status = 'queued'
+            RETURNING k.size)
+        SELECT v_n + coalesce(sum(k.size), 0) INTO v_n FROM k;
+    END LOOP;
+    UPDATE persona.messages AS m
+       SET status = 'cancelled', ready_at = NULL, last_error = 'campaign cancelled'
+     WHERE m.message_id >= c.id_base AND m.message_id < c.id_base + c.recipients
+       AND m.status IN ('queued', 'failed');
+    GET DIAGNOSTICS v_m = ROW_COUNT;
+    IF v_n + v_m = 0 AND NOT EXISTS (
+            SELECT FROM persona.campaign_chunks AS k
+             WHERE k.campaign_id = c.campaign_id AND k.status = 'claimed')
+       AND NOT EXISTS (
+            SELECT FROM persona.messages AS m
+             WHERE m.message_id >= c.id_base AND m.message_id < c.id_base + c.recipients
+               AND m.status = 'claimed') THEN
+        RAISE EXCEPTION 'campaign "%" is finished', $1 USING ERRCODE = '55000',
+            DETAIL = 'Every message of it was sent, suppressed or is dead.';
+    END IF;
+    RETURN v_n + v_m;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_cancel_campaign(text) IS
+    'cancels what of a campaign is not yet claimed; returns how many messages';
+
+CREATE FUNCTION @extschema@.persona_campaign_report(name text)
+    RETURNS TABLE (status text, messages bigint)
+    LANGUAGE C STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'persona_campaign_report';
+COMMENT ON FUNCTION @extschema@.persona_campaign_report(text) IS
+    'a campaign''s messages by status: queued, claimed, sent, failed, dead, cancelled, suppressed_consent, suppressed_cap, suppressed_holdout';
+
+-- What counts toward an action's cap_per_day and cooldown for a profile:
+-- its decisions at decided_at, its messages at due_at unless cancelled
+-- or dead (a message queued for later counts already), and its campaign
+-- messages once claimed (src/campaigns.sql). last_day counts the
+-- 24 hours before now(); latest is the latest of them within span.
+-- Not SECURITY DEFINER and without SET, so that persona_decide's query
+-- inlines it; every name is qualified.
+CREATE OR REPLACE FUNCTION persona.recent_sends(profile_id bigint, span interval, actions int[])
+    RETURNS TABLE (action_id int, last_day bigint, latest timestamptz)
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT x.action_id,
+           pg_catalog.count(*) FILTER (WHERE x.at OPERATOR(pg_catalog.>)
+                                       (pg_catalog.now() OPERATOR(pg_catalog.-) interval '24 hours')),
+           pg_catalog.max(x.at)
+      FROM (SELECT d.action_id, d.decided_at AS at
+              FROM persona.decisions AS d
+             WHERE d.profile_id OPERATOR(pg_catalog.=) $1
+               AND d.decided_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $2)
+               AND d.action_id OPERATOR(pg_catalog.=) ANY ($3)
+            UNION ALL
+            SELECT m.action_id, m.due_at
+              FROM persona.messages AS m
+             WHERE m.profile_id OPERATOR(pg_catalog.=) $1
+               AND m.action_id OPERATOR(pg_catalog.=) ANY ($3)
+               AND m.due_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $2)
+               AND m.status OPERATOR(pg_catalog.<>) ALL ('{cancelled,dead}'::pg_catalog.text[])
+            UNION ALL
+            SELECT c.action_id, c.due_at
+              FROM persona.campaigns AS c
+             WHERE c.action_id OPERATOR(pg_catalog.=) ANY ($3)
+               AND c.due_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $2)
+               AND persona.campaign_reached(c.campaign_id, $1)) AS x
+     GROUP BY x.action_id
+$$;
+COMMENT ON FUNCTION persona.recent_sends(bigint, interval, int[]) IS
+    'per action: decisions and live messages (campaigns'' included) of a profile in the last 24 hours, and the latest within span (caps and cooldowns)';
+
+REVOKE ALL ON FUNCTION @extschema@.persona_send_campaign(text, text, text, text, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_cancel_campaign(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_campaign_report(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.campaign_snapshot(int, text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.campaign_reached(int, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.campaign_ack(bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.campaign_materialize(bigint, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.channel_sends(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.channel_cap_reached(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.channel_cap() FROM PUBLIC;

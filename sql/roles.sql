@@ -45,7 +45,10 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_link_content(text, regclass, text),
                           persona_create_experiment(text, float8, text),
                           persona_end_experiment(text),
-                          persona_drop_experiment(text) TO persona_admin;
+                          persona_drop_experiment(text),
+                          persona_send_campaign(text, text, text, text, int),
+                          persona_cancel_campaign(text),
+                          persona_campaign_report(text) TO persona_admin;
 
 CREATE ROLE persona_nobody NOLOGIN;
 
@@ -152,6 +155,15 @@ RESET ROLE;
 SET ROLE persona_admin;
 SELECT persona_create_trigger('role_trig', 'page_view', 'role_banner', delay => '1 minute');
 SELECT persona_drop_trigger('role_trig');
+RESET ROLE;
+-- Campaigns are the admin's: a decider can neither send nor cancel one.
+SET ROLE persona_decider;
+SELECT persona_send_campaign('role_camp', 'role_banner');
+RESET ROLE;
+SET ROLE persona_admin;
+SELECT persona_send_campaign('role_camp', 'role_banner') >= 1 AS sent;
+SELECT status, messages > 0 AS any FROM persona_campaign_report('role_camp') WHERE status = 'queued';
+SELECT persona_cancel_campaign('role_camp') >= 1 AS cancelled;
 SELECT persona_drop_action('role_banner');
 SELECT persona_create_segment('role_seg', 'role_views > 1');
 SELECT persona_tick() >= 0 AS ticked;

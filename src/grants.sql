@@ -94,6 +94,17 @@ REVOKE ALL ON FUNCTION @extschema@.persona_drop_trigger(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.count_trigger_error(int, text) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION @extschema@.persona_send_campaign(text, text, text, text, int) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_cancel_campaign(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_campaign_report(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.campaign_snapshot(int, text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.campaign_reached(int, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.campaign_ack(bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.campaign_materialize(bigint, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.channel_sends(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.channel_cap_reached(bigint, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.channel_cap() FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION @extschema@.persona_create_experiment(text, float8, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_end_experiment(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_drop_experiment(text) FROM PUBLIC;

@@ -31,6 +31,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "campaigns.h"
 #include "outbox.h"
 #include "persona.h"
 #include "profile.h"
@@ -502,6 +503,10 @@ persona_claim(PG_FUNCTION_ARGS)
 		CountCancelled(items, nitems);
 		WriteClaims(items, nitems, lease_until, rsinfo);
 	}
+	/* Then the chunks of campaigns (campaigns.c), up to n in all. */
+	if (nitems < PG_GETARG_INT32(1))
+		PersonaClaimCampaigns(PG_GETARG_DATUM(0), PG_GETARG_INT32(1) - nitems, now,
+							  lease_until, rsinfo);
 	SPI_finish();
 	return (Datum) 0;
 }

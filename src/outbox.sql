@@ -136,8 +136,9 @@ COMMENT ON FUNCTION persona.count_suppressions(text[], text[]) IS
     'adds suppressed messages to persona.suppressions, by source and reason';
 
 -- What counts toward an action's cap_per_day and cooldown for a profile:
--- its decisions at decided_at, and its messages at due_at unless cancelled
--- or dead (a message queued for later counts already). last_day counts the
+-- its decisions at decided_at, its messages at due_at unless cancelled
+-- or dead (a message queued for later counts already), and its campaign
+-- messages once claimed (src/campaigns.sql). last_day counts the
 -- 24 hours before now(); latest is the latest of them within span.
 -- Not SECURITY DEFINER and without SET, so that persona_decide's query
 -- inlines it; every name is qualified.
@@ -160,11 +161,17 @@ CREATE FUNCTION persona.recent_sends(profile_id bigint, span interval, actions i
              WHERE m.profile_id OPERATOR(pg_catalog.=) $1
                AND m.action_id OPERATOR(pg_catalog.=) ANY ($3)
                AND m.due_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $2)
-               AND m.status OPERATOR(pg_catalog.<>) ALL ('{cancelled,dead}'::pg_catalog.text[])) AS x
+               AND m.status OPERATOR(pg_catalog.<>) ALL ('{cancelled,dead}'::pg_catalog.text[])
+            UNION ALL
+            SELECT c.action_id, c.due_at
+              FROM persona.campaigns AS c
+             WHERE c.action_id OPERATOR(pg_catalog.=) ANY ($3)
+               AND c.due_at OPERATOR(pg_catalog.>) (pg_catalog.now() OPERATOR(pg_catalog.-) $2)
+               AND persona.campaign_reached(c.campaign_id, $1)) AS x
      GROUP BY x.action_id
 $$;
 COMMENT ON FUNCTION persona.recent_sends(bigint, interval, int[]) IS
-    'per action: decisions and live messages of a profile in the last 24 hours, and the latest within span (caps and cooldowns)';
+    'per action: decisions and live messages (campaigns'' included) of a profile in the last 24 hours, and the latest within span (caps and cooldowns)';
 
 -- The outbox's entry: queues one message of an action for a profile, due
 -- at due_at (default: now), unless consent, the action's cap or its
@@ -204,7 +211,8 @@ BEGIN
     -- an action without either needs none (a bulk insert that fires a
     -- trigger for thousands of people would otherwise take a lock each, and
     -- could run out of lock table space).
-    IF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
+    IF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL
+       OR persona.channel_cap() > 0 THEN
         PERFORM persona.lock_profile_sends(v_pid);
     END IF;
     SELECT p.consent INTO v_consent FROM persona.profiles AS p
@@ -223,6 +231,9 @@ BEGIN
         ELSIF FOUND AND r.latest > now() - a.cooldown THEN
             v_reason := 'cooldown';
         END IF;
+    END IF;
+    IF v_reason IS NULL AND persona.channel_cap_reached(v_pid, a.channel) THEN
+        v_reason := 'cap';              -- persona.channel_cap_per_day (src/campaigns.sql)
     END IF;
     -- Last: a holdout records the exposure of someone the message would
     -- otherwise have reached (experiments.c), in either arm.
@@ -321,6 +332,8 @@ DECLARE
     v_ids  bigint[];
     v_bad  bigint[];
     v_n    bigint;
+    v_rest bigint[];
+    v_camp bigint;
 BEGIN
     IF $1 IS NULL OR array_position($1, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'message_ids must not be or contain null' USING ERRCODE = '22004';
@@ -332,6 +345,13 @@ BEGIN
     IF cardinality(v_ids) > 10000 THEN
         RAISE EXCEPTION 'at most 10000 messages can be acked at once' USING ERRCODE = '54000',
             DETAIL = format('%s were given.', cardinality(v_ids));
+    END IF;
+    -- Campaign messages without a row are acked in their chunks (src/campaigns.sql).
+    v_rest := persona.campaign_ack(v_ids);
+    v_camp := cardinality(v_ids) - cardinality(v_rest);
+    v_ids := v_rest;
+    IF cardinality(v_ids) = 0 THEN
+        RETURN v_camp;
     END IF;
     -- In id order, so that two acks of overlapping batches cannot deadlock.
     PERFORM 1 FROM persona.messages AS m WHERE m.message_id = ANY (v_ids)
@@ -360,7 +380,7 @@ BEGIN
        SET status = 'sent', sent_at = clock_timestamp(), ready_at = NULL
      WHERE m.message_id = ANY (v_ids);
     GET DIAGNOSTICS v_n = ROW_COUNT;
-    RETURN v_n;
+    RETURN v_n + v_camp;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_ack(bigint[]) IS
@@ -391,6 +411,7 @@ BEGIN
     IF v_id IS NULL OR $2 IS NULL OR $3 IS NULL THEN
         RAISE EXCEPTION 'message_id, error and retry must not be null' USING ERRCODE = '22004';
     END IF;
+    PERFORM persona.campaign_materialize(v_id, false);   -- a campaign message gets its row
     SELECT x.status, x.attempts INTO m FROM persona.messages AS x
      WHERE x.message_id = v_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -434,6 +455,7 @@ BEGIN
         RAISE EXCEPTION 'message_id must not be null' USING ERRCODE = '22004';
     END IF;
     v_outcome := persona.check_outcome($2, v_value);
+    PERFORM persona.campaign_materialize(v_id, true);    -- a campaign message gets its row
     SELECT x.profile_id, x.action_id, x.status INTO m FROM persona.messages AS x
      WHERE x.message_id = v_id;
     IF NOT FOUND THEN

@@ -8,6 +8,7 @@
 #include "utils/guc.h"
 
 #include "defcache.h"
+#include "campaigns.h"
 #include "outbox.h"
 #include "persona.h"
 
@@ -53,6 +54,14 @@ _PG_init(void)
 							NULL,
 							&persona_max_attempts,
 							5, 1, 100,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("persona.channel_cap_per_day",
+							"Sets the number of messages one person may receive per channel per rolling day.",
+							"From all triggers and campaigns together; 0 means no cap.",
+							&persona_channel_cap_per_day,
+							0, 0, 1000000,
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);

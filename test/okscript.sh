@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by test/upgrade/run.sh and test/dump/run.sh: scratch databases and
+# Sourced by test/upgrade/run.sh, test/dump/run.sh and test/campaigns/crash.sh: scratch databases and
 # roles dropped on exit, "ok N" / "not ok N" lines, and psql as they run it.
 # The caller sets ROLES (roles its data grants to) and NAME (for the work
 # directory) first.

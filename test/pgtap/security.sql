@@ -4,7 +4,7 @@
 -- both the refusal and that the attacker is still not a superuser.
 -- Run by pg_prove in a database where CREATE EXTENSION persona and pgtap ran.
 BEGIN;
-SELECT plan(61);
+SELECT plan(67);
 
 -- The recipe of docs/roles.md, under names of this test's own.
 CREATE ROLE sec_ingest NOLOGIN;
@@ -49,7 +49,10 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_drop_action(text),
                           persona_create_trigger(text, text, text, text, interval),
                           persona_drop_trigger(text),
-                          persona_link_content(text, regclass, text) TO sec_admin;
+                          persona_link_content(text, regclass, text),
+                          persona_send_campaign(text, text, text, text, int),
+                          persona_cancel_campaign(text),
+                          persona_campaign_report(text) TO sec_admin;
 CREATE ROLE sec_nobody NOLOGIN;
 -- The attacker: an administrator's login role, who may create functions.
 CREATE ROLE sec_dba NOLOGIN;
@@ -307,6 +310,28 @@ SELECT persona_create_action('sec_link_act', 'seclink2', '{"t": "{{sec_linked[co
 SELECT throws_ok($$SELECT * FROM persona_decide('sec-u1', '{"k": "a"}', 'seclink2')$$,
     '42501', NULL,
     'code that reading linked content runs (a row-level security policy) runs as the caller: it cannot escalate');
+RESET ROLE;
+
+-- ---------------------------------------------------------------------
+-- Campaigns: the admin sends; a worker only claims
+-- ---------------------------------------------------------------------
+SET ROLE sec_worker;
+SELECT throws_ok($$SELECT persona_send_campaign('sec_camp', 'sec_act')$$,
+    '42501', NULL, 'a worker cannot send a campaign');
+SELECT throws_ok($$SELECT persona_campaign_report('sec_camp')$$,
+    '42501', NULL, 'nor read a campaign''s report');
+RESET ROLE;
+SET ROLE sec_dba;
+SELECT is(persona_send_campaign($n$sec'); DROP TABLE persona.events; --$n$, 'sec_act') > 0, true,
+          'the admin sends a campaign; its name is a value, never SQL');
+SELECT is((SELECT source FROM persona.campaigns WHERE name LIKE 'sec%DROP%'),
+          $n$campaign:sec'); DROP TABLE persona.events; --$n$, 'stored as given');
+RESET ROLE;
+SET ROLE sec_worker;
+SELECT ok((SELECT count(*) FROM persona_claim('web', 100) WHERE source LIKE 'campaign:sec%') > 0,
+          'a worker claims the campaign''s messages');
+SELECT throws_ok($$SELECT persona_cancel_campaign($n$sec'); DROP TABLE persona.events; --$n$)$$,
+    '42501', NULL, 'but cannot cancel it');
 RESET ROLE;
 SELECT ok(NOT pg_temp.is_super(), 'at the end, the administrator is still not a superuser');
 

@@ -1,0 +1,20 @@
+/*
+ * campaigns.h
+ *	  Campaigns (campaigns.c): what persona_claim (outbox.c) calls to hand
+ *	  out the chunks of campaigns, and the per-channel frequency cap.
+ */
+#ifndef PERSONA_CAMPAIGNS_H
+#define PERSONA_CAMPAIGNS_H
+
+#include "postgres.h"
+
+#include "nodes/execnodes.h"
+#include "utils/timestamp.h"
+
+/* GUC (campaigns.c): messages per person, channel and rolling day; 0: none */
+extern int	persona_channel_cap_per_day;
+
+extern int	PersonaClaimCampaigns(Datum channel, int want, TimestampTz now,
+								  TimestampTz lease_until, ReturnSetInfo *rsinfo);
+
+#endif							/* PERSONA_CAMPAIGNS_H */

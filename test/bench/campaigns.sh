@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Campaigns: sending an action to a whole segment, and draining it with
+# real workers, against the naive way on plain PostgreSQL, in one run.
+#
+#  1. persona_send_campaign to a segment of all $PROFILES profiles, and to
+#     one of $SMALL of them, each from a fresh connection: the time it
+#     takes to return, and the sending backend's peak RSS (VmHWM of
+#     /proc/PID/status) and private memory (RssAnon) after it, at both
+#     sizes. No row per message is written: the recipients are a snapshot
+#     in chunks of 1,000.
+#  2. 4 worker processes (python3 psycopg, as examples/worker.py) claim
+#     chunks of 1,000 (persona_claim renders one trait and one content
+#     field of each), read both fields, and ack each batch, until the
+#     campaign is drained. Phase time and messages/s.
+#  3. The naive way, in the same run: INSERT ... SELECT of every rendered
+#     message (the same trait and field) into a queue table, then the same
+#     4 workers draining it with FOR UPDATE SKIP LOCKED batches of 1,000
+#     (claim: UPDATE ... RETURNING; ack: UPDATE by id). Phase times and
+#     messages/s.
+#  Phases 2 and 3 alternate ($RUNS runs each, medians); every run sends a
+#  new campaign / refills the queue, and the counts are checked.
+#
+# Targets (issue 16, information only: nothing here fails on a timing):
+# send < 5 s and drain < 30 s at 10,000,000 recipients; the sending backend
+# flat from 1,000,000 to 10,000,000.
+#
+# Knobs (environment): BENCH_CAMP_PROFILES (200000; the issue's size is
+# 10000000), BENCH_CAMP_SMALL (a tenth of it; the issue's is 1000000),
+# BENCH_CAMP_RUNS (2), BENCH_CAMP_WORKERS (4), BENCH_CAMP_BATCH (1000).
+# The defaults take a few minutes; 10 million needs about 15 GB of disk.
+set -euo pipefail
+# shellcheck source=test/bench/lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+
+PROFILES=${BENCH_CAMP_PROFILES:-200000}
+SMALL=${BENCH_CAMP_SMALL:-$((PROFILES / 10))}
+RUNS=${BENCH_CAMP_RUNS:-2}
+WORKERS=${BENCH_CAMP_WORKERS:-4}
+BATCH=${BENCH_CAMP_BATCH:-1000}
+
+DB=${PGDATABASE:-persona_bench}_campaigns
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/persona-bench-camp.XXXXXX")
+cleanup() {
+	rm -rf -- "$WORK"
+	psql -X -q -d postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+echo "persona campaigns benchmark"
+echo "  $(val "SELECT split_part(version(), ' on ', 1)" -d postgres) | $(nproc) CPUs"
+psql_q -d postgres -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB"
+export PGDATABASE=$DB
+psql_q -c 'CREATE EXTENSION persona'
+
+t0=$(date +%s.%N)
+psql_q -v n="$PROFILES" -v small="$SMALL" <<'SQL'
+SET client_min_messages = warning;
+INSERT INTO persona.events (user_id, event_type, occurred_at)
+SELECT 'user-' || u, 'app_open', now() - interval '1 day' FROM generate_series(1, :n) AS u;
+SET persona.maintenance = on;
+UPDATE persona.profiles SET traits = jsonb_build_object('first_name', 'P' || profile_id, 'n', profile_id);
+RESET persona.maintenance;
+SELECT persona_create_segment('everyone', 'event_count >= 1') \g /dev/null
+SELECT persona_create_segment('some', format($$(traits->>'n')::bigint <= %s$$, :small)) \g /dev/null
+SELECT persona_create_action('toss_push', 'push',
+    '{"title": "{{first_name}}, the toss is done", "body": "Pick your team now"}') \g /dev/null
+CREATE TABLE naive_queue (id bigserial PRIMARY KEY, profile_id bigint NOT NULL, user_id text,
+                          content jsonb NOT NULL, status text NOT NULL DEFAULT 'queued');
+CREATE INDEX naive_queue_ready ON naive_queue (id) WHERE status = 'queued';
+VACUUM ANALYZE;
+SQL
+expect "members of everyone" "SELECT count(*) FROM persona.segment_members WHERE segment = 'everyone'" "$PROFILES"
+expect "members of some" "SELECT count(*) FROM persona.segment_members WHERE segment = 'some'" "$SMALL"
+printf '  %s profiles, segments of %s and %s; built in %.0f s\n' "$(fmt_int "$PROFILES")" \
+	"$(fmt_int "$PROFILES")" "$(fmt_int "$SMALL")" "$(calc "$(date +%s.%N) - $t0")"
+
+# ---------------------------------------------------------------------------
+# 1. The send, and the sending backend's memory
+# ---------------------------------------------------------------------------
+send() { # name segment -> "seconds recipients vmhwm_kb rssanon_kb"
+	psql -X -q -v ON_ERROR_STOP=1 -At -F ' ' <<SQL
+SET client_min_messages = warning;
+SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
+SELECT persona_send_campaign('$1', 'toss_push', '$2') AS n \gset
+SELECT round((extract(epoch FROM clock_timestamp()) - :t0)::numeric, 3), :n,
+       (regexp_match(pg_read_file('/proc/' || pg_backend_pid() || '/status'), 'VmHWM:\s+(\d+)'))[1],
+       (regexp_match(pg_read_file('/proc/' || pg_backend_pid() || '/status'), 'RssAnon:\s+(\d+)'))[1];
+SQL
+}
+echo
+echo "== 1. persona_send_campaign, each from a fresh connection"
+read -r s_small n_small hwm_small anon_small <<<"$(send send_small some)"
+read -r s_big n_big hwm_big anon_big <<<"$(send send_big everyone)"
+[[ $n_small == "$SMALL" && $n_big == "$PROFILES" ]] ||
+	{ echo "bench: sent $n_small and $n_big recipients, expected $SMALL and $PROFILES" >&2; exit 1; }
+expect "no message rows" "SELECT count(*) FROM persona.messages" 0
+printf '  %12s recipients: %7.3f s  (%s recipients/s)  peak RSS %s kB, private %s kB\n' \
+	"$(fmt_int "$SMALL")" "$s_small" "$(fmt_int "$(calc "$SMALL / $s_small")")" "$(fmt_int "$hwm_small")" "$(fmt_int "$anon_small")"
+printf '  %12s recipients: %7.3f s  (%s recipients/s)  peak RSS %s kB, private %s kB\n' \
+	"$(fmt_int "$PROFILES")" "$s_big" "$(fmt_int "$(calc "$PROFILES / $s_big")")" "$(fmt_int "$hwm_big")" "$(fmt_int "$anon_big")"
+printf '  (peak RSS counts the shared buffers the backend touched; private is its own memory)\n'
+psql_q -c "SELECT persona_cancel_campaign('send_small')" -c "SELECT persona_cancel_campaign('send_big')" >/dev/null
+
+# ---------------------------------------------------------------------------
+# 2 and 3. Draining: persona's chunks against a naive queue table
+# ---------------------------------------------------------------------------
+cat >"$WORK/worker.py" <<'PY'
+import sys
+import psycopg
+
+mode, batch = sys.argv[1], int(sys.argv[2])
+done = 0
+with psycopg.connect("", autocommit=True) as conn:
+    while True:
+        with conn.transaction():
+            if mode == "persona":
+                rows = conn.execute("SELECT message_id, content FROM persona_claim('push', %s, '5 minutes')",
+                                    (batch,)).fetchall()
+            else:
+                rows = conn.execute(
+                    "UPDATE naive_queue AS q SET status = 'claimed' FROM ("
+                    "  SELECT id FROM naive_queue WHERE status = 'queued' ORDER BY id LIMIT %s"
+                    "  FOR UPDATE SKIP LOCKED) AS c WHERE q.id = c.id RETURNING q.id, q.content",
+                    (batch,)).fetchall()
+        if not rows:
+            break
+        ids = [r[0] for r in rows]
+        for _, content in rows:   # what a sender reads
+            if not content["title"] or not content["body"]:
+                sys.exit("empty content")
+        if mode == "persona":
+            conn.execute("SELECT persona_ack(%s)", (ids,))
+        else:
+            conn.execute("UPDATE naive_queue SET status = 'sent' WHERE id = ANY(%s)", (ids,))
+        done += len(ids)
+print(done)
+PY
+
+drain() { # mode -> seconds (every worker's count checked by the caller)
+	local t0 pids=() i
+	t0=$(date +%s.%N)
+	for ((i = 0; i < WORKERS; i++)); do
+		/usr/bin/python3 "$WORK/worker.py" "$1" "$BATCH" >"$WORK/w$i.out" &
+		pids+=($!)
+	done
+	for p in "${pids[@]}"; do wait "$p" || { echo "bench: a $1 worker failed" >&2; exit 1; }; done
+	calc "$(date +%s.%N) - $t0"
+}
+timed() { # statement -> seconds it took, by the server's clock
+	psql -X -q -v ON_ERROR_STOP=1 -At <<SQL
+SET client_min_messages = warning;
+SELECT extract(epoch FROM clock_timestamp()) AS t0 \gset
+$1 \g /dev/null
+SELECT round((extract(epoch FROM clock_timestamp()) - :t0)::numeric, 3);
+SQL
+}
+claimed_by_workers() { # what: the workers' counts add up to every message
+	local sum
+	sum=$(cat "$WORK"/w*.out | awk '{ s += $1 } END { print s }')
+	[[ $sum == "$PROFILES" ]] || { echo "bench: $1: workers handled $sum, expected $PROFILES" >&2; exit 1; }
+}
+persona_run() { # r -> "send_s drain_s"
+	local s d
+	s=$(timed "SELECT persona_send_campaign('run_$1', 'toss_push', 'everyone')")
+	d=$(drain persona)
+	expect "persona run $1 sent" "SELECT messages FROM persona_campaign_report('run_$1') WHERE status = 'sent'" "$PROFILES"
+	claimed_by_workers "persona run $1"
+	echo "$s $d"
+}
+naive_run() { # r -> "insert_s drain_s"
+	local s d
+	psql_q -c "TRUNCATE naive_queue" -c "VACUUM ANALYZE naive_queue"
+	s=$(timed "INSERT INTO naive_queue (profile_id, user_id, content)
+SELECT p.profile_id, p.user_id,
+       jsonb_build_object('title', (p.traits->>'first_name') || ', the toss is done', 'body', 'Pick your team now')
+  FROM persona.segment_members AS m JOIN persona.profiles AS p USING (profile_id)
+ WHERE m.segment = 'everyone'")
+	d=$(drain naive)
+	expect "naive run $1 sent" "SELECT count(*) FROM naive_queue WHERE status = 'sent'" "$PROFILES"
+	claimed_by_workers "naive run $1"
+	echo "$s $d"
+}
+
+echo
+echo "== 2/3. $(fmt_int "$PROFILES") messages, $WORKERS workers, batches of $BATCH, $RUNS runs alternating"
+echo "   persona: persona_send_campaign, then claim (rendered at claim) + ack of chunks"
+echo "   naive:   INSERT ... SELECT of rendered rows, then SKIP LOCKED claim + ack of the queue table"
+p_send="" p_drain="" p_total="" n_send="" n_drain="" n_total=""
+for ((r = 1; r <= RUNS; r++)); do
+	if ((r % 2)); then order="persona naive"; else order="naive persona"; fi
+	for side in $order; do
+		psql_q -c "CHECKPOINT"
+		if [[ $side == persona ]]; then
+			read -r ps pd <<<"$(persona_run "$r")"
+		else
+			read -r ns nd <<<"$(naive_run "$r")"
+		fi
+	done
+	printf '  run %d: persona send %6.2f s + drain %6.2f s = %6.2f s (%s msg/s drain) | naive insert %6.2f s + drain %6.2f s = %6.2f s (%s msg/s drain)\n' \
+		"$r" "$ps" "$pd" "$(calc "$ps + $pd")" "$(fmt_int "$(calc "$PROFILES / $pd")")" \
+		"$ns" "$nd" "$(calc "$ns + $nd")" "$(fmt_int "$(calc "$PROFILES / $nd")")"
+	p_send+=" $ps" p_drain+=" $pd" p_total+=" $(calc "$ps + $pd")"
+	n_send+=" $ns" n_drain+=" $nd" n_total+=" $(calc "$ns + $nd")"
+done
+P_SEND=$(median <<<"$p_send") P_DRAIN=$(median <<<"$p_drain") P_TOTAL=$(median <<<"$p_total")
+N_SEND=$(median <<<"$n_send") N_DRAIN=$(median <<<"$n_drain") N_TOTAL=$(median <<<"$n_total")
+
+echo
+echo "== Summary (medians of $RUNS runs; $(fmt_int "$PROFILES") recipients)"
+printf '  %-34s %10s %10s %8s\n' "phase" "persona" "naive" "ratio"
+printf '  %-34s %9.2fs %9.2fs %7.2fx\n' "send / INSERT ... SELECT" "$P_SEND" "$N_SEND" "$(calc "$N_SEND / $P_SEND")"
+printf '  %-34s %9.2fs %9.2fs %7.2fx\n' "drain ($WORKERS workers)" "$P_DRAIN" "$N_DRAIN" "$(calc "$N_DRAIN / $P_DRAIN")"
+printf '  %-34s %9.2fs %9.2fs %7.2fx\n' "first send to last ack" "$P_TOTAL" "$N_TOTAL" "$(calc "$N_TOTAL / $P_TOTAL")"
+printf '  %-34s %10s %10s\n' "messages/s, end to end" "$(fmt_int "$(calc "$PROFILES / $P_TOTAL")")" \
+	"$(fmt_int "$(calc "$PROFILES / $N_TOTAL")")"
+printf '  %-34s %10s kB at %s, %s kB at %s (private %s kB, %s kB)\n' "sending backend peak RSS" \
+	"$(fmt_int "$hwm_small")" "$(fmt_int "$SMALL")" "$(fmt_int "$hwm_big")" "$(fmt_int "$PROFILES")" \
+	"$(fmt_int "$anon_small")" "$(fmt_int "$anon_big")"
