@@ -127,6 +127,12 @@ SELECT persona_train_model('m_lapsing', 'm_buy', '30 days', '{m_views, days_sinc
 SELECT persona_create_segment('m_lapsing_high', 'm_lapsing > 0.5');
 SELECT reads, clock FROM persona.segments WHERE name = 'm_lapsing_high';
 
+-- Retraining a model that segments read re-evaluates them for every
+-- profile, which must see every committed change: READ COMMITTED only.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT persona_train_model('m_lapsing', 'm_buy', '30 days', '{m_views_7d}');
+ROLLBACK;
+
 -- Retraining replaces the weights in place: same column, segments on it
 -- re-read with the new features and re-evaluated.
 SELECT persona_train_model('m_lapsing', 'm_buy', '30 days', '{m_views_7d}') IS NOT NULL AS retrained;

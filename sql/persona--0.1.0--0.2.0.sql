@@ -2859,6 +2859,15 @@ BEGIN
         RAISE EXCEPTION 'model name "%" collides with a trait', v_name USING ERRCODE = '42710',
             HINT = 'A model is a column of persona.traits beside the traits: choose another name.';
     END IF;
+    -- Segments on the model are evaluated again at the end, which must see
+    -- every profile committed before the lock, as persona_create_segment's
+    -- evaluation: a transaction-wide snapshot would not.
+    IF current_setting('transaction_isolation') <> 'read committed'
+       AND EXISTS (SELECT FROM persona.segments AS s WHERE v_name = ANY (s.reads)) THEN
+        RAISE EXCEPTION 'retraining a model that segments read must run at READ COMMITTED'
+            USING ERRCODE = '25000',
+                  DETAIL = format('The transaction runs at %s.', current_setting('transaction_isolation'));
+    END IF;
     v_f := persona.model_features($4);
     -- An event type that was never tracked is a typo more often than not.
     IF NOT EXISTS (SELECT FROM persona.events AS e WHERE e.event_type = v_target) THEN

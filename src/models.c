@@ -147,7 +147,7 @@ typedef struct ModelSpec
 
 typedef struct ModelRowState
 {
-	const ModelSpec *spec;		/* the final function has no fn_extra of its own */
+	const ModelSpec *spec;		/* for the final function */
 	ProfileTraits *traits;		/* created at the first matching event */
 	int64		events;			/* up to the cutoff */
 	TimestampTz first_seen;
@@ -910,8 +910,10 @@ PersonaModelReads(List **reads, bool *clock)
 
 		CHECK_FOR_INTERRUPTS();
 		foreach(lc, *reads)
+		{
 			if (strcmp((char *) lfirst(lc), name) == 0)
 				break;
+		}
 		if (lc == NULL)
 			continue;
 		deconstruct_array(DatumGetArrayTypeP(heap_getattr(tup, reads_att, RelationGetDescr(rel), &isnull)),
@@ -935,8 +937,10 @@ PersonaModelReads(List **reads, bool *clock)
 			bool		have = false;
 
 			foreach(lc, *reads)
+			{
 				if (strcmp((char *) lfirst(lc), (char *) lfirst(m)) == 0)
 					have = true;
+			}
 			if (!have)
 				*reads = lappend(*reads, lfirst(m));
 		}

@@ -96,7 +96,7 @@ SELECT 'u' || s.u,
   FROM (SELECT n, (n * 7919) % :profiles + 1 AS u,
                ((((n * 7919) % :profiles + 1) * 2654435761) % 1000) / 1000.0 AS a,
                random() AS r
-          FROM generate_series(1, :events) AS n) AS s;
+          FROM generate_series(1::bigint, :events) AS n) AS s;
 VACUUM (FREEZE, ANALYZE) persona.events, persona.profiles, persona.identities;
 SQL
 expect "profiles" "SELECT count(*) FROM persona.profiles" "$PROFILES"
@@ -207,7 +207,7 @@ CREATE TABLE models_src AS
 SELECT 'user-' || ((n * 7919) % :users + 1) AS user_id, 'purchase' AS event_type,
        jsonb_build_object('sku', 'sku-' || n % 5000, 'price', (n % 997) + 0.99) AS properties,
        now() - (:events - n) * interval '2 seconds' AS occurred_at
-  FROM generate_series(1, :events) AS n;
+  FROM generate_series(1::bigint, :events) AS n;
 CREATE TABLE plain (LIKE persona.events INCLUDING DEFAULTS INCLUDING INDEXES);
 VACUUM (FREEZE, ANALYZE) models_src;
 SQL
