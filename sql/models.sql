@@ -143,6 +143,10 @@ SELECT count(*) AS members,
   FROM persona.segment_members WHERE segment = 'm_lapsing_high';
 SELECT count(*) AS columns FROM pg_attribute WHERE attrelid = 'persona.traits'::regclass AND attnum > 0;
 
+-- The weights are constants of persona.traits too: not changed by hand.
+UPDATE persona.models SET params = params;
+DELETE FROM persona.models;
+
 -- What reads a model or what a model reads cannot be dropped under it.
 SELECT persona_drop_trait('m_views');
 SELECT persona_drop_model('m_buyer');

@@ -468,6 +468,8 @@ Loss(const ModelData *d, const double *beta)
 	{
 		double		m;
 
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
 		if (d->held[i])
 			continue;
 		m = Margin(beta, &d->x[i * d->k], d->k);
@@ -620,6 +622,8 @@ Evaluate(const ModelData *d, const double *beta, int64 *nheld, double *auc, bool
 	{
 		double		m;
 
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
 		if (!d->held[i])
 			continue;
 		m = Margin(beta, &d->x[i * d->k], d->k);
@@ -639,6 +643,8 @@ Evaluate(const ModelData *d, const double *beta, int64 *nheld, double *auc, bool
 	{
 		int64		j = i;
 		double		rank;
+
+		CHECK_FOR_INTERRUPTS();
 
 		while (j < n && s[j].score == s[i].score)
 			j++;
@@ -696,6 +702,8 @@ persona_model_fit(PG_FUNCTION_ARGS)
 
 	for (int64 i = 0; i < d.n; i++)
 	{
+		if ((i & 0xFFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
 		npos += d.y[i];
 		if (!d.held[i])
 		{
@@ -737,6 +745,8 @@ persona_model_fit(PG_FUNCTION_ARGS)
 		{
 			double		x = d.x[i * k + f];
 
+			if ((i & 0xFFFF) == 0)
+				CHECK_FOR_INTERRUPTS();
 			if (d.held[i] || isnan(x))
 				continue;
 			m++;
@@ -755,6 +765,8 @@ persona_model_fit(PG_FUNCTION_ARGS)
 		{
 			double	   *x = &d.x[i * k + f];
 
+			if ((i & 0xFFFF) == 0)
+				CHECK_FOR_INTERRUPTS();
 			*x = isnan(*x) ? 0 : (*x - mean[f]) / sd[f];
 		}
 	}

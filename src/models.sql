@@ -30,6 +30,12 @@ COMMENT ON COLUMN persona.models.metrics IS 'what persona_train_model returned: 
 SELECT pg_catalog.pg_extension_config_dump('persona.models', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.model_id_seq', '');
 
+-- A model's weights are also constants of persona.traits: a change by hand
+-- would leave the two apart (src/catalog.sql).
+CREATE TRIGGER models_guard
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.models
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+
 CREATE FUNCTION persona.model_score(computed_state bytea, event_count bigint, first_seen timestamptz,
                                     last_seen timestamptz, feature_ids int[], params float8[])
     RETURNS float8
@@ -346,6 +352,7 @@ CREATE FUNCTION @extschema@.persona_drop_model(name text) RETURNS void
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE
