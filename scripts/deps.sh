@@ -11,6 +11,7 @@ PACKAGES=(
 	postgresql-15-pgtap                    # pgTAP
 	libtap-parser-sourcehandler-pgtap-perl # pg_prove
 	python3-psycopg                        # examples/worker.py and its test
+	python3-sklearn                        # test/bench/models.sh: the AUC beside scikit-learn's
 	pg-bsd-indent                          # make indent / indent-check (CI checks the format)
 	make
 	gcc

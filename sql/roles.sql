@@ -21,6 +21,7 @@ CREATE ROLE persona_reader NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO persona_reader;
 GRANT SELECT ON ALL TABLES IN SCHEMA persona TO persona_reader;
 GRANT EXECUTE ON FUNCTION persona_profile(text), persona_in_segment(text, text),
+                          persona_predict(text, text),
                           persona_experiment_report(text, text, timestamptz),
                           persona_experiment_daily(text, text, timestamptz),
                           persona.experiment_bucket(text, text) TO persona_reader;
@@ -48,7 +49,9 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_drop_experiment(text),
                           persona_send_campaign(text, text, text, text, int),
                           persona_cancel_campaign(text),
-                          persona_campaign_report(text) TO persona_admin;
+                          persona_campaign_report(text),
+                          persona_train_model(text, text, interval, text[]),
+                          persona_drop_model(text) TO persona_admin;
 
 CREATE ROLE persona_nobody NOLOGIN;
 
@@ -117,6 +120,21 @@ RESET ROLE;
 SET ROLE persona_admin;
 SELECT persona_end_experiment('role_exp');
 SELECT persona_drop_experiment('role_exp');
+RESET ROLE;
+
+-- Models: training and dropping are the admin's (reaching the check of the
+-- target event shows the call ran); the reader predicts.
+SET ROLE persona_reader;
+SELECT persona_train_model('role_model', 'role_never', '30 days');
+SELECT persona_drop_model('role_model');
+SELECT persona_predict('role_model', 'u-role');
+RESET ROLE;
+SET ROLE persona_decider;
+SELECT persona_predict('role_model', 'u-role');
+RESET ROLE;
+SET ROLE persona_admin;
+SELECT persona_train_model('role_model', 'role_never', '30 days');
+SELECT persona_drop_model('role_model');
 RESET ROLE;
 
 -- A role with no grant can do nothing at all.

@@ -120,10 +120,24 @@ REVOKE ALL ON FUNCTION persona.experiment_people(text, text, timestamptz, timest
 REVOKE ALL ON FUNCTION persona.report_experiment(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_conversion_event(text) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION persona.check_column_name(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_train_model(text, text, interval, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_predict(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_drop_model(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.model_scores(bytea, bigint, timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.model_row_add(internal, int[], text, timestamptz, timestamptz, text, bigint, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.model_row_final(internal) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.model_row(int[], text, timestamptz, timestamptz, text, bigint, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.model_fit(int[], text, timestamptz, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.model_features(text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.refresh_model_segments(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.models_restored() FROM PUBLIC;
+
 -- Not revoked: persona.trait_bigint, trait_numeric and trait_text. Whoever
 -- may SELECT persona.traits runs them as themselves; they decode bytes
 -- (checking every one) and write nothing, and without USAGE on schema
--- persona nobody can name them.
+-- persona nobody can name them. The same holds for persona.model_score (a
+-- model's column of persona.traits) and persona.model_held_out (a hash).
 
 -- ---------------------------------------------------------------------
 -- No trigger of anyone else's on persona's relations

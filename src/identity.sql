@@ -394,7 +394,9 @@ CREATE FUNCTION @extschema@.persona_profile(user_id text)
                                                WHERE a.profile_id = p.profile_id
                                                  AND a.kind = 'anonymous'), '[]'::jsonb),
                    'traits',        p.traits,
-                   'computed',      persona.traits_json(p.computed_state),
+                   'computed',      persona.traits_json(p.computed_state)
+                                    || persona.model_scores(p.computed_state, p.event_count,
+                                                            p.first_seen, p.last_seen),
                    'segments',      coalesce((SELECT jsonb_agg(m.segment ORDER BY m.segment)
                                                 FROM persona.segment_members AS m
                                                WHERE m.profile_id = p.profile_id), '[]'::jsonb),

@@ -73,6 +73,7 @@
 #include "utils/ruleutils.h"
 #include "utils/syscache.h"
 
+#include "models.h"
 #include "persona.h"
 
 #define PREDICATE_PREFIX "SELECT "
@@ -513,6 +514,8 @@ PersonaCompilePredicate(const char *predicate, Oid relid, List **reads, bool *cl
 	deparsed = deparse_expression(expr, deparse_context_for("s", relid), true, false);
 	relation_close(rel, AccessShareLock);
 	PersonaUnpinSearchPath(pinned);
+	/* A model's column reads its features (models.c). */
+	PersonaModelReads(reads, clock);
 	return deparsed;
 }
 

@@ -1289,8 +1289,8 @@ persona_state_put(PG_FUNCTION_ARGS)
  * a segment evaluation reads several traits of one profile in a row: they
  * share one parse.  Keyed by the bytes themselves, never by a pointer.
  */
-static ProfileTraits *
-ParsedStates(bytea *blob)
+ProfileTraits *
+PersonaParsedStates(bytea *blob)
 {
 	static MemoryContext cxt = NULL;
 	static char *bytes = NULL;
@@ -1326,7 +1326,7 @@ StateValue(FunctionCallInfo fcinfo, int kinds, bool *isnull)
 	*isnull = true;
 	if (!PG_ARGISNULL(0))
 	{
-		pt = ParsedStates(PG_GETARG_BYTEA_PP(0));
+		pt = PersonaParsedStates(PG_GETARG_BYTEA_PP(0));
 		s = PersonaProfileTraitsFind(pt, trait_id);
 		if (s != NULL)
 		{

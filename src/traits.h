@@ -121,6 +121,7 @@ extern Datum PersonaTraitValue(const TraitState *state, TimestampTz now, bool *i
 
 extern ProfileTraits *PersonaProfileTraitsCreate(void);
 extern ProfileTraits *PersonaProfileTraitsParse(bytea *blob);
+extern ProfileTraits *PersonaParsedStates(bytea *blob);
 extern TraitState *PersonaProfileTraitsFind(ProfileTraits *pt, int32 trait_id);
 extern TraitState *PersonaProfileTraitsGet(ProfileTraits *pt, const TraitDef *def);
 extern void PersonaProfileTraitsCombine(ProfileTraits *into, const ProfileTraits *from);

@@ -187,6 +187,12 @@ BEGIN
                  ELSE 'trait_numeric' END,
             r.trait_id, r.name);
     END LOOP;
+    -- A model's probability, computed from the same states (src/models.c);
+    -- its weights are constants of the view, which a retraining rebuilds.
+    FOR r IN SELECT m.name, m.feature_ids, m.params FROM persona.models AS m ORDER BY m.model_id LOOP
+        v_cols := v_cols || format(E',\n           persona.model_score(p.computed_state, p.event_count, p.first_seen, p.last_seen, %L::integer[], %L::double precision[]) AS %I',
+            r.feature_ids, r.params, r.name);
+    END LOOP;
 
     ALTER EXTENSION persona DROP VIEW persona.traits;
     ALTER EXTENSION persona DROP VIEW persona.trigger_source;
@@ -258,6 +264,32 @@ CREATE TRIGGER trait_defs_restored
     REFERENCING NEW TABLE AS new_defs
     FOR EACH STATEMENT EXECUTE FUNCTION persona.trait_defs_restored();
 
+-- The name of a column of persona.traits (a trait or a model): checked the
+-- same way for both.
+CREATE FUNCTION persona.check_column_name(name text, what text) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF name !~ '^[a-z_][a-z0-9_]*$' OR octet_length(name) > 63 THEN
+        RAISE EXCEPTION 'invalid % name "%"', what, name USING ERRCODE = '42602',
+            DETAIL = format('A %s name becomes a column of persona.traits.', what),
+            HINT = 'Use at most 63 lower-case letters, digits and underscores, not starting with a digit.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_attribute AS a
+                WHERE a.attrelid = 'persona.profiles'::regclass AND a.attnum > 0
+                  AND NOT a.attisdropped AND a.attname = name) THEN
+        RAISE EXCEPTION '% name "%" collides with a column of persona.profiles', what, name
+            USING ERRCODE = '42701', HINT = 'Choose another name.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION persona.check_column_name(text, text) IS
+    'rejects a NULL (22004), malformed (42602) or profile-column (42701) name of a trait or model';
+
 CREATE FUNCTION @extschema@.persona_define_trait(
         name        text,
         aggregate   text,
@@ -279,20 +311,7 @@ DECLARE
     v_window interval := $5;
     v_id     int;
 BEGIN
-    IF v_name IS NULL THEN
-        RAISE EXCEPTION 'name must not be null' USING ERRCODE = '22004';
-    END IF;
-    IF v_name !~ '^[a-z_][a-z0-9_]*$' OR octet_length(v_name) > 63 THEN
-        RAISE EXCEPTION 'invalid trait name "%"', v_name USING ERRCODE = '42602',
-            DETAIL = 'A trait name becomes a column of persona.traits.',
-            HINT = 'Use at most 63 lower-case letters, digits and underscores, not starting with a digit.';
-    END IF;
-    IF EXISTS (SELECT FROM pg_attribute AS a
-                WHERE a.attrelid = 'persona.profiles'::regclass AND a.attnum > 0
-                  AND NOT a.attisdropped AND a.attname = v_name) THEN
-        RAISE EXCEPTION 'trait name "%" collides with a column of persona.profiles', v_name
-            USING ERRCODE = '42701', HINT = 'Choose another name.';
-    END IF;
+    PERFORM persona.check_column_name(v_name, 'trait');
     IF v_agg IS NULL THEN
         RAISE EXCEPTION 'aggregate must not be null' USING ERRCODE = '22004';
     END IF;
@@ -333,6 +352,11 @@ BEGIN
     LOCK TABLE persona.trait_defs IN EXCLUSIVE MODE;
     IF EXISTS (SELECT FROM persona.trait_defs AS d WHERE d.name = v_name) THEN
         RAISE EXCEPTION 'trait "%" already exists', v_name USING ERRCODE = '42710';
+    END IF;
+    -- persona_train_model takes the same lock before it checks trait names.
+    IF EXISTS (SELECT FROM persona.models AS m WHERE m.name = v_name) THEN
+        RAISE EXCEPTION 'trait name "%" collides with a model', v_name
+            USING ERRCODE = '42710', HINT = 'A model is a column of persona.traits beside the traits: choose another name.';
     END IF;
     INSERT INTO persona.trait_defs (name, aggregate, event_type, property, time_window)
     VALUES (v_name, v_agg, v_type, v_prop, v_window)
@@ -380,6 +404,13 @@ BEGIN
     END IF;
     PERFORM persona.check_traits_view_free();
     LOCK TABLE persona.trait_defs IN EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM persona.models AS m WHERE v_name = ANY (m.features)) THEN
+        RAISE EXCEPTION 'cannot drop trait "%" because models read it', v_name
+            USING ERRCODE = '2BP01',
+                  DETAIL = (SELECT format('Models reading it: %s.', string_agg(quote_literal(m.name), ', ' ORDER BY m.name))
+                              FROM persona.models AS m WHERE v_name = ANY (m.features)),
+                  HINT = 'Drop those models, or train them again without it, first.';
+    END IF;
     IF EXISTS (SELECT FROM persona.segments AS s WHERE v_name = ANY (s.reads)) THEN
         RAISE EXCEPTION 'cannot drop trait "%" because segments read it', v_name
             USING ERRCODE = '2BP01',

@@ -9,8 +9,9 @@
 #
 # 1. A source database: CREATE EXTENSION persona, then the data of the
 #    upgrade test (test/upgrade/load.sql: every path in, merges, traits,
-#    segments, actions, decisions, feedback, forget), and linked content
-#    (test/dump/content.sql: a table linked, a message that renders it).
+#    segments, actions, decisions, feedback, forget), linked content
+#    (test/dump/content.sql: a table linked, a message that renders it),
+#    and a model with a segment on its score.
 # 2. pg_dump -Fp and -Fc; each restored into a new, empty database, by psql
 #    -f and by pg_restore -d. Then, for each copy:
 #    - the restore printed no error;
@@ -117,6 +118,17 @@ fi
 if ! run_sql "$SOURCE" -f "$HERE/content.sql" >"$WORK/content.log" 2>&1; then
 	not_ok "loading test/dump/content.sql failed:"
 	sed 's/^/    /' "$WORK/content.log"
+	finish
+fi
+# A model and a segment on its score: the model's column of persona.traits
+# comes back with the restore (persona.models_restored), and the segment
+# reads it. The cutoff falls inside load.sql's events (June 2025).
+if ! run_sql "$SOURCE" \
+	-c "SELECT persona_train_model('u_buyer', 'purchase', now() - timestamptz '2025-06-03 12:00+00',
+	                               ARRAY['u_orders', 'u_skus', 'event_count'])" \
+	-c "SELECT persona_create_segment('u_likely_buyers', 'u_buyer > 0.2')" >>"$WORK/load.log" 2>&1; then
+	not_ok "training a model on test/upgrade/load.sql's events failed:"
+	sed 's/^/    /' "$WORK/load.log"
 	finish
 fi
 snapshot "$SOURCE" source

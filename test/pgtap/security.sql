@@ -216,7 +216,9 @@ SELECT set_eq(
              ('persona_set_consent(text,text,boolean)'),
              ('persona.next_event_id()'), ('persona.event_folded(bigint)'),
              ('persona.trait_bigint(bytea,integer)'), ('persona.trait_numeric(bytea,integer)'),
-             ('persona.trait_text(bytea,integer)')$$,
+             ('persona.trait_text(bytea,integer)'),
+             ('persona.model_score(bytea,bigint,timestamp with time zone,timestamp with time zone,integer[],double precision[])'),
+             ('persona.model_held_out(bigint)')$$,
     'the ingest role can execute the write API and the public helpers only');
 SELECT set_eq(
     $$SELECT p.oid::regprocedure::text
@@ -226,7 +228,9 @@ SELECT set_eq(
        WHERE has_function_privilege('sec_nobody', p.oid, 'EXECUTE')$$,
     $$VALUES ('persona.next_event_id()'), ('persona.event_folded(bigint)'),
              ('persona.trait_bigint(bytea,integer)'), ('persona.trait_numeric(bytea,integer)'),
-             ('persona.trait_text(bytea,integer)')$$,
+             ('persona.trait_text(bytea,integer)'),
+             ('persona.model_score(bytea,bigint,timestamp with time zone,timestamp with time zone,integer[],double precision[])'),
+             ('persona.model_held_out(bigint)')$$,
     'a role with no grant can execute only the helpers PUBLIC needs, which read no profile');
 SET ROLE sec_ingest;
 SELECT throws_ok($$SELECT * FROM persona_decide('sec-u1')$$, '42501', NULL,

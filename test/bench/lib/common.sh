@@ -29,3 +29,15 @@ expect() { # what sql expected
 	got=$(val "$2")
 	[[ $got == "$3" ]] || { echo "bench: $1: got $got, expected $3" >&2; exit 1; }
 }
+
+# Runs one statement in a fresh session; prints its duration in ms.
+timed() {
+	local out ms
+	out=$(psql_q -c '\timing on' -c "$1")
+	ms=$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out" | tail -n 1)
+	[[ -n $ms ]] || { printf 'bench: no timing from psql:\n%s\n' "$out" >&2; exit 1; }
+	echo "$ms"
+}
+
+# Whether a ratio meets its target: met RATIO TARGET min|max -> yes / NO.
+met() { awk -v r="$1" -v t="$2" -v d="$3" 'BEGIN { print ((d == "min" ? r >= t : r <= t) ? "yes" : "NO") }'; }
