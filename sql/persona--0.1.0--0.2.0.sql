@@ -1305,6 +1305,7 @@ DECLARE
     v_due     timestamptz := coalesce($4, clock_timestamp());
     a         persona.actions;
     v_consent jsonb;
+    v_channel text;
     v_reason  text;
     v_id      bigint;
     r         record;
@@ -1331,7 +1332,10 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'profile % does not exist', v_pid USING ERRCODE = '42704';
     END IF;
-    IF NOT persona.consented(v_consent, a.channel) THEN
+    -- The channel "best": the person's best consented channel, now
+    -- (src/sendtime.c); NULL when none is consented.
+    v_channel := CASE WHEN a.channel = 'best' THEN persona.best_channel_of(v_pid) ELSE a.channel END;
+    IF v_channel IS NULL OR NOT persona.consented(v_consent, v_channel) THEN
         v_reason := 'consent';
     ELSIF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
         SELECT * INTO r
@@ -1353,9 +1357,9 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at, event)
-    VALUES (v_pid, a.channel, a.name, v_source, v_due, a.action_id, v_due, $5)
+    VALUES (v_pid, v_channel, a.name, v_source, v_due, a.action_id, v_due, $5)
     RETURNING message_id INTO v_id;
-    PERFORM pg_notify('persona_outbox', a.channel);
+    PERFORM pg_notify('persona_outbox', v_channel);
     RETURN v_id;
 END
 $$;
@@ -2590,3 +2594,70 @@ CREATE FUNCTION persona.evaluate_segment(segment text, profile_ids bigint[]) RET
 COMMENT ON FUNCTION persona.evaluate_segment(text, bigint[]) IS
     'evaluates one segment for these profiles, each alone when the predicate fails on one (not a member, counted); returns entries plus exits';
 REVOKE ALL ON FUNCTION persona.evaluate_segment(text, bigint[]) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------
+-- Best send time and best channel (issue 16): persona_best_send_time,
+-- persona_best_channel and their internal entries by profile id
+-- (src/sendtime.sql, src/sendtime.c); the channel "best" of an action is
+-- resolved per person in persona.enqueue_message (edited in place above).
+-- ---------------------------------------------------------------------
+
+
+-- The internal entries, by profile id, for campaigns and the outbox: a NULL
+-- or unknown profile gets the population's answer.
+CREATE FUNCTION persona.best_send_at(profile_id bigint, after timestamptz, channel text DEFAULT NULL)
+    RETURNS timestamptz
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_best_send_at';
+COMMENT ON FUNCTION persona.best_send_at(bigint, timestamptz, text) IS
+    'the first moment at or after "after" in the local hour of the week in which the profile engages most (the population''s below 5 engagements in 180 days)';
+
+CREATE FUNCTION persona.best_channel_of(profile_id bigint, channels text[] DEFAULT NULL)
+    RETURNS text
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_best_channel_of';
+COMMENT ON FUNCTION persona.best_channel_of(bigint, text[]) IS
+    'the consented channel (of channels, default the actions'' channels) with the best engagement rate for the profile, shrunk toward the population''s; NULL when none is consented';
+
+CREATE FUNCTION persona.refresh_engagement() RETURNS jsonb
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'persona_refresh_engagement';
+COMMENT ON FUNCTION persona.refresh_engagement() IS
+    'recomputes this session''s population figures (best hour, channel rates) from a sample of profiles now, and returns them';
+
+-- The API.
+CREATE FUNCTION @extschema@.persona_best_send_time(user_id text, after timestamptz DEFAULT now(),
+                                                  channel text DEFAULT NULL)
+    RETURNS timestamptz
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF $2 IS NULL THEN
+        RAISE EXCEPTION 'after must not be null' USING ERRCODE = '22004';
+    END IF;
+    RETURN persona.best_send_at(persona.resolve(persona.check_id($1, 'user_id')), $2, $3);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_best_send_time(text, timestamptz, text) IS
+    'the next moment at or after "after" in the person''s most engaged local hour of the week; an unknown id gets the population''s';
+
+CREATE FUNCTION @extschema@.persona_best_channel(user_id text, channels text[] DEFAULT NULL)
+    RETURNS text
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    RETURN persona.best_channel_of(persona.resolve(persona.check_id($1, 'user_id')), $2);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_best_channel(text, text[]) IS
+    'the consented channel with the best engagement rate for the person (a prior toward the population''s rates); NULL when none is consented';
+
+REVOKE ALL ON FUNCTION @extschema@.persona_best_send_time(text, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_best_channel(text, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.best_send_at(bigint, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.best_channel_of(bigint, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.refresh_engagement() FROM PUBLIC;

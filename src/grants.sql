@@ -91,6 +91,12 @@ REVOKE ALL ON FUNCTION @extschema@.persona_drop_trigger(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.count_trigger_error(int, text) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION @extschema@.persona_best_send_time(text, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_best_channel(text, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.best_send_at(bigint, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.best_channel_of(bigint, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.refresh_engagement() FROM PUBLIC;
+
 REVOKE ALL ON FUNCTION @extschema@.persona_create_experiment(text, float8, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_end_experiment(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_drop_experiment(text) FROM PUBLIC;
