@@ -59,7 +59,7 @@
 #define SENDTIME_PRIOR			1.0 /* population pseudo-engagements */
 #define SENDTIME_CHANNEL_WEIGHT 3.0 /* a click on the asked channel */
 #define SENDTIME_CHANNEL_PRIOR	5.0 /* population pseudo-messages */
-#define SENDTIME_POOLED_PRIOR	20.0	/* overall rate's weight in a channel's */
+#define SENDTIME_POOLED_PRIOR	20.0	/* weight of the overall rate */
 #define SENDTIME_SAMPLE			2000	/* profiles sampled for the population */
 #define SENDTIME_POPULATION_TTL (10 * 60 * USECS_PER_SEC)
 #define SENDTIME_DEFAULT_HOUR	18	/* local hour with no data at all */
