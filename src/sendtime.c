@@ -335,7 +335,7 @@ ComputePopulation(void)
 	pct = Float8GetDatum(rows <= SENDTIME_SAMPLE ? 100.0 : Max(100.0 * SENDTIME_SAMPLE / rows, 0.0001));
 	if (SPI_execute_plan(PersonaKeptPlan(&sample_plan,
 										 "SELECT p.profile_id, p.traits OPERATOR(pg_catalog.->>) 'timezone' "
-										 "FROM persona.profiles AS p TABLESAMPLE SYSTEM ($1) REPEATABLE (16) "
+										 "FROM persona.profiles AS p TABLESAMPLE pg_catalog.system ($1) REPEATABLE (16) "
 										 "LIMIT " CppAsString2(SENDTIME_SAMPLE),
 										 1, &type, 0),
 						 &pct, NULL, true, 0) != SPI_OK_SELECT)
