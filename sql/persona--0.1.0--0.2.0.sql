@@ -2604,13 +2604,15 @@ REVOKE ALL ON FUNCTION persona.evaluate_segment(text, bigint[]) FROM PUBLIC;
 
 
 -- The internal entries, by profile id, for campaigns and the outbox: a NULL
--- or unknown profile gets the population's answer.
-CREATE FUNCTION persona.best_send_at(profile_id bigint, after timestamptz, channel text DEFAULT NULL)
+-- or unknown profile gets the population's answer. within: only hours
+-- starting before after + within count (a campaign's '24 hours').
+CREATE FUNCTION persona.best_send_at(profile_id bigint, after timestamptz, channel text DEFAULT NULL,
+                                     within interval DEFAULT NULL)
     RETURNS timestamptz
     LANGUAGE C VOLATILE PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'persona_best_send_at';
-COMMENT ON FUNCTION persona.best_send_at(bigint, timestamptz, text) IS
-    'the first moment at or after "after" in the local hour of the week in which the profile engages most (the population''s below 5 engagements in 180 days)';
+COMMENT ON FUNCTION persona.best_send_at(bigint, timestamptz, text, interval) IS
+    'the first moment at or after "after" in the local hour of the week (of those starting within "within", default a week) in which the profile engages most (the population''s below 5 engagements in 180 days)';
 
 CREATE FUNCTION persona.best_channel_of(profile_id bigint, channels text[] DEFAULT NULL)
     RETURNS text
@@ -2658,6 +2660,6 @@ COMMENT ON FUNCTION @extschema@.persona_best_channel(text, text[]) IS
 
 REVOKE ALL ON FUNCTION @extschema@.persona_best_send_time(text, timestamptz, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_best_channel(text, text[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.best_send_at(bigint, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.best_send_at(bigint, timestamptz, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.best_channel_of(bigint, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.refresh_engagement() FROM PUBLIC;

@@ -83,6 +83,20 @@ SELECT pg_temp.how(persona_best_send_time('st-clicker', pg_temp.week())) AS all_
        pg_temp.how(persona_best_send_time('st-clicker', pg_temp.week(), 'email')) AS email_clicks_weigh_more,
        pg_temp.how(persona_best_send_time('st-clicker', pg_temp.week(), 'push')) AS push;
 
+-- Within a horizon (a campaign's '24 hours'): the best hour among those
+-- starting before after + within. From Thursday 00:00, email's best hour
+-- (Saturday 11h) is too far: Thursday 15h; within 30 minutes: "after".
+SELECT persona.best_send_at(persona.resolve('st-clicker'), pg_temp.week() + interval '3 days', 'email', '24 hours')
+       - pg_temp.week() AS within_a_day,
+       persona.best_send_at(persona.resolve('st-clicker'), pg_temp.week() + interval '3 days', 'email')
+       - pg_temp.week() AS within_the_week,
+       persona.best_send_at(persona.resolve('st-clicker'), pg_temp.week() + interval '3 days 00:10', 'email', '30 minutes')
+       - pg_temp.week() AS within_half_an_hour,
+       persona.best_send_at(persona.resolve('st-clicker'), pg_temp.week() + interval '3 days', 'email', '1 year')
+       - pg_temp.week() AS within_a_year;
+SELECT persona.best_send_at(1, now(), NULL, '0 seconds');
+SELECT persona.best_send_at(1, now(), NULL, '-1 day');
+
 -- Below 5 engagements in 180 days, and for an unknown id (no profile is
 -- made), the population's best hour, in UTC for the unknown id.
 SELECT pg_temp.plant('st-few', 100, 4) AS planted;

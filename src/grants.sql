@@ -93,7 +93,7 @@ REVOKE ALL ON FUNCTION persona.count_trigger_error(int, text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION @extschema@.persona_best_send_time(text, timestamptz, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_best_channel(text, text[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.best_send_at(bigint, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.best_send_at(bigint, timestamptz, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.best_channel_of(bigint, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.refresh_engagement() FROM PUBLIC;
 

@@ -385,13 +385,14 @@ GetPopulation(void)
 }
 
 /*
- * The hour of the week to send in: the person's (counts, total) when total
- * reaches SENDTIME_MIN_MOMENTS, else the population's; among equal scores
- * the one that comes first after ``after``.
+ * The hour of the week to send in, among the ``hours`` hours from the one
+ * ``after`` is in: the person's (counts, total) when total reaches
+ * SENDTIME_MIN_MOMENTS, else the population's; among equal scores the one
+ * that comes first after ``after``.
  */
 static int
 BestHour(const double *counts, double total, const Population *pop,
-		 TimestampTz after, pg_tz *tz, bool *fallback)
+		 TimestampTz after, int hours, pg_tz *tz, bool *fallback)
 {
 	int			start = HourOfWeek(after, tz);
 	int			best = -1;
@@ -400,7 +401,7 @@ BestHour(const double *counts, double total, const Population *pop,
 	*fallback = total < SENDTIME_MIN_MOMENTS;
 	if (start < 0)
 		start = 0;
-	for (int k = 0; k < HOURS_PER_WEEK; k++)
+	for (int k = 0; k < hours; k++)
 	{
 		int			h = (start + k) % HOURS_PER_WEEK;
 		double		score;
@@ -423,10 +424,13 @@ BestHour(const double *counts, double total, const Population *pop,
 	return best;
 }
 
-/* The best send time of a profile (NULL: unknown, the population's). */
+/*
+ * The best send time of a profile (not known: the population's), within
+ * ``hours`` hours from the one ``after`` is in (1 to HOURS_PER_WEEK).
+ */
 TimestampTz
 PersonaBestSendAt(int64 profile_id, bool known, TimestampTz after, const char *channel,
-				  bool *fallback)
+				  int hours, bool *fallback)
 {
 	double		counts[HOURS_PER_WEEK] = {0};
 	double		total = 0;
@@ -441,7 +445,8 @@ PersonaBestSendAt(int64 profile_id, bool known, TimestampTz after, const char *c
 	}
 	else
 		tz = PersonZone(NULL);
-	return NextInHour(after, BestHour(counts, total, pop, after, tz, fallback), tz);
+	hours = Max(1, Min(hours, HOURS_PER_WEEK));
+	return NextInHour(after, BestHour(counts, total, pop, after, hours, tz, fallback), tz);
 }
 
 /* The population's rate of a channel, shrunk toward its overall rate. */
@@ -568,7 +573,7 @@ PersonaBestChannel(int64 profile_id, bool known, ArrayType *channels)
 	return best;
 }
 
-/* persona.best_send_at(profile_id, after, channel): the internal entry */
+/* persona.best_send_at(profile_id, after, channel, within): the internal entry */
 PG_FUNCTION_INFO_V1(persona_best_send_at);
 Datum
 persona_best_send_at(PG_FUNCTION_ARGS)
@@ -576,6 +581,7 @@ persona_best_send_at(PG_FUNCTION_ARGS)
 	char	   *channel = NULL;
 	TimestampTz result;
 	bool		fallback;
+	int			hours = HOURS_PER_WEEK;
 
 	if (PG_ARGISNULL(1))
 		PersonaNullError("after");
@@ -584,9 +590,23 @@ persona_best_send_at(PG_FUNCTION_ARGS)
 		channel = text_to_cstring(PG_GETARG_TEXT_PP(2));
 		PersonaCheckChannel(channel);
 	}
+	if (PG_NARGS() > 3 && !PG_ARGISNULL(3))
+	{
+		Interval   *within = PG_GETARG_INTERVAL_P(3);
+		double		usecs = within->time +
+		(double) within->day * USECS_PER_DAY +
+		(double) within->month * DAYS_PER_MONTH * USECS_PER_DAY;
+
+		if (usecs <= 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("within must be positive"),
+					 errhint("Use an interval such as '24 hours'.")));
+		hours = (int) Min(ceil(usecs / USECS_PER_HOUR), HOURS_PER_WEEK);
+	}
 	SPI_connect();
 	result = PersonaBestSendAt(PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0), !PG_ARGISNULL(0),
-							   PG_GETARG_TIMESTAMPTZ(1), channel, &fallback);
+							   PG_GETARG_TIMESTAMPTZ(1), channel, hours, &fallback);
 	SPI_finish();
 	PG_RETURN_TIMESTAMPTZ(result);
 }

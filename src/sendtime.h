@@ -16,7 +16,7 @@
 
 /* Both run within SPI (the caller connects). */
 extern TimestampTz PersonaBestSendAt(int64 profile_id, bool known, TimestampTz after,
-									 const char *channel, bool *fallback);
+									 const char *channel, int hours, bool *fallback);
 extern char *PersonaBestChannel(int64 profile_id, bool known, ArrayType *channels);
 
 #endif							/* PERSONA_SENDTIME_H */
