@@ -521,7 +521,10 @@ CandidateChannels(ArrayType *given, int *n)
 		elog(ERROR, "reading the channels of the actions failed");
 	names = palloc(sizeof(char *) * Max(SPI_processed, 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
 		names[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+	}
 	*n = (int) SPI_processed;
 	return names;
 }
