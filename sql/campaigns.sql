@@ -187,7 +187,6 @@ SELECT persona_send_campaign('k_bad', 'no_such_action', 'k_cohort');
 SELECT persona_send_campaign('k_bad', 'k_promo', 'no_such_segment');
 SELECT persona_send_campaign('k_bad', 'k_promo', 'k_cohort', send_at => 'tomorrow-ish');
 SELECT persona_send_campaign('k_bad', 'k_promo', 'k_cohort', send_at => '2001-01-01 00:00+00');
-SELECT persona_send_campaign('k_bad', 'k_promo', 'k_cohort', send_at => 'best_time');
 SELECT persona_send_campaign('k_bad', 'k_promo', 'k_cohort', rate_per_minute => 0);
 SELECT persona_send_campaign('k_bad', 'k_promo', 'k_cohort', rate_per_minute => -5);
 SELECT persona_send_campaign('', 'k_promo', 'k_cohort');
@@ -197,3 +196,30 @@ SELECT persona_cancel_campaign('no_such_campaign');
 SELECT persona_cancel_campaign(NULL);
 SELECT * FROM persona_campaign_report('no_such_campaign');
 SELECT count(*) AS bad_campaigns FROM persona.campaigns WHERE name = 'k_bad';
+
+-- send_at => 'best_time': each recipient is due at their own best time in
+-- the next 24 hours (persona.best_send_at), chunks cut per due time. Two
+-- people engaged every week at different hours, five hours and eleven
+-- hours from now.
+SELECT count(*) FILTER (WHERE persona_identify('kb-' || g, '{"cohort": "kb"}') > 0) AS identified
+  FROM generate_series(1, 2) AS g;
+SELECT count(*) FILTER (WHERE persona_track('kb-' || g, 'page_view', '{}',
+                                            date_trunc('hour', now() + g * interval '6 hours' - interval '1 hour')
+                                              - w * interval '7 days') > 0) AS planted
+  FROM generate_series(1, 2) AS g, generate_series(1, 6) AS w;
+SELECT persona_create_segment('k_kb', $$traits->>'cohort' = 'kb'$$);
+SELECT persona_send_campaign('k_best', 'k_bulk_push', 'k_kb', send_at => 'best_time');
+SELECT p.user_id,
+       k.due_at = persona.best_send_at(p.profile_id, c.due_at, c.channel, interval '24 hours') AS at_best_time,
+       k.due_at - date_trunc('hour', c.due_at) AS from_this_hour
+  FROM persona.campaigns AS c
+  JOIN persona.campaign_chunks AS k USING (campaign_id)
+  CROSS JOIN LATERAL unnest(k.profile_ids) AS r(profile_id)
+  JOIN persona.profiles AS p ON p.profile_id = r.profile_id
+ WHERE c.name = 'k_best'
+ ORDER BY 1;
+SELECT count(*) AS chunks FROM persona.campaign_chunks AS k JOIN persona.campaigns AS c USING (campaign_id)
+ WHERE c.name = 'k_best';
+-- Nobody is due yet.
+SELECT count(*) AS claimable_now FROM persona_claim('kbulk', 10);
+SELECT pg_temp.report('k_best');

@@ -1285,6 +1285,7 @@ DECLARE
     v_due     timestamptz := coalesce($4, clock_timestamp());
     a         persona.actions;
     v_consent jsonb;
+    v_channel text;
     v_reason  text;
     v_id      bigint;
     r         record;
@@ -1312,7 +1313,10 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'profile % does not exist', v_pid USING ERRCODE = '42704';
     END IF;
-    IF NOT persona.consented(v_consent, a.channel) THEN
+    -- The channel "best": the person's best consented channel, now
+    -- (src/sendtime.c); NULL when none is consented.
+    v_channel := CASE WHEN a.channel = 'best' THEN persona.best_channel_of(v_pid) ELSE a.channel END;
+    IF v_channel IS NULL OR NOT persona.consented(v_consent, v_channel) THEN
         v_reason := 'consent';
     ELSIF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
         SELECT * INTO r
@@ -1337,9 +1341,9 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at, event)
-    VALUES (v_pid, a.channel, a.name, v_source, v_due, a.action_id, v_due, $5)
+    VALUES (v_pid, v_channel, a.name, v_source, v_due, a.action_id, v_due, $5)
     RETURNING message_id INTO v_id;
-    PERFORM pg_notify('persona_outbox', a.channel);
+    PERFORM pg_notify('persona_outbox', v_channel);
     RETURN v_id;
 END
 $$;
@@ -2724,12 +2728,13 @@ SELECT pg_catalog.pg_extension_config_dump('persona.campaign_id_seq', '');
 
 -- Writes the recipient snapshot of a campaign: the members of the segment
 -- (every profile when NULL) as of the statement, in chunks. Returns how many.
-CREATE FUNCTION persona.campaign_snapshot(campaign_id int, segment text, channel text, due_at timestamptz)
+CREATE FUNCTION persona.campaign_snapshot(campaign_id int, segment text, channel text, due_at timestamptz,
+                                          best_time boolean DEFAULT false)
     RETURNS bigint
     LANGUAGE C VOLATILE
     AS 'MODULE_PATHNAME', 'persona_campaign_snapshot';
-COMMENT ON FUNCTION persona.campaign_snapshot(int, text, text, timestamptz) IS
-    'writes the chunks of a campaign from the segment''s members; returns the number of recipients';
+COMMENT ON FUNCTION persona.campaign_snapshot(int, text, text, timestamptz, boolean) IS
+    'writes the chunks of a campaign from the segment''s members, each due at due_at or (best_time) at its best time in the 24 hours after it; returns the number of recipients';
 
 -- Whether a profile was reached by a campaign: a recipient claimed or sent
 -- (a recipient with a row in persona.messages counts there).
@@ -2821,6 +2826,7 @@ DECLARE
     v_id    int;
     v_base  bigint;
     v_n     bigint;
+    v_best  boolean := false;
 BEGIN
     IF v_name IS NULL OR $2 IS NULL OR $4 IS NULL THEN
         RAISE EXCEPTION 'name, action and send_at must not be null' USING ERRCODE = '22004';
@@ -2836,9 +2842,9 @@ BEGIN
     IF lower(btrim($4)) = 'now' THEN
         v_due := clock_timestamp();
     ELSIF lower(btrim($4)) = 'best_time' THEN
-        RAISE EXCEPTION 'send_at => ''best_time'' is not supported yet' USING ERRCODE = '0A000',
-            DETAIL = 'It comes with best send time (persona_best_send_time).',
-            HINT = 'Use ''now'' or a timestamp.';
+        -- Each recipient at their own best time in [now, now + 24 hours).
+        v_due := clock_timestamp();
+        v_best := true;
     ELSE
         BEGIN
             v_due := $4::timestamptz;
@@ -2871,7 +2877,7 @@ BEGIN
                                    due_at, rate_per_minute)
     VALUES (v_name, a.action_id, a.name, a.channel, $3, 'campaign:' || v_name, v_base, v_due, v_rate)
     RETURNING campaign_id INTO v_id;
-    v_n := persona.campaign_snapshot(v_id, $3, a.channel, v_due);
+    v_n := persona.campaign_snapshot(v_id, $3, a.channel, v_due, v_best);
     UPDATE persona.campaigns AS c SET recipients = v_n WHERE c.campaign_id = v_id;
     IF v_n > 0 THEN
         PERFORM pg_notify('persona_outbox', a.channel);
@@ -2994,7 +3000,7 @@ COMMENT ON FUNCTION persona.recent_sends(bigint, interval, int[]) IS
 REVOKE ALL ON FUNCTION @extschema@.persona_send_campaign(text, text, text, text, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_cancel_campaign(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_campaign_report(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.campaign_snapshot(int, text, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.campaign_snapshot(int, text, text, timestamptz, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.campaign_reached(int, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.campaign_ack(bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.campaign_materialize(bigint, boolean) FROM PUBLIC;
@@ -3517,3 +3523,72 @@ REVOKE ALL ON FUNCTION persona.model_fit(int[], text, timestamptz, timestamptz) 
 REVOKE ALL ON FUNCTION persona.model_features(text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.refresh_model_segments(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.models_restored() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------
+-- Best send time and best channel (issue 16): persona_best_send_time,
+-- persona_best_channel and their internal entries by profile id
+-- (src/sendtime.sql, src/sendtime.c); the channel "best" of an action is
+-- resolved per person in persona.enqueue_message (edited in place above).
+-- ---------------------------------------------------------------------
+
+
+-- The internal entries, by profile id, for campaigns and the outbox: a NULL
+-- or unknown profile gets the population's answer. within: only hours
+-- starting before after + within count (a campaign's '24 hours').
+CREATE FUNCTION persona.best_send_at(profile_id bigint, after timestamptz, channel text DEFAULT NULL,
+                                     within interval DEFAULT NULL)
+    RETURNS timestamptz
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_best_send_at';
+COMMENT ON FUNCTION persona.best_send_at(bigint, timestamptz, text, interval) IS
+    'the first moment at or after "after" in the local hour of the week (of those starting within "within", default a week) in which the profile engages most (the population''s below 5 engagements in 180 days)';
+
+CREATE FUNCTION persona.best_channel_of(profile_id bigint, channels text[] DEFAULT NULL)
+    RETURNS text
+    LANGUAGE C VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'persona_best_channel_of';
+COMMENT ON FUNCTION persona.best_channel_of(bigint, text[]) IS
+    'the consented channel (of channels, default the actions'' channels) with the best engagement rate for the profile, shrunk toward the population''s; NULL when none is consented';
+
+CREATE FUNCTION persona.refresh_engagement() RETURNS jsonb
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'persona_refresh_engagement';
+COMMENT ON FUNCTION persona.refresh_engagement() IS
+    'recomputes this session''s population figures (best hour, channel rates) from a sample of profiles now, and returns them';
+
+-- The API.
+CREATE FUNCTION @extschema@.persona_best_send_time(user_id text, after timestamptz DEFAULT now(),
+                                                  channel text DEFAULT NULL)
+    RETURNS timestamptz
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF $2 IS NULL THEN
+        RAISE EXCEPTION 'after must not be null' USING ERRCODE = '22004';
+    END IF;
+    RETURN persona.best_send_at(persona.resolve(persona.check_id($1, 'user_id')), $2, $3);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_best_send_time(text, timestamptz, text) IS
+    'the next moment at or after "after" in the person''s most engaged local hour of the week; an unknown id gets the population''s';
+
+CREATE FUNCTION @extschema@.persona_best_channel(user_id text, channels text[] DEFAULT NULL)
+    RETURNS text
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    RETURN persona.best_channel_of(persona.resolve(persona.check_id($1, 'user_id')), $2);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.persona_best_channel(text, text[]) IS
+    'the consented channel with the best engagement rate for the person (a prior toward the population''s rates); NULL when none is consented';
+
+REVOKE ALL ON FUNCTION @extschema@.persona_best_send_time(text, timestamptz, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.persona_best_channel(text, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.best_send_at(bigint, timestamptz, text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.best_channel_of(bigint, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.refresh_engagement() FROM PUBLIC;

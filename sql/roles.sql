@@ -15,7 +15,9 @@ GRANT USAGE ON SCHEMA persona TO persona_decider;
 GRANT EXECUTE ON FUNCTION persona_decide(text, jsonb, text, int),
                           persona_feedback(bigint, text, float8),
                           persona_render(bigint),
-                          persona_arm(text, text) TO persona_decider;
+                          persona_arm(text, text),
+                          persona_best_send_time(text, timestamptz, text),
+                          persona_best_channel(text, text[]) TO persona_decider;
 
 CREATE ROLE persona_reader NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO persona_reader;
@@ -51,7 +53,8 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_cancel_campaign(text),
                           persona_campaign_report(text),
                           persona_train_model(text, text, interval, text[]),
-                          persona_drop_model(text) TO persona_admin;
+                          persona_drop_model(text),
+                          persona.refresh_engagement() TO persona_admin;
 
 CREATE ROLE persona_nobody NOLOGIN;
 
@@ -82,6 +85,8 @@ SET ROLE persona_decider;
 SELECT decision_id AS role_decision, content FROM persona_decide('u-role', '{}') \gset
 SELECT :'content' AS rendered;
 SELECT persona_feedback(:role_decision, 'click');
+SELECT persona_best_channel('u-role', '{web}') AS best_channel,
+       persona_best_send_time('u-role') >= now() AS best_time;
 SELECT persona_profile('u-role');
 SELECT count(*) FROM persona.profiles;
 SELECT persona_track('u-role', 'page_view');

@@ -194,43 +194,122 @@ InsertChunk(Datum campaign_id, int64 first_index, const int64 *pids, int n,
 }
 
 /*
+ * The recipients waiting for a chunk, per due time: one for a campaign sent
+ * at one time, one per distinct best time (at most 25 in the 24 hours) for
+ * send_at => 'best_time'.
+ */
+#define MAX_BUCKETS 32
+
+typedef struct Bucket
+{
+	TimestampTz due_at;
+	int			n;
+	int64	   *pids;			/* CHUNK_SIZE of them */
+} Bucket;
+
+typedef struct RecipientSnapshot
+{
+	MemoryContext mcxt;			/* of the buckets */
+	Datum		campaign_id;
+	Datum		channel;
+	int64		total;			/* recipients written so far */
+	int			nbuckets;
+	Bucket		buckets[MAX_BUCKETS];
+} RecipientSnapshot;
+
+static void
+FlushBucket(RecipientSnapshot *snap, Bucket *b)
+{
+	if (b->n == 0)
+		return;
+	InsertChunk(snap->campaign_id, snap->total, b->pids, b->n, snap->channel,
+				TimestampTzGetDatum(b->due_at));
+	snap->total += b->n;
+	b->n = 0;
+}
+
+/* Adds a recipient due at due_at, writing a chunk when one is full. */
+static void
+AddRecipient(RecipientSnapshot *snap, int64 pid, TimestampTz due_at)
+{
+	Bucket	   *b = NULL;
+
+	for (int i = 0; i < snap->nbuckets; i++)
+		if (snap->buckets[i].due_at == due_at)
+			b = &snap->buckets[i];
+	if (b == NULL)
+	{
+		if (snap->nbuckets == MAX_BUCKETS)
+		{
+			/* more distinct times than expected: write the first one out */
+			b = &snap->buckets[0];
+			FlushBucket(snap, b);
+		}
+		else
+		{
+			b = &snap->buckets[snap->nbuckets++];
+			b->pids = MemoryContextAlloc(snap->mcxt, sizeof(int64) * CHUNK_SIZE);
+		}
+		b->due_at = due_at;
+		b->n = 0;
+	}
+	b->pids[b->n++] = pid;
+	if (b->n == CHUNK_SIZE)
+		FlushBucket(snap, b);
+}
+
+/*
  * Writes a campaign's chunks from the segment's members (every profile when
  * the segment is NULL), read in profile_id order through a cursor, a batch
  * at a time in a context reset per batch: memory stays flat however many
- * recipients. Returns their number.
+ * recipients. With best_time, each recipient is due at its own best time
+ * within 24 hours of due_at (persona.best_send_at, sendtime.c), and the
+ * chunks are cut per due time. Returns the number of recipients.
  */
 PG_FUNCTION_INFO_V1(persona_campaign_snapshot);
 Datum
 persona_campaign_snapshot(PG_FUNCTION_ARGS)
 {
-	Oid			type = TEXTOID;
-	Datum		segment = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, TEXTOID};
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
+	bool		best_time = !PG_ARGISNULL(4) && PG_GETARG_BOOL(4);
+	TimestampTz due_at;
+	StringInfoData query;
 	MemoryContext batch;
 	MemoryContext outer;
 	Portal		portal;
-	int64		total = 0;
-	int64		chunk[CHUNK_SIZE];
-	int			nchunk = 0;
+	RecipientSnapshot snap;
 	SPITupleTable *fetched;
 	uint64		nfetched;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
 		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 						errmsg("campaign_id, channel and due_at must not be null")));
+	due_at = PG_GETARG_TIMESTAMPTZ(3);
+	memset(&snap, 0, sizeof(snap));
+	snap.campaign_id = PG_GETARG_DATUM(0);
+	snap.channel = PG_GETARG_DATUM(2);
+	args[0] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+	nulls[0] = PG_ARGISNULL(1) ? 'n' : ' ';
+	args[1] = TimestampTzGetDatum(due_at);
+	args[2] = PG_GETARG_DATUM(2);
+
+	initStringInfo(&query);
+	appendStringInfoString(&query, best_time
+						   ? "SELECT r.profile_id, persona.best_send_at(r.profile_id, $2, $3, interval '24 hours') "
+						   : "SELECT r.profile_id, $2 ");
+	appendStringInfoString(&query, PG_ARGISNULL(1)
+						   ? "FROM persona.profiles AS r ORDER BY r.profile_id"
+						   : "FROM persona.segment_members AS r "
+						   "WHERE r.segment OPERATOR(pg_catalog.=) $1 ORDER BY r.profile_id");
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (PG_ARGISNULL(1))
-		portal = SPI_cursor_open_with_args(NULL,
-										   "SELECT p.profile_id FROM persona.profiles AS p "
-										   "ORDER BY p.profile_id",
-										   0, NULL, NULL, NULL, true, CURSOR_OPT_NO_SCROLL);
-	else
-		portal = SPI_cursor_open_with_args(NULL,
-										   "SELECT m.profile_id FROM persona.segment_members AS m "
-										   "WHERE m.segment OPERATOR(pg_catalog.=) $1 "
-										   "ORDER BY m.profile_id",
-										   1, &type, &segment, NULL, true, CURSOR_OPT_NO_SCROLL);
+	portal = SPI_cursor_open_with_args(NULL, query.data, 3, types, args, nulls, true,
+									   CURSOR_OPT_NO_SCROLL);
 	outer = CurrentMemoryContext;
+	snap.mcxt = outer;
 	batch = AllocSetContextCreate(CurrentMemoryContext, "persona campaign snapshot",
 								  ALLOCSET_DEFAULT_SIZES);
 	for (;;)
@@ -247,28 +326,24 @@ persona_campaign_snapshot(PG_FUNCTION_ARGS)
 		for (uint64 r = 0; r < nfetched; r++)
 		{
 			bool		isnull;
+			int64		pid;
+			Datum		due;
 
-			chunk[nchunk++] = DatumGetInt64(SPI_getbinval(fetched->vals[r], fetched->tupdesc, 1, &isnull));
-			if (nchunk == CHUNK_SIZE)
-			{
-				InsertChunk(PG_GETARG_DATUM(0), total, chunk, nchunk,
-							PG_GETARG_DATUM(2), PG_GETARG_DATUM(3));
-				total += nchunk;
-				nchunk = 0;
-			}
+			pid = DatumGetInt64(SPI_getbinval(fetched->vals[r], fetched->tupdesc, 1, &isnull));
+			due = SPI_getbinval(fetched->vals[r], fetched->tupdesc, 2, &isnull);
+			AddRecipient(&snap, pid, isnull ? due_at : DatumGetTimestampTz(due));
 		}
 		MemoryContextSwitchTo(outer);
 		SPI_freetuptable(fetched);
 	}
-	if (nchunk > 0)
-	{
-		InsertChunk(PG_GETARG_DATUM(0), total, chunk, nchunk, PG_GETARG_DATUM(2), PG_GETARG_DATUM(3));
-		total += nchunk;
-	}
+	MemoryContextSwitchTo(batch);
+	for (int i = 0; i < snap.nbuckets; i++)
+		FlushBucket(&snap, &snap.buckets[i]);
+	MemoryContextSwitchTo(outer);
 	SPI_cursor_close(portal);
 	MemoryContextDelete(batch);
 	SPI_finish();
-	PG_RETURN_INT64(total);
+	PG_RETURN_INT64(snap.total);
 }
 
 /* ---------------------------------------------------------------------
@@ -981,30 +1056,37 @@ persona_campaign_reached(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+
+	/*
+	 * The chunks whose range of ids holds the profile: one for a campaign
+	 * sent at one time; with best_time, chunks of different due times
+	 * interleave, so each candidate is searched until the profile is found.
+	 */
 	plan = PersonaKeptPlan(&reached_plan,
 						   "SELECT k.profile_ids, k.states FROM persona.campaign_chunks AS k "
 						   "WHERE k.campaign_id OPERATOR(pg_catalog.=) $1 "
 						   "  AND k.first_profile_id OPERATOR(pg_catalog.<=) $2 "
-						   "ORDER BY k.first_profile_id DESC LIMIT 1", 2, types, 0);
-	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
+						   "  AND k.profile_ids[pg_catalog.array_upper(k.profile_ids, 1)] OPERATOR(pg_catalog.>=) $2 "
+						   "ORDER BY k.first_profile_id DESC", 2, types, 0);
+	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading a campaign chunk failed");
-	/* a chunk never claimed (states NULL) has reached nobody */
-	d = SPI_processed == 1 ? SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull) : (Datum) 0;
-	if (SPI_processed == 1 && !isnull)
+	for (uint64 row = 0; row < SPI_processed; row++)
 	{
+		HeapTuple	tup = SPI_tuptable->vals[row];
 		int			n;
-		int64	   *pids = Int8Array(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull), &n);
-		const char *states = ChunkStates(d, false, n);
+		int64	   *pids = Int8Array(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull), &n);
 		int			lo = 0,
 					hi = n - 1;
+		int			found = -1;
 
+		CHECK_FOR_INTERRUPTS();
 		while (lo <= hi)
 		{
 			int			mid = lo + (hi - lo) / 2;
 
 			if (pids[mid] == pid)
 			{
-				reached = (states[mid] == STATE_CLAIMED || states[mid] == STATE_SENT);
+				found = mid;
 				break;
 			}
 			if (pids[mid] < pid)
@@ -1012,6 +1094,17 @@ persona_campaign_reached(PG_FUNCTION_ARGS)
 			else
 				hi = mid - 1;
 		}
+		if (found < 0)
+			continue;
+		/* a chunk never claimed (states NULL) has reached nobody */
+		d = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
+		if (!isnull)
+		{
+			const char *states = ChunkStates(d, false, n);
+
+			reached = (states[found] == STATE_CLAIMED || states[found] == STATE_SENT);
+		}
+		break;
 	}
 	SPI_finish();
 	PG_RETURN_BOOL(reached);

@@ -90,12 +90,13 @@ SELECT pg_catalog.pg_extension_config_dump('persona.campaign_id_seq', '');
 
 -- Writes the recipient snapshot of a campaign: the members of the segment
 -- (every profile when NULL) as of the statement, in chunks. Returns how many.
-CREATE FUNCTION persona.campaign_snapshot(campaign_id int, segment text, channel text, due_at timestamptz)
+CREATE FUNCTION persona.campaign_snapshot(campaign_id int, segment text, channel text, due_at timestamptz,
+                                          best_time boolean DEFAULT false)
     RETURNS bigint
     LANGUAGE C VOLATILE
     AS 'MODULE_PATHNAME', 'persona_campaign_snapshot';
-COMMENT ON FUNCTION persona.campaign_snapshot(int, text, text, timestamptz) IS
-    'writes the chunks of a campaign from the segment''s members; returns the number of recipients';
+COMMENT ON FUNCTION persona.campaign_snapshot(int, text, text, timestamptz, boolean) IS
+    'writes the chunks of a campaign from the segment''s members, each due at due_at or (best_time) at its best time in the 24 hours after it; returns the number of recipients';
 
 -- Whether a profile was reached by a campaign: a recipient claimed or sent
 -- (a recipient with a row in persona.messages counts there).
@@ -187,6 +188,7 @@ DECLARE
     v_id    int;
     v_base  bigint;
     v_n     bigint;
+    v_best  boolean := false;
 BEGIN
     IF v_name IS NULL OR $2 IS NULL OR $4 IS NULL THEN
         RAISE EXCEPTION 'name, action and send_at must not be null' USING ERRCODE = '22004';
@@ -202,9 +204,9 @@ BEGIN
     IF lower(btrim($4)) = 'now' THEN
         v_due := clock_timestamp();
     ELSIF lower(btrim($4)) = 'best_time' THEN
-        RAISE EXCEPTION 'send_at => ''best_time'' is not supported yet' USING ERRCODE = '0A000',
-            DETAIL = 'It comes with best send time (persona_best_send_time).',
-            HINT = 'Use ''now'' or a timestamp.';
+        -- Each recipient at their own best time in [now, now + 24 hours).
+        v_due := clock_timestamp();
+        v_best := true;
     ELSE
         BEGIN
             v_due := $4::timestamptz;
@@ -237,7 +239,7 @@ BEGIN
                                    due_at, rate_per_minute)
     VALUES (v_name, a.action_id, a.name, a.channel, $3, 'campaign:' || v_name, v_base, v_due, v_rate)
     RETURNING campaign_id INTO v_id;
-    v_n := persona.campaign_snapshot(v_id, $3, a.channel, v_due);
+    v_n := persona.campaign_snapshot(v_id, $3, a.channel, v_due, v_best);
     UPDATE persona.campaigns AS c SET recipients = v_n WHERE c.campaign_id = v_id;
     IF v_n > 0 THEN
         PERFORM pg_notify('persona_outbox', a.channel);

@@ -13,7 +13,10 @@
  *	   C over the row and the call's context, and the declared and computed
  *	   traits (for eligibility and rendering);
  *	4. CheckEligibility: condition and segment;
- *	5. ApplyConsent: the person's consent to the action's channel (a
+ *	5. ChooseChannels: an action on the channel "best" goes to the person's
+ *	   best consented channel (sendtime.c), or is out when none is (or
+ *	   when it is not the channel asked for);
+ *	   ApplyConsent: the person's consent to the action's channel (a
  *	   withdrawn channel, or an opt-in channel without a grant, is out);
  *	6. ApplyCaps: caps and cooldowns, from the profile's recent decisions
  *	   and messages (persona.recent_sends);
@@ -58,6 +61,7 @@
 #include "outbox.h"
 #include "experiments.h"
 #include "persona.h"
+#include "sendtime.h"
 #include "profile.h"
 #include "render.h"
 #include "traits.h"
@@ -96,6 +100,7 @@ typedef struct ActionCatalog
 typedef struct Candidate
 {
 	ActionDef  *def;
+	const char *channel;		/* def's, or the one "best" chose */
 	int64		trials;
 	int64		successes;
 	double		sample;
@@ -434,8 +439,12 @@ LoadCandidates(const ActionCatalog *ac, const DecideRequest *req, CandidateSet *
 		ActionDef  *d = &ac->actions[k];
 
 		if (!d->paused && d->starts_at <= req->now && req->now < d->ends_at &&
-			(req->channel == NULL || strcmp(req->channel, d->channel) == 0))
-			set->items[set->n++].def = d;
+			(req->channel == NULL || strcmp(req->channel, d->channel) == 0 ||
+			 strcmp(d->channel, PERSONA_BEST_CHANNEL) == 0))
+		{
+			set->items[set->n].def = d;
+			set->items[set->n++].channel = d->channel;
+		}
 	}
 }
 
@@ -613,14 +622,42 @@ CheckEligibility(const ActionCatalog *ac, const DecideProfile *profile, Candidat
 }
 
 /*
- * Step 5: consent.  A withdrawn channel, or a channel of
+ * Step 5: the channel "best".  An action on it goes to the person's best
+ * consented channel among the actions' channels (one choice per call);
+ * none consented, or another channel than the one asked for, and it is out.
+ */
+static void
+ChooseChannels(const DecideRequest *req, const DecideProfile *profile, CandidateSet *set)
+{
+	char	   *best = NULL;
+	bool		chosen = false;
+
+	for (int i = 0; i < set->n; i++)
+	{
+		if (strcmp(set->items[i].channel, PERSONA_BEST_CHANNEL) != 0)
+			continue;
+		if (!chosen)
+		{
+			best = PersonaBestChannel(profile->profile_id, true, NULL);
+			chosen = true;
+		}
+		if (best == NULL || (req->channel != NULL && strcmp(req->channel, best) != 0))
+			set->items[i].def = NULL;
+		else
+			set->items[i].channel = best;
+	}
+	CompactCandidates(set);
+}
+
+/*
+ * And consent.  A withdrawn channel, or a channel of
  * persona.opt_in_channels the person has not granted, gets nothing.
  */
 static void
 ApplyConsent(const DecideProfile *profile, CandidateSet *set)
 {
 	for (int i = 0; i < set->n; i++)
-		if (!PersonaConsented(profile->consent, set->items[i].def->channel))
+		if (!PersonaConsented(profile->consent, set->items[i].channel))
 			set->items[i].def = NULL;
 	CompactCandidates(set);
 }
@@ -847,7 +884,7 @@ RecordDecisions(const DecideRequest *req, const DecideProfile *profile,
 		rec[0][i] = Int64GetDatum(profile->profile_id);
 		rec[1][i] = Int32GetDatum(c->def->action_id);
 		rec[2][i] = CStringGetTextDatum(c->def->name);
-		rec[3][i] = CStringGetTextDatum(c->def->channel);
+		rec[3][i] = CStringGetTextDatum(c->channel);
 		rec[4][i] = Float8GetDatum(c->score);
 		rec[5][i] = CStringGetTextDatum(Reason(c, set->items, set->n, i));
 		rec[6][i] = JsonbPGetDatum(PersonaRender(c->def->content, req->context, profile->declared,
@@ -934,6 +971,7 @@ persona_decide(PG_FUNCTION_ARGS)
 	LoadCandidates(ac, &req, &candidates);
 	ReadDecideProfile(ac, &req, &candidates, &profile);
 	CheckEligibility(ac, &profile, &candidates);
+	ChooseChannels(&req, &profile, &candidates);
 	ApplyConsent(&profile, &candidates);
 	ApplyCaps(&req, profile.profile_id, &candidates);
 	ScoreCandidates(&candidates);

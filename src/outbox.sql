@@ -193,6 +193,7 @@ DECLARE
     v_due     timestamptz := coalesce($4, clock_timestamp());
     a         persona.actions;
     v_consent jsonb;
+    v_channel text;
     v_reason  text;
     v_id      bigint;
     r         record;
@@ -220,7 +221,10 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'profile % does not exist', v_pid USING ERRCODE = '42704';
     END IF;
-    IF NOT persona.consented(v_consent, a.channel) THEN
+    -- The channel "best": the person's best consented channel, now
+    -- (src/sendtime.c); NULL when none is consented.
+    v_channel := CASE WHEN a.channel = 'best' THEN persona.best_channel_of(v_pid) ELSE a.channel END;
+    IF v_channel IS NULL OR NOT persona.consented(v_consent, v_channel) THEN
         v_reason := 'consent';
     ELSIF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
         SELECT * INTO r
@@ -245,9 +249,9 @@ BEGIN
         RETURN NULL;
     END IF;
     INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at, event)
-    VALUES (v_pid, a.channel, a.name, v_source, v_due, a.action_id, v_due, $5)
+    VALUES (v_pid, v_channel, a.name, v_source, v_due, a.action_id, v_due, $5)
     RETURNING message_id INTO v_id;
-    PERFORM pg_notify('persona_outbox', a.channel);
+    PERFORM pg_notify('persona_outbox', v_channel);
     RETURN v_id;
 END
 $$;

@@ -21,7 +21,9 @@ GRANT EXECUTE ON FUNCTION persona_decide(text, jsonb, text, int),
                           persona_feedback(bigint, text, float8),
                           persona_message_feedback(bigint, text, float8),
                           persona_render(bigint),
-                          persona_arm(text, text) TO sec_decider;
+                          persona_arm(text, text),
+                          persona_best_send_time(text, timestamptz, text),
+                          persona_best_channel(text, text[]) TO sec_decider;
 CREATE ROLE sec_worker NOLOGIN;
 GRANT USAGE ON SCHEMA persona TO sec_worker;
 GRANT EXECUTE ON FUNCTION persona_claim(text, int, interval),
