@@ -10,7 +10,8 @@ PACKAGES=(
 	postgresql-15-cron                     # pg_cron (preloaded by the test cluster)
 	postgresql-15-pgtap                    # pgTAP
 	libtap-parser-sourcehandler-pgtap-perl # pg_prove
-	python3-psycopg                        # examples/worker.py and its test
+	python3-psycopg                        # examples/worker.py and its test, the fuzz battery
+	libipc-run-perl                        # PostgreSQL::Test::Cluster (the crash suite)
 	pg-bsd-indent                          # make indent / indent-check (CI checks the format)
 	make
 	gcc

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: build and install persona, start a throwaway cluster, run every
-# suite against it (pg_regress, isolation, pgTAP, upgrade, dump), print a summary and a final
-# "N passed, N failed" line. Exits non-zero when anything failed.
+# suite against it (pg_regress, isolation, pgTAP, upgrade, worker, dump, crash),
+# print a summary and a final "N passed, N failed" line. Exits non-zero when
+# anything failed.
 set -euo pipefail
 
 # shellcheck source=scripts/common.sh
@@ -153,12 +154,21 @@ run_dump() {
 	run_ok_script dump bash test/dump/run.sh
 }
 
+# test/crash/run.sh: SIGKILL mid-ingest, merge, backfill, segment creation
+# and claim/ack storm, then the data checked (docs/operations.md). Its TAP
+# tests start servers of their own from $PG_CONFIG's bindir.
+run_crash() {
+	say "crash: SIGKILL during ingest, merges, backfills, segment creation, claim/ack"
+	run_ok_script crash bash test/crash/run.sh
+}
+
 run_pgxs_suite pg_regress REGRESS ISOLATION regression.diffs
 run_pgxs_suite isolation ISOLATION REGRESS output_iso/regression.diffs
 run_pgtap
 run_upgrade
 run_worker
 run_dump
+run_crash
 
 # Stop the cluster now so the summary is the last thing printed.
 cluster_down
