@@ -12,6 +12,7 @@ PACKAGES=(
 	libtap-parser-sourcehandler-pgtap-perl # pg_prove
 	python3-psycopg                        # examples/worker.py and its test, the fuzz battery
 	libipc-run-perl                        # PostgreSQL::Test::Cluster (the crash suite)
+	sqlsmith                               # make fuzz and the fuzz suite
 	pg-bsd-indent                          # make indent / indent-check (CI checks the format)
 	make
 	gcc

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: build and install persona, start a throwaway cluster, run every
-# suite against it (pg_regress, isolation, pgTAP, upgrade, worker, dump, crash),
-# print a summary and a final "N passed, N failed" line. Exits non-zero when
+# suite against it (pg_regress, isolation, pgTAP, upgrade, worker, dump, crash,
+# fuzz), print a summary and a final "N passed, N failed" line. Exits non-zero when
 # anything failed.
 set -euo pipefail
 
@@ -162,6 +162,14 @@ run_crash() {
 	run_ok_script crash bash test/crash/run.sh
 }
 
+# test/fuzz/run.sh, short: the battery's systematic pass (part of it as
+# each role), 5 s of its random calls and 5 s of sqlsmith, seed 1.
+run_fuzz() {
+	say "fuzz: hostile calls of every persona function, then sqlsmith"
+	run_ok_script fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-5}" FUZZ_SEED="${FUZZ_SEED:-1}" \
+		FUZZ_ROLES="${FUZZ_ROLES:-0.3}" bash test/fuzz/run.sh
+}
+
 run_pgxs_suite pg_regress REGRESS ISOLATION regression.diffs
 run_pgxs_suite isolation ISOLATION REGRESS output_iso/regression.diffs
 run_pgtap
@@ -169,6 +177,7 @@ run_upgrade
 run_worker
 run_dump
 run_crash
+run_fuzz
 
 # Stop the cluster now so the summary is the last thing printed.
 cluster_down
