@@ -40,6 +40,7 @@ Prints "ok N - ..." / "not ok N - ..." lines; exits non-zero on a failure.
 """
 
 import argparse
+import json
 import os
 import random
 import re
@@ -125,6 +126,15 @@ JSON = [None, "null", "[]", '"s"', "1", "true", "{}", '{"a": null}', "[" * 5000 
         '{"text": "' + "{{purchases}}" * 20000 + '"}', '{"timezone": "Mars/Olympus"}',
         '{"geo": {"country": 1}}', '{"priority": "high", "channel": 7}',
         '{"page": "checkout", "text": "{{context.page}}"}']
+# persona_update_action's changes: every field, with values of every wrong kind.
+CHANGES = [
+    json.dumps({field: value})
+    for field in ("channel", "content", "segment", "condition", "priority", "value", "cap_per_day",
+                  "cooldown", "starts_at", "ends_at", "paused", "action_id", "name", "")
+    for value in (None, "", "x", "a'b", 1e300, -1, 2147483648, "NaN", "infinity", "-178000000 years",
+                  {"text": "{{"}, [1], True, "pg_sleep(10) IS NOT NULL", "(SELECT true)", "spent > 1")
+] + ['{"priority": 1, "priority": "x"}', '{"paused": "yes", "ends_at": "2000-01-01"}']
+
 TIMESTAMPS = [None, "infinity", "-infinity", "4713-01-01 00:00 BC", "294276-12-31 23:59:59",
               "epoch", "2000-01-01", "2100-01-01"]
 INTERVALS = [None, "0", "-1 day", "-178000000 years", "178000000 years", "1 microsecond",
@@ -148,6 +158,7 @@ BY_NAME = {
     "predicate": PREDICATES, "condition": PREDICATES,
     "action": ACTIONS, "segment": SEGMENTS, "experiment": EXPERIMENTS,
     "name": NAMES + TRAITS + SEGMENTS + ACTIONS + EXPERIMENTS + TRIGGERS,
+    "changes": CHANGES,
 }
 BY_TYPE = {
     "text": GENERIC_TEXT, "jsonb": JSON, "json": JSON,
@@ -335,6 +346,8 @@ class Battery:
         for sig, name, argnames, types, roles in rows:
             if any(t in ("internal", "anyelement", "anyarray", "cstring") for t in types):
                 continue
+            if self.args.only and not re.search(self.args.only, name):
+                continue
             argnames = list(argnames) + [""] * (len(types) - len(argnames))
             fns.append((sig, name, argnames, types, roles))
         return fns
@@ -351,7 +364,7 @@ class Battery:
         return GOOD_BY_TYPE.get(typ)
 
     def hostile(self, argname, typ):
-        vals = list(BY_NAME.get(argname, [])) if typ == "text" else []
+        vals = list(BY_NAME.get(argname, [])) if typ in ("text", "jsonb") else []
         vals += BY_TYPE.get(typ, [None])
         return vals
 
@@ -510,6 +523,7 @@ def main():
     p.add_argument("--timeout", type=int, default=5, help="statement_timeout, seconds")
     p.add_argument("--role-share", type=float, default=1.0,
                    help="share of the systematic hostile calls repeated as each role (0..1)")
+    p.add_argument("--only", help="fuzz only the functions whose name matches this regular expression")
     p.add_argument("--no-check-writes", dest="check_writes", action="store_false",
                    help="skip the before/after fingerprint of failed calls")
     b = Battery(p.parse_args())
