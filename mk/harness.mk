@@ -6,7 +6,7 @@
 HARNESS_PG_CONFIG = $(or $(PG_CONFIG),/usr/lib/postgresql/15/bin/pg_config)
 HARNESS_RUN = +@MAKE='$(MAKE)' PG_CONFIG='$(HARNESS_PG_CONFIG)' bash
 
-.PHONY: demo test bench
+.PHONY: demo test bench fuzz
 
 # Every suite (pg_regress, isolation, pgTAP) against a throwaway cluster;
 # ends with a summary table and "N passed, N failed".
@@ -16,6 +16,11 @@ test:
 # Loads demo/generate.sql and walks through demo/demo.sql (under a minute).
 demo:
 	$(HARNESS_RUN) scripts/demo.sh
+
+# The fuzz battery and sqlsmith against a throwaway cluster, FUZZ_SECONDS
+# (default 300) each; FUZZ_SEED repeats a run.
+fuzz:
+	$(HARNESS_RUN) scripts/fuzz.sh
 
 # Runs test/bench/*.sh against a throwaway cluster.
 bench:

@@ -10,7 +10,9 @@ PACKAGES=(
 	postgresql-15-cron                     # pg_cron (preloaded by the test cluster)
 	postgresql-15-pgtap                    # pgTAP
 	libtap-parser-sourcehandler-pgtap-perl # pg_prove
-	python3-psycopg                        # examples/worker.py and its test
+	python3-psycopg                        # examples/worker.py and its test, the fuzz battery
+	libipc-run-perl                        # PostgreSQL::Test::Cluster (the crash suite)
+	sqlsmith                               # make fuzz and the fuzz suite
 	python3-sklearn                        # test/bench/models.sh: the AUC beside scikit-learn's
 	pg-bsd-indent                          # make indent / indent-check (CI checks the format)
 	make

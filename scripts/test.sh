@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: build and install persona, start a throwaway cluster, run every
-# suite against it (pg_regress, isolation, pgTAP, upgrade, dump), print a summary and a final
-# "N passed, N failed" line. Exits non-zero when anything failed.
+# suite against it (pg_regress, isolation, pgTAP, upgrade, worker, dump, crash,
+# fuzz), print a summary and a final "N passed, N failed" line. Exits non-zero when
+# anything failed.
 set -euo pipefail
 
 # shellcheck source=scripts/common.sh
@@ -156,8 +157,24 @@ run_dump() {
 # test/campaigns/crash.sh: a server crash in the middle of a campaign loses
 # and duplicates nothing that was acked (it restarts the cluster: last).
 run_campaign_crash() {
-	say "crash: pg_ctl -m immediate in the middle of a campaign"
-	run_ok_script crash bash test/campaigns/crash.sh
+	say "campaign-crash: pg_ctl -m immediate in the middle of a campaign"
+	run_ok_script campaign-crash bash test/campaigns/crash.sh
+}
+
+# test/crash/run.sh: SIGKILL mid-ingest, merge, backfill, segment creation
+# and claim/ack storm, then the data checked (docs/operations.md). Its TAP
+# tests start servers of their own from $PG_CONFIG's bindir.
+run_crash() {
+	say "crash: SIGKILL during ingest, merges, backfills, segment creation, claim/ack"
+	run_ok_script crash bash test/crash/run.sh
+}
+
+# test/fuzz/run.sh, short: the battery's systematic pass (part of it as
+# each role), 5 s of its random calls and 5 s of sqlsmith, seed 1.
+run_fuzz() {
+	say "fuzz: hostile calls of every persona function, then sqlsmith"
+	run_ok_script fuzz env FUZZ_SECONDS="${FUZZ_SECONDS:-5}" FUZZ_SEED="${FUZZ_SEED:-1}" \
+		FUZZ_ROLES="${FUZZ_ROLES:-0.3}" bash test/fuzz/run.sh
 }
 
 run_pgxs_suite pg_regress REGRESS ISOLATION regression.diffs
@@ -166,6 +183,8 @@ run_pgtap
 run_upgrade
 run_worker
 run_dump
+run_crash
+run_fuzz
 run_campaign_crash
 
 # Stop the cluster now so the summary is the last thing printed.

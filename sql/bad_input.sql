@@ -147,3 +147,20 @@ RESET persona.max_event_bytes;
 -- The persona.* prefix is reserved: a typo is an error, not a silent no-op.
 SET persona.max_event_byte = 1;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
+
+-- A trait state that is not one is refused, whoever passes it: the text of
+-- a first/last trait that is not valid in the database's encoding (found by
+-- the fuzz battery, test/fuzz) is as corrupt as a short read.
+SELECT persona_define_trait('bi_sku', 'last', 'bi_cart', 'sku');
+SELECT persona_track('u-bi', 'bi_cart', '{"sku": "zzzzzz"}') > 0 AS tracked;
+SELECT t.trait_id AS bi_trait, p.computed_state AS bi_state
+  FROM persona.profiles AS p, persona.trait_defs AS t
+ WHERE p.user_id = 'u-bi' AND t.name = 'bi_sku' \gset
+SELECT persona.trait_text(:'bi_state', :bi_trait);
+SELECT persona.trait_text(decode(replace(encode(:'bi_state', 'hex'), '7a7a7a7a7a7a', 'c328c328c328'), 'hex'), :bi_trait);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona.trait_text(decode(replace(encode(:'bi_state', 'hex'), '7a7a7a7a7a7a', '7a007a7a7a7a'), 'hex'), :bi_trait);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona.traits_json(decode(replace(encode(:'bi_state', 'hex'), '7a7a7a7a7a7a', 'c328c328c328'), 'hex'));
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona_drop_trait('bi_sku');

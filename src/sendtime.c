@@ -436,8 +436,14 @@ PersonaBestSendAt(int64 profile_id, bool known, TimestampTz after, const char *c
 	double		total = 0;
 	char	   *zone = NULL;
 	pg_tz	   *tz;
-	const Population *pop = GetPopulation();
+	const Population *pop;
 
+	/* there is no next moment after infinity, nor a best hour before it */
+	if (TIMESTAMP_NOT_FINITE(after))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("after must be a finite timestamp")));
+	pop = GetPopulation();
 	if (known && ReadProfile(profile_id, &zone, NULL))
 	{
 		tz = PersonZone(zone);

@@ -38,6 +38,7 @@
 #include "common/hashfn.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "libpq/pqformat.h"
 #include "port/pg_bitutils.h"
 #include "utils/builtins.h"
@@ -919,11 +920,15 @@ RecvState(StringInfo buf)
 			case TRAIT_LAST:
 				{
 					int			len;
+					const char *str;
 
 					c->at = RecvSigned(buf);
 					c->seq = RecvSigned(buf);
 					len = RecvCount(buf, 1, INT_MAX);
-					c->str = cstring_to_text_with_len(pq_getmsgbytes(buf, len), len);
+					str = pq_getmsgbytes(buf, len);
+					/* Text not valid in the database's encoding is corrupt. */
+					CheckState(pg_verifymbstr(str, len, true));
+					c->str = cstring_to_text_with_len(str, len);
 					break;
 				}
 			default:

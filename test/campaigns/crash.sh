@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A server crash in the middle of a campaign (the `crash` row of
+# A server crash in the middle of a campaign (the `campaign-crash` row of
 # `make test`): what was acked stays sent and is never handed out again,
 # what was claimed and not acked comes back after its lease, nothing is
 # lost, and a send that the crash interrupts leaves nothing behind.
