@@ -2809,3 +2809,91 @@ COMMENT ON FUNCTION persona.drop_events_before(timestamptz) IS
 
 REVOKE ALL ON FUNCTION persona.add_event_partitions(timestamptz, interval, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.drop_events_before(timestamptz) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------
+-- The clock scales (issue 15): persona_tick locks and evaluates only the
+-- profiles a clock segment's predicate now contradicts, not every profile.
+-- ---------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION @extschema@.persona_tick()
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
+    AS $$
+DECLARE
+    v_changes  bigint := 0;
+    v_windowed text[];
+    v_seg      record;
+    v_found    bigint[];
+    v_stale    bigint[] := '{}';
+    v_every    boolean := false;
+    v_batch    bigint[];
+    v_due      bigint[];
+BEGIN
+    PERFORM persona.lock_order();
+    SELECT array_agg(d.name) INTO v_windowed
+      FROM persona.trait_defs AS d WHERE d.time_window IS NOT NULL;
+
+    -- Clock segments: one pass per segment, without locks, finds the
+    -- profiles whose membership the predicate now contradicts (the stale
+    -- ones); only they are locked and evaluated again below. The pass reads
+    -- every profile (time can change anyone's answer) but locks and writes
+    -- only what changed. A predicate that fails on some profile's data
+    -- makes that segment's pass fail: then every profile is visited, as
+    -- evaluate_segment does, so that the failures are counted.
+    FOR v_seg IN
+        SELECT s.name, s.predicate_sql FROM persona.segments AS s WHERE s.clock ORDER BY s.segment_id
+    LOOP
+        BEGIN
+            -- predicate_sql is the checked expression deparsed from its
+            -- parse tree; the name is only ever a parameter.
+            EXECUTE format($q$
+                SELECT array_agg(s.profile_id)
+                  FROM persona.segment_source AS s
+                  LEFT JOIN persona.segment_members AS m
+                    ON m.profile_id = s.profile_id AND m.segment = $1
+                 WHERE coalesce((%s), false) <> (m.profile_id IS NOT NULL)$q$, v_seg.predicate_sql)
+               INTO v_found USING v_seg.name;
+            v_stale := v_stale || coalesce(v_found, '{}');
+        EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+            v_every := true;
+        END;
+    END LOOP;
+
+    -- Batches in profile order, each locked before it is touched, so the
+    -- tick takes profile locks in the one order ingest and merges take them:
+    -- the profiles whose windowed traits changed by the clock alone (an
+    -- index range on next_change_at) and the stale members of clock
+    -- segments; every profile when a clock predicate failed above.
+    FOR v_batch IN
+        SELECT array_agg(b.profile_id ORDER BY b.profile_id)
+          FROM (SELECT d.profile_id, (row_number() OVER (ORDER BY d.profile_id) - 1) / 10000 AS n
+                  FROM (SELECT p.profile_id FROM persona.profiles AS p
+                         WHERE v_every OR p.next_change_at <= now()
+                        UNION
+                        SELECT u.id FROM unnest(v_stale) AS u(id)) AS d) AS b
+         GROUP BY b.n ORDER BY b.n
+    LOOP
+        PERFORM 1 FROM persona.profiles AS p
+         WHERE p.profile_id = ANY (v_batch) ORDER BY p.profile_id FOR NO KEY UPDATE;
+        -- Prune the due states and note when each changes next.
+        WITH pruned AS (
+            UPDATE persona.profiles AS p
+               SET (computed_state, next_change_at) =
+                   (SELECT q.s, persona.next_change(q.s)
+                      FROM (SELECT persona.state_merge(p.computed_state, NULL) AS s) AS q)
+             WHERE p.profile_id = ANY (v_batch) AND p.next_change_at <= now()
+            RETURNING p.profile_id)
+        SELECT array_agg(pruned.profile_id ORDER BY pruned.profile_id) INTO v_due FROM pruned;
+        IF v_due IS NOT NULL AND v_windowed IS NOT NULL THEN
+            v_changes := v_changes + persona.refresh_segments(v_due, v_windowed);
+        END IF;
+        IF v_every OR cardinality(v_stale) > 0 THEN
+            v_changes := v_changes + persona.refresh_segments(v_batch, ARRAY['now()']);
+        END IF;
+    END LOOP;
+    RETURN v_changes;
+END
+$$;

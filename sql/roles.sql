@@ -43,7 +43,9 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_drop_trigger(text),
                           persona_create_experiment(text, float8, text),
                           persona_end_experiment(text),
-                          persona_drop_experiment(text) TO persona_admin;
+                          persona_drop_experiment(text),
+                          persona.add_event_partitions(timestamptz, interval, timestamptz),
+                          persona.drop_events_before(timestamptz) TO persona_admin;
 
 CREATE ROLE persona_nobody NOLOGIN;
 

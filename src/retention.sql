@@ -1,8 +1,8 @@
 -- Events age out: time partitions of persona.events, made ahead and dropped
 -- when old (docs/operations.md, "Events age out"). Dropping a partition
 -- deletes no row through SQL: profiles, lifetime traits and windowed trait
--- states keep what the dropped events contributed. pg_partman can do the
--- same on a schedule; these need nothing but persona.
+-- states keep what the dropped events contributed. (pg_partman 4.7 cannot
+-- manage persona.events: docs/operations.md says why.)
 
 -- The partitions [lo, lo + step) that cover since .. through, aligned on
 -- whole months (a step of months) or on multiples of step from 2000-01-01

@@ -70,8 +70,8 @@ COMMENT ON TABLE persona.identities IS 'every id (user or anonymous) and the pro
 -- The event stream, range-partitioned by occurred_at so that old events can
 -- be dropped by time (docs/operations.md, "Events age out"). profile_id is
 -- set by persona on insert. Row triggers are cloned to every partition,
--- whoever creates it (persona.add_event_partitions, pg_partman, CREATE
--- TABLE ... PARTITION OF); statement triggers stay on the parent.
+-- whoever creates it (persona.add_event_partitions, CREATE TABLE ...
+-- PARTITION OF); statement triggers stay on the parent.
 --
 -- Each partition has the primary key (profile_id, occurred_at, event_id):
 -- it leads with profile_id (the natural distribution column, and how merge,
@@ -101,8 +101,7 @@ COMMENT ON COLUMN persona.events.profile_id IS 'the profile the event belongs to
 COMMENT ON COLUMN persona.events.context IS 'channel, device, session_id, geo, currency';
 
 -- Every event has a partition: those that fall in no range partition land
--- here. Time partitions are added by persona.add_event_partitions or
--- pg_partman.
+-- here. Time partitions are added by persona.add_event_partitions.
 CREATE TABLE persona.events_default PARTITION OF persona.events (
     PRIMARY KEY (profile_id, occurred_at, event_id)
 ) DEFAULT;
