@@ -2741,6 +2741,12 @@ BEGIN
                                                  OR date_trunc('day', v_lo AT TIME ZONE 'UTC') <> v_lo AT TIME ZONE 'UTC')
                           THEN to_char(v_lo AT TIME ZONE 'UTC', '_HH24MI') ELSE '' END;
         IF to_regclass(format('persona.%I', v_name)) IS NULL THEN
+            -- Creating or attaching a partition locks persona.events
+            -- exclusively anyway; taken first, the lock waits for ingest in
+            -- flight, so the default partition's rows checked below are all
+            -- there are, and locks go in ingest's order (persona.events,
+            -- then its partitions): no deadlock with it.
+            LOCK TABLE ONLY persona.events IN ACCESS EXCLUSIVE MODE;
             IF EXISTS (SELECT FROM persona.events_default AS d
                         WHERE d.occurred_at >= v_lo AND d.occurred_at < v_hi) THEN
                 -- Rows of that range wait in the default partition: they
@@ -2786,6 +2792,9 @@ BEGIN
     IF cutoff IS NULL THEN
         RAISE EXCEPTION 'cutoff must not be null' USING ERRCODE = '22004';
     END IF;
+    -- Dropping a partition locks persona.events exclusively: taken first,
+    -- in ingest's order (persona.events, then its partitions).
+    LOCK TABLE ONLY persona.events IN ACCESS EXCLUSIVE MODE;
     FOR v_part IN
         SELECT c.relname, b.upper
           FROM pg_inherits AS i

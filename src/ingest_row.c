@@ -67,13 +67,46 @@ static uint64 row_folds_generation = 0;
  * Row checks
  * --------------------------------------------------------------------- */
 
+/* Whether column ``attnum`` of ``desc`` is a live one named ``name``. */
+static inline bool
+ColumnIs(TupleDesc desc, AttrNumber attnum, const char *name)
+{
+	Form_pg_attribute att;
+
+	if (attnum <= 0 || attnum > desc->natts)
+		return false;
+	att = TupleDescAttr(desc, attnum - 1);
+	return !att->attisdropped && strcmp(NameStr(att->attname), name) == 0;
+}
+
 static void
 ResolveEventColumns(Relation rel)
 {
 	Oid			relid = RelationGetRelid(rel);
+	TupleDesc	desc = RelationGetDescr(rel);
 
 	if (event_columns.relid == relid)
 		return;
+
+	/*
+	 * Rows of one statement may go to several partitions of persona.events,
+	 * which usually have the same layout: the numbers found for the last
+	 * one are checked against this one's descriptor before looking up the
+	 * catalog again.
+	 */
+	if (OidIsValid(event_columns.relid) &&
+		ColumnIs(desc, event_columns.event_id, "event_id") &&
+		ColumnIs(desc, event_columns.profile_id, "profile_id") &&
+		ColumnIs(desc, event_columns.user_id, "user_id") &&
+		ColumnIs(desc, event_columns.anonymous_id, "anonymous_id") &&
+		ColumnIs(desc, event_columns.event_type, "event_type") &&
+		ColumnIs(desc, event_columns.properties, "properties") &&
+		ColumnIs(desc, event_columns.context, "context") &&
+		ColumnIs(desc, event_columns.occurred_at, "occurred_at"))
+	{
+		event_columns.relid = relid;
+		return;
+	}
 	event_columns.event_id = PersonaRequireColumn(relid, "event_id");
 	event_columns.profile_id = PersonaRequireColumn(relid, "profile_id");
 	event_columns.user_id = PersonaRequireColumn(relid, "user_id");
