@@ -12,7 +12,7 @@ OBJS = src/persona.o src/catalog.o src/defcache.o src/rowwriter.o src/validate.o
 # The current version's install script is assembled from the per-concept
 # fragments in src/, in this order, so each function's declaration sits
 # beside its C body.
-SQL_FRAGMENTS = src/schema.sql src/catalog.sql src/validate.sql src/ingest.sql src/traits.sql src/predicate.sql src/segments.sql src/decide.sql src/render.sql src/campaigns.sql src/outbox.sql src/sendtime.sql src/triggers.sql src/experiments.sql src/models.sql src/identity.sql src/registry.sql src/grants.sql
+SQL_FRAGMENTS = src/schema.sql src/catalog.sql src/validate.sql src/ingest.sql src/retention.sql src/traits.sql src/predicate.sql src/segments.sql src/decide.sql src/render.sql src/campaigns.sql src/outbox.sql src/sendtime.sql src/triggers.sql src/experiments.sql src/models.sql src/identity.sql src/registry.sql src/grants.sql
 DATA_built = sql/persona--$(EXTVERSION).sql
 
 # Released versions: their install scripts are frozen, tracked files (never

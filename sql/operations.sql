@@ -90,3 +90,58 @@ SELECT count(*) AS left_behind FROM persona.profiles WHERE user_id = 'u-op-1';
 
 DROP OWNED BY persona_op_ingest, persona_op_admin;
 DROP ROLE persona_op_ingest, persona_op_admin;
+
+-- Events age out: persona.events is range-partitioned by occurred_at, with
+-- a default partition, so no event is ever refused for lack of a partition.
+SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) AS bound
+  FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+ WHERE i.inhparent = 'persona.events'::regclass ORDER BY c.relname;
+SELECT persona_define_trait('op_age_lifetime', 'count', 'page_view');
+SELECT persona_define_trait('op_age_window', 'count', 'page_view', time_window => '1500 days');
+INSERT INTO persona.events (user_id, event_type, occurred_at)
+VALUES ('u-op-age', 'page_view', '2024-01-10 10:00+00'),
+       ('u-op-age', 'page_view', '2024-02-10 10:00+00'),
+       ('u-op-age', 'page_view', '2024-03-10 10:00+00');
+-- Monthly partitions for the first quarter: January's and February's events
+-- move out of the default partition as stored (not ingested again).
+SELECT persona.add_event_partitions('2024-03-31', '1 month', '2024-01-01') AS created;
+SELECT persona.add_event_partitions('2024-03-31', '1 month', '2024-01-01') AS created_again;
+SELECT e.tableoid::regclass AS part, count(*) FROM persona.events AS e
+ WHERE e.user_id = 'u-op-age' GROUP BY 1 ORDER BY 1;
+-- Each partition has the primary key; the ingest row triggers are cloned.
+SELECT count(*) AS keyed FROM pg_index AS x
+ WHERE x.indrelid = 'persona.events_p20240101'::regclass AND x.indisprimary;
+SELECT t.tgname FROM pg_trigger AS t
+ WHERE t.tgrelid = 'persona.events_p20240201'::regclass ORDER BY t.tgname;
+-- An event routed to a new partition is ingested as any other.
+SELECT persona_track('u-op-age', 'page_view', occurred_at => '2024-02-20 10:00+00') > 0 AS tracked;
+SELECT p.event_count, t.op_age_lifetime, t.op_age_window
+  FROM persona.profiles AS p JOIN persona.traits AS t USING (profile_id) WHERE p.user_id = 'u-op-age';
+-- A new event straight into a partition is refused (the statement triggers
+-- that apply it are persona.events'); row UPDATE and DELETE on a partition
+-- are refused as on persona.events.
+INSERT INTO persona.events_p20240101 (user_id, event_type, occurred_at)
+VALUES ('u-op-age', 'page_view', '2024-01-11 10:00+00');
+DELETE FROM persona.events_p20240101;
+UPDATE persona.events_p20240301 SET event_type = 'x' WHERE user_id = 'u-op-age';
+-- Retention: the partitions that end by the cutoff are dropped, and the
+-- default partition's older events deleted. Profiles and lifetime traits
+-- keep what those events counted.
+SELECT persona.drop_events_before('2024-03-01') AS dropped;
+SELECT e.tableoid::regclass AS part, count(*) FROM persona.events AS e
+ WHERE e.user_id = 'u-op-age' GROUP BY 1 ORDER BY 1;
+SELECT p.event_count, t.op_age_lifetime, t.op_age_window
+  FROM persona.profiles AS p JOIN persona.traits AS t USING (profile_id) WHERE p.user_id = 'u-op-age';
+-- A trait defined afterwards backfills from the events still stored.
+SELECT persona_define_trait('op_age_after', 'count', 'page_view');
+SELECT t.op_age_after FROM persona.traits AS t JOIN persona.profiles AS p USING (profile_id)
+ WHERE p.user_id = 'u-op-age';
+-- Bad input.
+SELECT persona.add_event_partitions('2024-03-31', '1 month 2 days', '2024-01-01');
+SELECT persona.add_event_partitions('2124-03-31', '1 day', '2024-01-01');
+SELECT persona.add_event_partitions(NULL, '1 day');
+SELECT persona.drop_events_before(NULL);
+SELECT persona_forget('u-op-age') > 0 AS forgotten;
+SELECT persona_drop_trait('op_age_lifetime'), persona_drop_trait('op_age_window'),
+       persona_drop_trait('op_age_after');
+SELECT persona.drop_events_before('2024-04-01') AS dropped;

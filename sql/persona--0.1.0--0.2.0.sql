@@ -7,6 +7,96 @@
 -- data (test/upgrade/run.sh).
 
 -- ---------------------------------------------------------------------
+-- Events age out: persona.events range-partitioned by occurred_at (issue 15)
+--
+-- First in this script, so that every later statement naming
+-- persona.events (triggers, functions) meets the partitioned table. The
+-- 0.1.0 table, rows and all, becomes its default partition
+-- persona.events_default: no row is moved or ingested again, and every
+-- profile stays as it was.
+-- ---------------------------------------------------------------------
+
+DROP TRIGGER events_resolve ON persona.events;
+DROP TRIGGER events_confirm ON persona.events;
+DROP TRIGGER events_apply ON persona.events;
+ALTER TABLE persona.events RENAME TO events_default;
+ALTER INDEX persona.events_pkey RENAME TO events_default_pkey;
+COMMENT ON COLUMN persona.events_default.profile_id IS NULL;
+COMMENT ON COLUMN persona.events_default.context IS NULL;
+COMMENT ON TABLE persona.events_default IS 'the events that fall in no time partition of persona.events';
+
+CREATE TABLE persona.events (
+    event_id     bigint      NOT NULL DEFAULT persona.next_event_id(),
+    profile_id   bigint      NOT NULL DEFAULT 0,
+    user_id      text,
+    anonymous_id text,
+    event_type   text        NOT NULL,
+    properties   jsonb       NOT NULL DEFAULT '{}',
+    context      jsonb       NOT NULL DEFAULT '{}',
+    occurred_at  timestamptz NOT NULL DEFAULT now(),
+    received_at  timestamptz NOT NULL DEFAULT now()
+) PARTITION BY RANGE (occurred_at);
+ALTER SEQUENCE persona.event_id_seq OWNED BY persona.events.event_id;
+COMMENT ON TABLE persona.events IS 'every tracked event; insert here, through persona_track, INSERT or COPY';
+COMMENT ON COLUMN persona.events.profile_id IS 'the profile the event belongs to, resolved from user_id or anonymous_id on insert';
+COMMENT ON COLUMN persona.events.context IS 'channel, device, session_id, geo, currency';
+ALTER TABLE persona.events ATTACH PARTITION persona.events_default DEFAULT;
+
+-- What roles were granted on the 0.1.0 table they now need on the
+-- partitioned one (statements name it); those grants are the users', not
+-- privileges the extension starts with, so they are not recorded as such.
+-- INSERT stays on the partitioned table alone: a new event inserted into a
+-- partition directly is refused.
+DO $$
+DECLARE
+    v_acl record;
+BEGIN
+    FOR v_acl IN
+        SELECT a.privilege_type, a.grantee, a.is_grantable
+          FROM pg_catalog.pg_class AS c, pg_catalog.aclexplode(c.relacl) AS a
+         WHERE c.oid = 'persona.events_default'::regclass AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('GRANT %s ON persona.events TO %s%s', v_acl.privilege_type,
+                       CASE WHEN v_acl.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_catalog.pg_get_userbyid(v_acl.grantee)) END,
+                       CASE WHEN v_acl.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+    FOR v_acl IN
+        SELECT a.grantee
+          FROM pg_catalog.pg_class AS c, pg_catalog.aclexplode(c.relacl) AS a
+         WHERE c.oid = 'persona.events_default'::regclass AND a.grantee <> c.relowner
+           AND a.privilege_type = 'INSERT'
+    LOOP
+        EXECUTE format('REVOKE INSERT ON persona.events_default FROM %s',
+                       CASE WHEN v_acl.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_catalog.pg_get_userbyid(v_acl.grantee)) END);
+    END LOOP;
+    DELETE FROM pg_catalog.pg_init_privs AS ip
+     WHERE ip.classoid = 'pg_catalog.pg_class'::regclass
+       AND ip.objoid IN ('persona.events'::regclass, 'persona.events_default'::regclass);
+END
+$$;
+
+CREATE FUNCTION persona.events_begin() RETURNS trigger
+    LANGUAGE C
+    AS 'MODULE_PATHNAME', 'persona_events_begin';
+COMMENT ON FUNCTION persona.events_begin() IS
+    'marks an insert into persona.events in progress, so that a new event inserted into a partition directly is refused (BEFORE INSERT FOR EACH STATEMENT on persona.events)';
+REVOKE ALL ON FUNCTION persona.events_begin() FROM PUBLIC;
+
+CREATE TRIGGER events_resolve
+    BEFORE INSERT ON persona.events
+    FOR EACH ROW EXECUTE FUNCTION persona.events_resolve();
+CREATE TRIGGER events_confirm
+    AFTER INSERT ON persona.events
+    FOR EACH ROW WHEN (NOT persona.event_folded(NEW.event_id))
+    EXECUTE FUNCTION persona.events_confirm();
+CREATE TRIGGER events_begin
+    BEFORE INSERT ON persona.events
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.events_begin();
+CREATE TRIGGER events_apply
+    AFTER INSERT ON persona.events
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.events_apply();
+
+-- ---------------------------------------------------------------------
 -- Security: stored predicates and conditions are checked on every write
 -- (issue 11)
 -- ---------------------------------------------------------------------
@@ -3592,3 +3682,229 @@ REVOKE ALL ON FUNCTION @extschema@.persona_best_channel(text, text[]) FROM PUBLI
 REVOKE ALL ON FUNCTION persona.best_send_at(bigint, timestamptz, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.best_channel_of(bigint, text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.refresh_engagement() FROM PUBLIC;
+
+-- ---------------------------------------------------------------------
+-- Events age out (issue 15), continued: the row guard of the partitions
+-- (persona.refuse_direct_change is created above), and retention.
+-- ---------------------------------------------------------------------
+
+CREATE TRIGGER events_guard_row
+    BEFORE UPDATE OR DELETE ON persona.events
+    FOR EACH ROW EXECUTE FUNCTION persona.refuse_direct_change();
+
+-- The partitions [lo, lo + step) that cover since .. through, aligned on
+-- whole months (a step of months) or on multiples of step from 2000-01-01
+-- UTC (any other step), named events_pYYYYMMDD[_HH24MI] after lo in UTC,
+-- each with the primary key every partition has (src/schema.sql).
+CREATE FUNCTION persona.add_event_partitions(through timestamptz,
+                                             step interval DEFAULT '1 month',
+                                             since timestamptz DEFAULT now())
+    RETURNS int
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
+    AS $$
+DECLARE
+    v_months int;
+    v_lo     timestamptz;
+    v_hi     timestamptz;
+    v_name   text;
+    v_made   int := 0;
+BEGIN
+    IF through IS NULL OR step IS NULL OR since IS NULL THEN
+        RAISE EXCEPTION 'through, step and since must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF NOT isfinite(through) OR NOT isfinite(since) THEN
+        RAISE EXCEPTION 'through and since must be finite' USING ERRCODE = '22008';
+    END IF;
+    v_months := extract(year FROM step)::int * 12 + extract(month FROM step)::int;
+    IF v_months > 0 AND step = make_interval(months => v_months) THEN
+        v_lo := date_trunc('month', since AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    ELSIF v_months = 0 AND step >= interval '1 minute' AND step <= interval '366 days'
+          AND extract(second FROM step) = 0 THEN
+        v_lo := date_bin(step, since, timestamptz '2000-01-01 00:00:00+00');
+    ELSE
+        RAISE EXCEPTION 'step must be whole months, or whole minutes from 1 minute to 366 days'
+            USING ERRCODE = '22023',
+                  DETAIL = format('The step given was "%s".', step),
+                  HINT = 'Use a step such as ''1 month'', ''7 days'' or ''1 day''.';
+    END IF;
+    IF through > since + 1000 * step THEN
+        RAISE EXCEPTION 'add_event_partitions would create more than 1000 partitions'
+            USING ERRCODE = '54000',
+                  DETAIL = format('From %s to %s by %s.', since, through, step);
+    END IF;
+
+    WHILE v_lo <= through LOOP
+        v_hi := (v_lo AT TIME ZONE 'UTC' + step) AT TIME ZONE 'UTC';
+        v_name := 'events_p' || to_char(v_lo AT TIME ZONE 'UTC', 'YYYYMMDD')
+                  || CASE WHEN v_months = 0 AND (step < interval '1 day'
+                                                 OR date_trunc('day', v_lo AT TIME ZONE 'UTC') <> v_lo AT TIME ZONE 'UTC')
+                          THEN to_char(v_lo AT TIME ZONE 'UTC', '_HH24MI') ELSE '' END;
+        IF to_regclass(format('persona.%I', v_name)) IS NULL THEN
+            -- Creating or attaching a partition locks persona.events
+            -- exclusively anyway; taken first, the lock waits for ingest in
+            -- flight, so the default partition's rows checked below are all
+            -- there are, and locks go in ingest's order (persona.events,
+            -- then its partitions): no deadlock with it.
+            LOCK TABLE ONLY persona.events IN ACCESS EXCLUSIVE MODE;
+            IF EXISTS (SELECT FROM persona.events_default AS d
+                        WHERE d.occurred_at >= v_lo AND d.occurred_at < v_hi) THEN
+                -- Rows of that range wait in the default partition: they
+                -- move, as stored (a table that is not yet a partition has
+                -- no trigger), before the new one is attached.
+                EXECUTE format('CREATE TABLE persona.%I (LIKE persona.events INCLUDING DEFAULTS,
+                                                          PRIMARY KEY (profile_id, occurred_at, event_id))', v_name);
+                EXECUTE format('WITH moved AS (DELETE FROM persona.events_default AS d
+                                                WHERE d.occurred_at >= $1 AND d.occurred_at < $2
+                                            RETURNING d.*)
+                                INSERT INTO persona.%I SELECT * FROM moved', v_name)
+                  USING v_lo, v_hi;
+                EXECUTE format('ALTER TABLE persona.events ATTACH PARTITION persona.%I FOR VALUES FROM (%L) TO (%L)',
+                               v_name, v_lo, v_hi);
+            ELSE
+                EXECUTE format('CREATE TABLE persona.%I PARTITION OF persona.events (
+                                    PRIMARY KEY (profile_id, occurred_at, event_id)) FOR VALUES FROM (%L) TO (%L)',
+                               v_name, v_lo, v_hi);
+            END IF;
+            v_made := v_made + 1;
+        END IF;
+        v_lo := v_hi;
+    END LOOP;
+    RETURN v_made;
+END
+$$;
+COMMENT ON FUNCTION persona.add_event_partitions(timestamptz, interval, timestamptz) IS
+    'creates the time partitions of persona.events from since through through, step long (rows waiting in the default partition move in); returns how many it created';
+
+-- Retention: drops every time partition that ends at or before the cutoff,
+-- and deletes the default partition's events older than it.
+CREATE FUNCTION persona.drop_events_before(cutoff timestamptz)
+    RETURNS int
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
+    AS $$
+DECLARE
+    v_part    record;
+    v_dropped int := 0;
+BEGIN
+    IF cutoff IS NULL THEN
+        RAISE EXCEPTION 'cutoff must not be null' USING ERRCODE = '22004';
+    END IF;
+    -- Dropping a partition locks persona.events exclusively: taken first,
+    -- in ingest's order (persona.events, then its partitions).
+    LOCK TABLE ONLY persona.events IN ACCESS EXCLUSIVE MODE;
+    FOR v_part IN
+        SELECT c.relname, b.upper
+          FROM pg_inherits AS i
+          JOIN pg_class AS c ON c.oid = i.inhrelid
+          CROSS JOIN LATERAL (
+              SELECT (regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                   'TO \(''([^'']*)''\)'))[1]::timestamptz AS upper) AS b
+         WHERE i.inhparent = 'persona.events'::regclass
+           AND b.upper IS NOT NULL AND b.upper <= cutoff
+         ORDER BY b.upper
+    LOOP
+        EXECUTE format('DROP TABLE persona.%I', v_part.relname);
+        v_dropped := v_dropped + 1;
+    END LOOP;
+    DELETE FROM persona.events_default AS d WHERE d.occurred_at < cutoff;
+    RETURN v_dropped;
+END
+$$;
+COMMENT ON FUNCTION persona.drop_events_before(timestamptz) IS
+    'drops the partitions of persona.events that end at or before cutoff and the default partition''s older events; profiles and traits keep them counted; returns partitions dropped';
+
+REVOKE ALL ON FUNCTION persona.add_event_partitions(timestamptz, interval, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.drop_events_before(timestamptz) FROM PUBLIC;
+
+-- ---------------------------------------------------------------------
+-- The clock scales (issue 15): persona_tick locks and evaluates only the
+-- profiles a clock segment's predicate now contradicts, not every profile.
+-- ---------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION @extschema@.persona_tick()
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
+    AS $$
+DECLARE
+    v_changes  bigint := 0;
+    v_windowed text[];
+    v_seg      record;
+    v_found    bigint[];
+    v_stale    bigint[] := '{}';
+    v_every    boolean := false;
+    v_batch    bigint[];
+    v_due      bigint[];
+BEGIN
+    PERFORM persona.lock_order();
+    SELECT array_agg(d.name) INTO v_windowed
+      FROM persona.trait_defs AS d WHERE d.time_window IS NOT NULL;
+
+    -- Clock segments: one pass per segment, without locks, finds the
+    -- profiles whose membership the predicate now contradicts (the stale
+    -- ones); only they are locked and evaluated again below. The pass reads
+    -- every profile (time can change anyone's answer) but locks and writes
+    -- only what changed. A predicate that fails on some profile's data
+    -- makes that segment's pass fail: then every profile is visited, as
+    -- evaluate_segment does, so that the failures are counted.
+    FOR v_seg IN
+        SELECT s.name, s.predicate_sql FROM persona.segments AS s WHERE s.clock ORDER BY s.segment_id
+    LOOP
+        BEGIN
+            -- predicate_sql is the checked expression deparsed from its
+            -- parse tree; the name is only ever a parameter.
+            EXECUTE format($q$
+                SELECT array_agg(s.profile_id)
+                  FROM persona.segment_source AS s
+                  LEFT JOIN persona.segment_members AS m
+                    ON m.profile_id = s.profile_id AND m.segment = $1
+                 WHERE coalesce((%s), false) <> (m.profile_id IS NOT NULL)$q$, v_seg.predicate_sql)
+               INTO v_found USING v_seg.name;
+            v_stale := v_stale || coalesce(v_found, '{}');
+        EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+            v_every := true;
+        END;
+    END LOOP;
+
+    -- Batches in profile order, each locked before it is touched, so the
+    -- tick takes profile locks in the one order ingest and merges take them:
+    -- the profiles whose windowed traits changed by the clock alone (an
+    -- index range on next_change_at) and the stale members of clock
+    -- segments; every profile when a clock predicate failed above.
+    FOR v_batch IN
+        SELECT array_agg(b.profile_id ORDER BY b.profile_id)
+          FROM (SELECT d.profile_id, (row_number() OVER (ORDER BY d.profile_id) - 1) / 10000 AS n
+                  FROM (SELECT p.profile_id FROM persona.profiles AS p
+                         WHERE v_every OR p.next_change_at <= now()
+                        UNION
+                        SELECT u.id FROM unnest(v_stale) AS u(id)) AS d) AS b
+         GROUP BY b.n ORDER BY b.n
+    LOOP
+        PERFORM 1 FROM persona.profiles AS p
+         WHERE p.profile_id = ANY (v_batch) ORDER BY p.profile_id FOR NO KEY UPDATE;
+        -- Prune the due states and note when each changes next.
+        WITH pruned AS (
+            UPDATE persona.profiles AS p
+               SET (computed_state, next_change_at) =
+                   (SELECT q.s, persona.next_change(q.s)
+                      FROM (SELECT persona.state_merge(p.computed_state, NULL) AS s) AS q)
+             WHERE p.profile_id = ANY (v_batch) AND p.next_change_at <= now()
+            RETURNING p.profile_id)
+        SELECT array_agg(pruned.profile_id ORDER BY pruned.profile_id) INTO v_due FROM pruned;
+        IF v_due IS NOT NULL AND v_windowed IS NOT NULL THEN
+            v_changes := v_changes + persona.refresh_segments(v_due, v_windowed);
+        END IF;
+        IF v_every OR cardinality(v_stale) > 0 THEN
+            v_changes := v_changes + persona.refresh_segments(v_batch, ARRAY['now()']);
+        END IF;
+    END LOOP;
+    RETURN v_changes;
+END
+$$;

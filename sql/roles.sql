@@ -54,7 +54,9 @@ GRANT EXECUTE ON FUNCTION persona_forget(text),
                           persona_campaign_report(text),
                           persona_train_model(text, text, interval, text[]),
                           persona_drop_model(text),
-                          persona.refresh_engagement() TO persona_admin;
+                          persona.refresh_engagement(),
+                          persona.add_event_partitions(timestamptz, interval, timestamptz),
+                          persona.drop_events_before(timestamptz) TO persona_admin;
 
 CREATE ROLE persona_nobody NOLOGIN;
 

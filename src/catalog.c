@@ -6,6 +6,7 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "commands/trigger.h"
@@ -102,15 +103,22 @@ PersonaRequireColumn(Oid relid, const char *name)
  * it comes, with a column that persona otherwise computes: the owner of the
  * table (or a member of its role, or a superuser), as a restore of pg_dump
  * runs.  Anyone else gets an error naming the column (docs/operations.md).
+ * For a partition, the owner of its root table: a restore writes the rows
+ * of persona.events into the partitions they were dumped from.
  */
 void
 PersonaRequireRestorer(Relation rel, const char *column, const char *detail)
 {
-	if (!pg_class_ownercheck(RelationGetRelid(rel), GetUserId()))
+	Oid			relid = RelationGetRelid(rel);
+
+	/* A partition's rows are its partitioned table's (persona.events). */
+	if (rel->rd_rel->relispartition)
+		relid = llast_oid(get_partition_ancestors(relid));
+	if (!pg_class_ownercheck(relid, GetUserId()))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("only the owner of table %s may set column \"%s\"",
-						RelationGetRelationName(rel), column),
+						get_rel_name(relid), column),
 				 errdetail("%s", detail),
 				 errhint("Leave \"%s\" out; rows that carry it are restored rows, stored as they come.",
 						 column)));
@@ -145,8 +153,9 @@ persona_announce_change(PG_FUNCTION_ARGS)
 
 /*
  * BEFORE UPDATE OR DELETE OR TRUNCATE FOR EACH STATEMENT on the tables
- * persona maintains: refuses the statement unless persona.maintenance is
- * on, as persona's own functions set it (SET clause) for their writes.  A
+ * persona maintains (and BEFORE UPDATE OR DELETE FOR EACH ROW on
+ * persona.events, whose partitions a statement may name directly): refuses
+ * the statement unless persona.maintenance is on, as persona's own functions set it (SET clause) for their writes.  A
  * hand-written change would leave profiles, traits and segments silently
  * inconsistent with the events (docs/operations.md).  Ingest never runs it:
  * it inserts events and writes profiles with no SQL UPDATE.
@@ -160,13 +169,20 @@ persona_refuse_direct_change(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) ||
-		TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ||
+		(TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) &&
+		 TRIGGER_FIRED_BY_TRUNCATE(trigdata->tg_event)))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("persona_refuse_direct_change must be fired BEFORE UPDATE OR DELETE OR TRUNCATE ... FOR EACH STATEMENT")));
+				 errmsg("persona_refuse_direct_change must be fired BEFORE UPDATE OR DELETE OR TRUNCATE")));
 	if (persona_maintenance)
-		return PointerGetDatum(NULL);
+	{
+		/* A row trigger lets the row through as it is. */
+		if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+			return PointerGetDatum(NULL);
+		return PointerGetDatum(TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event)
+							   ? trigdata->tg_newtuple : trigdata->tg_trigtuple);
+	}
 	verb = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? "UPDATE" :
 		TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) ? "DELETE" : "TRUNCATE";
 	ereport(ERROR,

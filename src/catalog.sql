@@ -20,6 +20,14 @@ COMMENT ON FUNCTION persona.refuse_direct_change() IS
 CREATE TRIGGER events_guard
     BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.events
     FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();
+-- Statement triggers of persona.events do not fire for a statement that
+-- names one of its partitions: this row trigger, cloned to every partition,
+-- refuses such an UPDATE or DELETE. Dropping, detaching or truncating a
+-- partition deletes no row: that is retention, and leaves profiles as they
+-- are (docs/operations.md, "Events age out").
+CREATE TRIGGER events_guard_row
+    BEFORE UPDATE OR DELETE ON persona.events
+    FOR EACH ROW EXECUTE FUNCTION persona.refuse_direct_change();
 CREATE TRIGGER profiles_guard
     BEFORE UPDATE OR DELETE OR TRUNCATE ON persona.profiles
     FOR EACH STATEMENT EXECUTE FUNCTION persona.refuse_direct_change();

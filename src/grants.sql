@@ -11,6 +11,7 @@ REVOKE ALL ON FUNCTION persona.events_resolve() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.events_confirm() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_ingest_idle(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.events_apply() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.events_begin() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_id(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_event_type(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_name(text, text) FROM PUBLIC;
@@ -188,3 +189,6 @@ CREATE EVENT TRIGGER persona_guard_triggers ON ddl_command_end
     EXECUTE FUNCTION persona.guard_triggers();
 COMMENT ON EVENT TRIGGER persona_guard_triggers IS
     'refuses triggers on relations in schema persona created by anyone but a superuser';
+
+REVOKE ALL ON FUNCTION persona.add_event_partitions(timestamptz, interval, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.drop_events_before(timestamptz) FROM PUBLIC;

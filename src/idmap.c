@@ -57,6 +57,7 @@ IdMapXactCallback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 			PersonaIngestForgetIdentityScan(TopSubTransactionId);
 			PersonaIngestForgetFolds(); /* freed with TopTransactionContext */
+			PersonaIngestForgetStatements(InvalidSubTransactionId);
 			PersonaIdMapForget();
 			break;
 		case XACT_EVENT_COMMIT:
@@ -68,6 +69,7 @@ IdMapXactCallback(XactEvent event, void *arg)
 			 * use.
 			 */
 			PersonaIngestForgetFolds();
+			PersonaIngestForgetStatements(InvalidSubTransactionId);
 			if (PersonaIdMap.pending > 0)
 				PersonaIdMapForget();
 			break;
@@ -125,6 +127,7 @@ IdMapSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 	{
 		/* The abort released the scan if it was opened there. */
 		PersonaIngestForgetIdentityScan(mySubid);
+		PersonaIngestForgetStatements(mySubid);
 		if (PersonaIngestAbortFolds(mySubid))
 			RollBackIdMap(mySubid);
 		else

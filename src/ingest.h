@@ -248,6 +248,8 @@ extern void PersonaIngestCombineDeltas(ProfileDelta *into, const ProfileDelta *f
 extern RowFolds *PersonaIngestTakeFolds(void);
 extern bool PersonaIngestHasFolds(void);
 extern void PersonaIngestForgetFolds(void);
+extern void PersonaIngestEndStatement(void);
+extern void PersonaIngestForgetStatements(SubTransactionId subid);
 extern void PersonaIngestCommitFolds(SubTransactionId mySubid, SubTransactionId parentSubid);
 extern bool PersonaIngestAbortFolds(SubTransactionId mySubid);
 

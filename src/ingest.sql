@@ -47,6 +47,12 @@ CREATE FUNCTION persona.events_apply() RETURNS trigger
 COMMENT ON FUNCTION persona.events_apply() IS
     'writes new identities and updates each touched profile once per statement (AFTER INSERT FOR EACH STATEMENT on persona.events)';
 
+CREATE FUNCTION persona.events_begin() RETURNS trigger
+    LANGUAGE C
+    AS 'MODULE_PATHNAME', 'persona_events_begin';
+COMMENT ON FUNCTION persona.events_begin() IS
+    'marks an insert into persona.events in progress, so that a new event inserted into a partition directly is refused (BEFORE INSERT FOR EACH STATEMENT on persona.events)';
+
 -- The row trigger folds a row itself only when no BEFORE ROW trigger sorts
 -- after it; the AFTER ROW trigger folds every other row as inserted.
 CREATE TRIGGER events_resolve
@@ -57,6 +63,13 @@ CREATE TRIGGER events_confirm
     AFTER INSERT ON persona.events
     FOR EACH ROW WHEN (NOT persona.event_folded(NEW.event_id))
     EXECUTE FUNCTION persona.events_confirm();
+
+-- Statement triggers fire for statements on persona.events, not on its
+-- partitions (row triggers are cloned to them): events_begin and
+-- events_apply bracket every insert that goes through the parent.
+CREATE TRIGGER events_begin
+    BEFORE INSERT ON persona.events
+    FOR EACH STATEMENT EXECUTE FUNCTION persona.events_begin();
 
 CREATE TRIGGER events_apply
     AFTER INSERT ON persona.events

@@ -751,6 +751,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 
 	(void) PersonaIngestRequireInsertTrigger(fcinfo, false, false,
 											 "persona_events_apply must be fired AFTER INSERT FOR EACH STATEMENT");
+	PersonaIngestEndStatement();
 	PersonaIngestCloseIdentityScan();
 	folds = PersonaIngestTakeFolds();
 	if (folds == NULL)

@@ -67,13 +67,46 @@ static uint64 row_folds_generation = 0;
  * Row checks
  * --------------------------------------------------------------------- */
 
+/* Whether column ``attnum`` of ``desc`` is a live one named ``name``. */
+static inline bool
+ColumnIs(TupleDesc desc, AttrNumber attnum, const char *name)
+{
+	Form_pg_attribute att;
+
+	if (attnum <= 0 || attnum > desc->natts)
+		return false;
+	att = TupleDescAttr(desc, attnum - 1);
+	return !att->attisdropped && strcmp(NameStr(att->attname), name) == 0;
+}
+
 static void
 ResolveEventColumns(Relation rel)
 {
 	Oid			relid = RelationGetRelid(rel);
+	TupleDesc	desc = RelationGetDescr(rel);
 
 	if (event_columns.relid == relid)
 		return;
+
+	/*
+	 * Rows of one statement may go to several partitions of persona.events,
+	 * which usually have the same layout: the numbers found for the last
+	 * one are checked against this one's descriptor before looking up the
+	 * catalog again.
+	 */
+	if (OidIsValid(event_columns.relid) &&
+		ColumnIs(desc, event_columns.event_id, "event_id") &&
+		ColumnIs(desc, event_columns.profile_id, "profile_id") &&
+		ColumnIs(desc, event_columns.user_id, "user_id") &&
+		ColumnIs(desc, event_columns.anonymous_id, "anonymous_id") &&
+		ColumnIs(desc, event_columns.event_type, "event_type") &&
+		ColumnIs(desc, event_columns.properties, "properties") &&
+		ColumnIs(desc, event_columns.context, "context") &&
+		ColumnIs(desc, event_columns.occurred_at, "occurred_at"))
+	{
+		event_columns.relid = relid;
+		return;
+	}
 	event_columns.event_id = PersonaRequireColumn(relid, "event_id");
 	event_columns.profile_id = PersonaRequireColumn(relid, "profile_id");
 	event_columns.user_id = PersonaRequireColumn(relid, "user_id");
@@ -701,6 +734,55 @@ MayFoldBefore(TriggerData *trigdata, int64 event_id)
 	return true;
 }
 
+/*
+ * The INSERT or COPY statements into persona.events in progress, innermost
+ * last, each by the subtransaction it began in.  The statement triggers of
+ * persona.events fire for a statement that names the partitioned table,
+ * not for one that names a partition: a new event inserted into a
+ * partition directly would be folded and never applied, so it is refused.
+ */
+static SubTransactionId *statements = NULL;
+static int	nstatements = 0;
+static int	maxstatements = 0;
+
+/* Marks the start of an insert into persona.events (the partitioned table). */
+PG_FUNCTION_INFO_V1(persona_events_begin);
+Datum
+persona_events_begin(PG_FUNCTION_ARGS)
+{
+	(void) PersonaIngestRequireInsertTrigger(fcinfo, true, false,
+											 "persona_events_begin must be fired BEFORE INSERT FOR EACH STATEMENT");
+	if (nstatements == maxstatements)
+	{
+		maxstatements = Max(8, maxstatements * 2);
+		statements = statements == NULL
+			? MemoryContextAlloc(TopMemoryContext, sizeof(SubTransactionId) * maxstatements)
+			: repalloc(statements, sizeof(SubTransactionId) * maxstatements);
+	}
+	statements[nstatements++] = GetCurrentSubTransactionId();
+	return PointerGetDatum(NULL);
+}
+
+/* The end of the innermost insert into persona.events (persona_events_apply). */
+void
+PersonaIngestEndStatement(void)
+{
+	if (nstatements > 0)
+		nstatements--;
+}
+
+/*
+ * Forgets the statements that subtransaction ``subid`` or a child of it
+ * began: its abort ended them (InvalidSubTransactionId: every one, at the
+ * end of the transaction).
+ */
+void
+PersonaIngestForgetStatements(SubTransactionId subid)
+{
+	while (nstatements > 0 && statements[nstatements - 1] >= subid)
+		nstatements--;
+}
+
 /* Checks an incoming event, sets its profile_id and folds it when it may. */
 PG_FUNCTION_INFO_V1(persona_events_resolve);
 Datum
@@ -764,6 +846,15 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 		default_event_id = 0;
 		return PointerGetDatum(tuple);
 	}
+
+	/* A new event goes through persona.events, whose statement applies it. */
+	if (trigdata->tg_relation->rd_rel->relispartition && nstatements == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("cannot insert a new event into partition \"%s\" of persona.events",
+						RelationGetRelationName(trigdata->tg_relation)),
+				 errdetail("Events are applied to their profiles by the statement triggers of persona.events, which do not fire for a statement on a partition."),
+				 errhint("Insert into persona.events: each row is routed to its partition.")));
 
 	/* A known user id wins; the anonymous id is kept on the event. */
 	if (user_id != NULL)

@@ -67,10 +67,20 @@ CREATE INDEX identities_anonymous_idx ON persona.identities USING hash (profile_
     WHERE kind = 'anonymous';
 COMMENT ON TABLE persona.identities IS 'every id (user or anonymous) and the profile it resolves to';
 
--- The event stream. The primary key leads with profile_id (the natural
--- distribution column) and contains occurred_at (the natural partition key),
--- so the table can later be range-partitioned by time and distributed by
--- profile without changing the API. profile_id is set by persona on insert.
+-- The event stream, range-partitioned by occurred_at so that old events can
+-- be dropped by time (docs/operations.md, "Events age out"). profile_id is
+-- set by persona on insert. Row triggers are cloned to every partition,
+-- whoever creates it (persona.add_event_partitions, CREATE TABLE ...
+-- PARTITION OF); statement triggers stay on the parent.
+--
+-- Each partition has the primary key (profile_id, occurred_at, event_id):
+-- it leads with profile_id (the natural distribution column, and how merge,
+-- forget and backfill read a person's events) and contains occurred_at, the
+-- partition key. The key is the partitions', not the partitioned table's:
+-- pg_dump writes a partition made after CREATE EXTENSION as a table of its
+-- own, attached to persona.events and then given its key, and a key on
+-- persona.events (made again by CREATE EXTENSION on restore) would already
+-- have given it one, so the restore would fail.
 CREATE SEQUENCE persona.event_id_seq CACHE 32;
 COMMENT ON SEQUENCE persona.event_id_seq IS 'allocates event ids';
 
@@ -83,13 +93,19 @@ CREATE TABLE persona.events (
     properties   jsonb       NOT NULL DEFAULT '{}',
     context      jsonb       NOT NULL DEFAULT '{}',
     occurred_at  timestamptz NOT NULL DEFAULT now(),
-    received_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (profile_id, occurred_at, event_id)
-);
+    received_at  timestamptz NOT NULL DEFAULT now()
+) PARTITION BY RANGE (occurred_at);
 ALTER SEQUENCE persona.event_id_seq OWNED BY persona.events.event_id;
 COMMENT ON TABLE persona.events IS 'every tracked event; insert here, through persona_track, INSERT or COPY';
 COMMENT ON COLUMN persona.events.profile_id IS 'the profile the event belongs to, resolved from user_id or anonymous_id on insert';
 COMMENT ON COLUMN persona.events.context IS 'channel, device, session_id, geo, currency';
+
+-- Every event has a partition: those that fall in no range partition land
+-- here. Time partitions are added by persona.add_event_partitions.
+CREATE TABLE persona.events_default PARTITION OF persona.events (
+    PRIMARY KEY (profile_id, occurred_at, event_id)
+) DEFAULT;
+COMMENT ON TABLE persona.events_default IS 'the events that fall in no time partition of persona.events';
 
 -- Merge history: profiles that were absorbed into another one.
 CREATE TABLE persona.merges (
@@ -102,7 +118,7 @@ COMMENT ON TABLE persona.merges IS 'profiles absorbed by identity merges, and wh
 
 SELECT pg_catalog.pg_extension_config_dump('persona.profiles', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.identities', '');
-SELECT pg_catalog.pg_extension_config_dump('persona.events', '');
+SELECT pg_catalog.pg_extension_config_dump('persona.events_default', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.merges', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.profile_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('persona.event_id_seq', '');

@@ -293,26 +293,55 @@ CREATE FUNCTION @extschema@.persona_tick()
 DECLARE
     v_changes  bigint := 0;
     v_windowed text[];
-    v_clock    boolean;
+    v_seg      record;
+    v_found    bigint[];
+    v_stale    bigint[] := '{}';
+    v_every    boolean := false;
     v_batch    bigint[];
     v_due      bigint[];
 BEGIN
     PERFORM persona.lock_order();
     SELECT array_agg(d.name) INTO v_windowed
       FROM persona.trait_defs AS d WHERE d.time_window IS NOT NULL;
-    v_clock := EXISTS (SELECT FROM persona.segments AS s WHERE s.clock);
+
+    -- Clock segments: one pass per segment, without locks, finds the
+    -- profiles whose membership the predicate now contradicts (the stale
+    -- ones); only they are locked and evaluated again below. The pass reads
+    -- every profile (time can change anyone's answer) but locks and writes
+    -- only what changed. A predicate that fails on some profile's data
+    -- makes that segment's pass fail: then every profile is visited, as
+    -- evaluate_segment does, so that the failures are counted.
+    FOR v_seg IN
+        SELECT s.name, s.predicate_sql FROM persona.segments AS s WHERE s.clock ORDER BY s.segment_id
+    LOOP
+        BEGIN
+            -- predicate_sql is the checked expression deparsed from its
+            -- parse tree; the name is only ever a parameter.
+            EXECUTE format($q$
+                SELECT array_agg(s.profile_id)
+                  FROM persona.segment_source AS s
+                  LEFT JOIN persona.segment_members AS m
+                    ON m.profile_id = s.profile_id AND m.segment = $1
+                 WHERE coalesce((%s), false) <> (m.profile_id IS NOT NULL)$q$, v_seg.predicate_sql)
+               INTO v_found USING v_seg.name;
+            v_stale := v_stale || coalesce(v_found, '{}');
+        EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+            v_every := true;
+        END;
+    END LOOP;
 
     -- Batches in profile order, each locked before it is touched, so the
-    -- tick takes profile locks in the one order ingest and merges take them.
-    -- Without clock predicates only the profiles whose windowed traits
-    -- changed by the clock alone are visited (an index range on
-    -- next_change_at); predicates that call clock functions can change for
-    -- anyone, so then every profile is.
+    -- tick takes profile locks in the one order ingest and merges take them:
+    -- the profiles whose windowed traits changed by the clock alone (an
+    -- index range on next_change_at) and the stale members of clock
+    -- segments; every profile when a clock predicate failed above.
     FOR v_batch IN
         SELECT array_agg(b.profile_id ORDER BY b.profile_id)
-          FROM (SELECT p.profile_id, (row_number() OVER (ORDER BY p.profile_id) - 1) / 10000 AS n
-                  FROM persona.profiles AS p
-                 WHERE v_clock OR p.next_change_at <= now()) AS b
+          FROM (SELECT d.profile_id, (row_number() OVER (ORDER BY d.profile_id) - 1) / 10000 AS n
+                  FROM (SELECT p.profile_id FROM persona.profiles AS p
+                         WHERE v_every OR p.next_change_at <= now()
+                        UNION
+                        SELECT u.id FROM unnest(v_stale) AS u(id)) AS d) AS b
          GROUP BY b.n ORDER BY b.n
     LOOP
         PERFORM 1 FROM persona.profiles AS p
@@ -329,7 +358,7 @@ BEGIN
         IF v_due IS NOT NULL AND v_windowed IS NOT NULL THEN
             v_changes := v_changes + persona.refresh_segments(v_due, v_windowed);
         END IF;
-        IF v_clock THEN
+        IF v_every OR cardinality(v_stale) > 0 THEN
             v_changes := v_changes + persona.refresh_segments(v_batch, ARRAY['now()']);
         END IF;
     END LOOP;

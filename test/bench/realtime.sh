@@ -62,8 +62,10 @@ SET persona.maintenance = on;
 TRUNCATE persona.events, persona.profiles, persona.identities, persona.merges,
          persona.segment_members, persona.segment_log;"
 
+# persona's events go to a monthly time partition, as in production.
+psql_q -c "SELECT persona.add_event_partitions(now() + interval '1 month', '1 month', now() - interval '1 month')" >/dev/null
 psql_q -c 'DROP TABLE IF EXISTS plain' \
-	-c 'CREATE TABLE plain (LIKE persona.events INCLUDING DEFAULTS INCLUDING INDEXES)' >/dev/null
+	-c 'CREATE TABLE plain (LIKE persona.events_default INCLUDING DEFAULTS INCLUDING INDEXES)' >/dev/null
 
 cat >"$WORK/persona.sql" <<'EOF'
 \set uid random(1, :users)

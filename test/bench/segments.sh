@@ -148,12 +148,12 @@ CREATE TABLE bseg_pl_src AS SELECT * FROM pg_temp.src(:pl_users);
 VACUUM (FREEZE, ANALYZE) bseg_src, bseg_pl_src;
 
 -- The baseline table: persona.events' columns, defaults and indexes.
-CREATE TABLE plain (LIKE persona.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE TABLE plain (LIKE persona.events_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
 CREATE SEQUENCE plain_event_id_seq CACHE 32 OWNED BY plain.event_id;
 ALTER TABLE plain ALTER COLUMN event_id SET DEFAULT nextval('plain_event_id_seq');
 
 -- The naive implementation: the same table with a row trigger.
-CREATE TABLE pl_events (LIKE persona.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE TABLE pl_events (LIKE persona.events_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
 CREATE SEQUENCE pl_event_id_seq CACHE 32 OWNED BY pl_events.event_id;
 ALTER TABLE pl_events ALTER COLUMN event_id SET DEFAULT nextval('pl_event_id_seq');
 CREATE TABLE pl_counters (user_id text PRIMARY KEY, carts bigint NOT NULL, cart_value numeric NOT NULL,

@@ -126,7 +126,7 @@ FROM ev JOIN first USING (u)
 ORDER BY ev.n;
 
 CREATE SEQUENCE plain_event_id_seq CACHE 32;  -- as persona.event_id_seq
-CREATE TABLE plain (LIKE persona.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
+CREATE TABLE plain (LIKE persona.events_default INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES);
 ALTER TABLE plain ALTER COLUMN event_id SET DEFAULT nextval('plain_event_id_seq');
 ALTER SEQUENCE plain_event_id_seq OWNED BY plain.event_id;
 VACUUM (FREEZE, ANALYZE) traits_src;

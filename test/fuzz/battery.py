@@ -193,6 +193,9 @@ GOOD_NAME = {
     "experiment": "e_fuzz",
 }
 
+# Functions that drop events on purpose (never committed by the random pass).
+RETENTION = {"persona.drop_events_before"}
+
 FIXTURES = """
 SET client_min_messages = warning;
 SELECT persona_define_trait('purchases', 'count', 'purchase')
@@ -469,8 +472,13 @@ class Battery:
         systematic = self.calls
         deadline = time.time() + self.args.seconds
         # 2. Random combinations until the time is up.
+        # Retention drops events and leaves profiles as they were, by design
+        # (docs/operations.md): committed, it would void the event_count
+        # check at the end. Its hostile arguments had the pass above, in
+        # transactions rolled back.
+        committable = [f for f in fns if f[1] not in RETENTION]
         while time.time() < deadline:
-            fn = self.rng.choice(fns)
+            fn = self.rng.choice(committable)
             sig, name, argnames, types, roles = fn
             if self.rng.random() < 0.05:
                 self.fixtures()

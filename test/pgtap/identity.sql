@@ -30,6 +30,7 @@ BEGIN
     FOR r IN SELECT c.oid::regclass AS rel
                FROM pg_catalog.pg_class AS c
               WHERE c.relnamespace = 'persona'::regnamespace AND c.relkind IN ('r', 'p')
+                AND NOT c.relispartition  -- its rows are read through persona.events
               ORDER BY 1
     LOOP
         RETURN QUERY EXECUTE format('SELECT %L::text, pg_catalog.to_jsonb(t) FROM %s AS t',
@@ -59,6 +60,7 @@ BEGIN
           JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0
                                            AND NOT a.attisdropped
          WHERE c.relnamespace = 'persona'::regnamespace AND c.relkind IN ('r', 'p')
+           AND NOT c.relispartition  -- its rows are read through persona.events
          GROUP BY c.oid
     LOOP
         CONTINUE WHEN r.pred IS NULL;

@@ -2,7 +2,7 @@
 -- DBA's security review rely on (docs: API.md sections 1, 2 and 8).
 -- Run by pg_prove in a database where CREATE EXTENSION persona and pgtap ran.
 BEGIN;
-SELECT plan(26);
+SELECT plan(27);
 
 -- The schema the API functions were installed into (default public).
 CREATE TEMP TABLE ext AS
@@ -47,13 +47,19 @@ SELECT col_is_pk('persona', 'profiles', 'profile_id',
 SELECT col_is_pk('persona', 'identities', 'id',
     'an id (user or anonymous, one namespace) resolves to exactly one profile');
 
-SELECT ok(
-    (SELECT ARRAY['profile_id', 'occurred_at']::name[] <@ array_agg(a.attname)
-       FROM pg_catalog.pg_index AS i
-       JOIN pg_catalog.pg_attribute AS a
-         ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-      WHERE i.indrelid = 'persona.events'::regclass AND i.indisprimary),
-    'the primary key of persona.events contains profile_id and occurred_at (distribution and partition keys)');
+SELECT is(pg_catalog.pg_get_partkeydef('persona.events'::regclass), 'RANGE (occurred_at)',
+    'persona.events is range-partitioned by occurred_at (old events are dropped by time)');
+SELECT is(
+    (SELECT count(*) FROM pg_catalog.pg_inherits AS h
+      WHERE h.inhparent = 'persona.events'::regclass
+        AND NOT EXISTS (
+            SELECT FROM pg_catalog.pg_index AS i
+             WHERE i.indrelid = h.inhrelid AND i.indisprimary
+               AND ARRAY['profile_id', 'occurred_at']::name[] <@
+                   (SELECT array_agg(a.attname) FROM pg_catalog.pg_attribute AS a
+                     WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)))),
+    0::bigint,
+    'every partition of persona.events has a primary key containing profile_id and occurred_at (distribution and partition keys)');
 
 -- ---------------------------------------------------------------------
 -- The API functions, exactly as documented (names matter: callers use

@@ -25,7 +25,7 @@ WITH masked(rel, col, expr) AS (
     VALUES ('persona.profiles',        'created_at',  'wall clock'),
            ('persona.profiles',        'updated_at',  'wall clock'),
            ('persona.identities',      'created_at',  'wall clock'),
-           ('persona.events',          'received_at', 'wall clock'),
+           ('persona.events',          'received_at', 'wall clock'),  -- in each partition
            ('persona.merges',          'merged_at',   'wall clock'),
            ('persona.trait_defs',      'created_at',  'wall clock'),
            ('persona.segments',        'created_at',  'wall clock'),
@@ -42,7 +42,7 @@ WITH masked(rel, col, expr) AS (
 tables AS (
     SELECT c.oid, c.oid::regclass::text AS name
       FROM pg_class AS c
-     WHERE c.oid >= 16384 AND c.relkind IN ('r', 'p', 'S')
+     WHERE c.oid >= 16384 AND c.relkind IN ('r', 'S')  -- a partitioned table's rows are its partitions'
        AND c.relnamespace <> 'pg_toast'::regnamespace
        AND c.relnamespace NOT IN (SELECT n.oid FROM pg_namespace AS n WHERE n.nspname LIKE 'pg\_temp\_%')
 )
@@ -58,7 +58,9 @@ SELECT CASE WHEN c.relkind = 'S'
                                          THEN $e$regexp_replace(t.reason, 'sampled -?[0-9.]+', 'sampled (random)', 'g')$e$
                                          ELSE $e$'(random)'$e$ END), '' ORDER BY m.col), '')
                            FROM masked AS m
-                          WHERE :mask AND m.rel = t.name
+                          WHERE :mask
+                            AND m.rel IN (t.name, (SELECT i.inhparent::regclass::text FROM pg_inherits AS i
+                                                    WHERE i.inhrelid = t.oid))
                             AND EXISTS (SELECT FROM pg_attribute AS a
                                          WHERE a.attrelid = t.oid AND a.attname = m.col AND NOT a.attisdropped)),
                         t.name)
