@@ -375,3 +375,28 @@ SELECT 'Asha', action, reason FROM persona_decide('user-asha', '{}', 'email');
 \echo '  SELECT cron.schedule(''retrain will_return'', ''0 3 * * *'','
 \echo '    $$SELECT persona_train_model(''will_return'', ''page_view'', ''7 days'','
 \echo '      ARRAY[''purchases'', ''categories_seen'', ''event_count'', ''days_since_last_seen''])$$);'
+
+\echo
+\echo '== 14. A campaign to every past buyer, each at their own best time =='
+\echo 'Recipients are the segment as it is now (no predicate runs at send time), in'
+\echo 'chunks of 1,000 with fixed message ids: no row per message is written. With'
+\echo 'send_at => best_time each one is due in the hour of the week they engage most'
+\echo '(their events and clicks, in their local time), within the next 24 hours.'
+SELECT persona_create_segment('past_buyers', 'purchases > 0');
+SELECT persona_create_action('weekend_sale', 'email',
+    '{"subject": "{{first_name}}, the weekend sale starts now"}');
+SELECT persona_best_send_time('user-asha') AS asha_best_time,
+       persona_best_channel('user-asha', ARRAY['email', 'push']) AS asha_best_channel;
+SELECT persona_send_campaign('weekend_sale', 'weekend_sale', 'past_buyers',
+                             send_at => 'best_time') AS recipients;
+\echo 'When they are due, by hours from now (the chunks a worker will claim then):'
+SELECT round(extract(epoch FROM k.due_at - c.due_at) / 3600) AS hours_from_now,
+       sum(k.size) AS recipients
+  FROM persona.campaign_chunks AS k JOIN persona.campaigns AS c USING (campaign_id)
+ WHERE c.name = 'weekend_sale'
+ GROUP BY 1 ORDER BY 1 LIMIT 6;
+\echo 'A worker claims what is due now and acks it; the report counts every'
+\echo 'recipient by status (suppressions by reason: consent, caps, holdouts).'
+SELECT persona_ack(ARRAY(SELECT message_id FROM persona_claim('email', 1000)
+                          WHERE source = 'campaign:weekend_sale')) AS sent_now;
+SELECT * FROM persona_campaign_report('weekend_sale');
