@@ -1289,76 +1289,15 @@ COMMENT ON FUNCTION persona.recent_sends(bigint, interval, int[]) IS
 -- at due_at (default: now), unless consent, the action's cap or its
 -- cooldown suppresses it (counted in persona.suppressions; returns NULL).
 -- event: a trigger's triggering event, kept for the check at claim.
--- Triggers and campaigns call it; it notifies persona_outbox with the
--- channel (PostgreSQL delivers one notification per channel and payload
--- per transaction, however many messages).
+-- Campaigns call it; triggers queue their firings as one set through the
+-- same C code (src/enqueue.c, PersonaEnqueue), which notifies
+-- persona_outbox with the channel once per channel.
 CREATE FUNCTION persona.enqueue_message(profile_id bigint, action text, source text,
                                         due_at timestamptz DEFAULT NULL, event jsonb DEFAULT NULL)
     RETURNS bigint
-    LANGUAGE plpgsql VOLATILE
+    LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp
-    AS $$
-#variable_conflict use_column
-DECLARE
-    v_pid     bigint := $1;
-    v_source  text := $3;
-    v_due     timestamptz := coalesce($4, clock_timestamp());
-    a         persona.actions;
-    v_consent jsonb;
-    v_reason  text;
-    v_id      bigint;
-    r         record;
-BEGIN
-    IF v_pid IS NULL OR $2 IS NULL OR v_source IS NULL THEN
-        RAISE EXCEPTION 'profile_id, action and source must not be null' USING ERRCODE = '22004';
-    END IF;
-    IF v_source = '' OR octet_length(v_source) > 300 THEN
-        RAISE EXCEPTION 'a message source must be 1 to 300 bytes' USING ERRCODE = '22023';
-    END IF;
-    SELECT * INTO a FROM persona.actions AS x WHERE x.name = $2;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'action "%" does not exist', $2 USING ERRCODE = '42704';
-    END IF;
-    -- The decision lock serializes what counts toward caps and cooldowns;
-    -- an action without either needs none (a bulk insert that fires a
-    -- trigger for thousands of people would otherwise take a lock each, and
-    -- could run out of lock table space).
-    IF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
-        PERFORM persona.lock_profile_sends(v_pid);
-    END IF;
-    SELECT p.consent INTO v_consent FROM persona.profiles AS p
-     WHERE p.profile_id = v_pid FOR KEY SHARE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'profile % does not exist', v_pid USING ERRCODE = '42704';
-    END IF;
-    IF NOT persona.consented(v_consent, a.channel) THEN
-        v_reason := 'consent';
-    ELSIF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
-        SELECT * INTO r
-          FROM persona.recent_sends(v_pid, greatest(interval '24 hours', a.cooldown),
-                                    ARRAY[a.action_id]);
-        IF FOUND AND r.last_day >= a.cap_per_day THEN
-            v_reason := 'cap';
-        ELSIF FOUND AND r.latest > now() - a.cooldown THEN
-            v_reason := 'cooldown';
-        END IF;
-    END IF;
-    -- Last: a holdout records the exposure of someone the message would
-    -- otherwise have reached (experiments.c), in either arm.
-    IF v_reason IS NULL AND persona.holdout_suppresses(v_pid, a.name) THEN
-        v_reason := 'holdout';
-    END IF;
-    IF v_reason IS NOT NULL THEN
-        PERFORM persona.count_suppressions(ARRAY[v_source], ARRAY[v_reason]);
-        RETURN NULL;
-    END IF;
-    INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at, event)
-    VALUES (v_pid, a.channel, a.name, v_source, v_due, a.action_id, v_due, $5)
-    RETURNING message_id INTO v_id;
-    PERFORM pg_notify('persona_outbox', a.channel);
-    RETURN v_id;
-END
-$$;
+    AS 'MODULE_PATHNAME', 'persona_enqueue_message';
 COMMENT ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz, jsonb) IS
     'queues a message of an action for a profile unless consent, cap, cooldown or a holdout suppresses it (counted); returns the message_id or NULL';
 
@@ -2442,28 +2381,6 @@ CREATE TRIGGER triggers_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON persona.triggers
     FOR EACH STATEMENT EXECUTE FUNCTION persona.announce_change();
 
--- One firing that held its condition: the action's message, unless the
--- action was dropped since (counted as action_dropped) or consent, caps,
--- cooldown or a holdout suppress it (persona.enqueue_message counts those).
--- event (NULL when the trigger has no condition) is kept with the message
--- for the check at claim. Called by src/triggers.c.
-CREATE FUNCTION persona.fire_trigger(profile_id bigint, action text, source text,
-                                     due_at timestamptz, event jsonb)
-    RETURNS bigint
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM persona.actions AS a WHERE a.name = $2) THEN
-        PERFORM persona.count_suppressions(ARRAY[$3], ARRAY['action_dropped']);
-        RETURN NULL;
-    END IF;
-    RETURN persona.enqueue_message($1, $2, $3, $4, $5);
-END
-$$;
-COMMENT ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) IS
-    'queues the message of a trigger''s firing (persona.enqueue_message), or counts it as action_dropped';
-
 -- Counts a firing skipped because its condition failed.
 CREATE FUNCTION persona.count_trigger_error(trigger_id int, error text)
     RETURNS void
@@ -2559,7 +2476,6 @@ COMMENT ON FUNCTION @extschema@.persona_drop_trigger(text) IS
 -- Privileges (src/grants.sql).
 REVOKE ALL ON FUNCTION @extschema@.persona_create_trigger(text, text, text, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_drop_trigger(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.count_trigger_error(int, text) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------
