@@ -23,7 +23,6 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "commands/async.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -32,6 +31,7 @@
 #include "utils/datetime.h"
 #include "utils/lsyscache.h"
 
+#include "announcer.h"
 #include "enqueue.h"
 #include "experiments.h"
 #include "outbox.h"
@@ -549,14 +549,9 @@ PersonaEnqueue(const EnqueueItem *items, int n, bool dropped_counts, int64 *ids)
 
 	InsertMessages(items, item_action, queued, n, actions, ids);
 	CountSuppressions(sup_sources, sup_reasons, nsup);
-	/* One notification per channel: NOTIFY folds identical ones anyway. */
-	for (int k = 0; k < nactions; k++)
-		for (int i = 0; i < n; i++)
-			if (queued[i] && item_action[i] == k)
-			{
-				Async_Notify("persona_outbox", actions[k].channel);
-				break;
-			}
+	/* The announcer notifies persona_outbox once this commits. */
+	if (nqueued > 0)
+		PersonaAnnounce();
 	return nqueued;
 }
 

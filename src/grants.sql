@@ -59,6 +59,8 @@ REVOKE ALL ON FUNCTION persona.compile_definition() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.refresh_segments(bigint[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.evaluate_segment(text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.leave_segments(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.announce() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.segment_log_horizon() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.combine_segment_members(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.next_change(bytea) FROM PUBLIC;
 

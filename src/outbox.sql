@@ -43,7 +43,9 @@ COMMENT ON FUNCTION persona.lock_profile_sends(bigint) IS
 -- The outbox
 -- ---------------------------------------------------------------------
 
-CREATE SEQUENCE persona.message_id_seq CACHE 32;
+-- CACHE 1: the announcer's horizon (src/announcer.c) needs the last value
+-- to bound every id handed out.
+CREATE SEQUENCE persona.message_id_seq;
 COMMENT ON SEQUENCE persona.message_id_seq IS 'allocates message ids';
 
 -- One row per message. Keyed so that it can be distributed by profile_id:
