@@ -82,6 +82,7 @@
 #define ANNOUNCER_IDLE_MS 2000
 #define ANNOUNCER_POLL_MS 1000	/* nothing pending: a look now and then */
 #define ANNOUNCER_PENDING_MS 2	/* writers to wait for: look again soon */
+#define ANNOUNCER_GAP_MS 4		/* at most one round per gap, however many commits */
 
 bool		persona_announce = true;
 
@@ -464,6 +465,13 @@ persona_announcer_main(Datum main_arg)
 			last_active = GetCurrentTimestamp();
 		else if (TimestampDifferenceExceeds(last_active, GetCurrentTimestamp(), ANNOUNCER_IDLE_MS))
 			break;
+		/*
+		 * Under load every commit sets the latch: a round per commit would
+		 * take a core.  Rounds are at least a gap apart; each covers every
+		 * commit since the last.
+		 */
+		(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ANNOUNCER_GAP_MS, PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 (streams[0].pending || streams[1].pending) ? ANNOUNCER_PENDING_MS
 						 : Min(ANNOUNCER_POLL_MS, ANNOUNCER_IDLE_MS), PG_WAIT_EXTENSION);
