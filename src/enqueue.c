@@ -151,7 +151,7 @@ ReadActions(const EnqueueItem *items, int n, int *nactions, int *item_action)
 	plan = PersonaKeptPlan(&action_plan,
 						   "SELECT a.name, a.action_id, a.channel, a.cap_per_day, a.cooldown "
 						   "  FROM persona.actions AS a "
-						   " WHERE a.name OPERATOR(pg_catalog.=) ANY ($1)", 1, types, 0);
+						   " WHERE a.name OPERATOR(pg_catalog.=) ANY ($1)", 1, types, CURSOR_OPT_GENERIC_PLAN);
 	args[0] = TextArray(names, nnames);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the actions of queued messages failed");
@@ -204,7 +204,7 @@ ReadConsents(const int64 *pids, int npids, Jsonb **consents)
 	SPIPlanPtr	plan = PersonaKeptPlan(&consent_plan,
 									   "SELECT p.profile_id, p.consent FROM persona.profiles AS p "
 									   " WHERE p.profile_id OPERATOR(pg_catalog.=) ANY ($1) "
-									   " FOR KEY SHARE OF p", 1, types, 0);
+									   " FOR KEY SHARE OF p", 1, types, CURSOR_OPT_GENERIC_PLAN);
 	bool	   *found = palloc0(sizeof(bool) * npids);
 
 	args[0] = Int64Array(pids, npids);
@@ -248,7 +248,7 @@ ReadSendCounts(SendCount *counts, int n, const EnqueueAction *actions)
 									   "                  pg_catalog.unnest($3)) AS u(profile_id, action_id, span), "
 									   "       LATERAL persona.recent_sends(u.profile_id, u.span, "
 									   "                                    ARRAY[u.action_id]) AS r",
-									   3, types, 0);
+									   3, types, CURSOR_OPT_GENERIC_PLAN);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -392,7 +392,7 @@ InsertMessages(const EnqueueItem *items, const int *item_action, const bool *que
 						   "                  pg_catalog.unnest($3), pg_catalog.unnest($4), "
 						   "                  pg_catalog.unnest($5), pg_catalog.unnest($6), "
 						   "                  pg_catalog.unnest($7)) WITH ORDINALITY AS u(p, c, a, s, d, i, e, n) "
-						   " ORDER BY u.n RETURNING m.message_id", 7, types, 0);
+						   " ORDER BY u.n RETURNING m.message_id", 7, types, CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != (uint64) m)
 		elog(ERROR, "writing queued messages failed");
@@ -421,7 +421,7 @@ CountSuppressions(const char **sources, const char **reasons, int n)
 	if (n == 0)
 		return;
 	plan = PersonaKeptPlan(&suppress_plan, "SELECT persona.count_suppressions($1, $2)",
-						   2, types, 0);
+						   2, types, CURSOR_OPT_GENERIC_PLAN);
 	args[0] = TextArray(sources, n);
 	args[1] = TextArray(reasons, n);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
