@@ -235,7 +235,7 @@ ReadConsents(const int64 *pids, int npids, Jsonb **consents)
  * persona.recent_sends for each profile and action, in one query.
  */
 static void
-ReadSendCounts(SendCount *counts, int n, const EnqueueAction *actions)
+ReadSendCounts(SendCount *counts, int n, const EnqueueAction *actions, int nactions)
 {
 	Oid			types[3] = {INT8ARRAYOID, INT4ARRAYOID, INTERVALARRAYOID};
 	Datum		args[3];
@@ -275,16 +275,19 @@ ReadSendCounts(SendCount *counts, int n, const EnqueueAction *actions)
 		int32		aid = DatumGetInt32(SPI_getbinval(t, desc, 2, &isnull));
 		Datum		latest;
 
-		for (int i = 0; i < n; i++)
-		{
-			if (counts[i].profile_id != pid || actions[counts[i].action].action_id != aid)
-				continue;
-			counts[i].last_day = DatumGetInt64(SPI_getbinval(t, desc, 3, &isnull));
-			latest = SPI_getbinval(t, desc, 4, &isnull);
-			if (!isnull)
-				counts[i].latest = DatumGetTimestampTz(latest);
-			break;
-		}
+		SendCount	key = {.profile_id = pid, .action = -1};
+		SendCount  *c;
+
+		for (int k = 0; k < nactions; k++)
+			if (actions[k].action_id == aid)
+				key.action = k;
+		c = bsearch(&key, counts, n, sizeof(SendCount), CompareSendCount);
+		if (c == NULL)
+			continue;
+		c->last_day = DatumGetInt64(SPI_getbinval(t, desc, 3, &isnull));
+		latest = SPI_getbinval(t, desc, 4, &isnull);
+		if (!isnull)
+			c->latest = DatumGetTimestampTz(latest);
 	}
 }
 
@@ -515,7 +518,7 @@ PersonaEnqueue(const EnqueueItem *items, int n, bool dropped_counts, int64 *ids)
 			if (m == 0 || CompareSendCount(&counts[m - 1], &counts[i]) != 0)
 				counts[m++] = counts[i];
 		ncounts = m;
-		ReadSendCounts(counts, ncounts, actions);
+		ReadSendCounts(counts, ncounts, actions, nactions);
 	}
 
 	/* In order: caps and cooldowns, then holdouts, as one message at a time would. */
