@@ -163,7 +163,8 @@ LISTEN persona_segment;
 SELECT t.cart_value_7d, persona_in_segment('user-asha', 'mumbai_big_cart') AS member
   FROM persona.traits AS t JOIN persona.profiles AS p USING (profile_id)
  WHERE p.user_id = 'user-asha';
-\echo 'She adds a trail jacket. The "enter" notification arrives as the statement commits:'
+\echo 'She adds a trail jacket. The announcer notifies {"log_id": N} a few ms after the commit'
+\echo '(psql shows it after the next command): read persona.segment_log up to N.'
 SELECT persona_track('user-asha', 'add_to_cart',
                      '{"sku": "SKU-JAC-TRAIL-1", "category": "jackets", "price": 4499, "quantity": 1}',
                      context => '{"channel": "app", "device": "mobile", "session_id": "s-asha-app",
@@ -174,7 +175,7 @@ SELECT persona_in_segment('user-asha', 'mumbai_big_cart') AS member,
 SELECT l.log_id, l.segment, l.op, l.profile_id
   FROM persona.segment_log AS l
  WHERE l.profile_id = (persona_profile('user-asha')->>'profile_id')::bigint;
-\echo 'More cart events keep her in: no second notification.'
+\echo 'More cart events keep her in: no new log row.'
 SELECT persona_track('user-asha', 'add_to_cart',
                      '{"sku": "SKU-YOG-002", "category": "yoga-mats", "price": 2499, "quantity": 1}') AS event_id;
 UNLISTEN persona_segment;

@@ -223,3 +223,8 @@ SELECT count(*) AS chunks FROM persona.campaign_chunks AS k JOIN persona.campaig
 -- Nobody is due yet.
 SELECT count(*) AS claimable_now FROM persona_claim('kbulk', 10);
 SELECT pg_temp.report('k_best');
+
+-- An action on the channel "best" cannot be a campaign's (one channel per snapshot).
+SELECT persona_create_action('k_best_channel', 'best', '{"t": "x"}');
+SELECT persona_send_campaign('k_bad', 'k_best_channel', 'k_kb');
+SELECT count(*) AS bad_campaigns FROM persona.campaigns WHERE name = 'k_bad';

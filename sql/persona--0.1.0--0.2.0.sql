@@ -1226,7 +1226,9 @@ COMMENT ON FUNCTION persona.lock_profile_sends(bigint) IS
 -- The outbox
 -- ---------------------------------------------------------------------
 
-CREATE SEQUENCE persona.message_id_seq CACHE 32;
+-- CACHE 1: the announcer's horizon (src/announcer.c) needs the last value
+-- to bound every id handed out.
+CREATE SEQUENCE persona.message_id_seq;
 COMMENT ON SEQUENCE persona.message_id_seq IS 'allocates message ids';
 
 -- One row per message. Keyed so that it can be distributed by profile_id:
@@ -1359,84 +1361,15 @@ COMMENT ON FUNCTION persona.recent_sends(bigint, interval, int[]) IS
 -- at due_at (default: now), unless consent, the action's cap or its
 -- cooldown suppresses it (counted in persona.suppressions; returns NULL).
 -- event: a trigger's triggering event, kept for the check at claim.
--- Triggers and campaigns call it; it notifies persona_outbox with the
--- channel (PostgreSQL delivers one notification per channel and payload
--- per transaction, however many messages).
+-- Campaigns call it; triggers queue their firings as one set through the
+-- same C code (src/enqueue.c, PersonaEnqueue), which notifies
+-- persona_outbox with the channel once per channel.
 CREATE FUNCTION persona.enqueue_message(profile_id bigint, action text, source text,
                                         due_at timestamptz DEFAULT NULL, event jsonb DEFAULT NULL)
     RETURNS bigint
-    LANGUAGE plpgsql VOLATILE
+    LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp
-    AS $$
-#variable_conflict use_column
-DECLARE
-    v_pid     bigint := $1;
-    v_source  text := $3;
-    v_due     timestamptz := coalesce($4, clock_timestamp());
-    a         persona.actions;
-    v_consent jsonb;
-    v_channel text;
-    v_reason  text;
-    v_id      bigint;
-    r         record;
-BEGIN
-    IF v_pid IS NULL OR $2 IS NULL OR v_source IS NULL THEN
-        RAISE EXCEPTION 'profile_id, action and source must not be null' USING ERRCODE = '22004';
-    END IF;
-    IF v_source = '' OR octet_length(v_source) > 300 THEN
-        RAISE EXCEPTION 'a message source must be 1 to 300 bytes' USING ERRCODE = '22023';
-    END IF;
-    SELECT * INTO a FROM persona.actions AS x WHERE x.name = $2;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'action "%" does not exist', $2 USING ERRCODE = '42704';
-    END IF;
-    -- The decision lock serializes what counts toward caps and cooldowns;
-    -- an action without either needs none (a bulk insert that fires a
-    -- trigger for thousands of people would otherwise take a lock each, and
-    -- could run out of lock table space).
-    IF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL
-       OR persona.channel_cap() > 0 THEN
-        PERFORM persona.lock_profile_sends(v_pid);
-    END IF;
-    SELECT p.consent INTO v_consent FROM persona.profiles AS p
-     WHERE p.profile_id = v_pid FOR KEY SHARE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'profile % does not exist', v_pid USING ERRCODE = '42704';
-    END IF;
-    -- The channel "best": the person's best consented channel, now
-    -- (src/sendtime.c); NULL when none is consented.
-    v_channel := CASE WHEN a.channel = 'best' THEN persona.best_channel_of(v_pid) ELSE a.channel END;
-    IF v_channel IS NULL OR NOT persona.consented(v_consent, v_channel) THEN
-        v_reason := 'consent';
-    ELSIF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
-        SELECT * INTO r
-          FROM persona.recent_sends(v_pid, greatest(interval '24 hours', a.cooldown),
-                                    ARRAY[a.action_id]);
-        IF FOUND AND r.last_day >= a.cap_per_day THEN
-            v_reason := 'cap';
-        ELSIF FOUND AND r.latest > now() - a.cooldown THEN
-            v_reason := 'cooldown';
-        END IF;
-    END IF;
-    IF v_reason IS NULL AND persona.channel_cap_reached(v_pid, a.channel) THEN
-        v_reason := 'cap';              -- persona.channel_cap_per_day (src/campaigns.sql)
-    END IF;
-    -- Last: a holdout records the exposure of someone the message would
-    -- otherwise have reached (experiments.c), in either arm.
-    IF v_reason IS NULL AND persona.holdout_suppresses(v_pid, a.name) THEN
-        v_reason := 'holdout';
-    END IF;
-    IF v_reason IS NOT NULL THEN
-        PERFORM persona.count_suppressions(ARRAY[v_source], ARRAY[v_reason]);
-        RETURN NULL;
-    END IF;
-    INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at, event)
-    VALUES (v_pid, v_channel, a.name, v_source, v_due, a.action_id, v_due, $5)
-    RETURNING message_id INTO v_id;
-    PERFORM pg_notify('persona_outbox', v_channel);
-    RETURN v_id;
-END
-$$;
+    AS 'MODULE_PATHNAME', 'persona_enqueue_message';
 COMMENT ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz, jsonb) IS
     'queues a message of an action for a profile unless consent, cap, cooldown or a holdout suppresses it (counted); returns the message_id or NULL';
 
@@ -2240,11 +2173,9 @@ BEGIN
                 INSERT INTO persona.segment_log (segment, profile_id, op)
                 SELECT e.segment, e.profile_id, 'enter' FROM entered AS e
                 RETURNING log_id, segment, profile_id)
-            SELECT count(pg_notify('persona_segment',
-                                   jsonb_build_object('op', 'enter', 'log_id', l.log_id, 'segment', l.segment,
-                                                      'profile_id', l.profile_id)::text))
-              FROM logged AS l$q$, v_c.sql)
+            SELECT count(*) FROM logged AS l$q$, v_c.sql)
         USING v_name;
+        PERFORM persona.announce();
     EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
         FOR v_batch IN
             SELECT array_agg(b.profile_id ORDER BY b.profile_id)
@@ -2372,9 +2303,7 @@ BEGIN
     END IF;
     DELETE FROM persona.segment_stats AS s WHERE s.segment_id = v_id;
     -- Every member exits, logged, so a listener replaying the log drops
-    -- them; one notification announces them all (one per member would fill
-    -- the notification queue for a large segment): it carries the number of
-    -- exits and the last one's log_id.
+    -- them; the announcer (src/announcer.c) announces them with the rest.
     WITH gone AS (
         DELETE FROM persona.segment_members AS m WHERE m.segment = v_name
         RETURNING m.segment, m.profile_id),
@@ -2383,13 +2312,11 @@ BEGIN
         SELECT g.segment, g.profile_id, 'exit' FROM gone AS g ORDER BY g.profile_id
         RETURNING log_id)
     SELECT count(*), max(l.log_id) INTO v_exits, v_last FROM logged AS l;
-    PERFORM pg_notify('persona_segment',
-                      jsonb_build_object('op', 'drop', 'exits', v_exits, 'log_id', v_last,
-                                         'segment', v_name)::text);
+    PERFORM persona.announce();
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_drop_segment(text) IS
-    'drops a segment: every member exits (logged), announced once as op "drop"; its log stays';
+    'drops a segment: every member exits (logged and announced); its log stays';
 
 -- ---------------------------------------------------------------------
 -- No silent inconsistency (issue 15): UPDATE, DELETE and TRUNCATE of the
@@ -2531,28 +2458,6 @@ CREATE TRIGGER triggers_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON persona.triggers
     FOR EACH STATEMENT EXECUTE FUNCTION persona.announce_change();
 
--- One firing that held its condition: the action's message, unless the
--- action was dropped since (counted as action_dropped) or consent, caps,
--- cooldown or a holdout suppress it (persona.enqueue_message counts those).
--- event (the triggering event) is kept with the message for the check at
--- claim and for rendering its content. Called by src/triggers.c.
-CREATE FUNCTION persona.fire_trigger(profile_id bigint, action text, source text,
-                                     due_at timestamptz, event jsonb)
-    RETURNS bigint
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM persona.actions AS a WHERE a.name = $2) THEN
-        PERFORM persona.count_suppressions(ARRAY[$3], ARRAY['action_dropped']);
-        RETURN NULL;
-    END IF;
-    RETURN persona.enqueue_message($1, $2, $3, $4, $5);
-END
-$$;
-COMMENT ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) IS
-    'queues the message of a trigger''s firing (persona.enqueue_message), or counts it as action_dropped';
-
 -- Counts a firing skipped because its condition failed.
 CREATE FUNCTION persona.count_trigger_error(trigger_id int, error text)
     RETURNS void
@@ -2648,7 +2553,6 @@ COMMENT ON FUNCTION @extschema@.persona_drop_trigger(text) IS
 -- Privileges (src/grants.sql).
 REVOKE ALL ON FUNCTION @extschema@.persona_create_trigger(text, text, text, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_drop_trigger(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.count_trigger_error(int, text) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------
@@ -2952,6 +2856,12 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'action "%" does not exist', $2 USING ERRCODE = '42704';
     END IF;
+    IF a.channel = 'best' THEN
+        -- Chunks are claimed per channel; a channel per person would need a
+        -- snapshot per channel (not done).
+        RAISE EXCEPTION 'a campaign cannot send an action on the channel "best"' USING ERRCODE = '0A000',
+            HINT = 'Send one campaign per channel, or use a trigger, which chooses the channel per person.';
+    END IF;
     IF $3 IS NOT NULL AND NOT EXISTS (SELECT FROM persona.segments AS s WHERE s.name = $3) THEN
         RAISE EXCEPTION 'segment "%" does not exist', $3 USING ERRCODE = '42704';
     END IF;
@@ -2970,6 +2880,9 @@ BEGIN
     v_n := persona.campaign_snapshot(v_id, $3, a.channel, v_due, v_best);
     UPDATE persona.campaigns AS c SET recipients = v_n WHERE c.campaign_id = v_id;
     IF v_n > 0 THEN
+        -- One wake-up per send, not per message: an administrator's call,
+        -- not a hot writer (the announcer, src/announcer.c, knows only
+        -- persona.messages).
         PERFORM pg_notify('persona_outbox', a.channel);
     END IF;
     RETURN v_n;
@@ -3908,3 +3821,61 @@ BEGIN
     RETURN v_changes;
 END
 $$;
+
+-- ---------------------------------------------------------------------
+-- Writers never NOTIFY: the announcer (src/announcer.c) notifies
+-- persona_segment ({"log_id": horizon}) and persona_outbox for everything
+-- committed; persona.segment_log_horizon() for readers that poll.
+-- ---------------------------------------------------------------------
+COMMENT ON TABLE persona.segment_log IS 'every entry into and exit from a segment, announced on NOTIFY channel persona_segment by the announcer';
+
+-- Writers never NOTIFY (the lock PostgreSQL takes at the commit of a
+-- transaction that notified would serialize them): persona.announce()
+-- flags the transaction, whose commit wakes the announcer, a background
+-- worker that notifies for everything committed meanwhile (src/announcer.c,
+-- docs/segments.md "Listening").
+CREATE FUNCTION persona.announce() RETURNS void
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'persona_announce_changes';
+COMMENT ON FUNCTION persona.announce() IS
+    'wakes (or starts) the announcer when the transaction commits: it wrote segment log rows or messages';
+
+-- For readers that poll: every log row with a log_id up to it is
+-- committed, or never will be (it waits for the writers that may still
+-- hold a smaller id).
+CREATE FUNCTION persona.segment_log_horizon() RETURNS bigint
+    LANGUAGE C VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'persona_segment_log_horizon';
+COMMENT ON FUNCTION persona.segment_log_horizon() IS
+    'the log_id up to which persona.segment_log is complete: read log_id in (last seen, horizon]';
+
+CREATE OR REPLACE FUNCTION persona.leave_segments(profile_id bigint) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_pid bigint := $1;
+    v_n   bigint;
+BEGIN
+    WITH gone AS (
+        DELETE FROM persona.segment_members AS m WHERE m.profile_id = v_pid
+        RETURNING m.segment, m.profile_id),
+    logged AS (
+        INSERT INTO persona.segment_log (segment, profile_id, op)
+        SELECT g.segment, g.profile_id, 'exit' FROM gone AS g
+        RETURNING log_id, segment, profile_id)
+    SELECT count(*) INTO v_n FROM logged AS l;
+    IF v_n > 0 THEN
+        PERFORM persona.announce();
+    END IF;
+    RETURN v_n;
+END
+$$;
+COMMENT ON FUNCTION persona.leave_segments(bigint) IS
+    'removes a profile from every segment, logging and announcing the exits';
+
+REVOKE ALL ON FUNCTION persona.announce() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.segment_log_horizon() FROM PUBLIC;

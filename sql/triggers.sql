@@ -140,6 +140,27 @@ SELECT count(*) AS bulk_messages, count(DISTINCT profile_id) AS people
   FROM persona.messages WHERE source = 'trigger:t_bulk';
 ROLLBACK;
 
+-- One statement's firings are queued as one set (src/enqueue.c) with the
+-- rules of one message at a time: the messages queued by earlier rows count
+-- toward the cap and the cooldown of later ones; consent is per person.
+BEGIN;
+SELECT persona_create_action('t_capped', 'tcap', '{"t": "hi"}', cap_per_day => 2);
+SELECT persona_create_action('t_cool', 'tcool', '{"t": "hi"}', cooldown => '1 hour');
+SELECT persona_create_trigger('t_capped', 'set_view', 't_capped');
+SELECT persona_create_trigger('t_cool', 'set_view', 't_cool');
+SELECT persona_set_consent('t-set-2', 'tcool', false);
+INSERT INTO persona.events (user_id, event_type)
+SELECT 't-set-' || (g % 2 + 1), 'set_view' FROM generate_series(1, 6) AS g;
+SELECT CASE m.profile_id WHEN persona.resolve('t-set-1') THEN 't-set-1'
+                         WHEN persona.resolve('t-set-2') THEN 't-set-2' END AS person,
+       action, count(*) AS messages
+  FROM persona.messages AS m
+ WHERE m.source IN ('trigger:t_capped', 'trigger:t_cool')
+ GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT source, reason, messages FROM persona.suppressions
+ WHERE source IN ('trigger:t_capped', 'trigger:t_cool') ORDER BY 1, 2;
+ROLLBACK;
+
 -- Action conditions cannot name event; trigger conditions can.
 SELECT persona_create_action('t_bad', 'web', '{}', condition => $$event IS NULL$$);
 

@@ -224,6 +224,12 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'action "%" does not exist', $2 USING ERRCODE = '42704';
     END IF;
+    IF a.channel = 'best' THEN
+        -- Chunks are claimed per channel; a channel per person would need a
+        -- snapshot per channel (not done).
+        RAISE EXCEPTION 'a campaign cannot send an action on the channel "best"' USING ERRCODE = '0A000',
+            HINT = 'Send one campaign per channel, or use a trigger, which chooses the channel per person.';
+    END IF;
     IF $3 IS NOT NULL AND NOT EXISTS (SELECT FROM persona.segments AS s WHERE s.name = $3) THEN
         RAISE EXCEPTION 'segment "%" does not exist', $3 USING ERRCODE = '42704';
     END IF;
@@ -242,6 +248,9 @@ BEGIN
     v_n := persona.campaign_snapshot(v_id, $3, a.channel, v_due, v_best);
     UPDATE persona.campaigns AS c SET recipients = v_n WHERE c.campaign_id = v_id;
     IF v_n > 0 THEN
+        -- One wake-up per send, not per message: an administrator's call,
+        -- not a hot writer (the announcer, src/announcer.c, knows only
+        -- persona.messages).
         PERFORM pg_notify('persona_outbox', a.channel);
     END IF;
     RETURN v_n;

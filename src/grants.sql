@@ -60,6 +60,8 @@ REVOKE ALL ON FUNCTION persona.compile_definition() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.refresh_segments(bigint[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.evaluate_segment(text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.leave_segments(bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.announce() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.segment_log_horizon() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.combine_segment_members(bigint, bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.next_change(bytea) FROM PUBLIC;
 
@@ -92,7 +94,6 @@ REVOKE ALL ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz, 
 REVOKE ALL ON FUNCTION persona.retry_delay(int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_create_trigger(text, text, text, text, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_drop_trigger(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.count_trigger_error(int, text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION @extschema@.persona_send_campaign(text, text, text, text, int) FROM PUBLIC;

@@ -90,9 +90,9 @@ ResolveEventColumns(Relation rel)
 
 	/*
 	 * Rows of one statement may go to several partitions of persona.events,
-	 * which usually have the same layout: the numbers found for the last
-	 * one are checked against this one's descriptor before looking up the
-	 * catalog again.
+	 * which usually have the same layout: the numbers found for the last one
+	 * are checked against this one's descriptor before looking up the catalog
+	 * again.
 	 */
 	if (OidIsValid(event_columns.relid) &&
 		ColumnIs(desc, event_columns.event_id, "event_id") &&

@@ -43,7 +43,9 @@ COMMENT ON FUNCTION persona.lock_profile_sends(bigint) IS
 -- The outbox
 -- ---------------------------------------------------------------------
 
-CREATE SEQUENCE persona.message_id_seq CACHE 32;
+-- CACHE 1: the announcer's horizon (src/announcer.c) needs the last value
+-- to bound every id handed out.
+CREATE SEQUENCE persona.message_id_seq;
 COMMENT ON SEQUENCE persona.message_id_seq IS 'allocates message ids';
 
 -- One row per message. Keyed so that it can be distributed by profile_id:
@@ -174,87 +176,20 @@ COMMENT ON FUNCTION persona.recent_sends(bigint, interval, int[]) IS
     'per action: decisions and live messages (campaigns'' included) of a profile in the last 24 hours, and the latest within span (caps and cooldowns)';
 
 -- The outbox's entry: queues one message of an action for a profile, due
--- at due_at (default: now), unless consent, the action's cap or its
--- cooldown suppresses it (counted in persona.suppressions; returns NULL).
--- event: a trigger's triggering event, kept for the check at claim.
--- Triggers and campaigns call it; it notifies persona_outbox with the
--- channel (PostgreSQL delivers one notification per channel and payload
--- per transaction, however many messages).
+-- at due_at (default: now), unless consent, the action's cap or cooldown,
+-- persona.channel_cap_per_day or a holdout suppresses it (counted in
+-- persona.suppressions; returns NULL). An action on the channel "best"
+-- takes the person's best consented channel (src/sendtime.c). event: a
+-- trigger's triggering event, kept for the check and the rendering at
+-- claim. Triggers queue their firings as one set through the same C code
+-- (src/enqueue.c, PersonaEnqueue); the announcer (src/announcer.c), not
+-- the writer, notifies persona_outbox once it commits.
 CREATE FUNCTION persona.enqueue_message(profile_id bigint, action text, source text,
                                         due_at timestamptz DEFAULT NULL, event jsonb DEFAULT NULL)
     RETURNS bigint
-    LANGUAGE plpgsql VOLATILE
+    LANGUAGE C VOLATILE
     SET search_path = pg_catalog, pg_temp
-    AS $$
-#variable_conflict use_column
-DECLARE
-    v_pid     bigint := $1;
-    v_source  text := $3;
-    v_due     timestamptz := coalesce($4, clock_timestamp());
-    a         persona.actions;
-    v_consent jsonb;
-    v_channel text;
-    v_reason  text;
-    v_id      bigint;
-    r         record;
-BEGIN
-    IF v_pid IS NULL OR $2 IS NULL OR v_source IS NULL THEN
-        RAISE EXCEPTION 'profile_id, action and source must not be null' USING ERRCODE = '22004';
-    END IF;
-    IF v_source = '' OR octet_length(v_source) > 300 THEN
-        RAISE EXCEPTION 'a message source must be 1 to 300 bytes' USING ERRCODE = '22023';
-    END IF;
-    SELECT * INTO a FROM persona.actions AS x WHERE x.name = $2;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'action "%" does not exist', $2 USING ERRCODE = '42704';
-    END IF;
-    -- The decision lock serializes what counts toward caps and cooldowns;
-    -- an action without either needs none (a bulk insert that fires a
-    -- trigger for thousands of people would otherwise take a lock each, and
-    -- could run out of lock table space).
-    IF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL
-       OR persona.channel_cap() > 0 THEN
-        PERFORM persona.lock_profile_sends(v_pid);
-    END IF;
-    SELECT p.consent INTO v_consent FROM persona.profiles AS p
-     WHERE p.profile_id = v_pid FOR KEY SHARE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'profile % does not exist', v_pid USING ERRCODE = '42704';
-    END IF;
-    -- The channel "best": the person's best consented channel, now
-    -- (src/sendtime.c); NULL when none is consented.
-    v_channel := CASE WHEN a.channel = 'best' THEN persona.best_channel_of(v_pid) ELSE a.channel END;
-    IF v_channel IS NULL OR NOT persona.consented(v_consent, v_channel) THEN
-        v_reason := 'consent';
-    ELSIF a.cap_per_day IS NOT NULL OR a.cooldown IS NOT NULL THEN
-        SELECT * INTO r
-          FROM persona.recent_sends(v_pid, greatest(interval '24 hours', a.cooldown),
-                                    ARRAY[a.action_id]);
-        IF FOUND AND r.last_day >= a.cap_per_day THEN
-            v_reason := 'cap';
-        ELSIF FOUND AND r.latest > now() - a.cooldown THEN
-            v_reason := 'cooldown';
-        END IF;
-    END IF;
-    IF v_reason IS NULL AND persona.channel_cap_reached(v_pid, a.channel) THEN
-        v_reason := 'cap';              -- persona.channel_cap_per_day (src/campaigns.sql)
-    END IF;
-    -- Last: a holdout records the exposure of someone the message would
-    -- otherwise have reached (experiments.c), in either arm.
-    IF v_reason IS NULL AND persona.holdout_suppresses(v_pid, a.name) THEN
-        v_reason := 'holdout';
-    END IF;
-    IF v_reason IS NOT NULL THEN
-        PERFORM persona.count_suppressions(ARRAY[v_source], ARRAY[v_reason]);
-        RETURN NULL;
-    END IF;
-    INSERT INTO persona.messages (profile_id, channel, action, source, due_at, action_id, ready_at, event)
-    VALUES (v_pid, v_channel, a.name, v_source, v_due, a.action_id, v_due, $5)
-    RETURNING message_id INTO v_id;
-    PERFORM pg_notify('persona_outbox', v_channel);
-    RETURN v_id;
-END
-$$;
+    AS 'MODULE_PATHNAME', 'persona_enqueue_message';
 COMMENT ON FUNCTION persona.enqueue_message(bigint, text, text, timestamptz, jsonb) IS
     'queues a message of an action for a profile unless consent, cap, cooldown or a holdout suppresses it (counted); returns the message_id or NULL';
 

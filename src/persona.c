@@ -7,6 +7,7 @@
 #include "fmgr.h"
 #include "utils/guc.h"
 
+#include "announcer.h"
 #include "defcache.h"
 #include "campaigns.h"
 #include "outbox.h"
@@ -70,6 +71,16 @@ _PG_init(void)
 							 "persona's own functions set it for their writes; a superuser may set it to repair by hand.",
 							 &persona_maintenance,
 							 false,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("persona.announce",
+							 "Sets whether changes are announced on persona_segment and persona_outbox.",
+							 "The announcer, a background worker, sends the notifications; with it off, "
+							 "listeners must poll (docs/segments.md, \"Listening\").",
+							 &persona_announce,
+							 true,
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);

@@ -7,8 +7,9 @@
  * Refreshing.  PersonaSegmentsRefresh(profiles, changed columns) evaluates, in one
  * query, every segment that reads one of the changed columns for those
  * profiles, compares with the current members, and writes the entries and
- * exits (persona.segment_members, persona.segment_log) with a NOTIFY on
- * channel persona_segment for each.  Callers hold the profiles' row locks,
+ * exits (persona.segment_members, persona.segment_log); the transaction's
+ * commit wakes the announcer (announcer.c), which notifies
+ * persona_segment: writers never NOTIFY.  Callers hold the profiles' row locks,
  * so changes to one profile's memberships are serialized.
  */
 #include "postgres.h"
@@ -19,7 +20,6 @@
 #include "miscadmin.h"
 #include "nodes/bitmapset.h"
 #include "storage/proc.h"
-#include "commands/async.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "utils/array.h"
@@ -31,6 +31,7 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
+#include "announcer.h"
 #include "defcache.h"
 #include "persona.h"
 #include "profile.h"
@@ -44,7 +45,6 @@ typedef struct SegmentDef
 	int32		segment_id;
 	char	   *name;
 	Datum		name_text;		/* the name as text (member and log rows) */
-	char	   *name_json;		/* the name as a JSON string (NOTIFY payloads) */
 	char	   *sql;			/* the checked, deparsed predicate */
 	ExprState  *state;			/* it, compiled over a persona.profiles row */
 	int			nreads;
@@ -64,17 +64,6 @@ static SPIPlanPtr exit_plan = NULL;
  * Definitions cache
  * --------------------------------------------------------------------- */
 
-/* A segment name as a JSON string, quotes included. */
-static char *
-JsonString(const char *name)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	escape_json(&buf, name);
-	return buf.data;
-}
-
 static const char *const segment_columns[] = {
 	"segment_id", "name", "predicate_sql", "reads", "clock"
 };
@@ -89,7 +78,6 @@ ReadSegmentDef(void *entry, const Datum *values, const bool *nulls)
 	d->segment_id = DatumGetInt32(values[0]);
 	d->name = TextDatumGetCString(values[1]);
 	d->name_text = CStringGetTextDatum(d->name);
-	d->name_json = JsonString(d->name);
 	d->sql = TextDatumGetCString(values[2]);
 	deconstruct_array(DatumGetArrayTypeP(values[3]), TEXTOID, -1, false,
 					  TYPALIGN_INT, &reads, NULL, &nreads);
@@ -144,34 +132,6 @@ GetSegmentCatalog(void)
  * Refreshing memberships
  * --------------------------------------------------------------------- */
 
-/*
- * NOTIFY persona_segment with {"op", "log_id", "segment", "profile_id"},
- * written as jsonb_build_object(...)::text writes it, so that every path
- * announces in one format.  The log id keeps the payloads of one
- * transaction distinct (NOTIFY folds identical ones) and lets a listener
- * find its place in persona.segment_log.
- */
-static void
-Announce(StringInfo payload, const char *segment_json, int64 profile_id, const char *op,
-		 int64 log_id)
-{
-	char		number[MAXINT8LEN + 1];
-
-	resetStringInfo(payload);
-	appendStringInfoString(payload, "{\"op\": \"");
-	appendStringInfoString(payload, op);
-	appendStringInfoString(payload, "\", \"log_id\": ");
-	pg_lltoa(log_id, number);
-	appendStringInfoString(payload, number);
-	appendStringInfoString(payload, ", \"segment\": ");
-	appendStringInfoString(payload, segment_json);
-	appendStringInfoString(payload, ", \"profile_id\": ");
-	pg_lltoa(profile_id, number);
-	appendStringInfoString(payload, number);
-	appendStringInfoChar(payload, '}');
-	Async_Notify("persona_segment", payload->data);
-}
-
 /* Entries or exits: which segment (an index in the catalog), which profile. */
 typedef struct ChangeList
 {
@@ -209,33 +169,27 @@ WriteEntries(const SegmentCatalog *sc, const ChangeList *entries)
 	static const char *const member_columns[] = {"segment", "profile_id"};
 	static const char *const log_columns[] = {"segment", "profile_id", "op"};
 	const PersonaCatalog *cat = PersonaGetCatalog();
-	AttrNumber	log_id = PersonaRequireColumn(cat->segment_log, "log_id");
 	RowWriter  *members;
 	RowWriter  *log;
 	Datum		op = CStringGetTextDatum("enter");
-	StringInfoData payload;
 
 	if (entries->n == 0)
 		return 0;
-	initStringInfo(&payload);
 	members = PersonaRowWriterOpen(cat->segment_members, member_columns, lengthof(member_columns));
 	log = PersonaRowWriterOpen(cat->segment_log, log_columns, lengthof(log_columns));
 	for (int i = 0; i < entries->n; i++)
 	{
 		const SegmentDef *seg = &sc->segments[entries->segments[i]];
 		Datum		values[3] = {seg->name_text, entries->pids[i], op};
-		TupleTableSlot *written;
-		bool		isnull;
 
 		CHECK_FOR_INTERRUPTS();
 		(void) PersonaRowWriterInsert(members, values, NULL);
-		written = PersonaRowWriterInsert(log, values, NULL);
-		Announce(&payload, seg->name_json, DatumGetInt64(entries->pids[i]), "enter",
-				 DatumGetInt64(slot_getattr(written, log_id, &isnull)));
+		(void) PersonaRowWriterInsert(log, values, NULL);
 	}
 	PersonaRowWriterClose(log);
 	PersonaRowWriterClose(members);
 	CommandCounterIncrement();
+	PersonaAnnounce();
 	return entries->n;
 }
 
@@ -251,11 +205,9 @@ WriteExits(const SegmentCatalog *sc, const ChangeList *exits)
 	Datum	   *segments;
 	SPIPlanPtr	plan;
 	uint64		done;
-	StringInfoData payload;
 
 	if (exits->n == 0)
 		return 0;
-	initStringInfo(&payload);
 	segments = palloc(sizeof(Datum) * exits->n);
 	for (int i = 0; i < exits->n; i++)
 		segments[i] = sc->segments[exits->segments[i]].name_text;
@@ -271,22 +223,12 @@ WriteExits(const SegmentCatalog *sc, const ChangeList *exits)
 						   " RETURNING m.segment, m.profile_id) "
 						   "INSERT INTO persona.segment_log (segment, profile_id, op, at) "
 						   "SELECT c.segment, c.profile_id, 'exit', pg_catalog.now() FROM changed AS c "
-						   "RETURNING segment, profile_id, log_id", 2, types, 0);
+						   "RETURNING log_id", 2, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "writing segment exits failed");
 	done = SPI_processed;
-	for (uint64 r = 0; r < done; r++)
-	{
-		bool		isnull;
-		char	   *segment = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
-		int64		pid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-													  SPI_tuptable->tupdesc, 2, &isnull));
-		int64		log_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-														 SPI_tuptable->tupdesc, 3, &isnull));
-
-		CHECK_FOR_INTERRUPTS();
-		Announce(&payload, JsonString(segment), pid, "exit", log_id);
-	}
+	if (done > 0)
+		PersonaAnnounce();
 	return done;
 }
 

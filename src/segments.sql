@@ -40,8 +40,30 @@ CREATE TABLE persona.segment_log (
     at         timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX segment_log_profile_id_idx ON persona.segment_log (profile_id);
-COMMENT ON TABLE persona.segment_log IS 'every entry into and exit from a segment, also announced on NOTIFY channel persona_segment';
+COMMENT ON TABLE persona.segment_log IS 'every entry into and exit from a segment, announced on NOTIFY channel persona_segment by the announcer';
 COMMENT ON SEQUENCE persona.segment_log_log_id_seq IS 'allocates segment log ids';
+
+-- Writers never NOTIFY (the lock PostgreSQL takes at the commit of a
+-- transaction that notified would serialize them): persona.announce()
+-- flags the transaction, whose commit wakes the announcer, a background
+-- worker that notifies for everything committed meanwhile (src/announcer.c,
+-- docs/segments.md "Listening").
+CREATE FUNCTION persona.announce() RETURNS void
+    LANGUAGE C VOLATILE
+    AS 'MODULE_PATHNAME', 'persona_announce_changes';
+COMMENT ON FUNCTION persona.announce() IS
+    'wakes (or starts) the announcer when the transaction commits: it wrote segment log rows or messages';
+
+-- For readers that poll: every log row with a log_id up to it is
+-- committed, or never will be (it waits for the writers that may still
+-- hold a smaller id).
+CREATE FUNCTION persona.segment_log_horizon() RETURNS bigint
+    LANGUAGE C VOLATILE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'persona_segment_log_horizon';
+COMMENT ON FUNCTION persona.segment_log_horizon() IS
+    'the log_id up to which persona.segment_log is complete: read log_id in (last seen, horizon]';
 
 -- Counted as ingest goes; kept apart from the definitions, which are cached
 -- (a write to persona.segments makes every backend read them again).
@@ -117,10 +139,10 @@ BEGIN
         INSERT INTO persona.segment_log (segment, profile_id, op)
         SELECT g.segment, g.profile_id, 'exit' FROM gone AS g
         RETURNING log_id, segment, profile_id)
-    SELECT count(pg_notify('persona_segment',
-                           jsonb_build_object('op', 'exit', 'log_id', l.log_id, 'segment', l.segment,
-                                              'profile_id', l.profile_id)::text))
-      INTO v_n FROM logged AS l;
+    SELECT count(*) INTO v_n FROM logged AS l;
+    IF v_n > 0 THEN
+        PERFORM persona.announce();
+    END IF;
     RETURN v_n;
 END
 $$;
@@ -196,11 +218,9 @@ BEGIN
                 INSERT INTO persona.segment_log (segment, profile_id, op)
                 SELECT e.segment, e.profile_id, 'enter' FROM entered AS e
                 RETURNING log_id, segment, profile_id)
-            SELECT count(pg_notify('persona_segment',
-                                   jsonb_build_object('op', 'enter', 'log_id', l.log_id, 'segment', l.segment,
-                                                      'profile_id', l.profile_id)::text))
-              FROM logged AS l$q$, v_c.sql)
+            SELECT count(*) FROM logged AS l$q$, v_c.sql)
         USING v_name;
+        PERFORM persona.announce();
     EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
         FOR v_batch IN
             SELECT array_agg(b.profile_id ORDER BY b.profile_id)
@@ -243,9 +263,7 @@ BEGIN
     END IF;
     DELETE FROM persona.segment_stats AS s WHERE s.segment_id = v_id;
     -- Every member exits, logged, so a listener replaying the log drops
-    -- them; one notification announces them all (one per member would fill
-    -- the notification queue for a large segment): it carries the number of
-    -- exits and the last one's log_id.
+    -- them; the announcer (src/announcer.c) announces them with the rest.
     WITH gone AS (
         DELETE FROM persona.segment_members AS m WHERE m.segment = v_name
         RETURNING m.segment, m.profile_id),
@@ -254,13 +272,11 @@ BEGIN
         SELECT g.segment, g.profile_id, 'exit' FROM gone AS g ORDER BY g.profile_id
         RETURNING log_id)
     SELECT count(*), max(l.log_id) INTO v_exits, v_last FROM logged AS l;
-    PERFORM pg_notify('persona_segment',
-                      jsonb_build_object('op', 'drop', 'exits', v_exits, 'log_id', v_last,
-                                         'segment', v_name)::text);
+    PERFORM persona.announce();
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_drop_segment(text) IS
-    'drops a segment: every member exits (logged), announced once as op "drop"; its log stays';
+    'drops a segment: every member exits (logged and announced); its log stays';
 
 CREATE FUNCTION @extschema@.persona_in_segment(user_id text, segment text)
     RETURNS boolean

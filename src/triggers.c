@@ -11,9 +11,10 @@
  * are written, hands them to PersonaTriggersFire: each trigger's condition
  * is evaluated in C against the profile row, with the event's context as
  * parameter 1 and the event object as parameter 2 (persona.trigger_source,
- * predicate.c), and those that hold become messages through
- * persona.fire_trigger (src/triggers.sql), which applies consent, caps,
- * cooldowns and holdouts.  All in the ingesting transaction.
+ * predicate.c), and those that hold become messages, queued as one set by
+ * PersonaEnqueue (enqueue.c), which applies consent, caps, cooldowns and
+ * holdouts, and counts a trigger whose action was dropped since as
+ * action_dropped.  All in the ingesting transaction.
  */
 #include "postgres.h"
 
@@ -28,6 +29,7 @@
 #include "utils/resowner.h"
 
 #include "defcache.h"
+#include "enqueue.h"
 #include "persona.h"
 #include "profile.h"
 #include "triggers.h"
@@ -54,7 +56,6 @@ typedef struct TriggerCatalog
 	int			nsegment;		/* triggers on segment entries and exits */
 } TriggerCatalog;
 
-static SPIPlanPtr fire_plan = NULL;
 static SPIPlanPtr error_plan = NULL;
 static SPIPlanPtr member_plan = NULL;
 
@@ -315,8 +316,8 @@ PersonaTriggersFire(const TriggerFiring *firings, int n)
 	HeapTuple  *rows;
 	ExprContext *econtext;
 	ErrorData  *error = NULL;
-	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, JSONBOID};
-	SPIPlanPtr	plan;
+	EnqueueItem *items;
+	int			nitems = 0;
 
 	if (tc == NULL || n == 0)
 		return;
@@ -376,29 +377,28 @@ PersonaTriggersFire(const TriggerFiring *firings, int n)
 		FreeExprContext(econtext, true);
 	}
 
-	plan = PersonaKeptPlan(&fire_plan, "SELECT persona.fire_trigger($1, $2, $3, $4, $5)",
-						   5, types, 0);
+	/* The messages of those that hold, queued as one set. */
+	items = palloc(sizeof(EnqueueItem) * n);
 	for (int i = 0; i < n; i++)
 	{
 		const TriggerDef *d;
-		Datum		args[5];
-		char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+		EnqueueItem *it;
 
 		CHECK_FOR_INTERRUPTS();
 		if (!holds[i])
 			continue;
 		d = FindTrigger(tc, firings[i].trigger_id);
-		args[0] = Int64GetDatum(firings[i].profile_id);
-		args[1] = CStringGetTextDatum(d->action);
-		args[2] = CStringGetTextDatum(d->source);
-		args[3] = DirectFunctionCall2(timestamptz_pl_interval,
-									  TimestampTzGetDatum(firings[i].occurred_at),
-									  IntervalPGetDatum(&d->delay));
+		it = &items[nitems++];
+		it->profile_id = firings[i].profile_id;
+		it->action = d->action;
+		it->source = d->source;
+		it->due_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+															 TimestampTzGetDatum(firings[i].occurred_at),
+															 IntervalPGetDatum(&d->delay)));
 		/* The event is kept for the check and the rendering at claim. */
-		args[4] = JsonbPGetDatum(firings[i].event);
-		if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "queueing the message of trigger \"%s\" failed", d->name);
+		it->event = firings[i].event;
 	}
+	PersonaEnqueue(items, nitems, true, NULL);
 }
 
 /* Whether the profile of a persona.profiles row is a member of a segment (SPI). */

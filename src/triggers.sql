@@ -57,28 +57,6 @@ CREATE TRIGGER triggers_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON persona.triggers
     FOR EACH STATEMENT EXECUTE FUNCTION persona.announce_change();
 
--- One firing that held its condition: the action's message, unless the
--- action was dropped since (counted as action_dropped) or consent, caps,
--- cooldown or a holdout suppress it (persona.enqueue_message counts those).
--- event (the triggering event) is kept with the message for the check at
--- claim and for rendering its content. Called by src/triggers.c.
-CREATE FUNCTION persona.fire_trigger(profile_id bigint, action text, source text,
-                                     due_at timestamptz, event jsonb)
-    RETURNS bigint
-    LANGUAGE plpgsql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM persona.actions AS a WHERE a.name = $2) THEN
-        PERFORM persona.count_suppressions(ARRAY[$3], ARRAY['action_dropped']);
-        RETURN NULL;
-    END IF;
-    RETURN persona.enqueue_message($1, $2, $3, $4, $5);
-END
-$$;
-COMMENT ON FUNCTION persona.fire_trigger(bigint, text, text, timestamptz, jsonb) IS
-    'queues the message of a trigger''s firing (persona.enqueue_message), or counts it as action_dropped';
-
 -- Counts a firing skipped because its condition failed.
 CREATE FUNCTION persona.count_trigger_error(trigger_id int, error text)
     RETURNS void

@@ -1,0 +1,672 @@
+/*
+ * enqueue.c
+ *	  The outbox's entry: queueing messages as a set.
+ *
+ * A statement that fires triggers for thousands of events queues their
+ * messages here in a fixed number of queries, whatever their number: the
+ * actions are read once, the consent of every profile once (FOR KEY SHARE,
+ * against merges), what counts toward caps and cooldowns once per profile
+ * and capped action (persona.recent_sends), and the messages are written
+ * by one INSERT and the suppressions by one call of
+ * persona.count_suppressions.  The rules are those of the one-message
+ * entry it replaced, applied to the items in order, as if queued one by
+ * one: consent, then the action's cap_per_day and cooldown (messages
+ * queued by earlier items of the same call count), then the holdouts of
+ * running experiments (experiments.c's hook, which records the exposure).
+ * The decision lock of a profile (PersonaLockProfileSends) is taken only
+ * for capped actions, in profile order, so that two bulk statements cannot
+ * deadlock on it and a bulk insert does not fill the lock table.
+ *
+ * persona.enqueue_message, the SQL entry for one message, is this with
+ * one item.
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+
+#include "announcer.h"
+#include "campaigns.h"
+#include "enqueue.h"
+#include "experiments.h"
+#include "outbox.h"
+#include "persona.h"
+#include "sendtime.h"
+
+extern Datum persona_holdout_suppresses(PG_FUNCTION_ARGS);
+
+/* One row of persona.actions, as enqueueing needs it. */
+typedef struct EnqueueAction
+{
+	char	   *name;
+	int32		action_id;
+	char	   *channel;
+	bool		capped;			/* a cap_per_day or a cooldown */
+	int32		cap_per_day;	/* 0: none */
+	Interval	cooldown;		/* zero: none */
+	bool		has_cooldown;
+	Interval	span;			/* greatest(24 hours, cooldown): recent_sends'
+								 * span */
+} EnqueueAction;
+
+/* What counts toward the caps of one profile and capped action. */
+typedef struct SendCount
+{
+	int64		profile_id;
+	int			action;			/* index into the actions */
+	int64		last_day;
+	TimestampTz latest;			/* DT_NOBEGIN: none */
+} SendCount;
+
+static SPIPlanPtr action_plan = NULL;
+static SPIPlanPtr consent_plan = NULL;
+static SPIPlanPtr recent_plan = NULL;
+static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr suppress_plan = NULL;
+
+static int
+CompareInt64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+static int
+CompareSendCount(const void *a, const void *b)
+{
+	const SendCount *x = a;
+	const SendCount *y = b;
+
+	if (x->profile_id != y->profile_id)
+		return (x->profile_id > y->profile_id) - (x->profile_id < y->profile_id);
+	return (x->action > y->action) - (x->action < y->action);
+}
+
+/* values[0 .. n) sorted and without duplicates; returns how many remain. */
+static int
+SortUnique(int64 *values, int n)
+{
+	int			m = 0;
+
+	qsort(values, n, sizeof(int64), CompareInt64);
+	for (int i = 0; i < n; i++)
+		if (m == 0 || values[m - 1] != values[i])
+			values[m++] = values[i];
+	return m;
+}
+
+static int
+FindInt64(const int64 *sorted, int n, int64 value)
+{
+	const int64 *p = bsearch(&value, sorted, n, sizeof(int64), CompareInt64);
+
+	return p == NULL ? -1 : (int) (p - sorted);
+}
+
+static Datum
+TextArray(const char *const *values, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = CStringGetTextDatum(values[i]);
+	return PointerGetDatum(construct_array(d, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+static Datum
+Int64Array(const int64 *values, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int64GetDatum(values[i]);
+	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/* The actions named by the items (each name once), read in one query. */
+static EnqueueAction *
+ReadActions(const EnqueueItem *items, int n, int *nactions, int *item_action)
+{
+	const char **names = palloc(sizeof(char *) * n);
+	int			nnames = 0;
+	EnqueueAction *actions;
+	Oid			types[1] = {TEXTARRAYOID};
+	Datum		args[1];
+	SPIPlanPtr	plan;
+
+	for (int i = 0; i < n; i++)
+	{
+		bool		seen = false;
+
+		for (int k = 0; k < nnames && !seen; k++)
+			seen = strcmp(names[k], items[i].action) == 0;
+		if (!seen)
+			names[nnames++] = items[i].action;
+	}
+	plan = PersonaKeptPlan(&action_plan,
+						   "SELECT a.name, a.action_id, a.channel, a.cap_per_day, a.cooldown "
+						   "  FROM persona.actions AS a "
+						   " WHERE a.name OPERATOR(pg_catalog.=) ANY ($1)", 1, types, CURSOR_OPT_GENERIC_PLAN);
+	args[0] = TextArray(names, nnames);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the actions of queued messages failed");
+	actions = palloc0(sizeof(EnqueueAction) * Max(SPI_processed, 1));
+	*nactions = (int) SPI_processed;
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		EnqueueAction *a = &actions[r];
+		bool		isnull;
+		Datum		v;
+
+		a->name = TextDatumGetCString(SPI_getbinval(t, desc, 1, &isnull));
+		a->action_id = DatumGetInt32(SPI_getbinval(t, desc, 2, &isnull));
+		a->channel = TextDatumGetCString(SPI_getbinval(t, desc, 3, &isnull));
+		v = SPI_getbinval(t, desc, 4, &isnull);
+		a->cap_per_day = isnull ? 0 : DatumGetInt32(v);
+		v = SPI_getbinval(t, desc, 5, &isnull);
+		a->has_cooldown = !isnull;
+		if (!isnull)
+			a->cooldown = *DatumGetIntervalP(v);
+		a->capped = a->cap_per_day > 0 || a->has_cooldown;
+		a->span.time = USECS_PER_DAY;
+		if (a->has_cooldown &&
+			DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(&a->cooldown),
+											  IntervalPGetDatum(&a->span))) > 0)
+			a->span = a->cooldown;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		item_action[i] = -1;
+		for (int k = 0; k < *nactions; k++)
+			if (strcmp(actions[k].name, items[i].action) == 0)
+				item_action[i] = k;
+	}
+	return actions;
+}
+
+/*
+ * Reads the consent of every profile (pids, sorted and unique) into
+ * consents[], locking the rows FOR KEY SHARE against merges and forget.
+ * A profile that does not exist is an error.
+ */
+static void
+ReadConsents(const int64 *pids, int npids, Jsonb **consents)
+{
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		args[1];
+	SPIPlanPtr	plan = PersonaKeptPlan(&consent_plan,
+									   "SELECT p.profile_id, p.consent FROM persona.profiles AS p "
+									   " WHERE p.profile_id OPERATOR(pg_catalog.=) ANY ($1) "
+									   " FOR KEY SHARE OF p", 1, types, CURSOR_OPT_GENERIC_PLAN);
+	bool	   *found = palloc0(sizeof(bool) * npids);
+
+	args[0] = Int64Array(pids, npids);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the consent of profiles failed");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[r];
+		bool		isnull;
+		int			k = FindInt64(pids, npids,
+								  DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull)));
+		Datum		v = SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull);
+
+		if (k < 0)
+			continue;
+		found[k] = true;
+		consents[k] = isnull ? NULL : DatumGetJsonbPCopy(v);
+	}
+	for (int k = 0; k < npids; k++)
+		if (!found[k])
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("profile " INT64_FORMAT " does not exist", pids[k])));
+}
+
+/*
+ * What already counts toward the caps of counts[0 .. n) (sorted, unique):
+ * persona.recent_sends for each profile and action, in one query.
+ */
+static void
+ReadSendCounts(SendCount *counts, int n, const EnqueueAction *actions, int nactions)
+{
+	Oid			types[3] = {INT8ARRAYOID, INT4ARRAYOID, INTERVALARRAYOID};
+	Datum		args[3];
+	Datum	   *pids = palloc(sizeof(Datum) * n);
+	Datum	   *aids = palloc(sizeof(Datum) * n);
+	Datum	   *spans = palloc(sizeof(Datum) * n);
+	SPIPlanPtr	plan = PersonaKeptPlan(&recent_plan,
+									   "SELECT u.profile_id, u.action_id, r.last_day, r.latest "
+									   "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+									   "                  pg_catalog.unnest($3)) AS u(profile_id, action_id, span), "
+									   "       LATERAL persona.recent_sends(u.profile_id, u.span, "
+									   "                                    ARRAY[u.action_id]) AS r",
+									   3, types, CURSOR_OPT_GENERIC_PLAN);
+
+	for (int i = 0; i < n; i++)
+	{
+		const EnqueueAction *a = &actions[counts[i].action];
+
+		pids[i] = Int64GetDatum(counts[i].profile_id);
+		aids[i] = Int32GetDatum(a->action_id);
+		spans[i] = IntervalPGetDatum(&a->span);
+		counts[i].last_day = 0;
+		TIMESTAMP_NOBEGIN(counts[i].latest);
+	}
+	args[0] = PointerGetDatum(construct_array(pids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(aids, n, INT4OID, 4, true, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(spans, n, INTERVALOID, sizeof(Interval), false,
+											  TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the recent sends of profiles failed");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	t = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		pid = DatumGetInt64(SPI_getbinval(t, desc, 1, &isnull));
+		int32		aid = DatumGetInt32(SPI_getbinval(t, desc, 2, &isnull));
+		Datum		latest;
+
+		SendCount	key = {.profile_id = pid,.action = -1};
+		SendCount  *c;
+
+		for (int k = 0; k < nactions; k++)
+			if (actions[k].action_id == aid)
+				key.action = k;
+		c = bsearch(&key, counts, n, sizeof(SendCount), CompareSendCount);
+		if (c == NULL)
+			continue;
+		c->last_day = DatumGetInt64(SPI_getbinval(t, desc, 3, &isnull));
+		latest = SPI_getbinval(t, desc, 4, &isnull);
+		if (!isnull)
+			c->latest = DatumGetTimestampTz(latest);
+	}
+}
+
+/* The cap or cooldown that suppresses a message now, else NULL; counts it if not. */
+static const char *
+CheckCaps(SendCount *c, const EnqueueAction *a, TimestampTz due, TimestampTz now)
+{
+	TimestampTz since;
+	Interval	day = {.time = USECS_PER_DAY};
+
+	if (a->cap_per_day > 0 && c->last_day >= a->cap_per_day)
+		return "cap";
+	if (a->has_cooldown)
+	{
+		since = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+														TimestampTzGetDatum(now),
+														IntervalPGetDatum(&a->cooldown)));
+		if (!TIMESTAMP_NOT_FINITE(c->latest) && c->latest > since)
+			return "cooldown";
+	}
+
+	/*
+	 * Queued: it counts for the items after it, as recent_sends would count
+	 * it.
+	 */
+	since = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+													TimestampTzGetDatum(now),
+													IntervalPGetDatum(&day)));
+	if (due > since)
+		c->last_day++;
+	since = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+													TimestampTzGetDatum(now),
+													IntervalPGetDatum(&a->span)));
+	if (due > since && (TIMESTAMP_NOT_FINITE(c->latest) || due > c->latest))
+		c->latest = due;
+	return NULL;
+}
+
+/* The holdout hook (experiments.c), which records the exposure. */
+static bool
+HeldOut(int64 profile_id, const char *action)
+{
+	LOCAL_FCINFO(fcinfo, 3);
+	Datum		result;
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 3, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = Int64GetDatum(profile_id);
+	fcinfo->args[0].isnull = false;
+	fcinfo->args[1].value = CStringGetTextDatum(action);
+	fcinfo->args[1].isnull = false;
+	fcinfo->args[2].value = (Datum) 0;
+	fcinfo->args[2].isnull = true;
+	result = persona_holdout_suppresses(fcinfo);
+	return !fcinfo->isnull && DatumGetBool(result);
+}
+
+/*
+ * persona.channel_cap_per_day: the messages of one person on one channel in
+ * the last day (persona.channel_sends, campaigns included), read once per
+ * pair and counted on as this call queues more.
+ */
+typedef struct ChannelSends
+{
+	int64		profile_id;
+	char		channel[NAMEDATALEN];	/* the hash key with profile_id */
+	int64		sends;
+} ChannelSends;
+
+static bool
+ChannelCapReached(HTAB *seen, int64 profile_id, const char *channel, ChannelSends **entry)
+{
+	ChannelSends key;
+	ChannelSends *e;
+	bool		found;
+
+	memset(&key, 0, sizeof(key));
+	key.profile_id = profile_id;
+	strlcpy(key.channel, channel, NAMEDATALEN);
+	e = hash_search(seen, &key, HASH_ENTER, &found);
+	if (!found)
+	{
+		Oid			types[2] = {INT8OID, TEXTOID};
+		Datum		args[2] = {Int64GetDatum(profile_id), CStringGetTextDatum(channel)};
+		bool		isnull;
+
+		if (SPI_execute_with_args("SELECT persona.channel_sends($1, $2)", 2, types, args,
+								  NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "reading a person's messages of a channel failed");
+		e->sends = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+											   1, &isnull));
+	}
+	*entry = e;
+	return e->sends >= persona_channel_cap_per_day;
+}
+
+static void
+InsertMessages(const EnqueueItem *items, const int *item_action, char *const *channels,
+			   const bool *queued, int n, const EnqueueAction *actions, int64 *ids)
+{
+	Oid			types[7] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	TIMESTAMPTZARRAYOID, INT4ARRAYOID, JSONBARRAYOID};
+	Datum		args[7];
+	Datum	   *cols[7];
+	bool	   *event_nulls = palloc(sizeof(bool) * n);
+	int			dims[1];
+	int			lbs[1] = {1};
+	int			m = 0;
+	SPIPlanPtr	plan;
+
+	if (ids != NULL)
+		memset(ids, 0, sizeof(int64) * n);
+	for (int c = 0; c < 7; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+	{
+		const EnqueueAction *a;
+
+		if (!queued[i])
+			continue;
+		a = &actions[item_action[i]];
+		cols[0][m] = Int64GetDatum(items[i].profile_id);
+		cols[1][m] = CStringGetTextDatum(channels[i]);
+		cols[2][m] = CStringGetTextDatum(a->name);
+		cols[3][m] = CStringGetTextDatum(items[i].source);
+		cols[4][m] = TimestampTzGetDatum(items[i].due_at);
+		cols[5][m] = Int32GetDatum(a->action_id);
+		cols[6][m] = items[i].event ? JsonbPGetDatum(items[i].event) : (Datum) 0;
+		event_nulls[m] = items[i].event == NULL;
+		m++;
+	}
+	if (m == 0)
+		return;
+	dims[0] = m;
+	args[0] = PointerGetDatum(construct_array(cols[0], m, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(cols[1], m, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(cols[2], m, TEXTOID, -1, false, TYPALIGN_INT));
+	args[3] = PointerGetDatum(construct_array(cols[3], m, TEXTOID, -1, false, TYPALIGN_INT));
+	args[4] = PointerGetDatum(construct_array(cols[4], m, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+	args[5] = PointerGetDatum(construct_array(cols[5], m, INT4OID, 4, true, TYPALIGN_INT));
+	args[6] = PointerGetDatum(construct_md_array(cols[6], event_nulls, 1, dims, lbs, JSONBOID, -1,
+												 false, TYPALIGN_INT));
+	plan = PersonaKeptPlan(&insert_plan,
+						   "INSERT INTO persona.messages AS m "
+						   "       (profile_id, channel, action, source, due_at, action_id, ready_at, event) "
+						   "SELECT u.p, u.c, u.a, u.s, u.d, u.i, u.d, u.e "
+						   "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+						   "                  pg_catalog.unnest($3), pg_catalog.unnest($4), "
+						   "                  pg_catalog.unnest($5), pg_catalog.unnest($6), "
+						   "                  pg_catalog.unnest($7)) WITH ORDINALITY AS u(p, c, a, s, d, i, e, n) "
+						   " ORDER BY u.n RETURNING m.message_id", 7, types, CURSOR_OPT_GENERIC_PLAN);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != (uint64) m)
+		elog(ERROR, "writing queued messages failed");
+	if (ids != NULL)
+	{
+		uint64		r = 0;
+
+		for (int i = 0; i < n; i++)
+		{
+			bool		isnull;
+
+			if (queued[i])
+				ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r++],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+		}
+	}
+}
+
+static void
+CountSuppressions(const char **sources, const char **reasons, int n)
+{
+	Oid			types[2] = {TEXTARRAYOID, TEXTARRAYOID};
+	Datum		args[2];
+	SPIPlanPtr	plan;
+
+	if (n == 0)
+		return;
+	plan = PersonaKeptPlan(&suppress_plan, "SELECT persona.count_suppressions($1, $2)",
+						   2, types, CURSOR_OPT_GENERIC_PLAN);
+	args[0] = TextArray(sources, n);
+	args[1] = TextArray(reasons, n);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "counting suppressed messages failed");
+}
+
+int64
+PersonaEnqueue(const EnqueueItem *items, int n, bool dropped_counts, int64 *ids)
+{
+	int		   *item_action;
+	EnqueueAction *actions;
+	int			nactions;
+	int64	   *pids;
+	int			npids = 0;
+	int64	   *locks;
+	int			nlocks = 0;
+	Jsonb	  **consents;
+	SendCount  *counts;
+	int			ncounts = 0;
+	const char **reasons;
+	const char **sup_sources;
+	const char **sup_reasons;
+	int			nsup = 0;
+	bool	   *queued;
+	int64		nqueued = 0;
+	bool		holdouts;
+	char	  **channels;
+	HTAB	   *channel_sends = NULL;
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+
+	if (n == 0)
+		return 0;
+	item_action = palloc(sizeof(int) * n);
+	actions = ReadActions(items, n, &nactions, item_action);
+	reasons = palloc0(sizeof(char *) * n);
+	for (int i = 0; i < n; i++)
+		if (item_action[i] < 0)
+		{
+			if (!dropped_counts)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_OBJECT),
+						 errmsg("action \"%s\" does not exist", items[i].action)));
+			reasons[i] = "action_dropped";
+		}
+
+	/* The decision locks of capped actions' profiles, in profile order. */
+	pids = palloc(sizeof(int64) * n);
+	locks = palloc(sizeof(int64) * n);
+	for (int i = 0; i < n; i++)
+	{
+		if (reasons[i] != NULL)
+			continue;
+		pids[npids++] = items[i].profile_id;
+		if (actions[item_action[i]].capped || persona_channel_cap_per_day > 0)
+			locks[nlocks++] = items[i].profile_id;
+	}
+	nlocks = SortUnique(locks, nlocks);
+	for (int k = 0; k < nlocks; k++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		PersonaLockProfileSends(locks[k]);
+	}
+	npids = SortUnique(pids, npids);
+	consents = palloc0(sizeof(Jsonb *) * Max(npids, 1));
+	if (npids > 0)
+		ReadConsents(pids, npids, consents);
+
+	/*
+	 * The channel (an action on the channel "best": the person's best
+	 * consented channel now, sendtime.c; none consented is a consent
+	 * suppression), then consent; the capped pairs that remain need their
+	 * recent sends.
+	 */
+	counts = palloc(sizeof(SendCount) * n);
+	channels = palloc0(sizeof(char *) * n);
+	for (int i = 0; i < n; i++)
+	{
+		const EnqueueAction *a;
+
+		CHECK_FOR_INTERRUPTS();
+		if (reasons[i] != NULL)
+			continue;
+		a = &actions[item_action[i]];
+		channels[i] = strcmp(a->channel, PERSONA_BEST_CHANNEL) == 0
+			? PersonaBestChannel(items[i].profile_id, true, NULL)
+			: a->channel;
+		if (channels[i] == NULL ||
+			!PersonaConsented(consents[FindInt64(pids, npids, items[i].profile_id)], channels[i]))
+			reasons[i] = "consent";
+		else if (a->capped)
+		{
+			counts[ncounts].profile_id = items[i].profile_id;
+			counts[ncounts].action = item_action[i];
+			ncounts++;
+		}
+	}
+	if (ncounts > 0)
+	{
+		int			m = 0;
+
+		qsort(counts, ncounts, sizeof(SendCount), CompareSendCount);
+		for (int i = 0; i < ncounts; i++)
+			if (m == 0 || CompareSendCount(&counts[m - 1], &counts[i]) != 0)
+				counts[m++] = counts[i];
+		ncounts = m;
+		ReadSendCounts(counts, ncounts, actions, nactions);
+	}
+
+	/*
+	 * In order: caps and cooldowns, the channel cap, then holdouts, as one
+	 * message at a time would.
+	 */
+	holdouts = PersonaGetExperiments()->nrunning > 0;
+	if (persona_channel_cap_per_day > 0)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = offsetof(ChannelSends, sends);
+		ctl.entrysize = sizeof(ChannelSends);
+		ctl.hcxt = CurrentMemoryContext;
+		channel_sends = hash_create("persona channel sends", 64, &ctl,
+									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	queued = palloc0(sizeof(bool) * n);
+	sup_sources = palloc(sizeof(char *) * n);
+	sup_reasons = palloc(sizeof(char *) * n);
+	for (int i = 0; i < n; i++)
+	{
+		const EnqueueAction *a = item_action[i] < 0 ? NULL : &actions[item_action[i]];
+		ChannelSends *sends;
+
+		CHECK_FOR_INTERRUPTS();
+		if (reasons[i] == NULL && a->capped)
+		{
+			SendCount	key = {.profile_id = items[i].profile_id,.action = item_action[i]};
+			SendCount  *c = bsearch(&key, counts, ncounts, sizeof(SendCount), CompareSendCount);
+
+			reasons[i] = CheckCaps(c, a, items[i].due_at, now);
+		}
+		sends = NULL;
+		if (reasons[i] == NULL && channel_sends != NULL &&
+			ChannelCapReached(channel_sends, items[i].profile_id, channels[i], &sends))
+			reasons[i] = "cap";
+		if (reasons[i] == NULL && holdouts && HeldOut(items[i].profile_id, a->name))
+			reasons[i] = "holdout";
+		if (reasons[i] != NULL)
+		{
+			sup_sources[nsup] = items[i].source;
+			sup_reasons[nsup++] = reasons[i];
+			continue;
+		}
+		queued[i] = true;
+		nqueued++;
+		if (sends != NULL)
+			sends->sends++;
+	}
+
+	InsertMessages(items, item_action, channels, queued, n, actions, ids);
+	CountSuppressions(sup_sources, sup_reasons, nsup);
+	/* The announcer notifies persona_outbox once this commits. */
+	if (nqueued > 0)
+		PersonaAnnounce();
+	return nqueued;
+}
+
+/*
+ * persona.enqueue_message(profile_id, action, source, due_at DEFAULT now,
+ * event DEFAULT NULL): one message; its message_id, or NULL when suppressed.
+ */
+PG_FUNCTION_INFO_V1(persona_enqueue_message);
+Datum
+persona_enqueue_message(PG_FUNCTION_ARGS)
+{
+	EnqueueItem item;
+	int64		id;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("profile_id, action and source must not be null")));
+	item.profile_id = PG_GETARG_INT64(0);
+	item.action = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	item.source = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	if (item.source[0] == '\0' || strlen(item.source) > 300)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a message source must be 1 to 300 bytes")));
+	item.due_at = PG_ARGISNULL(3) ? GetCurrentTimestamp() : PG_GETARG_TIMESTAMPTZ(3);
+	item.event = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PersonaEnqueue(&item, 1, false, &id);
+	SPI_finish();
+	if (id == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(id);
+}
