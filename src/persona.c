@@ -7,6 +7,7 @@
 #include "fmgr.h"
 #include "utils/guc.h"
 
+#include "bandit.h"
 #include "defcache.h"
 #include "outbox.h"
 #include "persona.h"
@@ -64,6 +65,8 @@ _PG_init(void)
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	PersonaBanditInit();
 
 	MarkGUCPrefixReserved("persona");
 

@@ -29,3 +29,14 @@ expect() { # what sql expected
 	got=$(val "$2")
 	[[ $got == "$3" ]] || { echo "bench: $1: got $got, expected $3" >&2; exit 1; }
 }
+
+# The tps of one pgbench run: pgbench_tps LABEL [pgbench options...]; fails
+# the benchmark, showing pgbench's output, when pgbench fails or prints none.
+pgbench_tps() { # label options...
+	local out tps
+	out=$(pgbench "${@:2}" 2>&1) ||
+		{ printf 'bench: pgbench (%s) failed:\n%s\n' "$1" "$out" >&2; exit 1; }
+	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | head -n 1)
+	[[ -n $tps ]] || { printf 'bench: no tps in pgbench output (%s):\n%s\n' "$1" "$out" >&2; exit 1; }
+	echo "$tps"
+}
