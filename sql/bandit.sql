@@ -10,8 +10,9 @@ SET persona.bandit_categories = 'kind';
 -- model of the person can tell them apart.
 SELECT persona_create_action('offer_x', 'app', '{"title": "X"}');
 SELECT persona_create_action('offer_y', 'app', '{"title": "Y"}');
+-- (@bias is a built-in feature's name: a trait of that name is no feature.)
 SELECT count(*) AS people FROM (
-    SELECT persona_identify('bk-' || k || '-' || i, jsonb_build_object('kind', k, 'visits', i))
+    SELECT persona_identify('bk-' || k || '-' || i, jsonb_build_object('kind', k, 'visits', i, '@bias', 5))
       FROM unnest(ARRAY['a', 'b']) AS k, generate_series(1, 10) AS i) AS x;
 
 -- What a decision records: the person's features (@bias, the numeric trait

@@ -10,6 +10,8 @@
  *	<trait>			every numeric computed or declared trait, as
  *					sign(v) ln(1 + |v|); every true boolean trait, as 1
  *	<trait>=<value>	1, for a string trait named in persona.bandit_categories
+ * (a declared trait whose name starts with @ is left out: the built-in
+ * features own those names).
  *
  * Each action has a Bayesian logistic model over them, P(success | x) =
  * 1 / (1 + exp(-w.x)), with a diagonal Gaussian posterior over w (a mean
@@ -170,8 +172,8 @@ AddTraits(PersonaBanditFeatures *f, Jsonb *traits, Jsonb *skip, List *categories
 			continue;
 		tok = JsonbIteratorNext(&it, &v, true);
 		len = k.val.string.len;
-		if (len > MAX_FEATURE_NAME_BYTES)
-			continue;
+		if (len > MAX_FEATURE_NAME_BYTES || (len > 0 && k.val.string.val[0] == '@'))
+			continue;			/* too long, or a built-in feature's name */
 		if (skip != NULL && getKeyJsonValueFromContainer(&skip->root, k.val.string.val, len, NULL))
 			continue;
 		name = pnstrdup(k.val.string.val, len);

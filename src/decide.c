@@ -945,7 +945,8 @@ ScoreCandidates(const DecideRequest *req, const DecideProfile *profile, Candidat
 				c->trials = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 				c->successes = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
 				m = SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull);
-				c->model = isnull ? NULL : DatumGetJsonbPCopy(m);
+				/* read in this step only: SPI's result holds it meanwhile */
+				c->model = isnull ? NULL : DatumGetJsonbP(m);
 			}
 	}
 	if (models)

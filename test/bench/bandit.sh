@@ -31,8 +31,11 @@
 #     0.1.0's SQL (CREATE EXTENSION persona VERSION '0.1.0', the same
 #     library: no features are read or recorded), and against a one-row
 #     INSERT into a plain table. tps, medians of $TPS_RUNS runs per side
-#     (alternating order), ratios (issue target: personal >= 85% of
-#     0.1.0's decide).
+#     (alternating order), ratios of the medians and medians of the per-run
+#     ratios (issue target: personal >= 85% of 0.1.0's decide). Then the
+#     same four as the server's time per call: $CALLS calls in a PL/pgSQL
+#     loop, one transaction, timed with clock_timestamp() (no commit, no
+#     client), median of $TPS_RUNS loops per side, in turn.
 #
 # Nothing here asserts a figure; the script fails only when something errors
 # or a check of persona's rows fails. Connection from PGHOST/PGPORT/PGUSER
@@ -42,7 +45,8 @@
 # Knobs (environment): BENCH_BANDIT_DECISIONS (100000 per side),
 # BENCH_BANDIT_STEP (10000, the learning curve's block), BENCH_BANDIT_PEOPLE
 # (1000), BENCH_BANDIT_TPS_RUNS (5 pgbench runs per side),
-# BENCH_BANDIT_SECONDS (10 s per pgbench run).
+# BENCH_BANDIT_SECONDS (10 s per pgbench run), BENCH_BANDIT_CALLS (2000
+# calls per timed loop).
 set -euo pipefail
 # shellcheck source=test/bench/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -52,6 +56,7 @@ STEP=${BENCH_BANDIT_STEP:-10000}
 PEOPLE=${BENCH_BANDIT_PEOPLE:-1000}
 TPS_RUNS=${BENCH_BANDIT_TPS_RUNS:-5}
 SECONDS_PER_RUN=${BENCH_BANDIT_SECONDS:-10}
+CALLS=${BENCH_BANDIT_CALLS:-2000}
 CLIENTS=2
 ((STEP > DECISIONS)) && STEP=$DECISIONS
 
@@ -98,6 +103,30 @@ BEGIN
 END
 $$;
 SELECT reset_actions() \g /dev/null
+
+-- Microseconds per call of `calls` decisions (or one-row INSERTs), in one
+-- transaction: the server's time, without the commit and the client.
+CREATE FUNCTION decide_us(calls int, people int) RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+    c  bigint;
+BEGIN
+    FOR i IN 1..calls LOOP
+        SELECT count(*) INTO c FROM persona_decide('bu-' || (i * 7919 % people), '{}', 'web');
+    END LOOP;
+    RETURN extract(epoch FROM clock_timestamp() - t0) * 1e6 / calls;
+END
+$$;
+CREATE FUNCTION insert_us(calls int, people int) RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE
+    t0 timestamptz := clock_timestamp();
+BEGIN
+    FOR i IN 1..calls LOOP
+        INSERT INTO bench_plain (profile_id, action, context) VALUES (i * 7919 % people, 'x', '{}');
+    END LOOP;
+    RETURN extract(epoch FROM clock_timestamp() - t0) * 1e6 / calls;
+END
+$$;
 
 -- `calls` simulated decisions with feedback, each committed as an
 -- application's would be; returns the clicks, the planted rate of the
@@ -183,7 +212,7 @@ paste -d ' ' "$WORK/on" "$WORK/off" | awk -v step="$STEP" '
 	         100 * PE / N, 100 * CE / N, 100 * O / N
 	  printf "  click-through: persona/oracle %.1f%% (target >= 85%%), persona/context-free %.2fx (target >= 1.2x)\n",
 	         100 * P / O, P / C }'
-echo "  where the models stand (per action: observations, mean weight of its own kind and of the rest):"
+echo "  where the models stand (per action: observations, posterior mean of the weight of the kind it suits):"
 val "SELECT string_agg(format('%s n=%s %s=%s', a.name, s.model->>'n', 'kind=k' || substr(a.name, 2),
                                round((s.model->'w'->('kind=k' || substr(a.name, 2))->>0)::numeric, 2)), '; ' ORDER BY a.name)
        FROM persona.actions AS a JOIN persona.action_stats AS s USING (action_id)" | fold -w 110 -s | sed 's/^/    /'
@@ -222,7 +251,8 @@ echo "   personal: SELECT count(*) FROM persona_decide('bu-' || :uid, '{}', 'web
 echo "   context-free: the same with persona.bandit = off; 0.1.0: the same in a database at 0.1.0's SQL"
 echo "   plain: INSERT INTO bench_plain (profile_id, action, context) VALUES (:uid, 'x', '{}')"
 for s in "${sides[@]}"; do tps_run "$s" >/dev/null; done
-declare -A ALL
+declare -A ALL RUN
+ratio_pv="" ratio_pc=""
 for ((r = 1; r <= TPS_RUNS; r++)); do
 	order=("${sides[@]}")
 	((r % 2)) || order=(plain v010 ctxfree personal)
@@ -230,8 +260,11 @@ for ((r = 1; r <= TPS_RUNS; r++)); do
 	for s in "${order[@]}"; do
 		t=$(tps_run "$s")
 		ALL[$s]+=" $t"
+		RUN[$s]=$t
 		line+=" $s $(printf '%.1f' "$t")"
 	done
+	ratio_pv+=" $(calc "100 * ${RUN[personal]} / ${RUN[v010]}")"
+	ratio_pc+=" $(calc "100 * ${RUN[personal]} / ${RUN[ctxfree]}")"
 	echo "$line"
 done
 declare -A MED
@@ -241,3 +274,26 @@ printf '  median tps: personal %.1f | context-free %.1f | 0.1.0 %.1f | plain INS
 printf '  personal/0.1.0 %.1f%% (target >= 85%%), personal/context-free %.1f%%, personal/plain %.1f%%, 0.1.0/plain %.1f%%\n' \
 	"$(calc "100 * ${MED[personal]} / ${MED[v010]}")" "$(calc "100 * ${MED[personal]} / ${MED[ctxfree]}")" \
 	"$(calc "100 * ${MED[personal]} / ${MED[plain]}")" "$(calc "100 * ${MED[v010]} / ${MED[plain]}")"
+printf '  medians of the per-run ratios: personal/0.1.0 %.1f%%, personal/context-free %.1f%%\n' \
+	"$(median <<<"$ratio_pv")" "$(median <<<"$ratio_pc")"
+
+us_run() { # side -> microseconds per call
+	case $1 in
+	personal) val "SELECT decide_us($CALLS, $PEOPLE)" -d "$DB" ;;
+	ctxfree) PGOPTIONS="-c persona.bandit=off" val "SELECT decide_us($CALLS, $PEOPLE)" -d "$DB" ;;
+	v010) val "SELECT decide_us($CALLS, $PEOPLE)" -d "$DB010" ;;
+	plain) val "SELECT insert_us($CALLS, $PEOPLE)" -d "$DB" ;;
+	esac
+}
+echo
+echo "== server time per call: $(fmt_int "$CALLS") calls per loop, one transaction, $TPS_RUNS loops per side in turn"
+declare -A US
+for s in "${sides[@]}"; do us_run "$s" >/dev/null; done
+for ((r = 1; r <= TPS_RUNS; r++)); do
+	for s in "${sides[@]}"; do US[$s]+=" $(us_run "$s")"; done
+done
+for s in "${sides[@]}"; do US[$s]=$(median <<<"${US[$s]}"); done
+printf '  median: personal %.1f us | context-free %.1f us | 0.1.0 %.1f us | plain INSERT %.1f us\n' \
+	"${US[personal]}" "${US[ctxfree]}" "${US[v010]}" "${US[plain]}"
+printf '  0.1.0/personal %.1f%% (the throughput ratio, server side), context-free/personal %.1f%%\n' \
+	"$(calc "100 * ${US[v010]} / ${US[personal]}")" "$(calc "100 * ${US[ctxfree]} / ${US[personal]}")"
