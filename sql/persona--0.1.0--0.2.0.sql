@@ -1121,10 +1121,33 @@ $$;
 COMMENT ON FUNCTION persona.check_outcome(text, float8) IS
     'checks a feedback outcome and its value; returns the outcome lower-cased';
 
+-- Per-person bandit (issue 17): each action's Bayesian logistic model over
+-- the person's features (persona.action_stats.model), learned from
+-- feedback on decisions, which record the features they saw
+-- (persona.decisions.features); src/bandit.c. Here, ahead of persona.learn,
+-- which updates the model.
+ALTER TABLE persona.action_stats ADD COLUMN model jsonb;
+COMMENT ON COLUMN persona.action_stats.model IS
+    'the per-person bandit: a Bayesian logistic model of success over the features of decisions, {"n": observations, "w": {feature: [mean, precision]}} (docs/decisions.md)';
+ALTER TABLE persona.decisions ADD COLUMN features jsonb;
+COMMENT ON COLUMN persona.decisions.features IS
+    'the person''s features the decision saw ({feature: value}), which feedback on it teaches the action''s model';
+COMMENT ON FUNCTION @extschema@.persona_decide(text, jsonb, text, int) IS
+    'the next best actions for a person now: eligible by schedule, segment, condition, caps and cooldown; ranked by priority, then Thompson-sampled success (the person''s own, from the action''s per-person model, once it has enough feedback) times value; rendered and recorded';
+-- One observation for an action's per-person model (src/bandit.c).
+CREATE FUNCTION persona.bandit_learn(model jsonb, features jsonb, change text)
+    RETURNS jsonb
+    LANGUAGE C IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'persona_bandit_learn';
+COMMENT ON FUNCTION persona.bandit_learn(jsonb, jsonb, text) IS
+    'the per-person model after one more observation of features: success, failure, or flip (a success after a first outcome that was not one); NULL features or change: unchanged';
+
 -- What one new outcome teaches an action (persona.action_stats): a trial at
 -- the first outcome of a decision or message, a success at its first click
--- or conversion. earlier: the outcomes it had before.
-CREATE FUNCTION persona.learn(action_id int, earlier text[], outcome text, value float8)
+-- or conversion. earlier: the outcomes it had before. features: what the
+-- decision saw, for the action's per-person model (NULL: counts only).
+CREATE FUNCTION persona.learn(action_id int, earlier text[], outcome text, value float8,
+                              features jsonb)
     RETURNS void
     LANGUAGE sql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -1135,11 +1158,20 @@ CREATE FUNCTION persona.learn(action_id int, earlier text[], outcome text, value
                    + (learn.outcome IN ('click', 'conversion')
                       AND NOT learn.earlier && ARRAY['click', 'conversion'])::int,
                conversions = s.conversions + (learn.outcome = 'conversion')::int,
-               revenue = s.revenue + coalesce(learn.value, 0)
+               revenue = s.revenue + coalesce(learn.value, 0),
+               model = persona.bandit_learn(s.model, learn.features,
+                   CASE WHEN cardinality(learn.earlier) = 0
+                        THEN CASE WHEN learn.outcome IN ('click', 'conversion')
+                                  THEN 'success' ELSE 'failure' END
+                        WHEN learn.outcome IN ('click', 'conversion')
+                             AND NOT learn.earlier && ARRAY['click', 'conversion']
+                        THEN 'flip' END)
          WHERE s.action_id = learn.action_id;
     END;
-COMMENT ON FUNCTION persona.learn(int, text[], text, float8) IS
-    'counts a new feedback outcome in persona.action_stats (trials, successes, conversions, revenue)';
+COMMENT ON FUNCTION persona.learn(int, text[], text, float8, jsonb) IS
+    'counts a new feedback outcome in persona.action_stats (trials, successes, conversions, revenue) and teaches the action''s per-person model';
+
+REVOKE ALL ON FUNCTION persona.bandit_learn(jsonb, jsonb, text) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION @extschema@.persona_feedback(decision_id bigint, outcome text, value float8 DEFAULT NULL)
     RETURNS void
@@ -1153,12 +1185,14 @@ DECLARE
     v_outcome text;
     v_value   float8 := $3;
     v_action  int;
+    v_features jsonb;
 BEGIN
     IF v_id IS NULL THEN
         RAISE EXCEPTION 'decision_id and outcome must not be null' USING ERRCODE = '22004';
     END IF;
     v_outcome := persona.check_outcome($2, v_value);
-    SELECT d.action_id INTO v_action FROM persona.decisions AS d WHERE d.decision_id = v_id;
+    SELECT d.action_id, d.features INTO v_action, v_features
+      FROM persona.decisions AS d WHERE d.decision_id = v_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'decision % does not exist', v_id USING ERRCODE = '42704';
     END IF;
@@ -1175,7 +1209,7 @@ BEGIN
     PERFORM persona.learn(v_action,
                           ARRAY(SELECT f.outcome FROM persona.feedback AS f
                                  WHERE f.decision_id = v_id AND f.outcome <> v_outcome),
-                          v_outcome, v_value);
+                          v_outcome, v_value, v_features);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_feedback(bigint, text, float8) IS
@@ -1598,7 +1632,7 @@ BEGIN
                           ARRAY(SELECT f.outcome FROM persona.message_feedback AS f
                                  WHERE f.profile_id = m.profile_id AND f.message_id = v_id
                                    AND f.outcome <> v_outcome),
-                          v_outcome, v_value);
+                          v_outcome, v_value, NULL);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_message_feedback(bigint, text, float8) IS
@@ -1611,7 +1645,7 @@ VALUES ('persona.messages', 32, 'repoint', NULL, 'delete', NULL),
        ('persona.message_feedback', 34, 'repoint', NULL, 'delete', NULL);
 
 REVOKE ALL ON FUNCTION persona.check_outcome(text, float8) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.learn(int, text[], text, float8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.learn(int, text[], text, float8, jsonb) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION @extschema@.persona_set_consent(text, text, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_claim(text, int, interval) FROM PUBLIC;

@@ -21,8 +21,10 @@
  *	6. ApplyCaps: caps and cooldowns, from the profile's recent decisions
  *	   and messages (persona.recent_sends);
  *	7. ScoreCandidates: priority first, then a Thompson sample of each
- *	   action's Beta(1 + successes, 1 + failures) success probability times
- *	   its value, so that an action without feedback is explored;
+ *	   action's success probability times its value: from the action's
+ *	   per-person model over the person's features once it has enough
+ *	   feedback (bandit.c), else from its Beta(1 + successes, 1 + failures)
+ *	   average, so that an action without feedback is explored;
  *	8. ApplyHoldouts: running experiments (experiments.c): a global
  *	   holdout gets nothing, an action's holdout gets the next best; the
  *	   person's arm is recorded at the first exposure, in either arm;
@@ -60,6 +62,7 @@
 #include "defcache.h"
 #include "outbox.h"
 #include "experiments.h"
+#include "bandit.h"
 #include "persona.h"
 #include "sendtime.h"
 #include "profile.h"
@@ -103,19 +106,26 @@ typedef struct Candidate
 	const char *channel;		/* def's, or the one "best" chose */
 	int64		trials;
 	int64		successes;
+	Jsonb	   *model;			/* its per-person model, NULL if none */
+	int64		model_n;		/* the model's observations */
+	bool		personal;		/* ranked by the model, not the average */
+	double		predicted;		/* the model's mean success for the person */
 	double		sample;
 	double		score;
 } Candidate;
 
 static pg_prng_state decide_prng;
 static bool decide_prng_seeded = false;
+int			persona_decide_seed = 0;
 
 static SPIPlanPtr resolve_plan = NULL;
 static SPIPlanPtr create_plan = NULL;
 static SPIPlanPtr recent_plan = NULL;
 static SPIPlanPtr recent_decisions_plan = NULL;
 static SPIPlanPtr stats_plan = NULL;
+static SPIPlanPtr stats_model_plan = NULL;
 static SPIPlanPtr record_plan = NULL;
+static SPIPlanPtr record_features_plan = NULL;
 static SPIPlanPtr hold_plan = NULL;
 static SPIPlanPtr error_plan = NULL;
 
@@ -225,12 +235,20 @@ PersonaActionContent(int32 action_id)
  * Thompson sampling
  * --------------------------------------------------------------------- */
 
+/* persona.decide_seed was set: the next sample starts its sequence again. */
+void
+PersonaDecideSeedAssign(int newval, void *extra)
+{
+	decide_prng_seeded = false;
+}
+
 static double
 Uniform(void)
 {
 	if (!decide_prng_seeded)
 	{
-		pg_prng_seed(&decide_prng, pg_prng_uint64(&pg_global_prng_state));
+		pg_prng_seed(&decide_prng, persona_decide_seed != 0 ? (uint64) persona_decide_seed :
+					 pg_prng_uint64(&pg_global_prng_state));
 		decide_prng_seeded = true;
 	}
 	return pg_prng_double(&decide_prng);
@@ -315,6 +333,8 @@ typedef struct DecideProfile
 	Jsonb	   *declared;		/* declared traits, NULL if none */
 	Jsonb	   *computed;		/* computed traits by name, NULL if none */
 	Jsonb	   *consent;		/* channel -> granted */
+	int64		event_count;
+	TimestampTz last_seen;		/* DT_NOBEGIN: never seen */
 	Datum	   *segments;		/* names (text) of the segments it is in */
 	int			nsegments;
 	bool	   *condition;		/* per action of the catalog: condition held */
@@ -350,9 +370,17 @@ Reason(const Candidate *c, const Candidate *all, int ncand, int rank)
 	if (below > 0 && below == ncand - rank - 1)
 		return psprintf("priority %d rule: outranks the %d other eligible action%s",
 						c->def->priority, below, below == 1 ? "" : "s");
+	if (c->personal)
+		return psprintf("personal: %.1f%% success predicted for this person by a model of %lld decisions with feedback, sampled %.3f, times value %g",
+						100.0 * c->predicted, (long long) c->model_n, c->sample, c->def->value);
 	if (c->trials == 0)
 		return psprintf("exploring: no feedback yet, sampled %.3f from the uniform prior, times value %g",
 						c->sample, c->def->value);
+	if (persona_bandit && c->model_n < persona_bandit_min_feedback)
+		return psprintf("learned: %.1f%% success over %lld decisions with feedback, the action's average until its per-person model has %d (it has %lld), sampled %.3f, times value %g",
+						100.0 * c->successes / c->trials, (long long) c->trials,
+						persona_bandit_min_feedback, (long long) c->model_n, c->sample,
+						c->def->value);
 	return psprintf("learned: %.1f%% success over %lld decisions with feedback, sampled %.3f, times value %g",
 					100.0 * c->successes / c->trials, (long long) c->trials, c->sample,
 					c->def->value);
@@ -560,6 +588,13 @@ ReadDecideProfile(ActionCatalog *ac, const DecideRequest *req, const CandidateSe
 	profile->user_id = isnull ? NULL : DatumGetTextPCopy(d);
 	d = PersonaProfileColumn(&r, "traits", &isnull);
 	profile->declared = isnull ? NULL : DatumGetJsonbPCopy(d);
+	d = PersonaProfileColumn(&r, "event_count", &isnull);
+	profile->event_count = isnull ? 0 : DatumGetInt64(d);
+	d = PersonaProfileColumn(&r, "last_seen", &isnull);
+	if (isnull)
+		TIMESTAMP_NOBEGIN(profile->last_seen);
+	else
+		profile->last_seen = DatumGetTimestampTz(d);
 	d = PersonaProfileColumn(&r, "computed_state", &isnull);
 	profile->computed = PersonaTraitsJson(isnull ? NULL : DatumGetByteaPP(d));
 	/* A database still on 0.1.0's schema has no consent column. */
@@ -744,24 +779,50 @@ ApplyCaps(const DecideRequest *req, int64 profile_id, CandidateSet *set)
 	CompactCandidates(set);
 }
 
-/* Step 7: what feedback taught us, and the ranking. */
+/* Whether persona's table has the column: not under 0.1.0's schema. */
+static bool
+HasColumn(const char *table, const char *column)
+{
+	Oid			relid = get_relname_relid(table, PersonaGetCatalog()->schema);
+
+	return OidIsValid(relid) && get_attnum(relid, column) != InvalidAttrNumber;
+}
+
+/*
+ * Step 7: what feedback taught us, and the ranking.  Each action's success
+ * probability is sampled from its per-person model over the person's
+ * features (bandit.c) once the model has persona.bandit_min_feedback
+ * observations, else from the Beta posterior of its average.  The features
+ * are returned, to be recorded with the decisions: feedback on a decision
+ * teaches the model what the decision saw.
+ */
 static void
-ScoreCandidates(CandidateSet *set)
+ScoreCandidates(const DecideRequest *req, const DecideProfile *profile, CandidateSet *set,
+				Jsonb **features_out)
 {
 	Oid			type = INT4ARRAYOID;
 	Datum	   *ids;
 	Datum		a;
 	SPIPlanPtr	plan;
+	bool		models = HasColumn("action_stats", "model");
+	PersonaBanditFeatures features;
 
+	*features_out = NULL;
 	if (set->n == 0)
 		return;
 	ids = palloc(sizeof(Datum) * set->n);
 	for (int i = 0; i < set->n; i++)
 		ids[i] = Int32GetDatum(set->items[i].def->action_id);
 	a = PointerGetDatum(construct_array(ids, set->n, INT4OID, 4, true, TYPALIGN_INT));
-	plan = PersonaKeptPlan(&stats_plan,
-						   "SELECT s.action_id, s.trials, s.successes FROM persona.action_stats AS s "
-						   "WHERE s.action_id OPERATOR(pg_catalog.=) ANY ($1)", 1, &type, 0);
+	if (models)
+		plan = PersonaKeptPlan(&stats_model_plan,
+							   "SELECT s.action_id, s.trials, s.successes, s.model FROM persona.action_stats AS s "
+							   "WHERE s.action_id OPERATOR(pg_catalog.=) ANY ($1)", 1, &type, 0);
+	else						/* 0.1.0's schema, before the per-person
+								 * bandit */
+		plan = PersonaKeptPlan(&stats_plan,
+							   "SELECT s.action_id, s.trials, s.successes, NULL::jsonb FROM persona.action_stats AS s "
+							   "WHERE s.action_id OPERATOR(pg_catalog.=) ANY ($1)", 1, &type, 0);
 	if (SPI_execute_plan(plan, &a, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading action statistics failed");
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -775,16 +836,37 @@ ScoreCandidates(CandidateSet *set)
 		for (int i = 0; i < set->n; i++)
 			if (set->items[i].def->action_id == action_id)
 			{
-				set->items[i].trials = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
-				set->items[i].successes = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+				Candidate  *c = &set->items[i];
+				Datum		m;
+
+				c->trials = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+				c->successes = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+				m = SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull);
+				/* read in this step only: SPI's result holds it meanwhile */
+				c->model = isnull ? NULL : DatumGetJsonbP(m);
 			}
+	}
+	if (models)
+	{
+		PersonaBanditExtract(&features, profile->declared, profile->computed,
+							 profile->event_count, profile->last_seen, req->now);
+		*features_out = PersonaBanditFeaturesJsonb(&features);
 	}
 	for (int i = 0; i < set->n; i++)
 	{
 		Candidate  *c = &set->items[i];
 		double		failures = (double) Max(c->trials - c->successes, 0);
+		double		mean,
+					sd;
 
-		c->sample = Beta(1.0 + c->successes, 1.0 + failures);
+		if (models && PersonaBanditPredict(c->def->action_id, c->model, &features, &mean, &sd, &c->model_n))
+		{
+			c->personal = true;
+			c->predicted = PersonaBanditLogistic(mean);
+			c->sample = PersonaBanditLogistic(mean + sd * Normal());
+		}
+		else
+			c->sample = Beta(1.0 + c->successes, 1.0 + failures);
 		c->score = c->sample * c->def->value;
 	}
 	qsort(set->items, set->n, sizeof(Candidate), CompareCandidates);
@@ -864,13 +946,14 @@ ApplyHoldouts(const DecideRequest *req, const DecideProfile *profile, CandidateS
  */
 static void
 RecordDecisions(const DecideRequest *req, const DecideProfile *profile,
-				const CandidateSet *set, ReturnSetInfo *rsinfo)
+				const CandidateSet *set, Jsonb *features, ReturnSetInfo *rsinfo)
 {
 	int			take = Min(req->n, set->n);
 	Datum	   *rec[7];
-	Oid			types[8] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	FLOAT8ARRAYOID, TEXTARRAYOID, JSONBOID, JSONBARRAYOID};
-	Datum		a[8];
+	Oid			types[9] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	FLOAT8ARRAYOID, TEXTARRAYOID, JSONBOID, JSONBARRAYOID, JSONBOID};
+	Datum		a[9];
+	char		nulls[9] = "         ";
 	SPIPlanPtr	plan;
 
 	if (take == 0)
@@ -890,15 +973,27 @@ RecordDecisions(const DecideRequest *req, const DecideProfile *profile,
 		rec[6][i] = JsonbPGetDatum(PersonaRender(c->def->content, req->context, profile->declared,
 												 profile->computed));
 	}
-	plan = PersonaKeptPlan(&record_plan,
-						   "INSERT INTO persona.decisions "
-						   "  (profile_id, action_id, action, channel, score, reason, context, content) "
-						   "SELECT u.profile_id, u.action_id, u.action, u.channel, u.score, u.reason, $7, u.content "
-						   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
-						   "  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
-						   "  pg_catalog.unnest($8)) WITH ORDINALITY "
-						   "  AS u(profile_id, action_id, action, channel, score, reason, content, n) "
-						   "ORDER BY u.n RETURNING decision_id", 8, types, 0);
+	if (features != NULL)
+		plan = PersonaKeptPlan(&record_features_plan,
+							   "INSERT INTO persona.decisions "
+							   "  (profile_id, action_id, action, channel, score, reason, context, content, features) "
+							   "SELECT u.profile_id, u.action_id, u.action, u.channel, u.score, u.reason, $7, u.content, $9 "
+							   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+							   "  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
+							   "  pg_catalog.unnest($8)) WITH ORDINALITY "
+							   "  AS u(profile_id, action_id, action, channel, score, reason, content, n) "
+							   "ORDER BY u.n RETURNING decision_id", 9, types, 0);
+	else						/* 0.1.0's schema, before the per-person
+								 * bandit */
+		plan = PersonaKeptPlan(&record_plan,
+							   "INSERT INTO persona.decisions "
+							   "  (profile_id, action_id, action, channel, score, reason, context, content) "
+							   "SELECT u.profile_id, u.action_id, u.action, u.channel, u.score, u.reason, $7, u.content "
+							   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+							   "  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
+							   "  pg_catalog.unnest($8)) WITH ORDINALITY "
+							   "  AS u(profile_id, action_id, action, channel, score, reason, content, n) "
+							   "ORDER BY u.n RETURNING decision_id", 8, types, 0);
 	a[0] = PointerGetDatum(construct_array(rec[0], take, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	a[1] = PointerGetDatum(construct_array(rec[1], take, INT4OID, 4, true, TYPALIGN_INT));
 	a[2] = PointerGetDatum(construct_array(rec[2], take, TEXTOID, -1, false, TYPALIGN_INT));
@@ -907,7 +1002,8 @@ RecordDecisions(const DecideRequest *req, const DecideProfile *profile,
 	a[5] = PointerGetDatum(construct_array(rec[5], take, TEXTOID, -1, false, TYPALIGN_INT));
 	a[6] = JsonbPGetDatum(req->context);
 	a[7] = PointerGetDatum(construct_array(rec[6], take, JSONBOID, -1, false, TYPALIGN_INT));
-	if (SPI_execute_plan(plan, a, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+	a[8] = features != NULL ? JsonbPGetDatum(features) : (Datum) 0;
+	if (SPI_execute_plan(plan, a, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != (uint64) take)
 		elog(ERROR, "recording decisions failed");
 	for (int i = 0; i < take; i++)
@@ -940,6 +1036,7 @@ persona_decide(PG_FUNCTION_ARGS)
 	DecideProfile profile;
 	CandidateSet candidates;
 	ActionCatalog *ac;
+	Jsonb	   *features;
 
 	PersonaCheckNotNull(PG_ARGISNULL(0), "user_id");
 	(void) PersonaCheckId(PG_GETARG_TEXT_PP(0), "user_id", false);
@@ -974,9 +1071,9 @@ persona_decide(PG_FUNCTION_ARGS)
 	ChooseChannels(&req, &profile, &candidates);
 	ApplyConsent(&profile, &candidates);
 	ApplyCaps(&req, profile.profile_id, &candidates);
-	ScoreCandidates(&candidates);
+	ScoreCandidates(&req, &profile, &candidates, &features);
 	ApplyHoldouts(&req, &profile, &candidates);
-	RecordDecisions(&req, &profile, &candidates, rsinfo);
+	RecordDecisions(&req, &profile, &candidates, features, rsinfo);
 	SPI_finish();
 	return (Datum) 0;
 }

@@ -38,13 +38,16 @@ CREATE TABLE persona.action_stats (
     revenue     float8 NOT NULL DEFAULT 0,
     errors        bigint      NOT NULL DEFAULT 0,
     last_error    text,
-    last_error_at timestamptz
+    last_error_at timestamptz,
+    model         jsonb
 );
 COMMENT ON TABLE persona.action_stats IS
     'per action: decisions with feedback (trials), clicked or converted (successes), conversions, revenue, and condition errors';
 COMMENT ON COLUMN persona.action_stats.errors IS
     'calls of persona_decide in which the condition failed (the action was not eligible for that call)';
 COMMENT ON COLUMN persona.action_stats.last_error IS 'SQLSTATE and message of the last condition error';
+COMMENT ON COLUMN persona.action_stats.model IS
+    'the per-person bandit: a Bayesian logistic model of success over the features of decisions, {"n": observations, "w": {feature: [mean, precision]}} (docs/decisions.md)';
 
 CREATE SEQUENCE persona.decision_id_seq CACHE 32;
 COMMENT ON SEQUENCE persona.decision_id_seq IS 'allocates decision ids';
@@ -59,11 +62,14 @@ CREATE TABLE persona.decisions (
     reason      text        NOT NULL,
     context     jsonb       NOT NULL,
     content     jsonb       NOT NULL,
-    decided_at  timestamptz NOT NULL DEFAULT now()
+    decided_at  timestamptz NOT NULL DEFAULT now(),
+    features    jsonb
 );
 ALTER SEQUENCE persona.decision_id_seq OWNED BY persona.decisions.decision_id;
 CREATE INDEX decisions_profile_action_idx ON persona.decisions (profile_id, action_id, decided_at);
 COMMENT ON TABLE persona.decisions IS 'every action persona_decide returned, with the content as rendered';
+COMMENT ON COLUMN persona.decisions.features IS
+    'the person''s features the decision saw ({feature: value}), which feedback on it teaches the action''s model';
 
 CREATE TABLE persona.feedback (
     decision_id bigint      NOT NULL,
@@ -301,7 +307,7 @@ CREATE FUNCTION @extschema@.persona_decide(
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'persona_decide';
 COMMENT ON FUNCTION @extschema@.persona_decide(text, jsonb, text, int) IS
-    'the next best actions for a person now: eligible by schedule, segment, condition, caps and cooldown; ranked by priority, then Thompson-sampled success times value; rendered and recorded';
+    'the next best actions for a person now: eligible by schedule, segment, condition, caps and cooldown; ranked by priority, then Thompson-sampled success (the person''s own, from the action''s per-person model, once it has enough feedback) times value; rendered and recorded';
 
 -- The outcome of a feedback call, checked and lower-cased (persona_feedback
 -- and persona_message_feedback).
@@ -329,10 +335,20 @@ $$;
 COMMENT ON FUNCTION persona.check_outcome(text, float8) IS
     'checks a feedback outcome and its value; returns the outcome lower-cased';
 
+-- One observation for an action's per-person model (src/bandit.c).
+CREATE FUNCTION persona.bandit_learn(model jsonb, features jsonb, change text)
+    RETURNS jsonb
+    LANGUAGE C IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'persona_bandit_learn';
+COMMENT ON FUNCTION persona.bandit_learn(jsonb, jsonb, text) IS
+    'the per-person model after one more observation of features: success, failure, or flip (a success after a first outcome that was not one); NULL features or change: unchanged';
+
 -- What one new outcome teaches an action (persona.action_stats): a trial at
 -- the first outcome of a decision or message, a success at its first click
--- or conversion. earlier: the outcomes it had before.
-CREATE FUNCTION persona.learn(action_id int, earlier text[], outcome text, value float8)
+-- or conversion. earlier: the outcomes it had before. features: what the
+-- decision saw, for the action's per-person model (NULL: counts only).
+CREATE FUNCTION persona.learn(action_id int, earlier text[], outcome text, value float8,
+                              features jsonb)
     RETURNS void
     LANGUAGE sql VOLATILE
     SET search_path = pg_catalog, pg_temp
@@ -343,11 +359,18 @@ CREATE FUNCTION persona.learn(action_id int, earlier text[], outcome text, value
                    + (learn.outcome IN ('click', 'conversion')
                       AND NOT learn.earlier && ARRAY['click', 'conversion'])::int,
                conversions = s.conversions + (learn.outcome = 'conversion')::int,
-               revenue = s.revenue + coalesce(learn.value, 0)
+               revenue = s.revenue + coalesce(learn.value, 0),
+               model = persona.bandit_learn(s.model, learn.features,
+                   CASE WHEN cardinality(learn.earlier) = 0
+                        THEN CASE WHEN learn.outcome IN ('click', 'conversion')
+                                  THEN 'success' ELSE 'failure' END
+                        WHEN learn.outcome IN ('click', 'conversion')
+                             AND NOT learn.earlier && ARRAY['click', 'conversion']
+                        THEN 'flip' END)
          WHERE s.action_id = learn.action_id;
     END;
-COMMENT ON FUNCTION persona.learn(int, text[], text, float8) IS
-    'counts a new feedback outcome in persona.action_stats (trials, successes, conversions, revenue)';
+COMMENT ON FUNCTION persona.learn(int, text[], text, float8, jsonb) IS
+    'counts a new feedback outcome in persona.action_stats (trials, successes, conversions, revenue) and teaches the action''s per-person model';
 
 CREATE FUNCTION @extschema@.persona_feedback(decision_id bigint, outcome text, value float8 DEFAULT NULL)
     RETURNS void
@@ -361,12 +384,14 @@ DECLARE
     v_outcome text;
     v_value   float8 := $3;
     v_action  int;
+    v_features jsonb;
 BEGIN
     IF v_id IS NULL THEN
         RAISE EXCEPTION 'decision_id and outcome must not be null' USING ERRCODE = '22004';
     END IF;
     v_outcome := persona.check_outcome($2, v_value);
-    SELECT d.action_id INTO v_action FROM persona.decisions AS d WHERE d.decision_id = v_id;
+    SELECT d.action_id, d.features INTO v_action, v_features
+      FROM persona.decisions AS d WHERE d.decision_id = v_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'decision % does not exist', v_id USING ERRCODE = '42704';
     END IF;
@@ -383,7 +408,7 @@ BEGIN
     PERFORM persona.learn(v_action,
                           ARRAY(SELECT f.outcome FROM persona.feedback AS f
                                  WHERE f.decision_id = v_id AND f.outcome <> v_outcome),
-                          v_outcome, v_value);
+                          v_outcome, v_value, v_features);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_feedback(bigint, text, float8) IS

@@ -74,7 +74,8 @@ REVOKE ALL ON FUNCTION @extschema@.persona_feedback(bigint, text, float8) FROM P
 REVOKE ALL ON FUNCTION persona.check_action(persona.actions) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.erase_decisions(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.check_outcome(text, float8) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.learn(int, text[], text, float8) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.learn(int, text[], text, float8, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.bandit_learn(jsonb, jsonb, text) FROM PUBLIC;
 
 REVOKE ALL ON FUNCTION @extschema@.persona_link_content(text, regclass, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_render(bigint) FROM PUBLIC;

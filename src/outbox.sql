@@ -418,7 +418,7 @@ BEGIN
                           ARRAY(SELECT f.outcome FROM persona.message_feedback AS f
                                  WHERE f.profile_id = m.profile_id AND f.message_id = v_id
                                    AND f.outcome <> v_outcome),
-                          v_outcome, v_value);
+                          v_outcome, v_value, NULL);
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_message_feedback(bigint, text, float8) IS

@@ -8,6 +8,7 @@
 #include "utils/guc.h"
 
 #include "announcer.h"
+#include "bandit.h"
 #include "defcache.h"
 #include "campaigns.h"
 #include "outbox.h"
@@ -84,6 +85,8 @@ _PG_init(void)
 							 PGC_SUSET,
 							 0,
 							 NULL, NULL, NULL);
+
+	PersonaBanditInit();
 
 	MarkGUCPrefixReserved("persona");
 

@@ -8,7 +8,11 @@
 --   whether they are set (the list below; a new such column is added here);
 -- - persona.decisions.score and the number sampled in its reason: a
 --   Thompson sample, random by design (which action wins is compared: the
---   test data give competing actions distinct priorities).
+--   test data give competing actions distinct priorities);
+-- - persona.decisions.features and persona.action_stats.model: a 0.1.0
+--   database records no features with its decisions, so feedback given
+--   before the upgrade teaches the counts only, not the per-person models
+--   (nor the count of a model a decision's reason quotes).
 --
 -- With the psql variable exact set (psql -v exact=1), nothing is masked:
 -- test/dump/run.sh compares a database with its restored copy, where every
@@ -37,7 +41,9 @@ WITH masked(rel, col, expr) AS (
            ('persona.feedback',        'at',          'wall clock'),
            ('persona.content_links',   'linked_at',   'wall clock'),
            ('persona.decisions',       'score',       'sampled'),
-           ('persona.decisions',       'reason',      'sampled')
+           ('persona.decisions',       'reason',      'sampled'),
+           ('persona.decisions',       'features',    'learned'),
+           ('persona.action_stats',    'model',       'learned')
 ),
 tables AS (
     SELECT c.oid, c.oid::regclass::text AS name
@@ -55,7 +61,10 @@ SELECT CASE WHEN c.relkind = 'S'
                                     CASE WHEN m.expr = 'wall clock'
                                          THEN format($e$CASE WHEN t.%I IS NOT NULL THEN '(wall clock: set)' END$e$, m.col)
                                          WHEN m.col = 'reason'
-                                         THEN $e$regexp_replace(t.reason, 'sampled -?[0-9.]+', 'sampled (random)', 'g')$e$
+                                         THEN $e$regexp_replace(regexp_replace(t.reason, 'sampled -?[0-9.]+', 'sampled (random)', 'g'),
+                                                               '\(it has [0-9]+\)', '(it has (learned since the upgrade))')$e$
+                                         WHEN m.expr = 'learned'
+                                         THEN $e$'(learned since the upgrade)'$e$
                                          ELSE $e$'(random)'$e$ END), '' ORDER BY m.col), '')
                            FROM masked AS m
                           WHERE :mask

@@ -41,3 +41,13 @@ timed() {
 
 # Whether a ratio meets its target: met RATIO TARGET min|max -> yes / NO.
 met() { awk -v r="$1" -v t="$2" -v d="$3" 'BEGIN { print ((d == "min" ? r >= t : r <= t) ? "yes" : "NO") }'; }
+# The tps of one pgbench run: pgbench_tps LABEL [pgbench options...]; fails
+# the benchmark, showing pgbench's output, when pgbench fails or prints none.
+pgbench_tps() { # label options...
+	local out tps
+	out=$(pgbench "${@:2}" 2>&1) ||
+		{ printf 'bench: pgbench (%s) failed:\n%s\n' "$1" "$out" >&2; exit 1; }
+	tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out" | head -n 1)
+	[[ -n $tps ]] || { printf 'bench: no tps in pgbench output (%s):\n%s\n' "$1" "$out" >&2; exit 1; }
+	echo "$tps"
+}
