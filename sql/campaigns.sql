@@ -181,6 +181,19 @@ SELECT persona_forget('kf-2') > 0 AS forgotten;
 SELECT user_id FROM persona_claim('kbulk', 10) ORDER BY 1;
 SELECT pg_temp.report('k_forget');
 
+-- The claim reads a chunk's profiles in one forward scan: recipients far
+-- apart (a new scan), one forgotten between them and one forgotten last.
+SELECT persona_identify('kg-1', '{"cohort": "kg"}') > 0 AS identified;
+SELECT count(*) FILTER (WHERE persona_identify('kg-gap-' || g, '{"cohort": "none"}') > 0) AS others
+  FROM generate_series(1, 150) AS g;
+SELECT count(*) FILTER (WHERE persona_identify('kg-' || g, '{"cohort": "kg"}') > 0) AS identified
+  FROM generate_series(2, 4) AS g;
+SELECT persona_create_segment('k_kg', $$traits->>'cohort' = 'kg'$$);
+SELECT persona_send_campaign('k_gaps', 'k_bulk_push', 'k_kg');
+SELECT persona_forget('kg-3') > 0 AS forgotten, persona_forget('kg-4') > 0 AS forgotten_last;
+SELECT user_id FROM persona_claim('kbulk', 10) ORDER BY 1;
+SELECT pg_temp.report('k_gaps');
+
 -- Bad input: nothing is written.
 SELECT persona_send_campaign('k_launch', 'k_promo', 'k_cohort');
 SELECT persona_send_campaign('k_bad', 'no_such_action', 'k_cohort');

@@ -687,7 +687,7 @@ ClaimChunkRecipients(ClaimChunk *k, int take, const char *channel, Datum channel
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(tmp);
 		MemoryContextSwitchTo(tmp);
-		if (content == NULL || !PersonaProfileFetch(&r, pid))
+		if (content == NULL || !PersonaProfileFetchOrdered(&r, pid))
 			*st = STATE_CANCELLED;	/* action dropped; person forgotten or
 									 * merged away */
 		else

@@ -20,6 +20,7 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "executor/executor.h"
+#include "miscadmin.h"
 #include "utils/fmgroids.h"
 #include "utils/snapmgr.h"
 
@@ -79,17 +80,76 @@ PersonaProfileFetch(ProfileReader *r, int64 profile_id)
 
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
 	index_rescan(r->profile_scan, &key, 1, NULL, 0);
+	r->walking = false;
 	found = index_getnext_slot(r->profile_scan, ForwardScanDirection, r->profile);
 	MemoryContextSwitchTo(old);
 	return found;
+}
+
+/* How far ahead PersonaProfileFetchOrdered walks before it descends again. */
+#define WALK_MAX_GAP 64
+
+/*
+ * PersonaProfileFetch for ids asked for in ascending order (a campaign
+ * chunk's recipients): one forward scan of the primary key from the first
+ * id, stepping over the ids in between, instead of a descent of the index
+ * per profile. An id that goes back, or one far ahead of the scan, starts
+ * a new scan from it. Do not mix with PersonaProfileFetch on one reader
+ * without expecting a new scan.
+ */
+bool
+PersonaProfileFetchOrdered(ProfileReader *r, int64 profile_id)
+{
+	MemoryContext old = MemoryContextSwitchTo(r->cxt);
+	AttrNumber	pid_att = r->profiles_pkey->rd_index->indkey.values[0];
+	bool		isnull;
+
+	if (!r->walking || profile_id < r->walk_asked ||
+		(r->walk_row && profile_id - r->walk_pid > WALK_MAX_GAP))
+	{
+		ScanKeyData key;
+
+		ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(profile_id));
+		index_rescan(r->profile_scan, &key, 1, NULL, 0);
+		r->walking = true;
+		r->walk_row = true;
+		r->walk_pid = PG_INT64_MIN;
+	}
+	r->walk_asked = profile_id;
+	/* No row left (walk_row false): no later id exists in this snapshot. */
+	while (r->walk_row && r->walk_pid < profile_id)
+	{
+		CHECK_FOR_INTERRUPTS();
+		r->walk_row = index_getnext_slot(r->profile_scan, ForwardScanDirection, r->profile);
+		if (r->walk_row)
+			r->walk_pid = DatumGetInt64(slot_getattr(r->profile, pid_att, &isnull));
+	}
+	MemoryContextSwitchTo(old);
+	return r->walk_row && r->walk_pid == profile_id;
 }
 
 /* A column of the profile last fetched, by name. */
 Datum
 PersonaProfileColumn(ProfileReader *r, const char *column, bool *isnull)
 {
-	return slot_getattr(r->profile,
-						PersonaRequireColumn(RelationGetRelid(r->profiles), column), isnull);
+	AttrNumber	att = InvalidAttrNumber;
+
+	for (int i = 0; i < r->ncolumns; i++)
+		if (r->column_names[i] == column || strcmp(r->column_names[i], column) == 0)
+		{
+			att = r->column_nums[i];
+			break;
+		}
+	if (att == InvalidAttrNumber)
+	{
+		att = PersonaRequireColumn(RelationGetRelid(r->profiles), column);
+		if (r->ncolumns < (int) lengthof(r->column_names))
+		{
+			r->column_names[r->ncolumns] = MemoryContextStrdup(r->cxt, column);
+			r->column_nums[r->ncolumns++] = att;
+		}
+	}
+	return slot_getattr(r->profile, att, isnull);
 }
 
 /*

@@ -28,11 +28,21 @@ typedef struct ProfileReader
 	AttrNumber	member_segment;
 	Snapshot	snapshot;
 	ExprContext *econtext;		/* scan tuple: the profile */
+	/* PersonaProfileFetchOrdered: the forward scan and the row it is on */
+	bool		walking;		/* the scan runs forward from a lower id */
+	bool		walk_row;		/* r->profile holds the row at walk_pid */
+	int64		walk_pid;
+	int64		walk_asked;		/* the last id asked for */
+	/* PersonaProfileColumn: the columns asked for so far */
+	int			ncolumns;
+	const char *column_names[8];
+	AttrNumber	column_nums[8];
 } ProfileReader;
 
 extern void PersonaProfileReaderBegin(ProfileReader *r, bool memberships);
 extern void PersonaProfileReaderEnd(ProfileReader *r);
 extern bool PersonaProfileFetch(ProfileReader *r, int64 profile_id);
+extern bool PersonaProfileFetchOrdered(ProfileReader *r, int64 profile_id);
 extern Datum *PersonaProfileSegments(ProfileReader *r, int64 profile_id, int *n);
 extern Datum PersonaProfileColumn(ProfileReader *r, const char *column, bool *isnull);
 
