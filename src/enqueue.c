@@ -7,7 +7,10 @@
  * actions are read once, the consent of every profile once (FOR KEY SHARE,
  * against merges), what counts toward caps and cooldowns once per profile
  * and capped action (persona.recent_sends), and the messages are written
- * by one INSERT and the suppressions by one call of
+ * by a RowWriter (rowwriter.c: heap_multi_insert and the index entries
+ * directly, the CHECK constraints compiled once per statement, the
+ * caller's INSERT privilege checked as the INSERT it replaced did) and
+ * the suppressions by one call of
  * persona.count_suppressions.  The rules are those of the one-message
  * entry it replaced, applied to the items in order, as if queued one by
  * one: consent, then the action's cap_per_day and cooldown (messages
@@ -31,6 +34,7 @@
 #include "utils/datetime.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
+#include "utils/acl.h"
 
 #include "announcer.h"
 #include "campaigns.h"
@@ -38,6 +42,7 @@
 #include "experiments.h"
 #include "outbox.h"
 #include "persona.h"
+#include "rowwriter.h"
 #include "sendtime.h"
 
 extern Datum persona_holdout_suppresses(PG_FUNCTION_ARGS);
@@ -68,7 +73,6 @@ typedef struct SendCount
 static SPIPlanPtr action_plan = NULL;
 static SPIPlanPtr consent_plan = NULL;
 static SPIPlanPtr recent_plan = NULL;
-static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr suppress_plan = NULL;
 
 static int
@@ -391,74 +395,57 @@ static void
 InsertMessages(const EnqueueItem *items, const int *item_action, char *const *channels,
 			   const bool *queued, int n, const EnqueueAction *actions, int64 *ids)
 {
-	Oid			types[7] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	TIMESTAMPTZARRAYOID, INT4ARRAYOID, JSONBARRAYOID};
-	Datum		args[7];
-	Datum	   *cols[7];
-	bool	   *event_nulls = palloc(sizeof(bool) * n);
-	int			dims[1];
-	int			lbs[1] = {1};
-	int			m = 0;
-	SPIPlanPtr	plan;
+	static const char *const columns[] = {"profile_id", "channel", "action", "source",
+	"due_at", "action_id", "ready_at", "event"};
+	Oid			relid;
+	AclResult	aclresult;
+	AttrNumber	id_attnum;
+	RowWriter  *w;
 
 	if (ids != NULL)
 		memset(ids, 0, sizeof(int64) * n);
-	for (int c = 0; c < 7; c++)
-		cols[c] = palloc(sizeof(Datum) * n);
+	relid = get_relname_relid("messages", PersonaGetCatalog()->schema);
+	if (!OidIsValid(relid))
+		elog(ERROR, "persona.messages is missing");
+	/* As the INSERT this replaces: the caller must be allowed to insert. */
+	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_INSERT);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_TABLE, "messages");
+	id_attnum = PersonaRequireColumn(relid, "message_id");
+	w = NULL;
 	for (int i = 0; i < n; i++)
 	{
 		const EnqueueAction *a;
+		Datum		values[lengthof(columns)];
+		bool		nulls[lengthof(columns)] = {false};
+		TupleTableSlot *slot;
 
+		CHECK_FOR_INTERRUPTS();
 		if (!queued[i])
 			continue;
+		if (w == NULL)
+			w = PersonaRowWriterOpen(relid, columns, lengthof(columns));
 		a = &actions[item_action[i]];
-		cols[0][m] = Int64GetDatum(items[i].profile_id);
-		cols[1][m] = CStringGetTextDatum(channels[i]);
-		cols[2][m] = CStringGetTextDatum(a->name);
-		cols[3][m] = CStringGetTextDatum(items[i].source);
-		cols[4][m] = TimestampTzGetDatum(items[i].due_at);
-		cols[5][m] = Int32GetDatum(a->action_id);
-		cols[6][m] = items[i].event ? JsonbPGetDatum(items[i].event) : (Datum) 0;
-		event_nulls[m] = items[i].event == NULL;
-		m++;
-	}
-	if (m == 0)
-		return;
-	dims[0] = m;
-	args[0] = PointerGetDatum(construct_array(cols[0], m, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[1] = PointerGetDatum(construct_array(cols[1], m, TEXTOID, -1, false, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_array(cols[2], m, TEXTOID, -1, false, TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_array(cols[3], m, TEXTOID, -1, false, TYPALIGN_INT));
-	args[4] = PointerGetDatum(construct_array(cols[4], m, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
-											  TYPALIGN_DOUBLE));
-	args[5] = PointerGetDatum(construct_array(cols[5], m, INT4OID, 4, true, TYPALIGN_INT));
-	args[6] = PointerGetDatum(construct_md_array(cols[6], event_nulls, 1, dims, lbs, JSONBOID, -1,
-												 false, TYPALIGN_INT));
-	plan = PersonaKeptPlan(&insert_plan,
-						   "INSERT INTO persona.messages AS m "
-						   "       (profile_id, channel, action, source, due_at, action_id, ready_at, event) "
-						   "SELECT u.p, u.c, u.a, u.s, u.d, u.i, u.d, u.e "
-						   "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-						   "                  pg_catalog.unnest($3), pg_catalog.unnest($4), "
-						   "                  pg_catalog.unnest($5), pg_catalog.unnest($6), "
-						   "                  pg_catalog.unnest($7)) WITH ORDINALITY AS u(p, c, a, s, d, i, e, n) "
-						   " ORDER BY u.n RETURNING m.message_id", 7, types, CURSOR_OPT_GENERIC_PLAN);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
-		SPI_processed != (uint64) m)
-		elog(ERROR, "writing queued messages failed");
-	if (ids != NULL)
-	{
-		uint64		r = 0;
-
-		for (int i = 0; i < n; i++)
+		values[0] = Int64GetDatum(items[i].profile_id);
+		values[1] = CStringGetTextDatum(channels[i]);
+		values[2] = CStringGetTextDatum(a->name);
+		values[3] = CStringGetTextDatum(items[i].source);
+		values[4] = TimestampTzGetDatum(items[i].due_at);
+		values[5] = Int32GetDatum(a->action_id);
+		values[6] = TimestampTzGetDatum(items[i].due_at);
+		values[7] = items[i].event ? JsonbPGetDatum(items[i].event) : (Datum) 0;
+		nulls[7] = items[i].event == NULL;
+		/* message_id is the sequence's default, taken as the row is made. */
+		slot = PersonaRowWriterInsert(w, values, nulls);
+		if (ids != NULL)
 		{
 			bool		isnull;
 
-			if (queued[i])
-				ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r++],
-													 SPI_tuptable->tupdesc, 1, &isnull));
+			ids[i] = DatumGetInt64(slot_getattr(slot, id_attnum, &isnull));
 		}
 	}
+	if (w != NULL)
+		PersonaRowWriterClose(w);
 }
 
 static void
