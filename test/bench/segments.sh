@@ -445,7 +445,7 @@ printf '  persona/plain without segments: %.1f%%, without traits either: %.1f%%\
 printf '  the 4 segments cost %.1f ms = %.1f us per membership entered (%s entries; the predicates\n' \
 	"$(calc "$P4_MS - $P0_MS")" "$(calc "1000 * ($P4_MS - $P0_MS) / $CHANGES")" "$(fmt_int "$CHANGES")"
 printf '  are evaluated for all %s profiles in one query; each entry writes a segment_members row\n' "$(fmt_int "$USERS")"
-printf '  and a segment_log row, %s index entries between them, and sends a NOTIFY)\n' \
+printf '  and a segment_log row, %s index entries between them, and is announced by the announcer (no NOTIFY from the writer))\n' \
 	"$(val "SELECT count(*) FROM pg_index WHERE indrelid IN ('persona.segment_members'::regclass, 'persona.segment_log'::regclass)")"
 
 # The same with 4 selective segments instead of the 4 that nearly everyone
