@@ -1075,25 +1075,9 @@ persona_campaign_reached(PG_FUNCTION_ARGS)
 		HeapTuple	tup = SPI_tuptable->vals[row];
 		int			n;
 		int64	   *pids = Int8Array(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull), &n);
-		int			lo = 0,
-					hi = n - 1;
-		int			found = -1;
+		int			found = PersonaFindInt64(pids, n, pid);
 
 		CHECK_FOR_INTERRUPTS();
-		while (lo <= hi)
-		{
-			int			mid = lo + (hi - lo) / 2;
-
-			if (pids[mid] == pid)
-			{
-				found = mid;
-				break;
-			}
-			if (pids[mid] < pid)
-				lo = mid + 1;
-			else
-				hi = mid - 1;
-		}
 		if (found < 0)
 			continue;
 		/* a chunk never claimed (states NULL) has reached nobody */

@@ -76,15 +76,6 @@ static SPIPlanPtr recent_plan = NULL;
 static SPIPlanPtr suppress_plan = NULL;
 
 static int
-CompareInt64(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return (x > y) - (x < y);
-}
-
-static int
 CompareSendCount(const void *a, const void *b)
 {
 	const SendCount *x = a;
@@ -101,19 +92,11 @@ SortUnique(int64 *values, int n)
 {
 	int			m = 0;
 
-	qsort(values, n, sizeof(int64), CompareInt64);
+	qsort(values, n, sizeof(int64), PersonaCompareInt64);
 	for (int i = 0; i < n; i++)
 		if (m == 0 || values[m - 1] != values[i])
 			values[m++] = values[i];
 	return m;
-}
-
-static int
-FindInt64(const int64 *sorted, int n, int64 value)
-{
-	const int64 *p = bsearch(&value, sorted, n, sizeof(int64), CompareInt64);
-
-	return p == NULL ? -1 : (int) (p - sorted);
 }
 
 static Datum
@@ -222,8 +205,8 @@ ReadConsents(const int64 *pids, int npids, Jsonb **consents)
 	{
 		HeapTuple	t = SPI_tuptable->vals[r];
 		bool		isnull;
-		int			k = FindInt64(pids, npids,
-								  DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull)));
+		int			k = PersonaFindInt64(pids, npids,
+										 DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull)));
 		Datum		v = SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull);
 
 		if (k < 0)
@@ -546,7 +529,7 @@ PersonaEnqueue(const EnqueueItem *items, int n, bool dropped_counts, int64 *ids)
 			? PersonaBestChannel(items[i].profile_id, true, NULL)
 			: a->channel;
 		if (channels[i] == NULL ||
-			!PersonaConsented(consents[FindInt64(pids, npids, items[i].profile_id)], channels[i]))
+			!PersonaConsented(consents[PersonaFindInt64(pids, npids, items[i].profile_id)], channels[i]))
 			reasons[i] = "consent";
 		else if (a->capped)
 		{

@@ -14,6 +14,25 @@
 #define PERSONA_MAX_ID_BYTES		255
 #define PERSONA_MAX_EVENT_TYPE_BYTES 128
 
+/* Sorted arrays of ids (profile ids, message ids). */
+static inline int
+PersonaCompareInt64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/* The index of value in sorted[0 .. n), or -1. */
+static inline int
+PersonaFindInt64(const int64 *sorted, int n, int64 value)
+{
+	const int64 *p = bsearch(&value, sorted, n, sizeof(int64), PersonaCompareInt64);
+
+	return p == NULL ? -1 : (int) (p - sorted);
+}
+
 /* GUCs (persona.c) */
 extern int	persona_max_event_bytes;
 extern bool persona_maintenance;

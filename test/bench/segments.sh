@@ -68,15 +68,6 @@ PL_TARGET=10       # persona events/s as a multiple of the PL/pgSQL triggers'
 IRRELEVANT_TARGET=1.3 # 100 segments (96 irrelevant) at most this many times the 4-segment time
 
 
-# Runs one statement in a fresh session; prints its duration in ms.
-timed() {
-	local out ms
-	out=$(psql_q -c '\timing on' -c "$1")
-	ms=$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out" | tail -n 1)
-	[[ -n $ms ]] || { printf 'bench: no timing from psql:\n%s\n' "$out" >&2; exit 1; }
-	echo "$ms"
-}
-
 met_ge() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t ? "yes" : "NO") }'; }
 met_le() { awk -v r="$1" -v t="$2" 'BEGIN { print (r <= t ? "yes" : "NO") }'; }
 

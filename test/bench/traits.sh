@@ -58,17 +58,6 @@ INGEST_TARGET=40  # persona with traits, events/s as a % of plain's (the issue's
 BACKFILL_TARGET=2 # definition time as a multiple of the plain GROUP BY's
 
 
-# Runs one statement in a fresh session; prints its duration in ms.
-timed() {
-	local out ms
-	out=$(psql_q -c '\timing on' -c "$1")
-	ms=$(sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' <<<"$out" | tail -n 1)
-	[[ -n $ms ]] || { printf 'bench: no timing from psql:\n%s\n' "$out" >&2; exit 1; }
-	echo "$ms"
-}
-
-met() { awk -v r="$1" -v t="$2" -v d="$3" 'BEGIN { print ((d == "min" ? r >= t : r <= t) ? "yes" : "NO") }'; }
-
 # Fails the benchmark when a result is not what the rows imply.
 
 # Empties persona (definitions too) and restarts the profile ids.
