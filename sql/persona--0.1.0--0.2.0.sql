@@ -3925,3 +3925,36 @@ COMMENT ON FUNCTION persona.leave_segments(bigint) IS
 
 REVOKE ALL ON FUNCTION persona.announce() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.segment_log_horizon() FROM PUBLIC;
+
+-- Windowed count_distinct (src/traits.c): a state keeps each value's span
+-- of occurrences (state version 3), no longer its last occurrence only,
+-- which read 0 for a value also seen after now.  Version 2 states are still
+-- read, and are exact but for a value whose last occurrence is after now:
+-- the states of profiles with such future-dated events are computed again
+-- from the events here, as persona_define_trait computes them.
+DO $$
+DECLARE
+    d record;
+BEGIN
+    PERFORM set_config('persona.maintenance', 'on', true);
+    FOR d IN SELECT t.trait_id, t.aggregate, t.time_window, t.property, t.event_type
+               FROM persona.trait_defs AS t
+              WHERE t.aggregate = 'count_distinct' AND t.time_window IS NOT NULL
+              ORDER BY t.trait_id LOOP
+        UPDATE persona.profiles AS p
+           SET computed_state = persona.state_put(p.computed_state, b.state),
+               next_change_at = LEAST(p.next_change_at, persona.next_change(b.state))
+          FROM (SELECT e.profile_id,
+                       persona.trait_agg(d.trait_id, d.aggregate, d.time_window, d.property,
+                                         e.occurred_at, e.event_id, e.properties) AS state
+                  FROM persona.events AS e
+                 WHERE e.event_type = d.event_type
+                   AND e.occurred_at > now() - 2 * d.time_window - interval '1 day'
+                   AND e.profile_id IN (SELECT f.profile_id FROM persona.events AS f
+                                         WHERE f.event_type = d.event_type AND f.occurred_at > now())
+                 GROUP BY e.profile_id) AS b
+         WHERE p.profile_id = b.profile_id;
+    END LOOP;
+    PERFORM set_config('persona.maintenance', 'off', true);
+END
+$$;

@@ -168,6 +168,59 @@ SELECT persona_track('t-asha', 'page_view', '{"sku": "shoe-4"}') > 0 AS tracked;
 SELECT t.t_views_1y = t.t_views AS year_counts_all
   FROM persona.traits t JOIN persona.profiles p USING (profile_id) WHERE p.user_id = 't-asha';
 
+-- A windowed count_distinct counts a value while any of its occurrences is
+-- in the window, whatever other occurrences lie in the future: a value seen
+-- yesterday and again (future-dated) in three days counts today.
+SELECT persona_define_trait('t_skus_7d', 'count_distinct', 'page_view', 'sku', '7 days');
+INSERT INTO persona.events (user_id, event_type, properties, occurred_at) VALUES
+  ('t-future', 'page_view', '{"sku": "a"}', now() + interval '3 days'),
+  ('t-future', 'page_view', '{"sku": "a"}', now() - interval '1 day'),
+  ('t-future', 'page_view', '{"sku": "b"}', now() - interval '2 days'),
+  ('t-future', 'page_view', '{"sku": "b"}', now() + interval '20 days'),
+  ('t-future', 'page_view', '{"sku": "c"}', now() + interval '1 hour'),
+  ('t-future', 'page_view', '{"sku": "d"}', now() - interval '10 days'),
+  ('t-future', 'page_view', '{"sku": "e"}', now() - interval '8 days'),
+  ('t-future', 'page_view', '{"sku": "e"}', now() - interval '2 days'),
+  ('t-future', 'page_view', '{"sku": "e"}', now() + interval '4 days');
+-- ... and, event by event, with the future one first.
+SELECT persona_track('t-future-1', 'page_view', '{"sku": "a"}', occurred_at => now() + interval '3 days') > 0 AS tracked;
+SELECT persona_track('t-future-1', 'page_view', '{"sku": "a"}', occurred_at => now() - interval '1 day') > 0 AS tracked;
+-- ... and through a merge: the future occurrence in the anonymous profile.
+SELECT persona_track('t-future-2', 'page_view', '{"sku": "a"}', occurred_at => now() - interval '1 day') > 0 AS tracked;
+SELECT persona_track(NULL, 'page_view', '{"sku": "a"}', anonymous_id => 't-future-anon',
+                     occurred_at => now() + interval '3 days') > 0 AS tracked;
+SELECT persona_identify('t-future-2', '{}', 't-future-anon') > 0 AS merged;
+-- Live maintenance, a backfill of the same definition, and plain SQL agree.
+SELECT persona_define_trait('c_skus_7d', 'count_distinct', 'page_view', 'sku', '7 days');
+SELECT p.user_id, t.t_skus_7d, t.c_skus_7d,
+       (SELECT count(DISTINCT e.properties->>'sku') FROM persona.events e
+         WHERE e.profile_id = p.profile_id AND e.event_type = 'page_view'
+           AND e.occurred_at > now() - interval '7 days' AND e.occurred_at <= now()) AS by_sql
+  FROM persona.traits t JOIN persona.profiles p USING (profile_id)
+ WHERE p.user_id LIKE 't-future%' ORDER BY 1;
+-- Every profile: the live windowed distinct count equals the backfilled one,
+-- and plain SQL's below the bound of 128 values (t-many is past it).
+SELECT p.user_id, t.t_skus_7d, t.c_skus_7d, r.by_sql
+  FROM persona.traits t JOIN persona.profiles p USING (profile_id)
+  LEFT JOIN (SELECT e.profile_id, count(DISTINCT e.properties->>'sku') AS by_sql
+               FROM persona.events e
+              WHERE e.event_type = 'page_view' AND e.occurred_at > now() - interval '7 days'
+                AND e.occurred_at <= now() GROUP BY 1) r USING (profile_id)
+ WHERE t.t_skus_7d IS DISTINCT FROM t.c_skus_7d
+    OR t.t_skus_7d IS DISTINCT FROM coalesce(r.by_sql, 0);
+SELECT persona_drop_trait('c_skus_7d');
+-- States written by 0.1.0 (version 2) kept only each value's last occurrence;
+-- they are still read, each value as one occurrence, and written again in
+-- the current version.  Here two values last seen in 2100, 30 s apart.
+SELECT '\x02012ee70708808ece1cc0843d00000200000000000012348080df9cb4899b0b000000000000004280f29080b4899b0b00'::bytea AS v2 \gset
+SELECT persona.trait_bigint(:'v2', 999) AS distinct_now,
+       persona.next_change(:'v2') AT TIME ZONE 'UTC' AS enters,
+       get_byte(persona.state_merge(:'v2', NULL), 0) AS version_written,
+       persona.next_change(persona.state_merge(:'v2', NULL)) AT TIME ZONE 'UTC' AS enters_rewritten;
+-- ... and a version 2 state holding one value twice is corrupt.
+SELECT persona.trait_bigint('\x02012ee70708808ece1cc0843d00000200000000000012348080df9cb4899b0b000000000000123480f29080b4899b0b00', 999);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+
 -- A trait state stays small: a dozen traits over a busy profile.
 SELECT octet_length(computed_state) < 4096 AS compact
   FROM persona.profiles WHERE user_id = 't-asha';

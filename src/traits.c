@@ -6,14 +6,19 @@
  * A profile keeps the state of every trait in one bytea,
  * persona.profiles.computed_state:
  *
- *	  uint8 version (2), n, then n times (length, entry)
+ *	  uint8 version (2 or 3), n, then n times (length, entry)
  *
  * and an entry is the state of one trait:
  *
  *	  trait_id, uint8 kind, window_us, bucket_us, skipped, ncells, cells,
  *	  nvalues, values, uint8 flags, [256 HyperLogLog registers]
  *
- * where a cell is (bucket - previous bucket, n, [the kind's value]).
+ * where a cell is (bucket - previous bucket, n, [the kind's value]) and a
+ * value of count_distinct its 8-byte hash, windowed followed by its span
+ * (last occurrence, last - first).  Version 2 (0.1.0) wrote only the last
+ * occurrence of each windowed value: it is still read, as a span of one.
+ * The two versions differ in nothing else, so states holding no windowed
+ * count_distinct value are written as version 2, the bytes 0.1.0 wrote.
  * Integers are varints (signed ones zigzag-encoded), value hashes 8 bytes in
  * network order, numerics in numeric_send format, so the bytes survive
  * pg_dump and a move to another machine; three small traits take about 60
@@ -36,6 +41,7 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "common/int.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
@@ -53,7 +59,8 @@
 #include "defcache.h"
 #include "traits.h"
 
-#define STATE_VERSION 2
+#define STATE_VERSION 3
+#define STATE_VERSION_OLDEST 2
 
 #define FLAG_HLL		0x01
 #define FLAG_TRUNCATED	0x02
@@ -427,67 +434,139 @@ FindValue(const TraitState *s, uint64 h)
 }
 
 static void
-DistinctAdd(TraitState *s, uint64 h, TimestampTz seen, TimestampTz now)
+ValuesReserve(TraitState *s)
 {
-	int			i;
+	if (s->nvalues < s->maxvalues)
+		return;
+	s->maxvalues = Max(8, s->maxvalues * 2);
+	s->hashes = s->hashes == NULL ? palloc(sizeof(uint64) * s->maxvalues)
+		: repalloc(s->hashes, sizeof(uint64) * s->maxvalues);
+	if (s->window_us != 0)
+		s->spans = s->spans == NULL ? palloc(sizeof(DistinctSpan) * s->maxvalues)
+			: repalloc(s->spans, sizeof(DistinctSpan) * s->maxvalues);
+}
 
+/* A lifetime count_distinct: a set of hashes, past the bound HyperLogLog. */
+static void
+DistinctAdd(TraitState *s, uint64 h)
+{
 	if (s->hll != NULL)
 	{
 		HllAdd(s->hll, h);
 		return;
 	}
-	i = FindValue(s, h);
-	if (i >= 0)
-	{
-		if (s->seen != NULL && seen > s->seen[i])
-			s->seen[i] = seen;
+	if (FindValue(s, h) >= 0)
 		return;
-	}
 	if (s->nvalues == TRAIT_DISTINCT_EXACT)
 	{
-		if (s->window_us == 0)
-		{
-			/* Past the bound, a lifetime set becomes an estimate. */
-			s->hll = palloc0(TRAIT_HLL_REGISTERS);
-			for (int j = 0; j < s->nvalues; j++)
-				HllAdd(s->hll, s->hashes[j]);
-			HllAdd(s->hll, h);
-			s->nvalues = 0;
-			return;
-		}
-		else
-		{
-			/* A window keeps its most recent values. */
-			int			oldest = 0;
+		/* Past the bound, a lifetime set becomes an estimate. */
+		s->hll = palloc0(TRAIT_HLL_REGISTERS);
+		for (int j = 0; j < s->nvalues; j++)
+			HllAdd(s->hll, s->hashes[j]);
+		HllAdd(s->hll, h);
+		s->nvalues = 0;
+		return;
+	}
+	ValuesReserve(s);
+	s->hashes[s->nvalues++] = h;
+}
 
-			for (int j = 1; j < s->nvalues; j++)
-				if (s->seen[j] < s->seen[oldest])
-					oldest = j;
-			if (s->seen[oldest] >= seen)
-			{
-				if (seen > now - s->window_us)
-					s->truncated = true;
-				return;
-			}
-			if (s->seen[oldest] > now - s->window_us)
+/* Is entry i before (h, first) in a windowed state's order? */
+static inline bool
+EntryBefore(const TraitState *s, int i, uint64 h, TimestampTz first)
+{
+	return s->hashes[i] < h || (s->hashes[i] == h && s->spans[i].first < first);
+}
+
+/*
+ * A windowed count_distinct: adds the occurrences of value ``h`` from
+ * ``first`` to ``last`` (a span), joining every span of the value less than
+ * a window away, so that a value counts at any time, past or future,
+ * exactly when one of its occurrences lies in the window then.  Past the
+ * bound, the spans that stop counting first make way (the state is then
+ * marked truncated: a lower bound).
+ */
+static void
+DistinctAddSpan(TraitState *s, uint64 h, TimestampTz first, TimestampTz last,
+				TimestampTz now)
+{
+	int			lo = 0;
+	int			hi = s->nvalues;
+	int			end;
+	int			pos;
+
+	/* The value's entries start at lo. */
+	while (lo < hi)
+	{
+		int			mid = (lo + hi) / 2;
+
+		if (s->hashes[mid] < h)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+
+	/*
+	 * Its spans are ordered and more than a window apart, so those the new
+	 * one joins are consecutive: [pos, end).  Widening it to one of them
+	 * cannot bring an earlier one within a window.
+	 */
+	pos = lo;
+	while (pos < s->nvalues && s->hashes[pos] == h &&
+		   s->spans[pos].last < first - s->window_us)
+		pos++;
+	end = pos;
+	while (end < s->nvalues && s->hashes[end] == h &&
+		   s->spans[end].first <= last + s->window_us)
+	{
+		first = Min(first, s->spans[end].first);
+		last = Max(last, s->spans[end].last);
+		end++;
+	}
+	if (end > pos)
+	{
+		/* Joined: the first joined entry becomes the whole span. */
+		s->spans[pos].first = first;
+		s->spans[pos].last = last;
+		memmove(&s->hashes[pos + 1], &s->hashes[end], sizeof(uint64) * (s->nvalues - end));
+		memmove(&s->spans[pos + 1], &s->spans[end], sizeof(DistinctSpan) * (s->nvalues - end));
+		s->nvalues -= end - pos - 1;
+		return;
+	}
+
+	if (s->nvalues == TRAIT_DISTINCT_EXACT)
+	{
+		int			oldest = 0;
+
+		for (int j = 1; j < s->nvalues; j++)
+			if (s->spans[j].last < s->spans[oldest].last)
+				oldest = j;
+		if (s->spans[oldest].last >= last)
+		{
+			if (last > now - s->window_us)
 				s->truncated = true;
-			s->hashes[oldest] = h;
-			s->seen[oldest] = seen;
 			return;
 		}
+		if (s->spans[oldest].last > now - s->window_us)
+			s->truncated = true;
+		memmove(&s->hashes[oldest], &s->hashes[oldest + 1],
+				sizeof(uint64) * (s->nvalues - oldest - 1));
+		memmove(&s->spans[oldest], &s->spans[oldest + 1],
+				sizeof(DistinctSpan) * (s->nvalues - oldest - 1));
+		s->nvalues--;
+		if (oldest < pos)
+			pos--;
 	}
-	if (s->nvalues == s->maxvalues)
-	{
-		s->maxvalues = Max(8, s->maxvalues * 2);
-		s->hashes = s->hashes == NULL ? palloc(sizeof(uint64) * s->maxvalues)
-			: repalloc(s->hashes, sizeof(uint64) * s->maxvalues);
-		if (s->window_us != 0)
-			s->seen = s->seen == NULL ? palloc(sizeof(TimestampTz) * s->maxvalues)
-				: repalloc(s->seen, sizeof(TimestampTz) * s->maxvalues);
-	}
-	s->hashes[s->nvalues] = h;
-	if (s->seen != NULL)
-		s->seen[s->nvalues] = seen;
+	ValuesReserve(s);
+	while (pos > 0 && !EntryBefore(s, pos - 1, h, first))
+		pos--;
+	while (pos < s->nvalues && EntryBefore(s, pos, h, first))
+		pos++;
+	memmove(&s->hashes[pos + 1], &s->hashes[pos], sizeof(uint64) * (s->nvalues - pos));
+	memmove(&s->spans[pos + 1], &s->spans[pos], sizeof(DistinctSpan) * (s->nvalues - pos));
+	s->hashes[pos] = h;
+	s->spans[pos].first = first;
+	s->spans[pos].last = last;
 	s->nvalues++;
 }
 
@@ -549,10 +628,16 @@ PersonaTraitAdd(TraitState *s, const TraitDef *def, TimestampTz at, int64 event_
 			break;
 		case TRAIT_COUNT_DISTINCT:
 			str = TextValue(&v);
-			DistinctAdd(s, hash_bytes_extended((const unsigned char *) VARDATA_ANY(str),
-											   VARSIZE_ANY_EXHDR(str), 0),
-						at, now);
-			return;
+			{
+				uint64		h = hash_bytes_extended((const unsigned char *) VARDATA_ANY(str),
+													VARSIZE_ANY_EXHDR(str), 0);
+
+				if (s->window_us == 0)
+					DistinctAdd(s, h);
+				else
+					DistinctAddSpan(s, h, at, at, now);
+				return;
+			}
 	}
 	cell = GetCell(s, bucket);
 
@@ -602,9 +687,13 @@ PersonaTraitCombine(TraitState *into, const TraitState *from)
 			into->hll[r] = Max(into->hll[r], from->hll[r]);
 	}
 	for (int j = 0; j < from->nvalues; j++)
-		DistinctAdd(into, from->hashes[j],
-					from->seen != NULL ? from->seen[j] : 0,
-					GetCurrentTransactionStartTimestamp());
+	{
+		if (into->window_us == 0)
+			DistinctAdd(into, from->hashes[j]);
+		else
+			DistinctAddSpan(into, from->hashes[j], from->spans[j].first,
+							from->spans[j].last, GetCurrentTransactionStartTimestamp());
+	}
 }
 
 /*
@@ -623,9 +712,10 @@ PersonaTraitValue(const TraitState *s, TimestampTz now, bool *isnull)
 	{
 		if (s->hll != NULL)
 			return Int64GetDatum(HllEstimate(s->hll));
+		/* A value's spans are more than a window apart: one counts at most. */
 		for (int j = 0; j < s->nvalues; j++)
-			if (s->seen == NULL ||
-				(s->seen[j] > now - s->window_us && s->seen[j] <= now))
+			if (s->window_us == 0 ||
+				(s->spans[j].first <= now && s->spans[j].last > now - s->window_us))
 				n++;
 		return Int64GetDatum(n);
 	}
@@ -706,14 +796,14 @@ TraitPrune(TraitState *s, TimestampTz now)
 		if (BucketKept(s, s->cells[i].bucket, now))
 			s->cells[keep++] = s->cells[i];
 	s->ncells = keep;
-	if (s->seen != NULL)
+	if (s->spans != NULL)
 	{
 		keep = 0;
 		for (int j = 0; j < s->nvalues; j++)
-			if (s->seen[j] > now - s->window_us)
+			if (s->spans[j].last > now - s->window_us)
 			{
 				s->hashes[keep] = s->hashes[j];
-				s->seen[keep++] = s->seen[j];
+				s->spans[keep++] = s->spans[j];
 			}
 		s->nvalues = keep;
 	}
@@ -862,15 +952,78 @@ SendState(StringInfo buf, const TraitState *s)
 	{
 		pq_sendint64(buf, (int64) s->hashes[j]);
 		if (s->window_us != 0)
-			SendSigned(buf, s->seen[j]);
+		{
+			SendSigned(buf, s->spans[j].last);
+			SendVarint(buf, (uint64) (s->spans[j].last - s->spans[j].first));
+		}
 	}
 	appendStringInfoCharMacro(buf, (char) flags);
 	if (s->hll != NULL)
 		appendBinaryStringInfo(buf, (char *) s->hll, TRAIT_HLL_REGISTERS);
 }
 
+/*
+ * A windowed value's span: (last, last - first) since version 3; version 2
+ * kept only the last occurrence, read as a span of one.
+ */
+static void
+RecvSpan(StringInfo buf, int version, DistinctSpan *span)
+{
+	uint64		length;
+
+	span->last = RecvSigned(buf);
+	span->first = span->last;
+	if (version < 3)
+		return;
+	length = RecvVarint(buf);
+	CheckState(IS_VALID_TIMESTAMP(span->last) && length <= (uint64) PG_INT64_MAX &&
+			   !pg_sub_s64_overflow(span->last, (int64) length, &span->first) &&
+			   IS_VALID_TIMESTAMP(span->first));
+}
+
+static int
+SpanCmp(const void *a, const void *b)
+{
+	const DistinctSpan *x = (const DistinctSpan *) a;
+	const DistinctSpan *y = (const DistinctSpan *) b;
+
+	return x->first < y->first ? -1 : x->first > y->first;
+}
+
+/*
+ * A windowed state's entries in (hash, first) order, the spans of a value
+ * more than a window apart.  A version 2 state held each value once, in the
+ * order of arrival: it is sorted here.
+ */
+static void
+CheckSpans(TraitState *s, int version)
+{
+	if (version < 3)
+	{
+		/* Sort (hash, span) pairs by hash; the spans ride along. */
+		DistinctSpan *pairs = palloc(sizeof(DistinctSpan) * s->nvalues);
+
+		for (int j = 0; j < s->nvalues; j++)
+		{
+			pairs[j].first = (TimestampTz) (s->hashes[j] ^ UINT64CONST(0x8000000000000000));
+			pairs[j].last = s->spans[j].last;
+		}
+		qsort(pairs, s->nvalues, sizeof(DistinctSpan), SpanCmp);
+		for (int j = 0; j < s->nvalues; j++)
+		{
+			s->hashes[j] = (uint64) pairs[j].first ^ UINT64CONST(0x8000000000000000);
+			s->spans[j].first = s->spans[j].last = pairs[j].last;
+		}
+		pfree(pairs);
+	}
+	for (int j = 1; j < s->nvalues; j++)
+		CheckState(s->hashes[j - 1] < s->hashes[j] ||
+				   (s->hashes[j - 1] == s->hashes[j] && version >= 3 &&
+					s->spans[j].first - s->spans[j - 1].last > s->window_us));
+}
+
 static TraitState *
-RecvState(StringInfo buf)
+RecvState(StringInfo buf, int version)
 {
 	TraitState *s = palloc0(sizeof(TraitState));
 	int			n;
@@ -942,14 +1095,16 @@ RecvState(StringInfo buf)
 	{
 		s->hashes = palloc(sizeof(uint64) * n);
 		if (s->window_us != 0)
-			s->seen = palloc(sizeof(TimestampTz) * n);
+			s->spans = palloc(sizeof(DistinctSpan) * n);
 	}
 	for (int j = 0; j < n; j++)
 	{
 		s->hashes[j] = (uint64) pq_getmsgint64(buf);
 		if (s->window_us != 0)
-			s->seen[j] = RecvSigned(buf);
+			RecvSpan(buf, version, &s->spans[j]);
 	}
+	if (s->window_us != 0)
+		CheckSpans(s, version);
 	flags = pq_getmsgbyte(buf);
 	CheckState((flags & ~(FLAG_HLL | FLAG_TRUNCATED)) == 0);
 	s->truncated = (flags & FLAG_TRUNCATED) != 0;
@@ -1006,6 +1161,7 @@ PersonaProfileTraitsParse(bytea *blob)
 {
 	ProfileTraits *pt = PersonaProfileTraitsCreate();
 	StringInfoData buf;
+	int			version;
 	int			n;
 
 	if (blob == NULL)
@@ -1016,7 +1172,8 @@ PersonaProfileTraitsParse(bytea *blob)
 	buf.cursor = 0;
 	if (buf.len == 0)
 		return pt;
-	CheckState(pq_getmsgbyte(&buf) == STATE_VERSION);
+	version = pq_getmsgbyte(&buf);
+	CheckState(version >= STATE_VERSION_OLDEST && version <= STATE_VERSION);
 	n = RecvCount(&buf, 1, INT_MAX);
 	for (int i = 0; i < n; i++)
 	{
@@ -1028,7 +1185,7 @@ PersonaProfileTraitsParse(bytea *blob)
 		sub.data = (char *) pq_getmsgbytes(&buf, len);
 		sub.len = sub.maxlen = len;
 		sub.cursor = 0;
-		s = RecvState(&sub);
+		s = RecvState(&sub, version);
 		CheckState(sub.cursor == sub.len && PersonaProfileTraitsFind(pt, s->trait_id) == NULL);
 		ProfileTraitsAppend(pt, s);
 	}
@@ -1125,10 +1282,13 @@ EncodeStates(TraitState *const *states, int n)
 	StringInfo	entry = ScratchBuffer(1);
 	StringInfoData head;
 	char		head_bytes[16];
+	int			version = STATE_VERSION_OLDEST;
 	bytea	   *result;
 
 	for (int i = 0; i < n; i++)
 	{
+		if (states[i]->spans != NULL && states[i]->nvalues > 0)
+			version = STATE_VERSION;
 		resetStringInfo(entry);
 		SendState(entry, states[i]);
 		SendVarint(body, entry->len);
@@ -1143,7 +1303,7 @@ EncodeStates(TraitState *const *states, int n)
 	head.len = 0;
 	head.maxlen = sizeof(head_bytes);
 	head.cursor = 0;
-	appendStringInfoCharMacro(&head, (char) STATE_VERSION);
+	appendStringInfoCharMacro(&head, (char) version);
 	SendVarint(&head, n);
 	result = palloc(VARHDRSZ + head.len + body->len);
 	SET_VARSIZE(result, VARHDRSZ + head.len + body->len);
@@ -1205,7 +1365,8 @@ PersonaProfileTraitsNextChange(const ProfileTraits *pt, TimestampTz now)
 		}
 		for (int j = 0; j < s->nvalues; j++)
 		{
-			TimestampTz at = s->seen[j] > now ? s->seen[j] : s->seen[j] + s->window_us;
+			const DistinctSpan *sp = &s->spans[j];
+			TimestampTz at = sp->first > now ? sp->first : sp->last + s->window_us;
 
 			if (at > now && (next == 0 || at < next))
 				next = at;
@@ -1604,7 +1765,7 @@ persona_trait_agg_deserialize(PG_FUNCTION_ARGS)
 	property = pq_getmsgstring(&buf);
 	if (pq_getmsgbyte(&buf))
 		a->def.property = pstrdup(property);
-	a->state = RecvState(&buf);
+	a->state = RecvState(&buf, STATE_VERSION);
 	a->def.trait_id = a->state->trait_id;
 	a->def.kind = a->state->kind;
 	a->def.window_us = a->state->window_us;

@@ -30,7 +30,10 @@ typedef enum TraitKind
 /* A sliding window is counted in this many buckets. */
 #define TRAIT_WINDOW_BUCKETS	60
 
-/* count_distinct is exact up to this many values per profile. */
+/*
+ * count_distinct is exact up to this many values per profile (a windowed one:
+ * this many spans).
+ */
 #define TRAIT_DISTINCT_EXACT	128
 #define TRAIT_HLL_REGISTERS		256
 
@@ -64,6 +67,18 @@ typedef struct TraitCell
 	text	   *str;			/* first, last: the value */
 } TraitCell;
 
+/*
+ * A windowed count_distinct keeps, for each value, its spans: runs of
+ * occurrences at most a window apart, from the first to the last.  The
+ * value counts at ``now`` while a span holds an occurrence in
+ * (now - window, now], that is from ``first`` until ``last`` + window.
+ */
+typedef struct DistinctSpan
+{
+	TimestampTz first;
+	TimestampTz last;
+} DistinctSpan;
+
 /* The state of one trait for one profile. */
 typedef struct TraitState
 {
@@ -83,11 +98,14 @@ typedef struct TraitState
 	 * 128 bytes, one allocation chunk of exactly its size.
 	 */
 	TraitCell	one;
-	/* count_distinct */
+	/*
+	 * count_distinct: value hashes; windowed, one per span, ordered by
+	 * (hash, first), the spans of one value more than a window apart
+	 */
 	int			nvalues;
 	int			maxvalues;
 	uint64	   *hashes;
-	TimestampTz *seen;			/* windowed: last occurrence of each value */
+	DistinctSpan *spans;		/* windowed: the span of each entry */
 	uint8	   *hll;			/* lifetime, past TRAIT_DISTINCT_EXACT values */
 } TraitState;
 
