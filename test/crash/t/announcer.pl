@@ -25,21 +25,14 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
 use Time::HiRes qw(usleep);
+use FindBin;
+use lib $FindBin::RealBin;
+use CrashCommon;
 
 my $scale = $ENV{CRASH_SCALE} || 1;
 my $db    = 'announce';
 
-my $node = PostgreSQL::Test::Cluster->new('announcer');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-max_connections = 30
-restart_after_crash = on
-log_min_messages = warning
-fsync = on
-});
-$node->start;
-$node->safe_psql('postgres', "CREATE DATABASE $db");
+my $node = crash_node('announcer', $db);
 
 sub sql { return $node->safe_psql($db, $_[0]); }
 
@@ -55,28 +48,7 @@ pass('setup: persona and three segments');
 
 my $work = PostgreSQL::Test::Utils::tempdir;
 
-# A psql client running a script in the background, its output to a file.
-sub client
-{
-	my ($name, $script) = @_;
-	my $in = "$work/$name.sql";
-	open my $fh, '>', $in or die;
-	print $fh $script;
-	close $fh;
-	my @cmd = ('psql', '-X', '-qAt', '-d', $node->connstr($db), '-f', $in);
-	my $h = IPC::Run::start(\@cmd, '<', \undef, '>', "$work/$name.out",
-		'2>', "$work/$name.err");
-	return { name => $name, h => $h };
-}
-
-sub slurp_lines
-{
-	my $f = shift;
-	open my $fh, '<', $f or return ();
-	my @l = <$fh>;
-	chomp @l;
-	return @l;
-}
+sub client { return start_client($node, $db, $work, @_); }
 
 # The horizons (log_id payloads) a listener's output shows.
 sub horizons
@@ -129,25 +101,6 @@ sub wait_for
 		usleep(100_000);
 	}
 	return 0;
-}
-
-sub alive { return kill(0, $_[0]); }
-
-# The server's processes: the postmaster's children.
-sub children
-{
-	my $pm = shift;
-	my @kids;
-	opendir my $d, '/proc' or die;
-	for my $p (grep { /^\d+$/ } readdir $d)
-	{
-		open my $fh, '<', "/proc/$p/stat" or next;
-		my $stat = <$fh>;
-		close $fh;
-		next unless defined $stat && $stat =~ /\)\s+\S+\s+(\d+)/;
-		push @kids, $p if $1 == $pm;
-	}
-	return @kids;
 }
 
 my @committed;
@@ -229,11 +182,7 @@ sub round
 round(
 	'announcer-killed',
 	sub {
-		my $pid    = shift;
-		my $offset = -s $node->logfile;
-		kill 'KILL', $pid;
-		$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
-		$node->wait_for_log(qr/database system is ready to accept connections/, $offset);
+		kill_backend_and_wait($node, shift);
 	});
 like(slurp_file($node->logfile), qr/persona announcer.*terminated by signal 9/,
 	'announcer-killed: the announcer was killed with SIGKILL');
@@ -242,16 +191,7 @@ like(slurp_file($node->logfile), qr/persona announcer.*terminated by signal 9/,
 round(
 	'server-killed',
 	sub {
-		my $pm   = $node->{_pid};
-		my @kids = children($pm);
-		$node->kill9;
-		kill 'KILL', @kids;
-		for (1 .. 600)
-		{
-			last unless grep { alive($_) } $pm, @kids;
-			usleep(50_000);
-		}
-		$node->start;
+		kill_all_and_restart($node);
 	});
 
 unlike(slurp_file($node->logfile), qr/PANIC|TRAP:|terminated by signal (?!9)/,

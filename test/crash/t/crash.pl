@@ -35,23 +35,16 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
 use Time::HiRes qw(usleep time);
+use FindBin;
+use lib $FindBin::RealBin;
+use CrashCommon;
 
 my $scale = $ENV{CRASH_SCALE} || 1;
 my $users = 4000 * $scale;     # people of the bulk load
 my $batch = 4000 * $scale;     # events per bulk INSERT
 my $db    = 'crash';
 
-my $node = PostgreSQL::Test::Cluster->new('crash');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-max_connections = 30
-restart_after_crash = on
-log_min_messages = warning
-fsync = on
-});
-$node->start;
-$node->safe_psql('postgres', "CREATE DATABASE $db");
+my $node = crash_node('crash', $db);
 
 sub sql { return $node->safe_psql($db, $_[0]); }
 
@@ -82,23 +75,7 @@ my $bulk_next = 1;
 sub client
 {
 	my ($name, $script) = @_;
-	my $in = "$work/$name.sql";
-	open my $fh, '>', $in or die;
-	print $fh "\\set ON_ERROR_STOP 1\n$script";
-	close $fh;
-	my @cmd = ('psql', '-X', '-qAt', '-d', $node->connstr($db), '-f', $in);
-	my $h = IPC::Run::start(\@cmd, '<', \undef, '>', "$work/$name.out",
-		'2>', "$work/$name.err");
-	return { name => $name, h => $h };
-}
-
-sub slurp_lines
-{
-	my $f = shift;
-	open my $fh, '<', $f or return ();
-	my @l = <$fh>;
-	chomp @l;
-	return @l;
+	return start_client($node, $db, $work, $name, "\\set ON_ERROR_STOP 1\n$script");
 }
 
 # Single-event writers: persona_track of people of the bulk load and of new
@@ -159,50 +136,6 @@ sub reap
 			}
 		}
 	}
-}
-
-# The server's processes: the postmaster and its children.
-sub children
-{
-	my $pm = shift;
-	my @kids;
-	opendir my $d, '/proc' or die;
-	for my $p (grep { /^\d+$/ } readdir $d)
-	{
-		open my $fh, '<', "/proc/$p/stat" or next;
-		my $stat = <$fh>;
-		close $fh;
-		next unless defined $stat && $stat =~ /\)\s+\S+\s+(\d+)/;
-		push @kids, $p if $1 == $pm;
-	}
-	return @kids;
-}
-
-sub alive { return kill(0, $_[0]); }
-
-# SIGKILL the postmaster and every one of its processes at once, then start.
-sub kill_all_and_restart
-{
-	my $pm   = $node->{_pid};
-	my @kids = children($pm);
-	$node->kill9;
-	kill 'KILL', @kids;
-	for (1 .. 600)
-	{
-		last unless grep { alive($_) } $pm, @kids;
-		usleep(50_000);
-	}
-	$node->start;
-}
-
-# SIGKILL one backend: the postmaster ends every other one and recovers.
-sub kill_backend_and_wait
-{
-	my $pid = shift;
-	my $offset = -s $node->logfile;
-	kill 'KILL', $pid;
-	$node->wait_for_log(qr/all server processes terminated; reinitializing/, $offset);
-	$node->wait_for_log(qr/database system is ready to accept connections/, $offset);
 }
 
 # Waits (at most 60 s) for a query of the pattern to be running, plus $ms.
@@ -379,7 +312,7 @@ EOF
 {
 	my @c = (bulk(), writers('s1', 2));
 	wait_active('INSERT INTO persona.events%', 1500);
-	kill_all_and_restart();
+	kill_all_and_restart($node);
 	reap(@c);
 	check_all('bulk ingest');
 }
@@ -412,7 +345,7 @@ EOF
 		last if sql('SELECT count(*) FROM persona.merges') - $before >= $pairs / 10;
 		usleep(50_000);
 	}
-	kill_all_and_restart();
+	kill_all_and_restart($node);
 	reap(@c);
 	my $merged = sql("SELECT count(*) FROM persona.identities WHERE id LIKE 'anon%'"
 		  . " AND profile_id IN (SELECT profile_id FROM persona.identities WHERE id LIKE 'm%')");
@@ -435,7 +368,7 @@ EOF
 	my $pid = wait_active('SELECT persona_define_trait%', 1000);
 	$pid = wait_active('SELECT persona_define_trait%', 0);
 	ok($pid, 'traits: a backfill is running');
-	kill_backend_and_wait($pid) if $pid;
+	kill_backend_and_wait($node, $pid) if $pid;
 	reap(@c);
 	like(slurp_file($node->logfile), qr/terminated by signal 9/, 'traits: the backend was killed');
 	check_all('trait backfill');
@@ -454,7 +387,7 @@ EOF
 	}
 	my @c = (client('segments', $s), writers('s4', 1));
 	wait_active('SELECT persona_create_segment%', 1200);
-	kill_all_and_restart();
+	kill_all_and_restart($node);
 	reap(@c);
 	check_all('segment creation');
 }
@@ -496,12 +429,12 @@ for my $round ('all', 'backend')
 	}
 	if ($round eq 'all')
 	{
-		kill_all_and_restart();
+		kill_all_and_restart($node);
 	}
 	else
 	{
 		ok($pid, 'claim/ack storm: a worker is claiming or acking');
-		kill_backend_and_wait($pid) if $pid;
+		kill_backend_and_wait($node, $pid) if $pid;
 	}
 	reap(@c);
 	my $sent = sql('SELECT count(*) FROM sent_log');
