@@ -344,7 +344,11 @@ BEGIN
            last_seen   = GREATEST(p.last_seen, f.last_seen),
            event_count = p.event_count + f.event_count,
            computed_state = persona.state_merge(p.computed_state, f.computed_state),
-           next_change_at = LEAST(p.next_change_at, f.next_change_at),
+           -- With clock segments, first and last seen moved: the next tick
+           -- computes when it flips in them (src/clock.c).
+           next_change_at = LEAST(p.next_change_at, f.next_change_at,
+                                  CASE WHEN EXISTS (SELECT FROM persona.segments AS s WHERE s.clock)
+                                       THEN now() END),
            consent     = persona.merge_consent(p.consent, f.consent),
            updated_at  = now()
       FROM persona.profiles AS f
@@ -2171,12 +2175,14 @@ CREATE OR REPLACE FUNCTION @extschema@.persona_create_segment(name text, predica
     LANGUAGE plpgsql VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET persona.maintenance = on
     AS $$
 #variable_conflict use_column
 DECLARE
     v_name  text := $1;
     v_c     record;
     v_batch bigint[];
+    v_flip  text;
 BEGIN
     PERFORM persona.check_name(v_name, 'name');
     v_c := persona.compile_predicate($2, 'persona.segment_source');
@@ -2232,6 +2238,25 @@ BEGIN
             PERFORM persona.evaluate_segment(v_name, v_batch);
         END LOOP;
     END;
+
+    -- A clock segment: when each profile's membership may next change by
+    -- the clock, for persona_tick (src/clock.c); not derived, the tick
+    -- reads every profile for it.
+    IF v_c.clock THEN
+        v_flip := persona.clock_flip(v_c.sql);
+    END IF;
+    IF v_flip IS NOT NULL THEN
+        BEGIN
+            EXECUTE format($q$
+                UPDATE persona.profiles AS p SET next_change_at = LEAST(p.next_change_at, f.at)
+                  FROM (SELECT s.profile_id, (%s) AS at FROM persona.segment_source AS s) AS f
+                 WHERE p.profile_id = f.profile_id AND f.at IS NOT NULL$q$, v_flip);
+        EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+            -- Out of range for some profile: every profile is due.
+            UPDATE persona.profiles AS p SET next_change_at = now()
+             WHERE p.next_change_at IS NULL OR p.next_change_at > now();
+        END;
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.persona_create_segment(text, text) IS
@@ -3796,26 +3821,39 @@ DECLARE
     v_changes  bigint := 0;
     v_windowed text[];
     v_seg      record;
+    v_flip     text;
+    v_flips    text[] := '{}';
     v_found    bigint[];
     v_stale    bigint[] := '{}';
     v_every    boolean := false;
     v_batch    bigint[];
     v_due      bigint[];
+    v_ids      bigint[];
+    v_at       timestamptz[];
+    v_changed  text[];
 BEGIN
     PERFORM persona.lock_order();
     SELECT array_agg(d.name) INTO v_windowed
       FROM persona.trait_defs AS d WHERE d.time_window IS NOT NULL;
 
-    -- Clock segments: one pass per segment, without locks, finds the
-    -- profiles whose membership the predicate now contradicts (the stale
-    -- ones); only they are locked and evaluated again below. The pass reads
-    -- every profile (time can change anyone's answer) but locks and writes
-    -- only what changed. A predicate that fails on some profile's data
-    -- makes that segment's pass fail: then every profile is visited, as
+    -- Clock segments. Where the time the predicate next flips can be
+    -- derived (src/clock.c), each profile's is kept in next_change_at and
+    -- the profiles due are visited below with the others. For the others,
+    -- one pass per segment, without locks, finds the profiles whose
+    -- membership the predicate now contradicts (the stale ones); only they
+    -- are locked and evaluated again below. That pass reads every profile
+    -- (time can change anyone's answer) but locks and writes only what
+    -- changed. A predicate that fails on some profile's data makes that
+    -- segment's pass fail: then every profile is visited, as
     -- evaluate_segment does, so that the failures are counted.
     FOR v_seg IN
         SELECT s.name, s.predicate_sql FROM persona.segments AS s WHERE s.clock ORDER BY s.segment_id
     LOOP
+        v_flip := persona.clock_flip(v_seg.predicate_sql);
+        IF v_flip IS NOT NULL THEN
+            v_flips := v_flips || v_flip;
+            CONTINUE;
+        END IF;
         BEGIN
             -- predicate_sql is the checked expression deparsed from its
             -- parse tree; the name is only ever a parameter.
@@ -3834,9 +3872,11 @@ BEGIN
 
     -- Batches in profile order, each locked before it is touched, so the
     -- tick takes profile locks in the one order ingest and merges take them:
-    -- the profiles whose windowed traits changed by the clock alone (an
-    -- index range on next_change_at) and the stale members of clock
-    -- segments; every profile when a clock predicate failed above.
+    -- the profiles due (an index range on next_change_at: a windowed trait
+    -- changes by the clock alone, a clock segment's predicate may flip, or
+    -- the profile changed since the last tick while clock segments exist)
+    -- and the stale members of the other clock segments; every profile when
+    -- a clock predicate failed above.
     FOR v_batch IN
         SELECT array_agg(b.profile_id ORDER BY b.profile_id)
           FROM (SELECT d.profile_id, (row_number() OVER (ORDER BY d.profile_id) - 1) / 10000 AS n
@@ -3848,17 +3888,44 @@ BEGIN
     LOOP
         PERFORM 1 FROM persona.profiles AS p
          WHERE p.profile_id = ANY (v_batch) ORDER BY p.profile_id FOR NO KEY UPDATE;
+        -- When the due profiles next flip in the derived clock segments.
+        v_ids := NULL;
+        v_at := NULL;
+        IF cardinality(v_flips) > 0 THEN
+            BEGIN
+                EXECUTE format($q$
+                    SELECT array_agg(s.profile_id), array_agg(LEAST(%s))
+                      FROM persona.segment_source AS s
+                      JOIN persona.profiles AS p ON p.profile_id = s.profile_id
+                     WHERE p.profile_id = ANY ($1) AND p.next_change_at <= now()$q$,
+                    array_to_string(v_flips, ', '))
+                   INTO v_ids, v_at USING v_batch;
+            EXCEPTION WHEN data_exception OR program_limit_exceeded THEN
+                -- Out of range for some profile: look again at the next tick.
+                SELECT array_agg(p.profile_id), array_agg(now()) INTO v_ids, v_at
+                  FROM persona.profiles AS p
+                 WHERE p.profile_id = ANY (v_batch) AND p.next_change_at <= now();
+            END;
+        END IF;
         -- Prune the due states and note when each changes next.
         WITH pruned AS (
             UPDATE persona.profiles AS p
                SET (computed_state, next_change_at) =
-                   (SELECT q.s, persona.next_change(q.s)
+                   (SELECT q.s, LEAST(persona.next_change(q.s), f.at)
                       FROM (SELECT persona.state_merge(p.computed_state, NULL) AS s) AS q)
-             WHERE p.profile_id = ANY (v_batch) AND p.next_change_at <= now()
+              FROM unnest(v_batch) AS b(id)
+              LEFT JOIN unnest(v_ids, v_at) AS f(id, at) ON f.id = b.id
+             WHERE p.profile_id = b.id AND p.next_change_at <= now()
             RETURNING p.profile_id)
         SELECT array_agg(pruned.profile_id ORDER BY pruned.profile_id) INTO v_due FROM pruned;
-        IF v_due IS NOT NULL AND v_windowed IS NOT NULL THEN
-            v_changes := v_changes + persona.refresh_segments(v_due, v_windowed);
+        -- The due profiles: the segments reading a windowed trait, and the
+        -- clock segments unless the whole batch is evaluated for them next.
+        v_changed := v_windowed;
+        IF cardinality(v_flips) > 0 AND NOT v_every AND cardinality(v_stale) = 0 THEN
+            v_changed := coalesce(v_changed, '{}') || ARRAY['now()'];
+        END IF;
+        IF v_due IS NOT NULL AND v_changed IS NOT NULL THEN
+            v_changes := v_changes + persona.refresh_segments(v_due, v_changed);
         END IF;
         IF v_every OR cardinality(v_stale) > 0 THEN
             v_changes := v_changes + persona.refresh_segments(v_batch, ARRAY['now()']);
@@ -3954,6 +4021,76 @@ BEGIN
                                          WHERE f.event_type = d.event_type AND f.occurred_at > now())
                  GROUP BY e.profile_id) AS b
          WHERE p.profile_id = b.profile_id;
+    END LOOP;
+    PERFORM set_config('persona.maintenance', 'off', true);
+END
+$$;
+
+-- persona_tick visits only the profiles whose membership time may have
+-- changed (src/clock.c): the flip time of a clock segment's predicate, where
+-- it can be derived, is kept in next_change_at; ingest, merges and new
+-- profiles mark a profile due while a clock segment exists.
+CREATE FUNCTION persona.clock_flip(predicate_sql text) RETURNS text
+    LANGUAGE C STABLE STRICT
+    AS 'MODULE_PATHNAME', 'persona_clock_flip';
+COMMENT ON FUNCTION persona.clock_flip(text) IS
+    'for a clock segment''s predicate_sql, SQL over persona.segment_source AS s giving when a profile''s membership may next change by the clock (NULL: not derived, the tick reads every profile)';
+REVOKE ALL ON FUNCTION persona.clock_flip(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION persona.ensure_profile(id text, kind text) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE STRICT
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_id   text := $1;
+    v_kind text := $2;
+    v_pid  bigint;
+BEGIN
+    v_pid := persona.resolve(v_id);
+    IF v_pid IS NOT NULL THEN
+        RETURN v_pid;
+    END IF;
+    -- Creating a profile is a write like ingest: same lock order, and a
+    -- segment or trait definition in progress is waited for.
+    PERFORM persona.lock_order();
+    v_pid := nextval('persona.profile_id_seq');
+    INSERT INTO persona.identities (id, profile_id, kind)
+    VALUES (v_id, v_pid, v_kind)
+    ON CONFLICT (id) DO NOTHING;
+    IF NOT FOUND THEN
+        -- A concurrent transaction created the id first; it has committed.
+        v_pid := persona.resolve(v_id);
+        IF v_pid IS NULL THEN
+            RAISE EXCEPTION 'could not serialize access due to a concurrently created identity'
+                USING ERRCODE = '40001', HINT = 'Retry the transaction.';
+        END IF;
+        RETURN v_pid;
+    END IF;
+    -- With clock segments, the next tick computes when it flips in them
+    -- (src/clock.c).
+    INSERT INTO persona.profiles (profile_id, user_id, next_change_at)
+    VALUES (v_pid, CASE WHEN v_kind = 'user' THEN v_id END,
+            CASE WHEN EXISTS (SELECT FROM persona.segments AS s WHERE s.clock) THEN now() END);
+    -- A new profile is new to every segment.
+    PERFORM persona.refresh_segments(ARRAY[v_pid], NULL);
+    RETURN v_pid;
+END
+$$;
+
+-- The clock segments of 0.1.0: every profile's next flip time.
+DO $$
+DECLARE
+    v_flip text;
+BEGIN
+    PERFORM set_config('persona.maintenance', 'on', true);
+    FOR v_flip IN SELECT persona.clock_flip(s.predicate_sql) FROM persona.segments AS s
+                   WHERE s.clock ORDER BY s.segment_id LOOP
+        CONTINUE WHEN v_flip IS NULL;
+        EXECUTE format($q$
+            UPDATE persona.profiles AS p SET next_change_at = LEAST(p.next_change_at, f.at)
+              FROM (SELECT s.profile_id, (%s) AS at FROM persona.segment_source AS s) AS f
+             WHERE p.profile_id = f.profile_id AND f.at IS NOT NULL$q$, v_flip);
     END LOOP;
     PERFORM set_config('persona.maintenance', 'off', true);
 END

@@ -95,6 +95,63 @@ RESET persona.maintenance;
 SELECT persona_tick() >= 0 AS ticked;
 SELECT next_change_at > now() AS rescheduled FROM persona.profiles WHERE user_id = 's-ravi';
 
+-- A clock predicate made of comparisons of first_seen, last_seen or
+-- created_at with now() plus or minus an interval has flip times
+-- (src/clock.c): each profile's next one is kept in next_change_at, and the
+-- tick visits only the profiles due. Others are read in full at each tick.
+SELECT persona.clock_flip($$(s.last_seen > (now() - '01:00:00'::interval))$$);
+SELECT persona.clock_flip($$(now() < s.created_at)$$) IS NOT NULL AS derived,
+       persona.clock_flip($$(s.updated_at > now())$$) IS NULL AS updated_at_underived,
+       persona.clock_flip($$((s.last_seen)::date >= CURRENT_DATE)$$) IS NULL AS current_date_underived,
+       persona.clock_flip($$(s.last_seen > (now() - '1 mon'::interval))$$) IS NULL AS months_underived,
+       persona.clock_flip($$(date_trunc('day', now()) < s.last_seen)$$) IS NULL AS date_trunc_underived;
+SELECT persona_create_segment('c_hour', $$last_seen > now() - interval '1 hour' AND event_count >= 1$$);
+SELECT name, persona.clock_flip(predicate_sql) IS NOT NULL AS derived
+  FROM persona.segments WHERE clock ORDER BY segment_id;
+SELECT persona_track('c-' || g, 'page_view', occurred_at => now() - interval '10 minutes') > 0 AS tracked
+  FROM generate_series(1, 3) AS g;
+SELECT persona_tick() >= 0 AS ticked;
+-- Each member's next flip: an hour after it was last seen.
+SELECT p.user_id, p.next_change_at = p.last_seen + interval '1 hour' AS flips_in_an_hour
+  FROM persona.profiles AS p WHERE p.user_id LIKE 'c-%' ORDER BY 1;
+-- Time passes for c-1 (55 minutes: its flip has come) and c-2 (40 minutes:
+-- not yet), as for a profile whose times all moved back: the tick takes c-1
+-- out, and only c-1.
+SET persona.maintenance = on;
+UPDATE persona.profiles
+   SET first_seen = first_seen - interval '55 minutes', last_seen = last_seen - interval '55 minutes',
+       next_change_at = next_change_at - interval '55 minutes'
+ WHERE user_id = 'c-1';
+UPDATE persona.profiles
+   SET first_seen = first_seen - interval '40 minutes', last_seen = last_seen - interval '40 minutes',
+       next_change_at = next_change_at - interval '40 minutes'
+ WHERE user_id = 'c-2';
+RESET persona.maintenance;
+SELECT coalesce(max(log_id), 0) AS before_tick FROM persona.segment_log \gset
+SELECT persona_tick() AS changes;
+SELECT l.segment, p.user_id, l.op FROM persona.segment_log AS l JOIN persona.profiles AS p USING (profile_id)
+ WHERE l.log_id > :before_tick ORDER BY l.log_id;
+-- An event brings c-1 back (ingest), and a merge brings an old profile
+-- back: each is due at the next tick, which computes its new flip time.
+SELECT persona_track('c-1', 'page_view') > 0 AS tracked;
+SELECT persona_track('c-old', 'page_view', occurred_at => now() - interval '3 hours') > 0 AS tracked;
+SELECT persona_track(NULL, 'page_view', anonymous_id => 'c-old-phone',
+                     occurred_at => now() - interval '5 minutes') > 0 AS tracked;
+SELECT persona_identify('c-old', '{}', 'c-old-phone') > 0 AS merged;
+SELECT p.user_id, p.next_change_at <= now() AS due FROM persona.profiles AS p
+ WHERE p.user_id IN ('c-1', 'c-old') ORDER BY 1;
+SELECT persona_tick() >= 0 AS ticked;
+SELECT p.user_id, p.next_change_at = p.last_seen + interval '1 hour' AS flips_in_an_hour
+  FROM persona.profiles AS p WHERE p.user_id IN ('c-1', 'c-old') ORDER BY 1;
+-- Every clock segment's members are what its predicate says now.
+SELECT s.name, count(*) FILTER (WHERE (m.profile_id IS NOT NULL) <>
+         CASE s.name WHEN 'c_hour' THEN coalesce(p.last_seen > now() - interval '1 hour' AND p.event_count >= 1, false)
+                     WHEN 'active_today' THEN coalesce(p.last_seen > now() - interval '1 day', false) END) AS wrong
+  FROM persona.segments AS s CROSS JOIN persona.profiles AS p
+  LEFT JOIN persona.segment_members AS m ON m.segment = s.name AND m.profile_id = p.profile_id
+ WHERE s.name IN ('c_hour', 'active_today') GROUP BY s.name ORDER BY s.name;
+SELECT persona_drop_segment('c_hour');
+
 -- A profile created by an event is new to every segment, also to those
 -- that read nothing an event changes.
 SELECT persona_create_segment('anonymous', 'user_id IS NULL');

@@ -59,6 +59,7 @@ REVOKE ALL ON FUNCTION persona.compile_predicate(text, regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.compile_definition() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.refresh_segments(bigint[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.evaluate_segment(text, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.clock_flip(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.leave_segments(bigint) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.announce() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.segment_log_horizon() FROM PUBLIC;

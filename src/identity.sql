@@ -76,8 +76,11 @@ BEGIN
         END IF;
         RETURN v_pid;
     END IF;
-    INSERT INTO persona.profiles (profile_id, user_id)
-    VALUES (v_pid, CASE WHEN v_kind = 'user' THEN v_id END);
+    -- With clock segments, the next tick computes when it flips in them
+    -- (src/clock.c).
+    INSERT INTO persona.profiles (profile_id, user_id, next_change_at)
+    VALUES (v_pid, CASE WHEN v_kind = 'user' THEN v_id END,
+            CASE WHEN EXISTS (SELECT FROM persona.segments AS s WHERE s.clock) THEN now() END);
     -- A new profile is new to every segment.
     PERFORM persona.refresh_segments(ARRAY[v_pid], NULL);
     RETURN v_pid;
@@ -156,7 +159,11 @@ BEGIN
            last_seen   = GREATEST(p.last_seen, f.last_seen),
            event_count = p.event_count + f.event_count,
            computed_state = persona.state_merge(p.computed_state, f.computed_state),
-           next_change_at = LEAST(p.next_change_at, f.next_change_at),
+           -- With clock segments, first and last seen moved: the next tick
+           -- computes when it flips in them (src/clock.c).
+           next_change_at = LEAST(p.next_change_at, f.next_change_at,
+                                  CASE WHEN EXISTS (SELECT FROM persona.segments AS s WHERE s.clock)
+                                       THEN now() END),
            consent     = persona.merge_consent(p.consent, f.consent),
            updated_at  = now()
       FROM persona.profiles AS f

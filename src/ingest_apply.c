@@ -36,6 +36,7 @@
 #include "rowwriter.h"
 #include "segments.h"
 #include "traits.h"
+#include "clock.h"
 
 /* Plans of the statement-level trigger, prepared once per backend. */
 static SPIPlanPtr insert_identities_plan = NULL;
@@ -454,6 +455,9 @@ DeltaState(ProfileDelta *d, TimestampTz now, bytea **state, TimestampTz *next)
 		*state = PersonaProfileTraitsSerialize(d->traits, now);
 		*next = PersonaProfileTraitsNextChange(d->traits, now);
 	}
+	/* Clock segments: a new profile's flip times are computed by the tick. */
+	if (PersonaClockSegmentsExist())
+		*next = now;
 	d->written = true;
 }
 
@@ -536,6 +540,7 @@ typedef struct ProfileChange
 {
 	ProfileDelta *delta;
 	TimestampTz now;
+	bool		clock;			/* a clock segment exists (clock.c) */
 } ProfileChange;
 
 /*
@@ -579,6 +584,13 @@ AddDelta(TupleTableSlot *current, Datum *values, bool *nulls, void *arg)
 			nulls[nc] = false;
 		}
 	}
+	/* Clock segments: first and last seen moved, so may their flip times. */
+	if (change->clock)
+	{
+		i = pc->next_change_at - 1;
+		values[i] = TimestampTzGetDatum(change->now);
+		nulls[i] = false;
+	}
 	i = pc->updated_at - 1;
 	values[i] = TimestampTzGetDatum(change->now);
 	nulls[i] = false;
@@ -614,6 +626,7 @@ UpdateProfiles(ProfileDelta **list, int n, ProfileDelta **orphans)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	u = PersonaRowUpdaterOpen(cat->profiles, cat->profiles_pkey);
 	change.now = GetCurrentTransactionStartTimestamp();
+	change.clock = PersonaClockSegmentsExist();
 	for (int i = 0; i < n; i++)
 	{
 		CHECK_FOR_INTERRUPTS();
