@@ -105,6 +105,18 @@ SELECT persona.clock_flip($$(now() < s.created_at)$$) IS NOT NULL AS derived,
        persona.clock_flip($$((s.last_seen)::date >= CURRENT_DATE)$$) IS NULL AS current_date_underived,
        persona.clock_flip($$(s.last_seen > (now() - '1 mon'::interval))$$) IS NULL AS months_underived,
        persona.clock_flip($$(date_trunc('day', now()) < s.last_seen)$$) IS NULL AS date_trunc_underived;
+-- A day is a day of the session's time zone: across a change of UTC offset
+-- the flip time is earlier by the change (never later than the flip), and
+-- exact otherwise. At the flip time, "flipped" says whether the comparison
+-- has changed already; an hour later it has.
+SET TimeZone = 'America/New_York';
+SELECT persona.clock_flip($$(s.last_seen > (now() - '1 day'::interval))$$) AS flip_sql \gset
+SELECT x.e, x.flip - x.e AS flip_after, NOT (x.e > x.flip - interval '1 day') AS flipped,
+       NOT (x.e > x.flip + interval '1 hour' - interval '1 day') AS flipped_an_hour_later
+  FROM (SELECT v.e, (SELECT :flip_sql FROM (SELECT v.e AS last_seen) AS s) AS flip
+          FROM (VALUES (timestamptz '2099-03-07 12:00'), (timestamptz '2099-03-14 12:00'),
+                       (timestamptz '2099-10-31 12:00')) AS v(e)) AS x;
+RESET TimeZone;
 SELECT persona_create_segment('c_hour', $$last_seen > now() - interval '1 hour' AND event_count >= 1$$);
 SELECT name, persona.clock_flip(predicate_sql) IS NOT NULL AS derived
   FROM persona.segments WHERE clock ORDER BY segment_id;
