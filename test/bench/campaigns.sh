@@ -39,6 +39,7 @@ WORKERS=${BENCH_CAMP_WORKERS:-4}
 BATCH=${BENCH_CAMP_BATCH:-1000}
 
 DB=${PGDATABASE:-persona_bench}_campaigns
+EXAMPLES=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../examples" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/persona-bench-camp.XXXXXX")
 cleanup() {
 	rm -rf -- "$WORK"
@@ -105,8 +106,22 @@ psql_q -c "SELECT persona_cancel_campaign('send_small')" -c "SELECT persona_canc
 # 2 and 3. Draining: persona's chunks against a naive queue table
 # ---------------------------------------------------------------------------
 cat >"$WORK/worker.py" <<'PY'
+import os
 import sys
 import psycopg
+
+# Both sides fetch a batch as examples/worker.py does (its own code, for
+# persona): json_agg of each column in one json value, one json.loads; the
+# ids go back as a bigint[] literal.
+sys.path.insert(0, os.environ["PERSONA_EXAMPLES"])
+from worker import CLAIM, id_array, messages
+
+NAIVE_FIELDS = ("id", "profile_id", "user_id", "content")
+NAIVE_CLAIM = (
+    "WITH u AS (UPDATE naive_queue AS q SET status = 'claimed' FROM ("
+    "  SELECT id FROM naive_queue WHERE status = 'queued' ORDER BY id LIMIT %s"
+    "  FOR UPDATE SKIP LOCKED) AS c WHERE q.id = c.id RETURNING q.*) "
+    "SELECT json_build_array(" + ", ".join(f"json_agg(u.{f})" for f in NAIVE_FIELDS) + ") FROM u")
 
 mode, batch = sys.argv[1], int(sys.argv[2])
 done = 0
@@ -114,25 +129,22 @@ with psycopg.connect("", autocommit=True) as conn:
     while True:
         with conn.transaction():
             if mode == "persona":
-                rows = conn.execute("SELECT message_id, content FROM persona_claim('push', %s, '5 minutes')",
-                                    (batch,)).fetchall()
+                rows = messages(conn.execute(CLAIM, ("push", batch, "5 minutes")).fetchone()[0])
             else:
-                rows = conn.execute(
-                    "UPDATE naive_queue AS q SET status = 'claimed' FROM ("
-                    "  SELECT id FROM naive_queue WHERE status = 'queued' ORDER BY id LIMIT %s"
-                    "  FOR UPDATE SKIP LOCKED) AS c WHERE q.id = c.id RETURNING q.id, q.content",
-                    (batch,)).fetchall()
+                cols = conn.execute(NAIVE_CLAIM, (batch,)).fetchone()[0]
+                rows = [] if cols[0] is None else [dict(zip(NAIVE_FIELDS, v)) for v in zip(*cols)]
         if not rows:
             break
-        ids = [r[0] for r in rows]
-        for _, content in rows:   # what a sender reads
+        for m in rows:   # what a sender reads
+            content = m["content"]
             if not content["title"] or not content["body"]:
                 sys.exit("empty content")
         if mode == "persona":
-            conn.execute("SELECT persona_ack(%s)", (ids,))
+            conn.execute("SELECT persona_ack(%s::bigint[])", (id_array(m["message_id"] for m in rows),))
         else:
-            conn.execute("UPDATE naive_queue SET status = 'sent' WHERE id = ANY(%s)", (ids,))
-        done += len(ids)
+            conn.execute("UPDATE naive_queue SET status = 'sent' WHERE id = ANY(%s::bigint[])",
+                         (id_array(m["id"] for m in rows),))
+        done += len(rows)
 print(done)
 PY
 
@@ -140,7 +152,7 @@ drain() { # mode -> seconds (every worker's count checked by the caller)
 	local t0 pids=() i
 	t0=$(date +%s.%N)
 	for ((i = 0; i < WORKERS; i++)); do
-		/usr/bin/python3 "$WORK/worker.py" "$1" "$BATCH" >"$WORK/w$i.out" &
+		PERSONA_EXAMPLES="$EXAMPLES" /usr/bin/python3 "$WORK/worker.py" "$1" "$BATCH" >"$WORK/w$i.out" &
 		pids+=($!)
 	done
 	for p in "${pids[@]}"; do wait "$p" || { echo "bench: a $1 worker failed" >&2; exit 1; }; done
