@@ -1021,9 +1021,10 @@ persona_campaign_materialize(PG_FUNCTION_ARGS)
 	args[3] = CStringGetTextDatum(*st == STATE_CLAIMED ? "claimed" : "sent");
 	plan = PersonaKeptPlan(&materialize_plan,
 						   "INSERT INTO persona.messages (message_id, profile_id, channel, action, source, "
-						   "  status, attempts, due_at, created_at, action_id, ready_at) "
+						   "  status, attempts, due_at, created_at, action_id, ready_at, lease_until) "
 						   "SELECT $1, $3, c.channel, c.action, c.source, $4, k.attempts, k.due_at, "
 						   "  c.created_at, c.action_id, "
+						   "  CASE WHEN $4 OPERATOR(pg_catalog.=) 'claimed' THEN k.due_at END, "
 						   "  CASE WHEN $4 OPERATOR(pg_catalog.=) 'claimed' THEN k.ready_at END "
 						   "FROM persona.campaigns AS c "
 						   "JOIN persona.campaign_chunks AS k ON k.campaign_id OPERATOR(pg_catalog.=) c.campaign_id "
