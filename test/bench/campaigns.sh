@@ -149,15 +149,6 @@ t = os.times()
 print(done, round(t.user + t.system, 2))   # and this worker's CPU seconds
 PY
 
-# CPU seconds of the server's exited processes: the postmaster's cutime +
-# cstime (/proc/PID/stat fields 16 and 17; f[1] is field 3), where a backend's CPU lands
-# when it exits. On a machine shared with others the wall time is noisy;
-# the CPU the drain cost is not.
-server_cpu() {
-	val "SELECT round((f[14]::numeric + f[15]::numeric) / 100, 2)
-	       FROM (SELECT regexp_split_to_array(split_part(pg_read_file('/proc/'
-	                || split_part(pg_read_file('postmaster.pid'), E'\n', 1) || '/stat'), ') ', 2), ' ') AS f) AS s"
-}
 drain() { # mode -> "seconds server_cpu_s workers_cpu_s" (counts checked by the caller)
 	local t0 t1 c0 pids=() i
 	c0=$(server_cpu)
@@ -168,13 +159,7 @@ drain() { # mode -> "seconds server_cpu_s workers_cpu_s" (counts checked by the 
 	done
 	for p in "${pids[@]}"; do wait "$p" || { echo "bench: a $1 worker failed" >&2; exit 1; }; done
 	t1=$(date +%s.%N)
-	# the workers' backends exit once their clients have: then their CPU is counted
-	for _ in $(seq 100); do
-		[[ $(val "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-		          AND backend_type = 'client backend' AND pid <> pg_backend_pid()") == 0 ]] && break
-		sleep 0.05
-	done
-	sleep 0.2   # and the postmaster has reaped them
+	backends_gone
 	echo "$(calc "$t1 - $t0") $(calc "$(server_cpu) - $c0") $(cat "$WORK"/w*.out | awk '{ s += $2 } END { print s }')"
 }
 timed() { # statement -> seconds it took, by the server's clock

@@ -5,7 +5,8 @@
   outbox_workers.py plain N_WORKERS BATCH             drain the pgmq-style table
   outbox_workers.py latency RATE SECONDS USERS        commit -> notification
 
-Drains print "<messages> <seconds>"; latency prints "p50_ms p99_ms n".
+Drains print "<messages> <seconds> <the workers' CPU seconds>"; latency
+prints "p50_ms p99_ms n".
 Each worker is its own process (as examples/worker.py): claim a batch,
 render (persona_claim renders; the plain side decodes the jsonb), ack by id.
 """
@@ -45,7 +46,8 @@ def drain_persona(channel, batch, out):
                 assert m["content"] is not None
             conn.execute("SELECT persona_ack(%s::bigint[])", (id_array(m["message_id"] for m in rows),))
             n += len(rows)
-    out.put(n)
+    t = os.times()
+    out.put((n, t.user + t.system))
 
 
 def drain_plain(batch, out):
@@ -60,7 +62,8 @@ def drain_plain(batch, out):
                 assert m["message"] is not None
             conn.execute("DELETE FROM bench_q WHERE id = ANY(%s::bigint[])", (id_array(m["id"] for m in rows),))
             n += len(rows)
-    out.put(n)
+    t = os.times()
+    out.put((n, t.user + t.system))
 
 
 def drain(kind, workers, batch, channel=None):
@@ -71,10 +74,10 @@ def drain(kind, workers, batch, channel=None):
     t0 = time.monotonic()
     for p in procs:
         p.start()
-    total = sum(out.get() for _ in procs)
+    done = [out.get() for _ in procs]
     for p in procs:
         p.join()
-    print(total, round(time.monotonic() - t0, 3))
+    print(sum(d[0] for d in done), round(time.monotonic() - t0, 3), round(sum(d[1] for d in done), 2))
 
 
 def latency(rate, seconds, users):
