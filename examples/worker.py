@@ -71,13 +71,14 @@ def ack(conn, ids):
                 log(f"message {i} not acked: {e.diag.message_primary}")
 
 
-# The batch comes back as one json value, a column of values per field
-# (json_agg of each column, which PostgreSQL formats in about half the time
-# of json_agg of whole rows), decoded by one json.loads, in C. psycopg's own
-# per-row, per-column decoding is pure Python on Debian (no C speedups) and
-# would cost more CPU than the server spends claiming and rendering.
+# The batch comes back as one row of json values, a column of values per
+# field (json_agg of each column, which PostgreSQL formats in about half the
+# time of json_agg of whole rows), each decoded by one json.loads, in C.
+# psycopg's own per-row, per-column decoding is pure Python on Debian (no C
+# speedups) and would cost more CPU than the server spends claiming and
+# rendering.
 FIELDS = ("message_id", "profile_id", "user_id", "channel", "action", "content", "attempt", "source")
-CLAIM = ("SELECT json_build_array(" + ", ".join(f"json_agg(m.{f})" for f in FIELDS) + ")"
+CLAIM = ("SELECT " + ", ".join(f"json_agg(m.{f})" for f in FIELDS) +
          " FROM persona_claim(%s, %s, %s::interval) AS m")
 
 
@@ -91,7 +92,7 @@ def messages(columns):
 def run_batch(conn, args, send):
     """Claims, sends and acks one batch; returns how many were claimed."""
     with conn.transaction():
-        rows = messages(conn.execute(CLAIM, (args.channel, args.batch, args.lease)).fetchone()[0])
+        rows = messages(conn.execute(CLAIM, (args.channel, args.batch, args.lease)).fetchone())
     sent = []
     for message in rows:
         try:

@@ -111,7 +111,7 @@ import sys
 import psycopg
 
 # Both sides fetch a batch as examples/worker.py does (its own code, for
-# persona): json_agg of each column in one json value, one json.loads; the
+# persona): json_agg of each column, each decoded by one json.loads; the
 # ids go back as a bigint[] literal.
 sys.path.insert(0, os.environ["PERSONA_EXAMPLES"])
 from worker import CLAIM, id_array, messages
@@ -121,7 +121,7 @@ NAIVE_CLAIM = (
     "WITH u AS (UPDATE naive_queue AS q SET status = 'claimed' FROM ("
     "  SELECT id FROM naive_queue WHERE status = 'queued' ORDER BY id LIMIT %s"
     "  FOR UPDATE SKIP LOCKED) AS c WHERE q.id = c.id RETURNING q.*) "
-    "SELECT json_build_array(" + ", ".join(f"json_agg(u.{f})" for f in NAIVE_FIELDS) + ") FROM u")
+    "SELECT " + ", ".join(f"json_agg(u.{f})" for f in NAIVE_FIELDS) + " FROM u")
 
 mode, batch = sys.argv[1], int(sys.argv[2])
 done = 0
@@ -129,9 +129,9 @@ with psycopg.connect("", autocommit=True) as conn:
     while True:
         with conn.transaction():
             if mode == "persona":
-                rows = messages(conn.execute(CLAIM, ("push", batch, "5 minutes")).fetchone()[0])
+                rows = messages(conn.execute(CLAIM, ("push", batch, "5 minutes")).fetchone())
             else:
-                cols = conn.execute(NAIVE_CLAIM, (batch,)).fetchone()[0]
+                cols = conn.execute(NAIVE_CLAIM, (batch,)).fetchone()
                 rows = [] if cols[0] is None else [dict(zip(NAIVE_FIELDS, v)) for v in zip(*cols)]
         if not rows:
             break

@@ -21,9 +21,9 @@ import psycopg
 
 
 # Both sides fetch a batch as examples/worker.py does (its own code, for
-# persona): json_agg of each column in one json value, decoded by one
-# json.loads, the ids acked as a bigint[] literal. psycopg's per-row
-# decoding is pure Python on Debian and would cost more than either server.
+# persona): json_agg of each column, each decoded by one json.loads, the
+# ids acked as a bigint[] literal. psycopg's per-row decoding is pure
+# Python on Debian and would cost more than either server.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "examples"))
 from worker import CLAIM, id_array, messages  # noqa: E402
 
@@ -32,14 +32,14 @@ PLAIN_CLAIM = (
     "WITH c AS (SELECT id FROM bench_q WHERE vt <= now() ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED), "
     "u AS (UPDATE bench_q AS q SET vt = now() + interval '30 seconds', read_ct = read_ct + 1 "
     "        FROM c WHERE q.id = c.id RETURNING q.*) "
-    "SELECT json_build_array(" + ", ".join(f"json_agg(u.{f})" for f in PLAIN_FIELDS) + ") FROM u")
+    "SELECT " + ", ".join(f"json_agg(u.{f})" for f in PLAIN_FIELDS) + " FROM u")
 
 
 def drain_persona(channel, batch, out):
     n = 0
     with psycopg.connect(autocommit=True) as conn:
         while True:
-            rows = messages(conn.execute(CLAIM, (channel, batch, "30 seconds")).fetchone()[0])
+            rows = messages(conn.execute(CLAIM, (channel, batch, "30 seconds")).fetchone())
             if not rows:
                 break
             for m in rows:                   # the sender: nothing to send
@@ -54,7 +54,7 @@ def drain_plain(batch, out):
     n = 0
     with psycopg.connect(autocommit=True) as conn:
         while True:
-            cols = conn.execute(PLAIN_CLAIM, (batch,)).fetchone()[0]
+            cols = conn.execute(PLAIN_CLAIM, (batch,)).fetchone()
             rows = [] if cols[0] is None else [dict(zip(PLAIN_FIELDS, v)) for v in zip(*cols)]
             if not rows:
                 break
