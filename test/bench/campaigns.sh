@@ -18,7 +18,11 @@
 #     (claim: UPDATE ... RETURNING; ack: UPDATE by id). Phase times and
 #     messages/s.
 #  Phases 2 and 3 alternate ($RUNS runs each, medians); every run sends a
-#  new campaign / refills the queue, and the counts are checked.
+#  new campaign / refills the queue, and the counts are checked. Each
+#  drain also prints the CPU it cost per message, in the backends and in
+#  the workers, and the shortest drain that CPU allows on this machine's
+#  CPUs (also scaled to 10,000,000): on a shared machine the wall time
+#  varies with others' load, the CPU much less.
 #
 # Targets (issue 16, information only: nothing here fails on a timing):
 # send < 5 s and drain < 30 s at 10,000,000 recipients; the sending backend

@@ -9,7 +9,8 @@
 #   3. workers: $WMSGS queued messages drained by $WORKERS worker processes
 #      (persona_claim, batches of $BATCH, content rendered, persona_ack) vs
 #      a pgmq-style table drained the same way (FOR UPDATE SKIP LOCKED,
-#      delete by id);
+#      delete by id); and each side's CPU per message, in the backends and
+#      in the workers;
 #   4. wake-up latency: events that each fire a trigger at $RATE/s, from
 #      the commit to the persona_outbox notification in a LISTENing
 #      worker's hands (p50, p99);
