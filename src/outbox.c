@@ -15,6 +15,11 @@
  *	   cancelled (consent withdrawn, action dropped, trigger condition no
  *	   longer holding), or dead (its last
  *	   lease expired).
+ * A claimed row keeps its ready_at, and so its place in the queue's index:
+ * the lease is lease_until, a column no index holds, so that the claim's
+ * UPDATE is HOT and writes no index entry. Step 1 skips the rows whose
+ * lease holds (the other workers' batches in hand, a few thousand rows at
+ * most); the ack takes the row out of the index.
  * docs/delivery.md describes the protocol and its costs.
  */
 #include "postgres.h"
@@ -274,6 +279,8 @@ LockDueMessages(Datum channel, int32 n, TimestampTz now, int *nitems)
 									   "FROM persona.messages AS m "
 									   "WHERE m.channel OPERATOR(pg_catalog.=) $1 "
 									   "  AND m.ready_at OPERATOR(pg_catalog.<=) $2 "
+									   "  AND (m.lease_until IS NULL "
+									   "       OR m.lease_until OPERATOR(pg_catalog.<=) $2) "
 									   "ORDER BY m.ready_at LIMIT $3 "
 									   "FOR UPDATE OF m SKIP LOCKED", 3, types, 0);
 	ClaimItem  *items;
@@ -477,7 +484,8 @@ WriteClaims(const ClaimItem *items, int nitems, TimestampTz lease_until,
 						   "SET status = u.status, "
 						   "    attempts = m.attempts OPERATOR(pg_catalog.+) "
 						   "      (u.status OPERATOR(pg_catalog.=) 'claimed')::pg_catalog.int4, "
-						   "    ready_at = CASE WHEN u.status OPERATOR(pg_catalog.=) 'claimed' THEN $6 END, "
+						   "    ready_at = CASE WHEN u.status OPERATOR(pg_catalog.=) 'claimed' THEN m.ready_at END, "
+						   "    lease_until = CASE WHEN u.status OPERATOR(pg_catalog.=) 'claimed' THEN $6 END, "
 						   "    content = coalesce(u.content, m.content), "
 						   "    last_error = coalesce(u.error, m.last_error) "
 						   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "

@@ -50,10 +50,15 @@ COMMENT ON SEQUENCE persona.message_id_seq IS 'allocates message ids';
 
 -- One row per message. Keyed so that it can be distributed by profile_id:
 -- the primary key carries it, and every lookup by message_id alone (ack,
--- fail) reads the primary key's leading column. ready_at is when a worker
--- may next claim the row (due_at, the retry time after a failure, or the
--- end of a lease), NULL once it is final: the partial index on it is the
--- queue, and holds only the messages that are still to go.
+-- fail) reads the primary key's leading column. ready_at is when the row
+-- became claimable (due_at, or the retry time after a failure), NULL once
+-- it is final: the partial index on it is the queue, and holds only the
+-- messages that are still to go. A claim leaves ready_at as it is and
+-- writes the lease's end in lease_until, which no index holds, so that
+-- the claim's update is HOT (no index entry; the fillfactor leaves the
+-- page room for the claimed version); a claimer skips a row whose lease
+-- holds. Only the final update (ack, dead, cancelled) leaves the queue's
+-- index (docs/delivery.md, "Costs").
 CREATE TABLE persona.messages (
     message_id  bigint      NOT NULL DEFAULT nextval('persona.message_id_seq'),
     profile_id  bigint      NOT NULL,
@@ -71,9 +76,11 @@ CREATE TABLE persona.messages (
     action_id   int         NOT NULL,
     ready_at    timestamptz,
     event       jsonb,
+    lease_until timestamptz,
     PRIMARY KEY (message_id, profile_id),
-    CHECK ((ready_at IS NULL) = (status IN ('sent', 'dead', 'cancelled')))
-);
+    CHECK ((ready_at IS NULL) = (status IN ('sent', 'dead', 'cancelled'))),
+    CONSTRAINT messages_lease_check CHECK ((lease_until IS NULL) = (status <> 'claimed'))
+) WITH (fillfactor = 50);
 ALTER SEQUENCE persona.message_id_seq OWNED BY persona.messages.message_id;
 CREATE INDEX messages_ready_idx ON persona.messages (channel, ready_at)
     WHERE ready_at IS NOT NULL;
@@ -89,7 +96,9 @@ COMMENT ON COLUMN persona.messages.attempts IS 'claims so far';
 COMMENT ON COLUMN persona.messages.due_at IS 'when it is meant to go; it counts toward caps and cooldowns at this time';
 COMMENT ON COLUMN persona.messages.content IS 'the action''s content as rendered at the last claim';
 COMMENT ON COLUMN persona.messages.ready_at IS
-    'when a worker may claim it next (due, retry or lease end); NULL once sent, dead or cancelled';
+    'when it became claimable (due, or the retry after a failure); NULL once sent, dead or cancelled';
+COMMENT ON COLUMN persona.messages.lease_until IS
+    'while claimed: the end of the lease, after which a worker may claim it again; NULL otherwise';
 COMMENT ON COLUMN persona.messages.event IS
     'the triggering event of a trigger''s message: its condition is checked again against it at claim, and its content renders with it (event, and its context as context)';
 
@@ -300,7 +309,7 @@ BEGIN
     -- another worker (a late ack) is re-checked after the wait and left out.
     WITH u AS (
         UPDATE persona.messages AS m
-           SET status = 'sent', sent_at = clock_timestamp(), ready_at = NULL
+           SET status = 'sent', sent_at = clock_timestamp(), ready_at = NULL, lease_until = NULL
          WHERE m.message_id = ANY (v_ids) AND m.status = 'claimed'
         RETURNING m.message_id)
     SELECT array_agg(u.message_id) INTO v_done FROM u;
@@ -375,12 +384,12 @@ BEGIN
     END IF;
     IF NOT $3 OR m.attempts >= current_setting('persona.max_attempts')::int THEN
         UPDATE persona.messages AS x
-           SET status = 'dead', ready_at = NULL, last_error = left($2, 1000)
+           SET status = 'dead', ready_at = NULL, lease_until = NULL, last_error = left($2, 1000)
          WHERE x.message_id = v_id;
     ELSE
         UPDATE persona.messages AS x
            SET status = 'failed', ready_at = clock_timestamp() + persona.retry_delay(m.attempts),
-               last_error = left($2, 1000)
+               lease_until = NULL, last_error = left($2, 1000)
          WHERE x.message_id = v_id;
     END IF;
 END

@@ -844,10 +844,25 @@ RenderContent(Jsonb *content, RenderInput *in)
 	return JsonbValueToJsonb(res);
 }
 
+/*
+ * {}, built once per backend: a claim renders every message with it, and
+ * parsing "{}" each time was 5% of a campaign claim. Read only.
+ */
 static Jsonb *
 EmptyObject(void)
 {
-	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	static Jsonb *empty = NULL;
+
+	if (empty == NULL)
+	{
+		JsonbParseState *state = NULL;
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+		empty = JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+		MemoryContextSwitchTo(old);
+	}
+	return empty;
 }
 
 /*

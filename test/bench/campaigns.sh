@@ -18,7 +18,11 @@
 #     (claim: UPDATE ... RETURNING; ack: UPDATE by id). Phase times and
 #     messages/s.
 #  Phases 2 and 3 alternate ($RUNS runs each, medians); every run sends a
-#  new campaign / refills the queue, and the counts are checked.
+#  new campaign / refills the queue, and the counts are checked. Each
+#  drain also prints the CPU it cost per message, in the backends and in
+#  the workers, and the shortest drain that CPU allows on this machine's
+#  CPUs (also scaled to 10,000,000): on a shared machine the wall time
+#  varies with others' load, the CPU much less.
 #
 # Targets (issue 16, information only: nothing here fails on a timing):
 # send < 5 s and drain < 30 s at 10,000,000 recipients; the sending backend
@@ -39,6 +43,7 @@ WORKERS=${BENCH_CAMP_WORKERS:-4}
 BATCH=${BENCH_CAMP_BATCH:-1000}
 
 DB=${PGDATABASE:-persona_bench}_campaigns
+EXAMPLES=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../examples" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/persona-bench-camp.XXXXXX")
 cleanup() {
 	rm -rf -- "$WORK"
@@ -105,8 +110,22 @@ psql_q -c "SELECT persona_cancel_campaign('send_small')" -c "SELECT persona_canc
 # 2 and 3. Draining: persona's chunks against a naive queue table
 # ---------------------------------------------------------------------------
 cat >"$WORK/worker.py" <<'PY'
+import os
 import sys
 import psycopg
+
+# Both sides fetch a batch as examples/worker.py does (its own code, for
+# persona): json_agg of each column, each decoded by one json.loads; the
+# ids go back as a bigint[] literal.
+sys.path.insert(0, os.environ["PERSONA_EXAMPLES"])
+from worker import CLAIM, id_array, messages
+
+NAIVE_FIELDS = ("id", "profile_id", "user_id", "content")
+NAIVE_CLAIM = (
+    "WITH u AS (UPDATE naive_queue AS q SET status = 'claimed' FROM ("
+    "  SELECT id FROM naive_queue WHERE status = 'queued' ORDER BY id LIMIT %s"
+    "  FOR UPDATE SKIP LOCKED) AS c WHERE q.id = c.id RETURNING q.*) "
+    "SELECT " + ", ".join(f"json_agg(u.{f})" for f in NAIVE_FIELDS) + " FROM u")
 
 mode, batch = sys.argv[1], int(sys.argv[2])
 done = 0
@@ -114,37 +133,38 @@ with psycopg.connect("", autocommit=True) as conn:
     while True:
         with conn.transaction():
             if mode == "persona":
-                rows = conn.execute("SELECT message_id, content FROM persona_claim('push', %s, '5 minutes')",
-                                    (batch,)).fetchall()
+                rows = messages(conn.execute(CLAIM, ("push", batch, "5 minutes")).fetchone())
             else:
-                rows = conn.execute(
-                    "UPDATE naive_queue AS q SET status = 'claimed' FROM ("
-                    "  SELECT id FROM naive_queue WHERE status = 'queued' ORDER BY id LIMIT %s"
-                    "  FOR UPDATE SKIP LOCKED) AS c WHERE q.id = c.id RETURNING q.id, q.content",
-                    (batch,)).fetchall()
+                cols = conn.execute(NAIVE_CLAIM, (batch,)).fetchone()
+                rows = [] if cols[0] is None else [dict(zip(NAIVE_FIELDS, v)) for v in zip(*cols)]
         if not rows:
             break
-        ids = [r[0] for r in rows]
-        for _, content in rows:   # what a sender reads
+        for m in rows:   # what a sender reads
+            content = m["content"]
             if not content["title"] or not content["body"]:
                 sys.exit("empty content")
         if mode == "persona":
-            conn.execute("SELECT persona_ack(%s)", (ids,))
+            conn.execute("SELECT persona_ack(%s::bigint[])", (id_array(m["message_id"] for m in rows),))
         else:
-            conn.execute("UPDATE naive_queue SET status = 'sent' WHERE id = ANY(%s)", (ids,))
-        done += len(ids)
-print(done)
+            conn.execute("UPDATE naive_queue SET status = 'sent' WHERE id = ANY(%s::bigint[])",
+                         (id_array(m["id"] for m in rows),))
+        done += len(rows)
+t = os.times()
+print(done, round(t.user + t.system, 2))   # and this worker's CPU seconds
 PY
 
-drain() { # mode -> seconds (every worker's count checked by the caller)
-	local t0 pids=() i
+drain() { # mode -> "seconds server_cpu_s workers_cpu_s" (counts checked by the caller)
+	local t0 t1 c0 pids=() i
+	c0=$(server_cpu)
 	t0=$(date +%s.%N)
 	for ((i = 0; i < WORKERS; i++)); do
-		/usr/bin/python3 "$WORK/worker.py" "$1" "$BATCH" >"$WORK/w$i.out" &
+		PERSONA_EXAMPLES="$EXAMPLES" /usr/bin/python3 "$WORK/worker.py" "$1" "$BATCH" >"$WORK/w$i.out" &
 		pids+=($!)
 	done
 	for p in "${pids[@]}"; do wait "$p" || { echo "bench: a $1 worker failed" >&2; exit 1; }; done
-	calc "$(date +%s.%N) - $t0"
+	t1=$(date +%s.%N)
+	backends_gone
+	echo "$(calc "$t1 - $t0") $(calc "$(server_cpu) - $c0") $(cat "$WORK"/w*.out | awk '{ s += $2 } END { print s }')"
 }
 timed() { # statement -> seconds it took, by the server's clock
 	psql -X -q -v ON_ERROR_STOP=1 -At <<SQL
@@ -159,7 +179,7 @@ claimed_by_workers() { # what: the workers' counts add up to every message
 	sum=$(cat "$WORK"/w*.out | awk '{ s += $1 } END { print s }')
 	[[ $sum == "$PROFILES" ]] || { echo "bench: $1: workers handled $sum, expected $PROFILES" >&2; exit 1; }
 }
-persona_run() { # r -> "send_s drain_s"
+persona_run() { # r -> "send_s drain_s server_cpu_s workers_cpu_s"
 	local s d
 	s=$(timed "SELECT persona_send_campaign('run_$1', 'toss_push', 'everyone')")
 	d=$(drain persona)
@@ -167,7 +187,7 @@ persona_run() { # r -> "send_s drain_s"
 	claimed_by_workers "persona run $1"
 	echo "$s $d"
 }
-naive_run() { # r -> "insert_s drain_s"
+naive_run() { # r -> "insert_s drain_s server_cpu_s workers_cpu_s"
 	local s d
 	psql_q -c "TRUNCATE naive_queue" -c "VACUUM ANALYZE naive_queue"
 	s=$(timed "INSERT INTO naive_queue (profile_id, user_id, content)
@@ -185,25 +205,30 @@ echo
 echo "== 2/3. $(fmt_int "$PROFILES") messages, $WORKERS workers, batches of $BATCH, $RUNS runs alternating"
 echo "   persona: persona_send_campaign, then claim (rendered at claim) + ack of chunks"
 echo "   naive:   INSERT ... SELECT of rendered rows, then SKIP LOCKED claim + ack of the queue table"
-p_send="" p_drain="" p_total="" n_send="" n_drain="" n_total=""
+p_send="" p_drain="" p_total="" n_send="" n_drain="" n_total="" p_scpu="" p_wcpu="" n_scpu="" n_wcpu=""
 for ((r = 1; r <= RUNS; r++)); do
 	if ((r % 2)); then order="persona naive"; else order="naive persona"; fi
 	for side in $order; do
 		psql_q -c "CHECKPOINT"
 		if [[ $side == persona ]]; then
-			read -r ps pd <<<"$(persona_run "$r")"
+			read -r ps pd psc pwc <<<"$(persona_run "$r")"
 		else
-			read -r ns nd <<<"$(naive_run "$r")"
+			read -r ns nd nsc nwc <<<"$(naive_run "$r")"
 		fi
 	done
 	printf '  run %d: persona send %6.2f s + drain %6.2f s = %6.2f s (%s msg/s drain) | naive insert %6.2f s + drain %6.2f s = %6.2f s (%s msg/s drain)\n' \
 		"$r" "$ps" "$pd" "$(calc "$ps + $pd")" "$(fmt_int "$(calc "$PROFILES / $pd")")" \
 		"$ns" "$nd" "$(calc "$ns + $nd")" "$(fmt_int "$(calc "$PROFILES / $nd")")"
+	printf '         drain CPU: persona server %6.2f s + workers %6.2f s (%.2f + %.2f us/msg) | naive server %6.2f s + workers %6.2f s (%.2f + %.2f us/msg)\n' \
+		"$psc" "$pwc" "$(calc "$psc * 1000000 / $PROFILES")" "$(calc "$pwc * 1000000 / $PROFILES")" \
+		"$nsc" "$nwc" "$(calc "$nsc * 1000000 / $PROFILES")" "$(calc "$nwc * 1000000 / $PROFILES")"
 	p_send+=" $ps" p_drain+=" $pd" p_total+=" $(calc "$ps + $pd")"
 	n_send+=" $ns" n_drain+=" $nd" n_total+=" $(calc "$ns + $nd")"
+	p_scpu+=" $psc" p_wcpu+=" $pwc" n_scpu+=" $nsc" n_wcpu+=" $nwc"
 done
 P_SEND=$(median <<<"$p_send") P_DRAIN=$(median <<<"$p_drain") P_TOTAL=$(median <<<"$p_total")
 N_SEND=$(median <<<"$n_send") N_DRAIN=$(median <<<"$n_drain") N_TOTAL=$(median <<<"$n_total")
+P_CPU=$(calc "$(median <<<"$p_scpu") + $(median <<<"$p_wcpu")") N_CPU=$(calc "$(median <<<"$n_scpu") + $(median <<<"$n_wcpu")")
 
 echo
 echo "== Summary (medians of $RUNS runs; $(fmt_int "$PROFILES") recipients)"
@@ -213,6 +238,13 @@ printf '  %-34s %9.2fs %9.2fs %7.2fx\n' "drain ($WORKERS workers)" "$P_DRAIN" "$
 printf '  %-34s %9.2fs %9.2fs %7.2fx\n' "first send to last ack" "$P_TOTAL" "$N_TOTAL" "$(calc "$N_TOTAL / $P_TOTAL")"
 printf '  %-34s %10s %10s\n' "messages/s, end to end" "$(fmt_int "$(calc "$PROFILES / $P_TOTAL")")" \
 	"$(fmt_int "$(calc "$PROFILES / $N_TOTAL")")"
+printf '  %-34s %8.2fus %8.2fus\n' "drain CPU per message: server" \
+	"$(calc "$(median <<<"$p_scpu") * 1000000 / $PROFILES")" "$(calc "$(median <<<"$n_scpu") * 1000000 / $PROFILES")"
+printf '  %-34s %8.2fus %8.2fus\n' "drain CPU per message: workers" \
+	"$(calc "$(median <<<"$p_wcpu") * 1000000 / $PROFILES")" "$(calc "$(median <<<"$n_wcpu") * 1000000 / $PROFILES")"
+printf '  %-34s %9.2fs %9.2fs\n' "drain CPU / $(nproc) CPUs (wall floor)" "$(calc "$P_CPU / $(nproc)")" "$(calc "$N_CPU / $(nproc)")"
+printf '  %-34s %9.2fs %9.2fs\n' "  the same at 10,000,000" "$(calc "$P_CPU / $(nproc) * 10000000 / $PROFILES")" \
+	"$(calc "$N_CPU / $(nproc) * 10000000 / $PROFILES")"
 printf '  %-34s %10s kB at %s, %s kB at %s (private %s kB, %s kB)\n' "sending backend peak RSS" \
 	"$(fmt_int "$hwm_small")" "$(fmt_int "$SMALL")" "$(fmt_int "$hwm_big")" "$(fmt_int "$PROFILES")" \
 	"$(fmt_int "$anon_small")" "$(fmt_int "$anon_big")"

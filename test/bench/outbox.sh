@@ -9,7 +9,8 @@
 #   3. workers: $WMSGS queued messages drained by $WORKERS worker processes
 #      (persona_claim, batches of $BATCH, content rendered, persona_ack) vs
 #      a pgmq-style table drained the same way (FOR UPDATE SKIP LOCKED,
-#      delete by id);
+#      delete by id); and each side's CPU per message, in the backends and
+#      in the workers;
 #   4. wake-up latency: events that each fire a trigger at $RATE/s, from
 #      the commit to the persona_outbox notification in a LISTENing
 #      worker's hands (p50, p99);
@@ -150,7 +151,7 @@ if [[ " $PARTS " == *" workers "* ]]; then
 		-c "CREATE TABLE bench_q (id bigserial PRIMARY KEY, vt timestamptz NOT NULL DEFAULT now(),
 		                          read_ct int NOT NULL DEFAULT 0, enqueued_at timestamptz NOT NULL DEFAULT now(),
 		                          message jsonb)" >/dev/null
-	pa="" ba="" ra="" dead="" vac=""
+	pa="" ba="" ra="" dead="" vac="" psc="" pwc="" bsc="" bwc=""
 	for ((r = 1; r <= RUNS; r++)); do
 		psql_q -c "$CLEAN" -c "$ACTION" -c "$TRIGGER" \
 			-c "INSERT INTO persona.events (user_id, event_type)
@@ -160,9 +161,16 @@ if [[ " $PARTS " == *" workers "* ]]; then
 			-c 'VACUUM ANALYZE persona.messages, bench_q' -c CHECKPOINT >/dev/null
 		if ((r % 2)); then order="persona plain"; else order="plain persona"; fi
 		for side in $order; do
-			read -r n secs < <("$PY" "$HELPER" "$side" "$WORKERS" "$BATCH" bench)
+			c0=$(server_cpu)
+			read -r n secs wcpu < <("$PY" "$HELPER" "$side" "$WORKERS" "$BATCH" bench)
 			[[ $n == "$WMSGS" ]] || { echo "bench: $side drained $n of $WMSGS" >&2; exit 1; }
-			if [[ $side == persona ]]; then tp=$(calc "$n / $secs"); else tb=$(calc "$n / $secs"); fi
+			backends_gone
+			scpu=$(calc "$(server_cpu) - $c0")
+			if [[ $side == persona ]]; then
+				tp=$(calc "$n / $secs") psc+=" $scpu" pwc+=" $wcpu"
+			else
+				tb=$(calc "$n / $secs") bsc+=" $scpu" bwc+=" $wcpu"
+			fi
 		done
 		pa+=" $tp" ba+=" $tb" ra+=" $(calc "$tp / $tb")"
 		# 6. what the drain left to vacuum
@@ -175,6 +183,9 @@ if [[ " $PARTS " == *" workers "* ]]; then
 	expect "every message sent" "SELECT count(*) FROM persona.messages WHERE status = 'sent'" "$WMSGS"
 	summary workers "$(printf 'workers: persona %s msg/s | pgmq-style %s msg/s | ratio %.2f (floor 2.0; per run:%s)' \
 		"$(fmt_int "$(median <<<"$pa")")" "$(fmt_int "$(median <<<"$ba")")" "$(median <<<"$ra")" "$ra")"
+	summary workers_cpu "$(printf 'workers: CPU per message: persona server %.1f us + workers %.1f us | pgmq-style server %.1f us + workers %.1f us' \
+		"$(calc "$(median <<<"$psc") * 1000000 / $WMSGS")" "$(calc "$(median <<<"$pwc") * 1000000 / $WMSGS")" \
+		"$(calc "$(median <<<"$bsc") * 1000000 / $WMSGS")" "$(calc "$(median <<<"$bwc") * 1000000 / $WMSGS")")"
 	summary bloat "$(printf 'bloat after draining %s messages: %s dead tuples in persona.messages (%.2f per message), VACUUM %.2f s, table %s' \
 		"$WMSGS" "$(median <<<"$dead")" "$(calc "$(median <<<"$dead") / $WMSGS")" "$(median <<<"$vac")" \
 		"$(val "SELECT pg_size_pretty(pg_total_relation_size('persona.messages'))")")"
@@ -211,7 +222,7 @@ fi
 psql_q -c "$CLEAN" -c 'DROP TABLE IF EXISTS plain' >/dev/null
 echo
 echo "== summary"
-for k in single bulk workers bloat latency clients8; do
+for k in single bulk workers workers_cpu bloat latency clients8; do
 	[[ -n ${SUM[$k]:-} ]] && printf '  %s\n' "${SUM[$k]}"
 done
 exit 0

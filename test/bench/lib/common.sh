@@ -51,3 +51,23 @@ pgbench_tps() { # label options...
 	[[ -n $tps ]] || { printf 'bench: no tps in pgbench output (%s):\n%s\n' "$1" "$out" >&2; exit 1; }
 	echo "$tps"
 }
+
+# CPU seconds of the server's exited processes: the postmaster's cutime +
+# cstime (/proc/PID/stat fields 16 and 17; f[1] is field 3), where a
+# backend's CPU lands when it exits. On a machine shared with others the
+# wall time of a phase is noisy; the CPU it cost is not. Superuser only.
+server_cpu() {
+	val "SELECT round((f[14]::numeric + f[15]::numeric) / 100, 2)
+	       FROM (SELECT regexp_split_to_array(split_part(pg_read_file('/proc/'
+	                || split_part(pg_read_file('postmaster.pid'), E'\n', 1) || '/stat'), ') ', 2), ' ') AS f) AS s"
+}
+# Waits until the database's other client backends have exited and been
+# reaped, so that server_cpu counts their CPU.
+backends_gone() {
+	for _ in $(seq 100); do
+		[[ $(val "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+		          AND backend_type = 'client backend' AND pid <> pg_backend_pid()") == 0 ]] && break
+		sleep 0.05
+	done
+	sleep 0.2
+}

@@ -5,11 +5,13 @@
   outbox_workers.py plain N_WORKERS BATCH             drain the pgmq-style table
   outbox_workers.py latency RATE SECONDS USERS        commit -> notification
 
-Drains print "<messages> <seconds>"; latency prints "p50_ms p99_ms n".
+Drains print "<messages> <seconds> <the workers' CPU seconds>"; latency
+prints "p50_ms p99_ms n".
 Each worker is its own process (as examples/worker.py): claim a batch,
 render (persona_claim renders; the plain side decodes the jsonb), ack by id.
 """
 import multiprocessing as mp
+import os
 import select
 import sys
 import threading
@@ -18,37 +20,50 @@ import time
 import psycopg
 
 
+# Both sides fetch a batch as examples/worker.py does (its own code, for
+# persona): json_agg of each column, each decoded by one json.loads, the
+# ids acked as a bigint[] literal. psycopg's per-row decoding is pure
+# Python on Debian and would cost more than either server.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "examples"))
+from worker import CLAIM, id_array, messages  # noqa: E402
+
+PLAIN_FIELDS = ("id", "vt", "read_ct", "enqueued_at", "message")
+PLAIN_CLAIM = (
+    "WITH c AS (SELECT id FROM bench_q WHERE vt <= now() ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED), "
+    "u AS (UPDATE bench_q AS q SET vt = now() + interval '30 seconds', read_ct = read_ct + 1 "
+    "        FROM c WHERE q.id = c.id RETURNING q.*) "
+    "SELECT " + ", ".join(f"json_agg(u.{f})" for f in PLAIN_FIELDS) + " FROM u")
+
+
 def drain_persona(channel, batch, out):
     n = 0
     with psycopg.connect(autocommit=True) as conn:
         while True:
-            rows = conn.execute("SELECT message_id, content FROM persona_claim(%s, %s)",
-                                (channel, batch)).fetchall()
+            rows = messages(conn.execute(CLAIM, (channel, batch, "30 seconds")).fetchone())
             if not rows:
                 break
-            for _, content in rows:          # the sender: nothing to send
-                assert content is not None
-            conn.execute("SELECT persona_ack(%s)", ([r[0] for r in rows],))
+            for m in rows:                   # the sender: nothing to send
+                assert m["content"] is not None
+            conn.execute("SELECT persona_ack(%s::bigint[])", (id_array(m["message_id"] for m in rows),))
             n += len(rows)
-    out.put(n)
+    t = os.times()
+    out.put((n, t.user + t.system))
 
 
 def drain_plain(batch, out):
     n = 0
     with psycopg.connect(autocommit=True) as conn:
         while True:
-            rows = conn.execute(
-                "WITH c AS (SELECT id FROM bench_q WHERE vt <= now() ORDER BY id LIMIT %s "
-                "           FOR UPDATE SKIP LOCKED) "
-                "UPDATE bench_q AS q SET vt = now() + interval '30 seconds', read_ct = read_ct + 1 "
-                "  FROM c WHERE q.id = c.id RETURNING q.id, q.message", (batch,)).fetchall()
+            cols = conn.execute(PLAIN_CLAIM, (batch,)).fetchone()
+            rows = [] if cols[0] is None else [dict(zip(PLAIN_FIELDS, v)) for v in zip(*cols)]
             if not rows:
                 break
-            for _, message in rows:
-                assert message is not None
-            conn.execute("DELETE FROM bench_q WHERE id = ANY(%s)", ([r[0] for r in rows],))
+            for m in rows:
+                assert m["message"] is not None
+            conn.execute("DELETE FROM bench_q WHERE id = ANY(%s::bigint[])", (id_array(m["id"] for m in rows),))
             n += len(rows)
-    out.put(n)
+    t = os.times()
+    out.put((n, t.user + t.system))
 
 
 def drain(kind, workers, batch, channel=None):
@@ -59,10 +74,10 @@ def drain(kind, workers, batch, channel=None):
     t0 = time.monotonic()
     for p in procs:
         p.start()
-    total = sum(out.get() for _ in procs)
+    done = [out.get() for _ in procs]
     for p in procs:
         p.join()
-    print(total, round(time.monotonic() - t0, 3))
+    print(sum(d[0] for d in done), round(time.monotonic() - t0, 3), round(sum(d[1] for d in done), 2))
 
 
 def latency(rate, seconds, users):
