@@ -1041,56 +1041,79 @@ persona_campaign_materialize(PG_FUNCTION_ARGS)
 }
 
 /*
- * The state byte of a profile's message in a campaign, 0 when the profile
- * is not a recipient.  A chunk never claimed (states NULL) holds queued
- * recipients.  The chunks of one due time partition the recipients in
- * profile_id order, so the profile can only be in the chunk of each due
- * time that starts at or before it: the due times are walked by the index
- * on (campaign_id, due_at, first_profile_id) (one for a campaign sent at one
- * time, at most MAX_BUCKETS with best_time), one probe each, and one binary
- * search per candidate chunk.
+ * The chunks that may hold a profile's message in a campaign (CAMPAIGN, an
+ * SQL expression; the profile is $1): the chunks of one due time partition
+ * the recipients in profile_id order, so the profile can only be in the
+ * chunk of each due time that starts at or before it.  The due times are
+ * walked by the index on (campaign_id, due_at, first_profile_id) (one for a
+ * campaign sent at one time, at most MAX_BUCKETS with best_time), one probe
+ * each.  Columns: profile_ids, states.
  */
+#define CHUNKS_OF_PROFILE(CAMPAIGN) \
+	"WITH RECURSIVE d (due) AS (" \
+	"  (SELECT k.due_at FROM persona.campaign_chunks AS k " \
+	"    WHERE k.campaign_id OPERATOR(pg_catalog.=) " CAMPAIGN " ORDER BY k.due_at LIMIT 1) " \
+	"  UNION ALL " \
+	"  SELECT (SELECT k.due_at FROM persona.campaign_chunks AS k " \
+	"           WHERE k.campaign_id OPERATOR(pg_catalog.=) " CAMPAIGN " " \
+	"             AND k.due_at OPERATOR(pg_catalog.>) d.due ORDER BY k.due_at LIMIT 1) " \
+	"    FROM d WHERE d.due IS NOT NULL) " \
+	"SELECT x.profile_ids, x.states FROM d CROSS JOIN LATERAL (" \
+	"  SELECT k.profile_ids, k.states FROM persona.campaign_chunks AS k " \
+	"   WHERE k.campaign_id OPERATOR(pg_catalog.=) " CAMPAIGN " " \
+	"     AND k.due_at OPERATOR(pg_catalog.=) d.due " \
+	"     AND k.first_profile_id OPERATOR(pg_catalog.<=) $1 " \
+	"   ORDER BY k.first_profile_id DESC LIMIT 1) AS x"
+
+/*
+ * The state byte of a profile in a chunk (columns ids_col and states_col of
+ * row ``row`` of SPI_tuptable), 0 when the chunk does not hold it: a binary
+ * search of the ids in place (they have no nulls).  A chunk never claimed
+ * (states NULL) holds queued recipients.
+ */
+static char
+StateInChunk(uint64 row, int ids_col, int states_col, int64 profile_id)
+{
+	HeapTuple	tup = SPI_tuptable->vals[row];
+	bool		isnull;
+	ArrayType  *ids = DatumGetArrayTypeP(SPI_getbinval(tup, SPI_tuptable->tupdesc, ids_col, &isnull));
+	int			n = ArrayGetNItems(ARR_NDIM(ids), ARR_DIMS(ids));
+	int			found;
+	Datum		d;
+	bytea	   *states;
+
+	if (ARR_HASNULL(ids) || ARR_ELEMTYPE(ids) != INT8OID)
+		elog(ERROR, "a campaign chunk's ids are not an array of int8 without nulls");
+	/* no nulls: the data follow the header (ARR_DATA_PTR without its test) */
+	found = PersonaFindInt64((const int64 *) ((const char *) ids + ARR_OVERHEAD_NONULLS(ARR_NDIM(ids))),
+							 n, profile_id);
+	if (found < 0)
+		return 0;
+	d = SPI_getbinval(tup, SPI_tuptable->tupdesc, states_col, &isnull);
+	if (isnull)
+		return STATE_QUEUED;
+	states = DatumGetByteaPP(d);
+	if ((int) VARSIZE_ANY_EXHDR(states) != n)
+		elog(ERROR, "campaign chunk states do not match its size");
+	return VARDATA_ANY(states)[found];
+}
+
+/* The state byte of a profile's message in a campaign, 0: not a recipient. */
 static char
 RecipientStateOf(int32 campaign_id, int64 profile_id)
 {
-	Oid			types[2] = {INT4OID, INT8OID};
-	Datum		args[2] = {Int32GetDatum(campaign_id), Int64GetDatum(profile_id)};
+	Oid			types[2] = {INT8OID, INT4OID};
+	Datum		args[2] = {Int64GetDatum(profile_id), Int32GetDatum(campaign_id)};
 	SPIPlanPtr	plan;
 	char		state = 0;
 
-	plan = PersonaKeptPlan(&reached_plan,
-						   "WITH RECURSIVE d (due) AS ("
-						   "  (SELECT k.due_at FROM persona.campaign_chunks AS k "
-						   "    WHERE k.campaign_id OPERATOR(pg_catalog.=) $1 ORDER BY k.due_at LIMIT 1) "
-						   "  UNION ALL "
-						   "  SELECT (SELECT k.due_at FROM persona.campaign_chunks AS k "
-						   "           WHERE k.campaign_id OPERATOR(pg_catalog.=) $1 "
-						   "             AND k.due_at OPERATOR(pg_catalog.>) d.due ORDER BY k.due_at LIMIT 1) "
-						   "    FROM d WHERE d.due IS NOT NULL) "
-						   "SELECT x.profile_ids, x.states FROM d CROSS JOIN LATERAL ("
-						   "  SELECT k.profile_ids, k.states FROM persona.campaign_chunks AS k "
-						   "   WHERE k.campaign_id OPERATOR(pg_catalog.=) $1 "
-						   "     AND k.due_at OPERATOR(pg_catalog.=) d.due "
-						   "     AND k.first_profile_id OPERATOR(pg_catalog.<=) $2 "
-						   "   ORDER BY k.first_profile_id DESC LIMIT 1) AS x",
-						   2, types, 0);
+	plan = PersonaKeptPlan(&reached_plan, CHUNKS_OF_PROFILE("$2"), 2, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading a campaign chunk failed");
-	for (uint64 row = 0; row < SPI_processed; row++)
+	for (uint64 row = 0; row < SPI_processed && state == 0; row++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[row];
-		bool		isnull;
-		int			n;
-		int64	   *pids = Int8Array(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull), &n);
-		int			found = PersonaFindInt64(pids, n, profile_id);
-		Datum		d;
-
 		CHECK_FOR_INTERRUPTS();
-		if (found < 0)
-			continue;
-		d = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
-		state = isnull ? STATE_QUEUED : ChunkStates(d, false, n)[found];
-		break;
+		state = StateInChunk(row, 1, 2, profile_id);
 	}
 	SPI_freetuptable(SPI_tuptable);
 	return state;
@@ -1117,44 +1140,40 @@ persona_campaign_reached(PG_FUNCTION_ARGS)
  * Counts the profile's campaign messages delivered (claimed or sent) and
  * held in chunks, per campaign due since ``since``: add(arg, channel) once
  * each.  Messages with a row (feedback, failure) are counted there by the
- * caller.  One lookup (RecipientStateOf) per campaign of the window on one
- * of the channels (NULL: any).  Call within SPI.
+ * caller.  One query: the chunks that may hold the profile
+ * (CHUNKS_OF_PROFILE) of every campaign of the window on one of the
+ * channels (NULL: any).  Call within SPI.
  */
 void
 PersonaCampaignDeliveries(int64 profile_id, TimestampTz since, ArrayType *channels,
 						  void (*add) (void *arg, const char *channel), void *arg)
 {
-	Oid			types[2] = {TIMESTAMPTZOID, TEXTARRAYOID};
-	Datum		args[2];
-	char		nulls[2] = {' ', channels ? ' ' : 'n'};
-	SPITupleTable *campaigns;
-	uint64		ncampaigns;
+	Oid			types[3] = {INT8OID, TIMESTAMPTZOID, TEXTARRAYOID};
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', channels ? ' ' : 'n'};
 	SPIPlanPtr	plan = PersonaKeptPlan(&deliveries_plan,
-									   "SELECT c.campaign_id, c.channel FROM persona.campaigns AS c "
-									   "WHERE c.due_at OPERATOR(pg_catalog.>) $1 "
+									   "SELECT c.channel, y.profile_ids, y.states FROM persona.campaigns AS c "
+									   "CROSS JOIN LATERAL (" CHUNKS_OF_PROFILE("c.campaign_id") ") AS y "
+									   "WHERE c.due_at OPERATOR(pg_catalog.>) $2 "
 									   "  AND c.recipients OPERATOR(pg_catalog.>) 0 "
-									   "  AND ($2 IS NULL OR c.channel OPERATOR(pg_catalog.=) ANY ($2)) "
-									   "ORDER BY c.campaign_id", 2, types, 0);
+									   "  AND ($3 IS NULL OR c.channel OPERATOR(pg_catalog.=) ANY ($3))",
+									   3, types, 0);
 
-	args[0] = TimestampTzGetDatum(since);
-	args[1] = channels ? PointerGetDatum(channels) : (Datum) 0;
+	args[0] = Int64GetDatum(profile_id);
+	args[1] = TimestampTzGetDatum(since);
+	args[2] = channels ? PointerGetDatum(channels) : (Datum) 0;
 	if (SPI_execute_plan(plan, args, nulls, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the campaigns failed");
-	campaigns = SPI_tuptable;
-	ncampaigns = SPI_processed;
-	for (uint64 i = 0; i < ncampaigns; i++)
+	for (uint64 row = 0; row < SPI_processed; row++)
 	{
-		bool		isnull;
-		int32		campaign_id = DatumGetInt32(SPI_getbinval(campaigns->vals[i], campaigns->tupdesc, 1, &isnull));
-		char	   *channel = SPI_getvalue(campaigns->vals[i], campaigns->tupdesc, 2);
 		char		state;
 
 		CHECK_FOR_INTERRUPTS();
-		state = RecipientStateOf(campaign_id, profile_id);
+		state = StateInChunk(row, 2, 3, profile_id);
 		if (state == STATE_CLAIMED || state == STATE_SENT)
-			add(arg, channel);
+			add(arg, SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 1));
 	}
-	SPI_freetuptable(campaigns);
+	SPI_freetuptable(SPI_tuptable);
 }
 
 /*
