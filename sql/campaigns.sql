@@ -73,6 +73,17 @@ SELECT message_id - :b AS i, status FROM persona.messages
  WHERE source = 'campaign:k_launch' ORDER BY 1;
 SELECT pg_temp.err(format('SELECT persona_message_feedback(%s, %L)', :b + 24, 'click')) AS feedback_queued;
 
+-- persona_render renders a campaign message at open time like a row's: from
+-- its chunk when it has no row (sent or still queued), from its row when it
+-- has one; the person's traits as they are now. Past the recipients: 42704.
+SELECT persona_render(:b + 2) AS sent_no_row, persona_render(:b + 24) AS queued_no_row,
+       persona_render(:b + 1) AS with_row;
+SELECT persona_identify('k-003', '{"first_name": "Tara"}') > 0 AS renamed;
+SELECT persona_render(:b + 2) AS after_rename;
+SELECT persona_identify('k-003', '{"first_name": "P3"}') > 0 AS restored;
+SELECT pg_temp.err(format('SELECT persona_render(%s)', :b + 30)) AS past_recipients;
+SELECT pg_temp.err(format('SELECT persona_render(%s)', (2::numeric ^ 48)::bigint - 1)) AS below_campaigns;
+
 -- Consent withdrawn before the claim: suppressed at claim, counted.
 SELECT persona_set_consent('k-013', 'kpush', false);
 SELECT count(*) AS claimed FROM persona_claim('kpush', 100);
@@ -241,3 +252,33 @@ SELECT pg_temp.report('k_best');
 SELECT persona_create_action('k_best_channel', 'best', '{"t": "x"}');
 SELECT persona_send_campaign('k_bad', 'k_best_channel', 'k_kb');
 SELECT count(*) AS bad_campaigns FROM persona.campaigns WHERE name = 'k_bad';
+
+-- A best-time campaign's chunks interleave by due time: kc-1 and kc-3 are
+-- engaged at one hour, kc-2 (between them in profile order) at another, so
+-- kc-3 is in the chunk that starts at kc-1, before kc-2's. A recipient is
+-- found in the chunk of each due time that starts at or before it
+-- (persona.campaign_reached, which caps and the best channel read). Made
+-- due now, claimed and acked: all three reached, in their own chunks.
+SELECT count(*) FILTER (WHERE persona_identify('kc-' || g, '{"cohort": "kc"}') > 0) AS identified
+  FROM generate_series(1, 3) AS g;
+SELECT count(*) FILTER (WHERE persona_track('kc-' || g, 'page_view', '{}',
+                                            date_trunc('hour', now() + (2 - g % 2) * interval '6 hours' - interval '1 hour')
+                                              - w * interval '7 days') > 0) AS planted
+  FROM generate_series(1, 3) AS g, generate_series(1, 6) AS w;
+SELECT persona_create_segment('k_kc', $$traits->>'cohort' = 'kc'$$);
+SELECT persona_send_campaign('k_best_kc', 'k_bulk_push', 'k_kc', send_at => 'best_time');
+SELECT k.first_index, k.size, k.profile_ids = ARRAY(SELECT persona.resolve(u) FROM unnest('{kc-1,kc-3}'::text[]) AS u)
+       AS first_and_third
+  FROM persona.campaign_chunks AS k JOIN persona.campaigns AS c USING (campaign_id)
+ WHERE c.name = 'k_best_kc' ORDER BY k.due_at;
+UPDATE persona.campaign_chunks AS k SET ready_at = now() FROM persona.campaigns AS c
+ WHERE c.campaign_id = k.campaign_id AND c.name = 'k_best_kc';
+SELECT p.user_id, persona.campaign_reached(c.campaign_id, p.profile_id) AS reached_before
+  FROM persona.campaigns AS c, persona.profiles AS p
+ WHERE c.name = 'k_best_kc' AND p.user_id IN ('kc-1', 'kc-2', 'kc-3', 'k-001') ORDER BY 1;
+SELECT cardinality(x.ids) AS claimed_and_acked
+  FROM (SELECT ARRAY(SELECT m.message_id FROM persona_claim('kbulk', 10) AS m ORDER BY 1) AS ids) AS x,
+       LATERAL (SELECT persona_ack(x.ids)) AS a;
+SELECT p.user_id, persona.campaign_reached(c.campaign_id, p.profile_id) AS reached_after
+  FROM persona.campaigns AS c, persona.profiles AS p
+ WHERE c.name = 'k_best_kc' AND p.user_id IN ('kc-1', 'kc-2', 'kc-3', 'k-001') ORDER BY 1;

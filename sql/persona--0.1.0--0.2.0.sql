@@ -2783,7 +2783,10 @@ CREATE TABLE persona.campaign_chunks (
 ALTER TABLE persona.campaign_chunks ALTER COLUMN profile_ids SET STORAGE EXTERNAL;
 CREATE INDEX campaign_chunks_ready_idx ON persona.campaign_chunks (channel, ready_at)
     WHERE ready_at IS NOT NULL;
-CREATE INDEX campaign_chunks_profile_idx ON persona.campaign_chunks (campaign_id, first_profile_id);
+-- A profile's message in a campaign (caps, best channel): the chunks of one
+-- due time partition the recipients in profile_id order, so it is in the
+-- chunk of each due time that starts at or before it.
+CREATE INDEX campaign_chunks_profile_idx ON persona.campaign_chunks (campaign_id, due_at, first_profile_id);
 COMMENT ON TABLE persona.campaign_chunks IS
     'the recipients of each campaign, in chunks claimed by persona_claim; one state byte per recipient once claimed';
 COMMENT ON COLUMN persona.campaign_chunks.first_index IS 'the recipient index of profile_ids[1] (message id: id_base + index)';

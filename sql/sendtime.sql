@@ -169,6 +169,33 @@ SELECT persona_best_channel('st-tue', '{push,email}') = :'population_best' AS no
 SELECT count(pg_temp.deliver('st-new', 'st_push', k % 8 <> 0)) AS delivered FROM generate_series(1, 8) AS k;
 SELECT pg_temp.deliver('st-new', 'st_email', true) > 0 AS delivered;
 SELECT persona_best_channel('st-new', '{push,email}') AS one_lucky_email;
+-- Campaign messages held in chunks (no row in persona.messages) count as
+-- delivered once claimed or sent: st-camp clicked 2 pushes of 2 and 1 email
+-- of 2 (push), then got ten push campaigns without clicking (email).
+SELECT persona_identify('st-camp', '{"cohort": "st-camp"}') > 0 AS identified;
+SELECT persona_create_segment('st_camp', $$traits->>'cohort' = 'st-camp'$$);
+SELECT count(pg_temp.deliver('st-camp', 'st_push', true)) + count(pg_temp.deliver('st-camp', 'st_email', k = 1))
+       AS delivered FROM generate_series(1, 2) AS k;
+SELECT persona.refresh_engagement() ? 'channels' AS refreshed;
+SELECT persona_best_channel('st-camp', '{push,email}') AS before_campaigns;
+SELECT sum(persona_send_campaign('st_camp_' || k, 'st_push', 'st_camp')) AS campaign_recipients
+  FROM generate_series(1, 10) AS k;
+-- Queued: not delivered yet.
+SELECT persona_best_channel('st-camp', '{push,email}') AS campaigns_queued;
+SELECT cardinality(x.ids) AS claimed_and_acked
+  FROM (SELECT ARRAY(SELECT c.message_id FROM persona_claim('push', 1000) AS c ORDER BY 1) AS ids) AS x,
+       LATERAL (SELECT persona_ack(x.ids)) AS a;
+SELECT count(*) AS rows_of_campaign_messages FROM persona.messages AS m
+ WHERE m.profile_id = persona.resolve('st-camp') AND m.source LIKE 'campaign:%';
+SELECT persona_best_channel('st-camp', '{push,email}') AS after_campaigns;
+SELECT bool_and(persona.campaign_reached(c.campaign_id, persona.resolve('st-camp'))) AS reached,
+       bool_or(persona.campaign_reached(c.campaign_id, persona.resolve('st-mailer'))) AS others_not
+  FROM persona.campaigns AS c WHERE c.name LIKE 'st\_camp\_%';
+DELETE FROM persona.campaign_chunks AS k USING persona.campaigns AS c
+ WHERE k.campaign_id = c.campaign_id AND c.name LIKE 'st\_camp\_%';
+DELETE FROM persona.campaigns AS c WHERE c.name LIKE 'st\_camp\_%';
+SELECT persona_drop_segment('st_camp');
+
 
 -- Bad input.
 SELECT persona_best_channel(NULL);
@@ -227,3 +254,47 @@ DROP ROLE st_ingest;
 -- Leave no actions behind for the suites that follow.
 SELECT persona_drop_trigger('st_best_on_signup');
 SELECT persona_drop_action(a) FROM unnest('{st_best,st_push,st_email,st_sms}'::text[]) AS a;
+
+-- ---------------------------------------------------------------------
+-- Activity: people whose events come mostly through the app click pushes,
+-- people on the web click emails. Nothing maps "app" to push: the
+-- population's clicks say it. Newcomers without messages get the channel
+-- of their activity's group (candidates ordered so that a tie would go
+-- the other way); an unknown id gets the population's. In a database of
+-- its own, so that the population's sample holds every profile.
+-- ---------------------------------------------------------------------
+SELECT current_database() AS regress_db \gset
+SET client_min_messages = warning;
+DROP DATABASE IF EXISTS persona_sendtime_activity;
+CREATE DATABASE persona_sendtime_activity;
+\c persona_sendtime_activity
+SET client_min_messages = warning;
+CREATE EXTENSION persona;
+RESET client_min_messages;
+SELECT persona_create_action('sa_' || c, c, '{"title": "hi"}') FROM unnest('{push,email}'::text[]) AS c;
+SELECT count(*) AS events FROM generate_series(1, 10) AS g, generate_series(1, 4) AS k,
+       LATERAL (SELECT persona_track('sa-app-' || g, 'session', '{}', now() - k * interval '1 day',
+                                     '{"channel": "app"}')
+                UNION ALL
+                SELECT persona_track('sa-web-' || g, 'visit', '{}', now() - k * interval '1 day',
+                                     '{"channel": "web"}')) AS t;
+-- Three pushes and three emails each; app people click two pushes, web
+-- people two emails.
+CREATE TEMP TABLE sa_sent AS
+SELECT persona.enqueue_message(persona.resolve(p.u), 'sa_' || c.c, 'test') AS message_id,
+       (p.u LIKE 'sa-app-%') = (c.c = 'push') AND k > 1 AS clicked
+  FROM (SELECT 'sa-' || s || '-' || g AS u FROM unnest('{app,web}'::text[]) AS s, generate_series(1, 10) AS g) AS p,
+       unnest('{push,email}'::text[]) AS c (c), generate_series(1, 3) AS k;
+SELECT sum(cardinality(x.ids)) AS claimed_and_acked
+  FROM unnest('{push,email}'::text[]) AS c (c),
+       LATERAL (SELECT ARRAY(SELECT m.message_id FROM persona_claim(c.c, 1000) AS m ORDER BY 1) AS ids) AS x,
+       LATERAL (SELECT persona_ack(x.ids)) AS a;
+SELECT count(persona_message_feedback(s.message_id, 'click')) AS clicks FROM sa_sent AS s WHERE s.clicked;
+SELECT persona_track(u, 'session', '{}', now() - interval '1 hour', jsonb_build_object('channel', c)) > 0 AS tracked
+  FROM (VALUES ('sa-app-new', 'app'), ('sa-app-new', 'app'), ('sa-app-new', 'web'), ('sa-web-new', 'web')) AS v (u, c);
+SELECT jsonb_path_query_array(persona.refresh_engagement(), '$.activity[*].channel') AS activity_channels;
+SELECT persona_best_channel('sa-app-new', '{email,push}') AS app_user,
+       persona_best_channel('sa-web-new', '{push,email}') AS web_user,
+       persona_best_channel('sa-nobody', '{push,email}') = persona.best_channel_of(NULL, '{push,email}') AS unknown_gets_population;
+\c :regress_db
+DROP DATABASE persona_sendtime_activity WITH (FORCE);

@@ -69,6 +69,8 @@ static SPIPlanPtr find_campaign_plan = NULL;
 static SPIPlanPtr find_chunk_plan = NULL;
 static SPIPlanPtr reached_plan = NULL;
 static SPIPlanPtr materialize_plan = NULL;
+static SPIPlanPtr deliveries_plan = NULL;
+static SPIPlanPtr message_plan = NULL;
 
 /* A campaign, as ack, fail and feedback need it. */
 typedef struct CampaignRef
@@ -1065,6 +1067,85 @@ persona_campaign_materialize(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The chunks that may hold a profile's message in a campaign (CAMPAIGN, an
+ * SQL expression; the profile is $1): the chunks of one due time partition
+ * the recipients in profile_id order, so the profile can only be in the
+ * chunk of each due time that starts at or before it.  The due times are
+ * walked by the index on (campaign_id, due_at, first_profile_id) (one for a
+ * campaign sent at one time, at most MAX_BUCKETS with best_time), one probe
+ * each.  Columns: profile_ids, states.
+ */
+#define CHUNKS_OF_PROFILE(CAMPAIGN) \
+	"WITH RECURSIVE d (due) AS (" \
+	"  (SELECT k.due_at FROM persona.campaign_chunks AS k " \
+	"    WHERE k.campaign_id OPERATOR(pg_catalog.=) " CAMPAIGN " ORDER BY k.due_at LIMIT 1) " \
+	"  UNION ALL " \
+	"  SELECT (SELECT k.due_at FROM persona.campaign_chunks AS k " \
+	"           WHERE k.campaign_id OPERATOR(pg_catalog.=) " CAMPAIGN " " \
+	"             AND k.due_at OPERATOR(pg_catalog.>) d.due ORDER BY k.due_at LIMIT 1) " \
+	"    FROM d WHERE d.due IS NOT NULL) " \
+	"SELECT x.profile_ids, x.states FROM d CROSS JOIN LATERAL (" \
+	"  SELECT k.profile_ids, k.states FROM persona.campaign_chunks AS k " \
+	"   WHERE k.campaign_id OPERATOR(pg_catalog.=) " CAMPAIGN " " \
+	"     AND k.due_at OPERATOR(pg_catalog.=) d.due " \
+	"     AND k.first_profile_id OPERATOR(pg_catalog.<=) $1 " \
+	"   ORDER BY k.first_profile_id DESC LIMIT 1) AS x"
+
+/*
+ * The state byte of a profile in a chunk (columns ids_col and states_col of
+ * row ``row`` of SPI_tuptable), 0 when the chunk does not hold it: a binary
+ * search of the ids in place (they have no nulls).  A chunk never claimed
+ * (states NULL) holds queued recipients.
+ */
+static char
+StateInChunk(uint64 row, int ids_col, int states_col, int64 profile_id)
+{
+	HeapTuple	tup = SPI_tuptable->vals[row];
+	bool		isnull;
+	ArrayType  *ids = DatumGetArrayTypeP(SPI_getbinval(tup, SPI_tuptable->tupdesc, ids_col, &isnull));
+	int			n = ArrayGetNItems(ARR_NDIM(ids), ARR_DIMS(ids));
+	int			found;
+	Datum		d;
+	bytea	   *states;
+
+	if (ARR_HASNULL(ids) || ARR_ELEMTYPE(ids) != INT8OID)
+		elog(ERROR, "a campaign chunk's ids are not an array of int8 without nulls");
+	/* no nulls: the data follow the header (ARR_DATA_PTR without its test) */
+	found = PersonaFindInt64((const int64 *) ((const char *) ids + ARR_OVERHEAD_NONULLS(ARR_NDIM(ids))),
+							 n, profile_id);
+	if (found < 0)
+		return 0;
+	d = SPI_getbinval(tup, SPI_tuptable->tupdesc, states_col, &isnull);
+	if (isnull)
+		return STATE_QUEUED;
+	states = DatumGetByteaPP(d);
+	if ((int) VARSIZE_ANY_EXHDR(states) != n)
+		elog(ERROR, "campaign chunk states do not match its size");
+	return VARDATA_ANY(states)[found];
+}
+
+/* The state byte of a profile's message in a campaign, 0: not a recipient. */
+static char
+RecipientStateOf(int32 campaign_id, int64 profile_id)
+{
+	Oid			types[2] = {INT8OID, INT4OID};
+	Datum		args[2] = {Int64GetDatum(profile_id), Int32GetDatum(campaign_id)};
+	SPIPlanPtr	plan;
+	char		state = 0;
+
+	plan = PersonaKeptPlan(&reached_plan, CHUNKS_OF_PROFILE("$2"), 2, types, 0);
+	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading a campaign chunk failed");
+	for (uint64 row = 0; row < SPI_processed && state == 0; row++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		state = StateInChunk(row, 1, 2, profile_id);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	return state;
+}
+
+/*
  * Whether the campaign's message to the profile counts toward caps: it was
  * claimed or sent (one with a row in persona.messages counts there).
  */
@@ -1072,52 +1153,93 @@ PG_FUNCTION_INFO_V1(persona_campaign_reached);
 Datum
 persona_campaign_reached(PG_FUNCTION_ARGS)
 {
-	Oid			types[2] = {INT4OID, INT8OID};
-	Datum		args[2] = {PG_GETARG_DATUM(0), PG_GETARG_DATUM(1)};
-	int64		pid = PG_GETARG_INT64(1);
-	SPIPlanPtr	plan;
-	bool		reached = false;
-	bool		isnull = true;
-	Datum		d;
+	char		state;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	state = RecipientStateOf(PG_GETARG_INT32(0), PG_GETARG_INT64(1));
+	SPI_finish();
+	PG_RETURN_BOOL(state == STATE_CLAIMED || state == STATE_SENT);
+}
 
-	/*
-	 * The chunks whose range of ids holds the profile: one for a campaign
-	 * sent at one time; with best_time, chunks of different due times
-	 * interleave, so each candidate is searched until the profile is found.
-	 */
-	plan = PersonaKeptPlan(&reached_plan,
-						   "SELECT k.profile_ids, k.states FROM persona.campaign_chunks AS k "
-						   "WHERE k.campaign_id OPERATOR(pg_catalog.=) $1 "
-						   "  AND k.first_profile_id OPERATOR(pg_catalog.<=) $2 "
-						   "  AND k.profile_ids[pg_catalog.array_upper(k.profile_ids, 1)] OPERATOR(pg_catalog.>=) $2 "
-						   "ORDER BY k.first_profile_id DESC", 2, types, 0);
-	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading a campaign chunk failed");
+/*
+ * Counts the profile's campaign messages delivered (claimed or sent) and
+ * held in chunks, per campaign due since ``since``: add(arg, channel) once
+ * each.  Messages with a row (feedback, failure) are counted there by the
+ * caller.  One query: the chunks that may hold the profile
+ * (CHUNKS_OF_PROFILE) of every campaign of the window on one of the
+ * channels (NULL: any).  Call within SPI.
+ */
+void
+PersonaCampaignDeliveries(int64 profile_id, TimestampTz since, ArrayType *channels,
+						  void (*add) (void *arg, const char *channel), void *arg)
+{
+	Oid			types[3] = {INT8OID, TIMESTAMPTZOID, TEXTARRAYOID};
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', channels ? ' ' : 'n'};
+	SPIPlanPtr	plan = PersonaKeptPlan(&deliveries_plan,
+									   "SELECT c.channel, y.profile_ids, y.states FROM persona.campaigns AS c "
+									   "CROSS JOIN LATERAL (" CHUNKS_OF_PROFILE("c.campaign_id") ") AS y "
+									   "WHERE c.due_at OPERATOR(pg_catalog.>) $2 "
+									   "  AND c.recipients OPERATOR(pg_catalog.>) 0 "
+									   "  AND ($3 IS NULL OR c.channel OPERATOR(pg_catalog.=) ANY ($3))",
+									   3, types, 0);
+
+	args[0] = Int64GetDatum(profile_id);
+	args[1] = TimestampTzGetDatum(since);
+	args[2] = channels ? PointerGetDatum(channels) : (Datum) 0;
+	if (SPI_execute_plan(plan, args, nulls, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "reading the campaigns failed");
 	for (uint64 row = 0; row < SPI_processed; row++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[row];
-		int			n;
-		int64	   *pids = Int8Array(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull), &n);
-		int			found = PersonaFindInt64(pids, n, pid);
+		char		state;
 
 		CHECK_FOR_INTERRUPTS();
-		if (found < 0)
-			continue;
-		/* a chunk never claimed (states NULL) has reached nobody */
-		d = SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull);
-		if (!isnull)
-		{
-			const char *states = ChunkStates(d, false, n);
-
-			reached = (states[found] == STATE_CLAIMED || states[found] == STATE_SENT);
-		}
-		break;
+		state = StateInChunk(row, 2, 3, profile_id);
+		if (state == STATE_CLAIMED || state == STATE_SENT)
+			add(arg, SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, 1));
 	}
-	SPI_finish();
-	PG_RETURN_BOOL(reached);
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * The recipient and action of a campaign message held in a chunk (whatever
+ * its state), read without a lock; false when the id is no campaign
+ * message.  A message with a row in persona.messages is found there first
+ * by the caller.  Call within SPI.
+ */
+bool
+PersonaCampaignMessage(int64 message_id, int64 *profile_id, int32 *action_id)
+{
+	CampaignRef ref = {0};
+	Oid			types[2] = {INT4OID, INT8OID};
+	Datum		args[2];
+	bool		isnull;
+	Datum		d;
+	SPIPlanPtr	plan;
+
+	if (!FindCampaign(message_id, &ref))
+		return false;
+	args[0] = Int32GetDatum(ref.campaign_id);
+	args[1] = Int64GetDatum(message_id - ref.id_base);
+	plan = PersonaKeptPlan(&message_plan,
+						   "SELECT k.profile_ids[($2 OPERATOR(pg_catalog.-) k.first_index "
+						   "                      OPERATOR(pg_catalog.+) 1)::pg_catalog.int4], c.action_id "
+						   "FROM persona.campaign_chunks AS k "
+						   "JOIN persona.campaigns AS c ON c.campaign_id OPERATOR(pg_catalog.=) k.campaign_id "
+						   "WHERE k.campaign_id OPERATOR(pg_catalog.=) $1 "
+						   "  AND k.first_index OPERATOR(pg_catalog.<=) $2 "
+						   "ORDER BY k.first_index DESC LIMIT 1", 2, types, 0);
+	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading a campaign chunk failed");
+	if (SPI_processed == 0)
+		return false;
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return false;
+	*profile_id = DatumGetInt64(d);
+	*action_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	return true;
 }
 
 /* ---------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #include "postgres.h"
 
 #include "nodes/execnodes.h"
+#include "utils/array.h"
 #include "utils/timestamp.h"
 
 /* GUC (campaigns.c): messages per person, channel and rolling day; 0: none */
@@ -16,5 +17,8 @@ extern int	persona_channel_cap_per_day;
 
 extern int	PersonaClaimCampaigns(Datum channel, int want, TimestampTz now,
 								  TimestampTz lease_until, ReturnSetInfo *rsinfo);
+extern void PersonaCampaignDeliveries(int64 profile_id, TimestampTz since, ArrayType *channels,
+									  void (*add) (void *arg, const char *channel), void *arg);
+extern bool PersonaCampaignMessage(int64 message_id, int64 *profile_id, int32 *action_id);
 
 #endif							/* PERSONA_CAMPAIGNS_H */

@@ -60,6 +60,7 @@
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 
+#include "campaigns.h"
 #include "outbox.h"
 #include "persona.h"
 #include "profile.h"
@@ -988,7 +989,8 @@ persona_link_content(PG_FUNCTION_ARGS)
 
 /*
  * A message's content rendered now: its action's current content, the
- * person's traits as they are now, linked content read now.
+ * person's traits as they are now, linked content read now.  A campaign
+ * message without a row in persona.messages is found in its chunk.
  */
 PG_FUNCTION_INFO_V1(persona_render);
 Datum
@@ -1020,15 +1022,18 @@ persona_render(PG_FUNCTION_ARGS)
 						   "WHERE m.message_id OPERATOR(pg_catalog.=) $1", 1, &type, 0);
 	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "reading the message failed");
-	if (SPI_processed == 0)
+	if (SPI_processed > 0)
+	{
+		profile_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		action_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		if (!isnull)
+			event = DatumGetJsonbPCopy(d);
+	}
+	else if (!PersonaCampaignMessage(message_id, &profile_id, &action_id))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("message " INT64_FORMAT " does not exist", message_id)));
-	profile_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	action_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
-	if (!isnull)
-		event = DatumGetJsonbPCopy(d);
 	content = PersonaActionContent(action_id);
 	if (content == NULL)
 		ereport(ERROR,

@@ -12,8 +12,12 @@
  *	  last SENDTIME_WINDOW_DAYS days;
  *	- per channel, the person's delivered messages (claimed or sent) and how
  *	  many of them were clicked or converted (persona.messages by
- *	  messages_profile_idx, feedback by its primary key).
- * The population's figures (the prior and the fallback) are the same
+ *	  messages_profile_idx, feedback by its primary key), and their campaign
+ *	  messages held in chunks that were claimed or sent (campaigns.c: one
+ *	  index probe per campaign of the window);
+ *	- the channel most of their events of the window came through (the
+ *	  events' context channel), when the population has more than one.
+ * The population's figures (the priors and the fallback) are the same
  * computation over a sample of at most SENDTIME_SAMPLE profiles, cached per
  * backend for SENDTIME_POPULATION_TTL (persona.refresh_engagement() drops
  * the cache).
@@ -25,10 +29,14 @@
  * next occurrence of that hour after ``after`` (``after`` itself when it
  * falls in it); ties go to the sooner hour.
  *
- * Best channel: per candidate channel, the posterior mean of a Beta prior
- * of strength SENDTIME_CHANNEL_PRIOR messages centred on the population's
- * rate of the channel, updated with the person's delivered and engaged
- * messages; ties go to the earlier candidate.
+ * Best channel: per candidate channel, the posterior mean click rate given
+ * the person's delivered and engaged messages, under an empirical-Bayes
+ * prior: a mix of SENDTIME_GRID rates whose weights are fitted (EM, maximum
+ * likelihood) to the sampled people's messages on the channel, per group of
+ * people whose activity came mostly through one channel, each group's fit
+ * pulled toward the channel's and the channel's toward a base prior of
+ * SENDTIME_BASE_STRENGTH messages at the overall rate.  Ties go to the
+ * earlier candidate.
  */
 #include "postgres.h"
 
@@ -43,10 +51,12 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "lib/stringinfo.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
+#include "campaigns.h"
 #include "outbox.h"
 #include "persona.h"
 #include "sendtime.h"
@@ -58,8 +68,11 @@
 #define SENDTIME_MIN_MOMENTS	5	/* fewer: the population's best hour */
 #define SENDTIME_PRIOR			1.0 /* population pseudo-engagements */
 #define SENDTIME_CHANNEL_WEIGHT 3.0 /* a click on the asked channel */
-#define SENDTIME_CHANNEL_PRIOR	5.0 /* population pseudo-messages */
-#define SENDTIME_POOLED_PRIOR	20.0	/* weight of the overall rate */
+#define SENDTIME_GRID			64	/* click rates a prior is a mix of */
+#define SENDTIME_BASE_STRENGTH	5.0 /* the prior with no data: messages' worth */
+#define SENDTIME_POOLED_PEOPLE	20.0	/* weight of the wider prior in a fit */
+#define SENDTIME_EM_ROUNDS		50	/* of a prior's fit */
+#define SENDTIME_MAX_GROUPS		16	/* activity channels told apart */
 #define SENDTIME_SAMPLE			2000	/* profiles sampled for the population */
 #define SENDTIME_POPULATION_TTL (10 * 60 * USECS_PER_SEC)
 #define SENDTIME_DEFAULT_HOUR	18	/* local hour with no data at all */
@@ -73,6 +86,16 @@ typedef struct ChannelCount
 	double		engaged;
 } ChannelCount;
 
+/*
+ * The people of the sample whose events came mostly through one channel
+ * (the events' context channel; "" for none).
+ */
+typedef struct ActivityGroup
+{
+	char		name[NAMEDATALEN];
+	int			people;
+} ActivityGroup;
+
 /* The population's figures, cached per backend. */
 typedef struct Population
 {
@@ -84,7 +107,23 @@ typedef struct Population
 	double		share[HOURS_PER_WEEK];	/* mean share per local hour */
 	int			nchannels;
 	ChannelCount channels[SENDTIME_MAX_CHANNELS];
+	int			fitted[SENDTIME_MAX_CHANNELS];	/* people it was fitted on */
+	int			ngroups;
+	ActivityGroup groups[SENDTIME_MAX_GROUPS];
+	double		overall;		/* engaged / delivered, all channels */
+	double		base[SENDTIME_GRID];	/* the prior of a channel with no data */
+	/* the fitted priors: (1 + ngroups) x nchannels x SENDTIME_GRID weights */
+	double	   *weights;
 } Population;
+
+/* One sampled person's messages on one channel, to fit the priors. */
+typedef struct ChannelObservation
+{
+	int			group;
+	char		name[NAMEDATALEN];
+	double		delivered;
+	double		engaged;
+} ChannelObservation;
 
 static Population population;
 
@@ -93,6 +132,7 @@ static SPIPlanPtr moments_plan = NULL;
 static SPIPlanPtr channels_plan = NULL;
 static SPIPlanPtr sample_plan = NULL;
 static SPIPlanPtr action_channels_plan = NULL;
+static SPIPlanPtr activity_plan = NULL;
 
 /* The zone of a declared timezone trait, UTC when absent or unknown. */
 static pg_tz *
@@ -164,6 +204,13 @@ NextInHour(TimestampTz after, int how, pg_tz *tz)
 	return result;
 }
 
+/* The start of the window of history read: SENDTIME_WINDOW_DAYS ago. */
+static TimestampTz
+WindowStart(void)
+{
+	return GetCurrentTransactionStartTimestamp() - (int64) SENDTIME_WINDOW_DAYS * USECS_PER_DAY;
+}
+
 /* Reads the timezone trait and consent of a profile; false if none. */
 static bool
 ReadProfile(int64 profile_id, char **zone, Jsonb **consent)
@@ -229,8 +276,7 @@ CountMoments(int64 profile_id, const char *channel, pg_tz *tz, double *counts)
 									   3, types, 0);
 
 	args[0] = Int64GetDatum(profile_id);
-	args[1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp() -
-								  (int64) SENDTIME_WINDOW_DAYS * USECS_PER_DAY);
+	args[1] = TimestampTzGetDatum(WindowStart());
 	args[2] = channel ? CStringGetTextDatum(channel) : (Datum) 0;
 	if (SPI_execute_plan(plan, args, nulls, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading engagement failed");
@@ -269,12 +315,35 @@ FindChannel(ChannelCount *counts, int *n, const char *name)
 	return &counts[(*n)++];
 }
 
-/* Adds a person's delivered and engaged messages per channel to counts. */
+/* Where a campaign delivery is counted (PersonaCampaignDeliveries). */
+typedef struct ChannelSink
+{
+	ChannelCount *counts;
+	int		   *n;
+} ChannelSink;
+
+static void
+AddCampaignDelivery(void *arg, const char *channel)
+{
+	ChannelSink *sink = (ChannelSink *) arg;
+	ChannelCount *c = FindChannel(sink->counts, sink->n, channel);
+
+	if (c != NULL)
+		c->delivered += 1;
+}
+
+/*
+ * Adds a person's delivered and engaged messages per channel to counts: the
+ * rows of persona.messages claimed or sent, and the campaign messages held
+ * in chunks that were claimed or sent (campaigns.c; one with feedback has a
+ * row, so those held in chunks are all unengaged).
+ */
 static void
 CountChannels(int64 profile_id, ChannelCount *counts, int *n)
 {
 	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
 	Datum		args[2];
+	ChannelSink sink = {counts, n};
 	SPIPlanPtr	plan = PersonaKeptPlan(&channels_plan,
 									   "SELECT m.channel, pg_catalog.count(*)::pg_catalog.float8, "
 									   "       pg_catalog.count(*) FILTER (WHERE EXISTS ("
@@ -291,8 +360,7 @@ CountChannels(int64 profile_id, ChannelCount *counts, int *n)
 									   2, types, 0);
 
 	args[0] = Int64GetDatum(profile_id);
-	args[1] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp() -
-								  (int64) SENDTIME_WINDOW_DAYS * USECS_PER_DAY);
+	args[1] = TimestampTzGetDatum(WindowStart());
 	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading message engagement failed");
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -308,6 +376,206 @@ CountChannels(int64 profile_id, ChannelCount *counts, int *n)
 		c->engaged += DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
 	}
 	SPI_freetuptable(SPI_tuptable);
+	PersonaCampaignDeliveries(profile_id, DatumGetTimestampTz(args[1]), NULL,
+							  AddCampaignDelivery, &sink);
+}
+
+/*
+ * The channel most of a person's events of the window came through (the
+ * events' context channel, of the SENDTIME_MAX_MOMENTS most recent; ties
+ * to the first name), "" when none has one, into name.
+ */
+static void
+ActivityChannel(int64 profile_id, char *name)
+{
+	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
+	Datum		args[2];
+	SPIPlanPtr	plan = PersonaKeptPlan(&activity_plan,
+									   "SELECT x.ch FROM ("
+									   "  SELECT e.context OPERATOR(pg_catalog.->>) 'channel' AS ch "
+									   "    FROM persona.events AS e "
+									   "   WHERE e.profile_id OPERATOR(pg_catalog.=) $1 "
+									   "     AND e.occurred_at OPERATOR(pg_catalog.>) $2 "
+									   "   ORDER BY e.occurred_at DESC LIMIT " CppAsString2(SENDTIME_MAX_MOMENTS) ") AS x "
+									   "WHERE x.ch IS NOT NULL "
+									   "GROUP BY x.ch ORDER BY pg_catalog.count(*) DESC, x.ch COLLATE \"C\" LIMIT 1",
+									   2, types, 0);
+
+	args[0] = Int64GetDatum(profile_id);
+	args[1] = TimestampTzGetDatum(WindowStart());
+	if (SPI_execute_plan(plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "reading activity failed");
+	name[0] = '\0';
+	if (SPI_processed == 1)
+		strlcpy(name, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), NAMEDATALEN);
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* The index of an activity group, added when add and there is room; -1. */
+static int
+FindGroup(Population *pop, const char *name, bool add)
+{
+	for (int g = 0; g < pop->ngroups; g++)
+		if (strcmp(pop->groups[g].name, name) == 0)
+			return g;
+	if (!add || pop->ngroups >= SENDTIME_MAX_GROUPS)
+		return -1;
+	strlcpy(pop->groups[pop->ngroups].name, name, NAMEDATALEN);
+	return pop->ngroups++;
+}
+
+/* Rate j of the grid the priors are mixes of. */
+static inline double
+GridRate(int j)
+{
+	return (j + 0.5) / SENDTIME_GRID;
+}
+
+/* The prior of an activity group (-1: everyone) for channel i. */
+static inline double *
+Weights(const Population *pop, int group, int i)
+{
+	return pop->weights + ((size_t) (group + 1) * pop->nchannels + i) * SENDTIME_GRID;
+}
+
+/*
+ * The likelihood of ``engaged`` clicks of ``delivered`` messages at each
+ * rate of the grid, scaled so that the largest is 1.
+ */
+static void
+GridLikelihood(double engaged, double delivered, double *like)
+{
+	double		top = -INFINITY;
+
+	for (int j = 0; j < SENDTIME_GRID; j++)
+	{
+		like[j] = engaged * log(GridRate(j)) + (delivered - engaged) * log(1 - GridRate(j));
+		top = Max(top, like[j]);
+	}
+	for (int j = 0; j < SENDTIME_GRID; j++)
+		like[j] = exp(like[j] - top);
+}
+
+/* The mean of a prior updated with engaged of delivered (no data: its mean). */
+static double
+PosteriorMean(const double *w, double engaged, double delivered)
+{
+	double		like[SENDTIME_GRID];
+	double		num = 0,
+				den = 0;
+
+	GridLikelihood(engaged, delivered, like);
+	for (int j = 0; j < SENDTIME_GRID; j++)
+	{
+		num += w[j] * like[j] * GridRate(j);
+		den += w[j] * like[j];
+	}
+	return den > 0 ? num / den : 0;
+}
+
+/*
+ * Fits the prior w of channel ``name`` to the sampled people's messages on
+ * it (those of activity group ``group``; -2: everyone): the weights of the
+ * grid's rates that make their (delivered, engaged) counts most likely,
+ * found by EM, with ``wider`` counting as SENDTIME_POOLED_PEOPLE more
+ * people.  A likelihood, because the messages were chosen by this very
+ * rule: who got more of a channel depends on their clicks, which moments
+ * would count twice and a likelihood does not.  Returns the people.
+ */
+static int
+FitPrior(double *w, const double *wider, const ChannelObservation *obs, const double *like,
+		 int nobs, const char *name, int group)
+{
+	int			people = 0;
+
+	memcpy(w, wider, sizeof(double) * SENDTIME_GRID);
+	for (int k = 0; k < nobs; k++)
+		if (obs[k].delivered > 0 && strcmp(obs[k].name, name) == 0 &&
+			(group == -2 || obs[k].group == group))
+			people++;
+	if (people == 0)
+		return 0;
+	for (int round = 0; round < SENDTIME_EM_ROUNDS; round++)
+	{
+		double		acc[SENDTIME_GRID] = {0};
+
+		CHECK_FOR_INTERRUPTS();
+		for (int k = 0; k < nobs; k++)
+		{
+			const double *l = like + (size_t) k * SENDTIME_GRID;
+			double		den = 0;
+
+			if (obs[k].delivered <= 0 || strcmp(obs[k].name, name) != 0 ||
+				(group != -2 && obs[k].group != group))
+				continue;
+			for (int j = 0; j < SENDTIME_GRID; j++)
+				den += w[j] * l[j];
+			if (den <= 0)
+				continue;
+			for (int j = 0; j < SENDTIME_GRID; j++)
+				acc[j] += w[j] * l[j] / den;
+		}
+		for (int j = 0; j < SENDTIME_GRID; j++)
+			w[j] = (acc[j] + SENDTIME_POOLED_PEOPLE * wider[j]) / (people + SENDTIME_POOLED_PEOPLE);
+	}
+	return people;
+}
+
+/*
+ * Fits the priors: the base (a Beta of SENDTIME_BASE_STRENGTH messages at
+ * the overall rate, on the grid), each channel's from everyone's messages
+ * on it with the base as the wider prior, and each activity group's from
+ * its people's with the channel's as the wider prior.
+ */
+static void
+FitPriors(Population *pop, const ChannelObservation *obs, int nobs)
+{
+	double	   *like = palloc(sizeof(double) * SENDTIME_GRID * Max(nobs, 1));
+	double		d = 0,
+				e = 0,
+				sum = 0;
+
+	for (int i = 0; i < pop->nchannels; i++)
+	{
+		d += pop->channels[i].delivered;
+		e += pop->channels[i].engaged;
+	}
+	pop->overall = (e + 1) / (d + 2);
+	for (int j = 0; j < SENDTIME_GRID; j++)
+	{
+		pop->base[j] = pow(GridRate(j), SENDTIME_BASE_STRENGTH * pop->overall - 1) *
+			pow(1 - GridRate(j), SENDTIME_BASE_STRENGTH * (1 - pop->overall) - 1);
+		sum += pop->base[j];
+	}
+	for (int j = 0; j < SENDTIME_GRID; j++)
+		pop->base[j] /= sum;
+	for (int k = 0; k < nobs; k++)
+		GridLikelihood(obs[k].engaged, obs[k].delivered, like + (size_t) k * SENDTIME_GRID);
+	pop->weights = MemoryContextAlloc(TopMemoryContext, sizeof(double) * SENDTIME_GRID *
+									  (1 + pop->ngroups) * Max(pop->nchannels, 1));
+	for (int i = 0; i < pop->nchannels; i++)
+	{
+		pop->fitted[i] = FitPrior(Weights(pop, -1, i), pop->base, obs, like, nobs,
+								  pop->channels[i].name, -2);
+		for (int g = 0; g < pop->ngroups; g++)
+			FitPrior(Weights(pop, g, i), Weights(pop, -1, i), obs, like, nobs,
+					 pop->channels[i].name, g);
+	}
+	pfree(like);
+}
+
+/*
+ * The prior of a channel for a person of activity group ``group`` (-1: not
+ * known): the group's, else the channel's, else (no one in the sample got
+ * the channel) the base.
+ */
+static const double *
+PriorOf(const Population *pop, int group, const char *channel)
+{
+	for (int i = 0; i < pop->nchannels; i++)
+		if (strcmp(pop->channels[i].name, channel) == 0)
+			return Weights(pop, group, i);
+	return pop->base;
 }
 
 /* Recomputes the population's figures from a sample of profiles. */
@@ -322,6 +590,13 @@ ComputePopulation(void)
 	double		rows;
 	bool		isnull;
 	int			ret;
+	ChannelCount own[SENDTIME_MAX_CHANNELS];
+	int			nown;
+	char		activity[NAMEDATALEN];
+	int			group;
+	int			maxobs = 256;
+	int			nobs = 0;
+	ChannelObservation *obs = palloc(sizeof(ChannelObservation) * maxobs);
 
 	/* Sample about SENDTIME_SAMPLE profiles' pages (all when small). */
 	ret = SPI_execute("SELECT GREATEST(c.reltuples::pg_catalog.float8, "
@@ -343,6 +618,8 @@ ComputePopulation(void)
 	sample = SPI_tuptable;
 	nsample = SPI_processed;
 
+	if (pop->weights)
+		pfree(pop->weights);
 	memset(pop, 0, sizeof(Population));
 	for (uint64 i = 0; i < nsample; i++)
 	{
@@ -362,11 +639,39 @@ ComputePopulation(void)
 			for (int h = 0; h < HOURS_PER_WEEK; h++)
 				pop->share[h] += counts[h] / total;
 		}
-		CountChannels(pid, pop->channels, &pop->nchannels);
+
+		/* the person's messages: to the population, their group, the fit */
+		nown = 0;
+		CountChannels(pid, own, &nown);
+		ActivityChannel(pid, activity);
+		group = FindGroup(pop, activity, true);
+		if (group >= 0)
+			pop->groups[group].people++;
+		for (int k = 0; k < nown; k++)
+		{
+			ChannelCount *c = FindChannel(pop->channels, &pop->nchannels, own[k].name);
+
+			if (c != NULL)
+			{
+				c->delivered += own[k].delivered;
+				c->engaged += own[k].engaged;
+			}
+			if (nobs == maxobs)
+			{
+				maxobs *= 2;
+				obs = repalloc(obs, sizeof(ChannelObservation) * maxobs);
+			}
+			obs[nobs].group = group;
+			strlcpy(obs[nobs].name, own[k].name, NAMEDATALEN);
+			obs[nobs].delivered = own[k].delivered;
+			obs[nobs].engaged = own[k].engaged;
+			nobs++;
+		}
 	}
 	if (pop->engaged_people > 0)
 		for (int h = 0; h < HOURS_PER_WEEK; h++)
 			pop->share[h] /= pop->engaged_people;
+	FitPriors(pop, obs, nobs);
 	SPI_freetuptable(sample);
 	pop->profiles = PersonaGetCatalog()->profiles;
 	pop->computed_at = GetCurrentTimestamp();
@@ -455,27 +760,6 @@ PersonaBestSendAt(int64 profile_id, bool known, TimestampTz after, const char *c
 	return NextInHour(after, BestHour(counts, total, pop, after, hours, tz, fallback), tz);
 }
 
-/* The population's rate of a channel, shrunk toward its overall rate. */
-static double
-PopulationRate(const Population *pop, const char *channel)
-{
-	double		d = 0,
-				e = 0,
-				overall;
-
-	for (int i = 0; i < pop->nchannels; i++)
-	{
-		d += pop->channels[i].delivered;
-		e += pop->channels[i].engaged;
-	}
-	overall = (e + 1) / (d + 2);
-	for (int i = 0; i < pop->nchannels; i++)
-		if (strcmp(pop->channels[i].name, channel) == 0)
-			return (pop->channels[i].engaged + SENDTIME_POOLED_PRIOR * overall) /
-				(pop->channels[i].delivered + SENDTIME_POOLED_PRIOR);
-	return overall;
-}
-
 /*
  * The candidate channels: the given array (checked: no NULL, valid names,
  * not "best"), or the channels of the actions defined, in name order.
@@ -551,15 +835,25 @@ PersonaBestChannel(int64 profile_id, bool known, ArrayType *channels)
 	const Population *pop;
 	char	   *best = NULL;
 	double		best_score = -1;
+	int			group = -1;
 
 	if (n == 0)
 		return NULL;
 	pop = GetPopulation();
 	if (known && ReadProfile(profile_id, &zone, &consent))
+	{
 		CountChannels(profile_id, own, &nown);
+		/* activity tells nothing when the population has one group */
+		if (pop->ngroups > 1)
+		{
+			char		activity[NAMEDATALEN];
+
+			ActivityChannel(profile_id, activity);
+			group = FindGroup((Population *) pop, activity, false);
+		}
+	}
 	for (int i = 0; i < n; i++)
 	{
-		double		prior = PopulationRate(pop, names[i]);
 		double		d = 0,
 					e = 0,
 					score;
@@ -572,7 +866,7 @@ PersonaBestChannel(int64 profile_id, bool known, ArrayType *channels)
 				d = own[k].delivered;
 				e = own[k].engaged;
 			}
-		score = (e + SENDTIME_CHANNEL_PRIOR * prior) / (d + SENDTIME_CHANNEL_PRIOR);
+		score = PosteriorMean(PriorOf(pop, group, names[i]), e, d);
 		if (score > best_score)
 		{
 			best_score = score;
@@ -671,9 +965,25 @@ persona_refresh_engagement(PG_FUNCTION_ARGS)
 		appendStringInfoString(&buf, "null");
 	appendStringInfoString(&buf, ", \"channels\": {");
 	for (int i = 0; i < pop->nchannels; i++)
-		appendStringInfo(&buf, "%s\"%s\": {\"delivered\": %.0f, \"engaged\": %.0f, \"prior\": %.4f}",
+		appendStringInfo(&buf, "%s\"%s\": {\"delivered\": %.0f, \"engaged\": %.0f, \"prior\": %.4f, "
+						 "\"fitted_on\": %d}",
 						 i > 0 ? ", " : "", pop->channels[i].name, pop->channels[i].delivered,
-						 pop->channels[i].engaged, PopulationRate(pop, pop->channels[i].name));
-	appendStringInfoString(&buf, "}}");
+						 pop->channels[i].engaged, PosteriorMean(Weights(pop, -1, i), 0, 0),
+						 pop->fitted[i]);
+	appendStringInfoString(&buf, "}, \"activity\": [");
+	for (int g = 0; g < pop->ngroups; g++)
+	{
+		appendStringInfo(&buf, "%s{\"channel\": ", g > 0 ? ", " : "");
+		if (pop->groups[g].name[0] == '\0')
+			appendStringInfoString(&buf, "null");
+		else
+			escape_json(&buf, pop->groups[g].name);
+		appendStringInfo(&buf, ", \"people\": %d, \"priors\": {", pop->groups[g].people);
+		for (int i = 0; i < pop->nchannels; i++)
+			appendStringInfo(&buf, "%s\"%s\": %.4f", i > 0 ? ", " : "", pop->channels[i].name,
+							 PosteriorMean(Weights(pop, g, i), 0, 0));
+		appendStringInfoString(&buf, "}}");
+	}
+	appendStringInfoString(&buf, "]}");
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
