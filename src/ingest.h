@@ -15,6 +15,7 @@
 
 #include "postgres.h"
 
+#include "access/htup.h"
 #include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "fmgr.h"
@@ -62,6 +63,8 @@ typedef struct ProfileDelta
 	ProfileTraits *traits;		/* computed trait states, or NULL */
 	bool		written;		/* the upsert created or updated it */
 	bool		created;		/* this statement created the profile */
+	HeapTuple	row;			/* the profile's row as written, for the
+								 * segments; NULL: fetch it again */
 } ProfileDelta;
 
 /*

@@ -462,6 +462,35 @@ DeltaState(ProfileDelta *d, TimestampTz now, bytea **state, TimestampTz *next)
 }
 
 /*
+ * The rows of the profiles a statement wrote are kept for its segment
+ * refresh, which then evaluates the predicates over them instead of
+ * fetching each profile again by primary key (the row is the one the
+ * statement wrote, under its row lock: a fetch would find that one).  At
+ * most this many bytes of rows per statement; profiles beyond are fetched.
+ */
+#define KEPT_ROWS_MAX_BYTES (8 * 1024 * 1024)
+
+static Size kept_rows_bytes = 0;
+
+/*
+ * Keeps the row just written, from ``slot`` (NULL: it may not be the row
+ * stored), for ``d``, within the budget.
+ */
+static void
+KeepRow(ProfileDelta *d, TupleTableSlot *slot, MemoryContext cxt)
+{
+	MemoryContext old;
+
+	d->row = NULL;
+	if (slot == NULL || kept_rows_bytes >= KEPT_ROWS_MAX_BYTES)
+		return;
+	old = MemoryContextSwitchTo(cxt);
+	d->row = ExecCopySlotHeapTuple(slot);
+	MemoryContextSwitchTo(old);
+	kept_rows_bytes += HEAPTUPLESIZE + d->row->t_len;
+}
+
+/*
  * Inserts the profiles whose identities this statement created, in profile
  * order.  Their ids are fresh from the sequence: nobody else can be writing
  * them.
@@ -475,6 +504,7 @@ InsertNewProfiles(ProfileDelta **list, int n)
 	};
 	RowWriter  *w = PersonaRowWriterOpen(PersonaGetCatalog()->profiles, columns, lengthof(columns));
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	MemoryContext keep = CurrentMemoryContext;
 
 	SortByProfileId(list, n);
 	for (int i = 0; i < n; i++)
@@ -484,6 +514,7 @@ InsertNewProfiles(ProfileDelta **list, int n)
 		bool		nulls[7] = {false};
 		bytea	   *state;
 		TimestampTz next;
+		TupleTableSlot *slot;
 
 		CHECK_FOR_INTERRUPTS();
 		DeltaState(d, now, &state, &next);
@@ -497,7 +528,8 @@ InsertNewProfiles(ProfileDelta **list, int n)
 		nulls[5] = next == 0;
 		nulls[6] = !d->new_id->is_user;
 		values[6] = nulls[6] ? (Datum) 0 : CStringGetTextDatum(d->new_id->id);
-		PersonaRowWriterInsert(w, values, nulls);
+		slot = PersonaRowWriterInsert(w, values, nulls);
+		KeepRow(d, PersonaRowWriterRowsExact(w) ? slot : NULL, keep);
 		if (state != NULL)
 			pfree(state);
 		if (!nulls[6])
@@ -613,6 +645,7 @@ UpdateProfiles(ProfileDelta **list, int n, ProfileDelta **orphans)
 	const PersonaCatalog *cat = PersonaGetCatalog();
 	MemoryContext row_cxt = AllocSetContextCreate(CurrentMemoryContext, "persona profile",
 												  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext keep = CurrentMemoryContext;
 	MemoryContext old;
 	ProfileChange change;
 	RowUpdater *u;
@@ -637,6 +670,8 @@ UpdateProfiles(ProfileDelta **list, int n, ProfileDelta **orphans)
 		change.delta = list[i];
 		if (!PersonaRowUpdaterUpdate(u, list[i]->profile_id, AddDelta, &change))
 			orphans[norphans++] = list[i];
+		else
+			KeepRow(list[i], PersonaRowUpdaterRow(u), keep);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(row_cxt);
 	}
@@ -708,7 +743,10 @@ UpdateProfilesOnce(ProfileDelta **list, int n, ProfileDelta **orphans)
 	EndOwnSubxact(&sub, norphans == 0);
 	if (norphans > 0)
 		for (int i = 0; i < n; i++)
+		{
 			list[i]->written = false;
+			list[i]->row = NULL;	/* rolled back */
+		}
 	return norphans;
 }
 
@@ -724,9 +762,10 @@ RefreshSegments(pidmap_hash *deltas, List *touched)
 	const char **changed = palloc(sizeof(char *) * (lengthof(stats) + list_length(touched)));
 	int			nchanged = 0;
 	long		total = deltas->members;
-	int64	   *known = palloc(sizeof(int64) * total);
-	int64	   *created = palloc(sizeof(int64) * total);
-	int			nknown = 0;
+	ProfileDelta **list = palloc(sizeof(ProfileDelta *) * total);
+	int64	   *ids = palloc(sizeof(int64) * total);
+	HeapTuple  *rows = palloc(sizeof(HeapTuple) * total);
+	int			n = 0;
 	int			ncreated = 0;
 	pidmap_iterator it;
 	PidSlot    *slot;
@@ -740,13 +779,34 @@ RefreshSegments(pidmap_hash *deltas, List *touched)
 	while ((slot = pidmap_iterate(deltas, &it)) != NULL)
 	{
 		CHECK_FOR_INTERRUPTS();
+		list[n++] = slot->delta;
 		if (slot->delta->created)
-			created[ncreated++] = slot->profile_id;
-		else
-			known[nknown++] = slot->profile_id;
+			ncreated++;
 	}
-	(void) PersonaSegmentsRefresh(known, nknown, false, changed, nchanged);
-	(void) PersonaSegmentsRefresh(created, ncreated, true, NULL, 0);
+
+	/*
+	 * In profile order, not the hash's: the entries are then written in the
+	 * key order of persona.segment_members' primary key and of segment_log's
+	 * profile_id index, each insert landing on the leaf the last one did (the
+	 * rightmost, for new profiles), whose pages are in cache, instead of on a
+	 * random one.  The known profiles first, then the created ones.
+	 */
+	SortByProfileId(list, n);
+	{
+		int			k = 0;
+		int			c = n - ncreated;
+
+		for (int i = 0; i < n; i++)
+		{
+			int			at = list[i]->created ? c++ : k++;
+
+			ids[at] = list[i]->profile_id;
+			rows[at] = list[i]->row;
+		}
+	}
+	(void) PersonaSegmentsRefreshRows(ids, rows, n - ncreated, false, changed, nchanged);
+	(void) PersonaSegmentsRefreshRows(ids + n - ncreated, rows + n - ncreated, ncreated, true,
+									  NULL, 0);
 }
 
 /* Writes each profile the statement's rows touched, once. */
@@ -782,6 +842,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	old = MemoryContextSwitchTo(batch);
 	moves = NULL;
 	nmoves = maxmoves = 0;
+	kept_rows_bytes = 0;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 
@@ -837,6 +898,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 				d->profile_id = into;
 				d->new_id = NULL;
 				d->written = false;
+				d->row = NULL;
 			}
 		}
 	}

@@ -513,6 +513,7 @@ FoldRow(const Datum *values, IdEntry *entry)
 		d->traits = NULL;
 		d->written = false;
 		d->created = false;
+		d->row = NULL;
 	}
 	if (d->new_id == NULL && entry != NULL && entry->pending && entry->profile_id == pid)
 	{

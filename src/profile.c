@@ -9,6 +9,11 @@
  * as a query run through SPI would.  Its expression context has the profile
  * as its scan tuple, for the predicates predicate.c compiles.
  *
+ * Memberships are read from the primary key of persona.segment_members
+ * alone where the visibility map says the row's page is all visible, as an
+ * index-only scan reads them: the members of a steady segment change
+ * rarely, so a profile's memberships usually cost no heap visit.
+ *
  * The index scans keep state that they allocate as they go (btree's list
  * of dead items to mark, for one), in the memory context current at each
  * call: every scan call runs in the context the reader began in, so that a
@@ -18,9 +23,12 @@
 
 #include "access/nbtree.h"
 #include "access/table.h"
+#include "access/visibilitymap.h"
 #include "access/xact.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
+#include "storage/predicate.h"
 #include "utils/fmgroids.h"
 #include "utils/snapmgr.h"
 
@@ -47,6 +55,11 @@ PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
 		r->member_scan = index_beginscan(r->members, r->members_pkey, r->snapshot, 1, 0);
 		r->member = table_slot_create(r->members, NULL);
 		r->member_segment = PersonaRequireColumn(cat->segment_members, "segment");
+		r->member_vm = InvalidBuffer;
+		for (int k = 0; k < r->members_pkey->rd_index->indnatts; k++)
+			if (r->members_pkey->rd_index->indkey.values[k] == r->member_segment)
+				r->member_segment_key = k + 1;
+		r->member_scan->xs_want_itup = r->member_segment_key > 0;
 	}
 	r->econtext = CreateStandaloneExprContext();
 	r->econtext->ecxt_scantuple = r->profile;
@@ -58,6 +71,8 @@ PersonaProfileReaderEnd(ProfileReader *r)
 	FreeExprContext(r->econtext, true);
 	if (r->members != NULL)
 	{
+		if (BufferIsValid(r->member_vm))
+			ReleaseBuffer(r->member_vm);
 		ExecDropSingleTupleTableSlot(r->member);
 		index_endscan(r->member_scan);
 		index_close(r->members_pkey, AccessShareLock);
@@ -163,15 +178,29 @@ PersonaProfileSegments(ProfileReader *r, int64 profile_id, int *n)
 	int			max = 8;
 	Datum	   *names = palloc(sizeof(Datum) * max);
 	MemoryContext caller = MemoryContextSwitchTo(r->cxt);
+	ItemPointer tid;
 
 	Assert(r->members != NULL);
 	*n = 0;
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
 	index_rescan(r->member_scan, &key, 1, NULL, 0);
-	while (index_getnext_slot(r->member_scan, ForwardScanDirection, r->member))
+	while ((tid = index_getnext_tid(r->member_scan, ForwardScanDirection)) != NULL)
 	{
 		bool		isnull;
-		Datum		name = slot_getattr(r->member, r->member_segment, &isnull);
+		Datum		name;
+
+		/* As IndexOnlyNext: the heap only where the page may hide a change. */
+		if (r->member_segment_key > 0 &&
+			VM_ALL_VISIBLE(r->members, ItemPointerGetBlockNumber(tid), &r->member_vm))
+		{
+			name = index_getattr(r->member_scan->xs_itup, r->member_segment_key,
+								 r->member_scan->xs_itupdesc, &isnull);
+			PredicateLockPage(r->members, ItemPointerGetBlockNumber(tid), r->snapshot);
+		}
+		else if (index_fetch_heap(r->member_scan, r->member))
+			name = slot_getattr(r->member, r->member_segment, &isnull);
+		else
+			continue;
 
 		MemoryContextSwitchTo(caller);
 		if (*n == max)

@@ -26,6 +26,8 @@ typedef struct ProfileReader
 	IndexScanDesc member_scan;
 	TupleTableSlot *member;
 	AttrNumber	member_segment;
+	int			member_segment_key; /* its column in members_pkey, 0: none */
+	Buffer		member_vm;		/* visibility map page of the members */
 	Snapshot	snapshot;
 	ExprContext *econtext;		/* scan tuple: the profile */
 	/* PersonaProfileFetchOrdered: the forward scan and the row it is on */

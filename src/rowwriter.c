@@ -73,7 +73,13 @@ OpenTarget(RowTarget *t, Oid relid)
 	t->estate->es_snapshot = GetActiveSnapshot();
 	ExecOpenIndices(t->rri, false);
 	t->triggers = false;
-	if (t->rel->trigdesc != NULL)
+	/* Only AFTER ROW triggers (foreign keys too) queue events here. */
+	if (t->rel->trigdesc != NULL &&
+		(t->rel->trigdesc->trig_insert_after_row ||
+		 t->rel->trigdesc->trig_update_after_row ||
+		 t->rel->trigdesc->trig_insert_new_table ||
+		 t->rel->trigdesc->trig_update_old_table ||
+		 t->rel->trigdesc->trig_update_new_table))
 	{
 		AfterTriggerBeginQuery();
 		t->triggers = true;
@@ -251,6 +257,16 @@ PersonaRowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls)
 	return slot;
 }
 
+/*
+ * Whether the rows PersonaRowWriterInsert returns are exactly the rows
+ * stored: no row trigger or generated column can change them after.
+ */
+bool
+PersonaRowWriterRowsExact(const RowWriter *w)
+{
+	return w->batched;
+}
+
 /* Writes the buffered rows and closes the writer. */
 void
 PersonaRowWriterClose(RowWriter *w)
@@ -272,6 +288,7 @@ struct RowUpdater
 	IndexScanDesc scan;
 	TupleTableSlot *current;	/* the locked row */
 	TupleTableSlot *next;		/* the row to write */
+	bool		exact;			/* next is the row the last update stored */
 	EPQState	epqstate;
 	MemoryContext cxt;			/* the scan's: btree allocates lazily */
 };
@@ -391,6 +408,22 @@ UpdateFound(RowUpdater *u, RowChangeFunc change, void *arg)
 }
 
 /*
+ * Whether an UPDATE of ``rel`` fires row triggers or fills transition
+ * tables.  Statement triggers (persona's guards) fire for neither path
+ * here, so they do not make the row go through ExecSimpleRelationUpdate.
+ */
+static inline bool
+HasRowUpdateTriggers(Relation rel)
+{
+	const TriggerDesc *td = rel->trigdesc;
+
+	return td != NULL &&
+		(td->trig_update_before_row || td->trig_update_after_row ||
+		 td->trig_update_instead_row || td->trig_update_old_table ||
+		 td->trig_update_new_table);
+}
+
+/*
  * Updates the row whose key is ``key``: ``change`` gets its current version
  * and that version's values and nulls (every attribute, to be changed in
  * place); it may be called again for a newer version after a concurrent
@@ -414,10 +447,11 @@ PersonaRowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *ar
 	index_rescan(u->scan, &skey, 1, NULL, 0);
 	found = index_getnext_slot(u->scan, ForwardScanDirection, u->current);
 	MemoryContextSwitchTo(old);
+	u->exact = false;
 	if (!found)
 		return false;
-	if (u->t.rel->trigdesc == NULL)
-		return UpdateFound(u, change, arg);
+	if (!HasRowUpdateTriggers(u->t.rel))
+		return u->exact = UpdateFound(u, change, arg);
 
 	/*
 	 * Row triggers need the row locked first (ExecSimpleRelationUpdate), as
@@ -437,6 +471,16 @@ PersonaRowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *ar
 	ExecSimpleRelationUpdate(u->t.rri, u->t.estate, &u->epqstate, u->current, u->next);
 	ResetPerTupleExprContext(u->t.estate);
 	return true;
+}
+
+/*
+ * The row the last successful PersonaRowUpdaterUpdate stored, valid until
+ * the next call; NULL when row triggers may have changed it on the way.
+ */
+TupleTableSlot *
+PersonaRowUpdaterRow(RowUpdater *u)
+{
+	return u->exact ? u->next : NULL;
 }
 
 void

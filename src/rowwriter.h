@@ -13,6 +13,7 @@ typedef struct RowWriter RowWriter;
 
 extern RowWriter *PersonaRowWriterOpen(Oid relid, const char *const *columns, int ncolumns);
 extern TupleTableSlot *PersonaRowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls);
+extern bool PersonaRowWriterRowsExact(const RowWriter *w);
 extern void PersonaRowWriterClose(RowWriter *w);
 
 typedef struct RowUpdater RowUpdater;
@@ -23,6 +24,7 @@ typedef void (*RowChangeFunc) (TupleTableSlot *current, Datum *values, bool *nul
 
 extern RowUpdater *PersonaRowUpdaterOpen(Oid relid, Oid indexid);
 extern bool PersonaRowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg);
+extern TupleTableSlot *PersonaRowUpdaterRow(RowUpdater *u);
 extern void PersonaRowUpdaterClose(RowUpdater *u);
 
 #endif							/* PERSONA_ROWWRITER_H */

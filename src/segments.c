@@ -296,6 +296,7 @@ typedef struct Refresh
 	const SegmentCatalog *sc;
 	const bool *evaluate;		/* per segment: whether it is evaluated */
 	const int64 *profile_ids;
+	const HeapTuple *rows;		/* per profile: its row, NULL: fetch it */
 	int			nprofiles;
 	bool		created;		/* the profiles are in no segment yet */
 	ChangeList	changes[2];		/* 0: exits, 1: entries */
@@ -337,13 +338,18 @@ AddChanges(Refresh *rf, int64 pid)
 			AddChange(&rf->changes[rf->is_in[k] ? 1 : 0], k, pid);
 }
 
-/* Whether the reader holds the profile, with its memberships in rf->was_in. */
+/*
+ * Whether the reader holds the profile (the row its caller wrote, when it
+ * passed it, else fetched), with its memberships in rf->was_in.
+ */
 static bool
 ReadProfile(Refresh *rf, ProfileReader *r, int64 pid)
 {
 	MemoryContext old;
 
-	if (!PersonaProfileFetch(r, pid))
+	if (rf->rows != NULL && rf->rows[rf->next] != NULL)
+		ExecForceStoreHeapTuple(rf->rows[rf->next], r->profile, false);
+	else if (!PersonaProfileFetch(r, pid))
 		return false;
 	old = MemoryContextSwitchTo(r->econtext->ecxt_per_tuple_memory);
 	if (rf->created)
@@ -510,7 +516,7 @@ RecordPredicateErrors(const Refresh *rf)
  */
 static uint64
 RefreshSegments(const SegmentCatalog *sc, const bool *evaluate, const int64 *profile_ids,
-				int nprofiles, bool created)
+				const HeapTuple *rows, int nprofiles, bool created)
 {
 	Refresh		rf = {0};
 	ProfileReader alone;
@@ -520,6 +526,7 @@ RefreshSegments(const SegmentCatalog *sc, const bool *evaluate, const int64 *pro
 	rf.sc = sc;
 	rf.evaluate = evaluate;
 	rf.profile_ids = profile_ids;
+	rf.rows = rows;
 	rf.nprofiles = nprofiles;
 	rf.created = created;
 	rf.only = -1;
@@ -571,6 +578,19 @@ uint64
 PersonaSegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 					   const char *const *changed, int nchanged)
 {
+	return PersonaSegmentsRefreshRows(profile_ids, NULL, nprofiles, created, changed, nchanged);
+}
+
+/*
+ * PersonaSegmentsRefresh over rows the caller just wrote (``rows``, per
+ * profile: its persona.profiles row as stored, or NULL to fetch it), which
+ * saves a fetch by primary key per profile.  The caller holds the rows'
+ * locks, so they are the rows a fetch would find.
+ */
+uint64
+PersonaSegmentsRefreshRows(const int64 *profile_ids, const HeapTuple *rows, int nprofiles,
+						   bool created, const char *const *changed, int nchanged)
+{
 	SegmentCatalog *sc;
 	bool	   *evaluate;
 	int			nevaluate = 0;
@@ -596,7 +616,7 @@ PersonaSegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 	}
 	if (nevaluate == 0)
 		return 0;
-	return RefreshSegments(sc, evaluate, profile_ids, nprofiles, created);
+	return RefreshSegments(sc, evaluate, profile_ids, rows, nprofiles, created);
 }
 
 /* The non-null ids of a bigint[] argument. */
@@ -649,7 +669,7 @@ persona_evaluate_segment(PG_FUNCTION_ARGS)
 				 errmsg("segment \"%s\" does not exist", name)));
 	if (n == 0)
 		PG_RETURN_INT64(0);
-	PG_RETURN_INT64((int64) RefreshSegments(sc, evaluate, pids, n, false));
+	PG_RETURN_INT64((int64) RefreshSegments(sc, evaluate, pids, NULL, n, false));
 }
 
 /* Re-evaluates segments for profiles; changed NULL means every segment. */

@@ -7,9 +7,13 @@
 
 #include "postgres.h"
 
+#include "access/htup.h"
 #include "nodes/pg_list.h"
 
 extern uint64 PersonaSegmentsRefresh(const int64 *profile_ids, int nprofiles, bool created,
 									 const char *const *changed, int nchanged);
+extern uint64 PersonaSegmentsRefreshRows(const int64 *profile_ids, const HeapTuple *rows,
+										 int nprofiles, bool created,
+										 const char *const *changed, int nchanged);
 
 #endif							/* PERSONA_SEGMENTS_H */
