@@ -616,9 +616,10 @@ AddDelta(TupleTableSlot *current, Datum *values, bool *nulls, void *arg)
 			nulls[nc] = false;
 		}
 	}
+
 	/*
-	 * Clock segments: first and last seen moved, so may their flip times:
-	 * due now, unless already due (then the row may stay a HOT update).
+	 * Clock segments: first and last seen moved, so may their flip times: due
+	 * now, unless already due (then the row may stay a HOT update).
 	 */
 	i = pc->next_change_at - 1;
 	if (change->clock && (nulls[i] || DatumGetTimestampTz(values[i]) > change->now))

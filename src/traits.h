@@ -98,9 +98,10 @@ typedef struct TraitState
 	 * 128 bytes, one allocation chunk of exactly its size.
 	 */
 	TraitCell	one;
+
 	/*
-	 * count_distinct: value hashes; windowed, one per span, ordered by
-	 * (hash, first), the spans of one value more than a window apart
+	 * count_distinct: value hashes; windowed, one per span, ordered by (hash,
+	 * first), the spans of one value more than a window apart
 	 */
 	int			nvalues;
 	int			maxvalues;
