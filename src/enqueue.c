@@ -25,6 +25,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -72,6 +73,7 @@ typedef struct SendCount
 
 static SPIPlanPtr action_plan = NULL;
 static SPIPlanPtr consent_plan = NULL;
+static SPIPlanPtr consent_lock_plan = NULL;
 static SPIPlanPtr recent_plan = NULL;
 static SPIPlanPtr suppress_plan = NULL;
 
@@ -183,22 +185,17 @@ ReadActions(const EnqueueItem *items, int n, int *nactions, int *item_action)
 }
 
 /*
- * Reads the consent of every profile (pids, sorted and unique) into
- * consents[], locking the rows FOR KEY SHARE against merges and forget.
- * A profile that does not exist is an error.
+ * Reads the consent of profiles into consents[] (indexes into pids) from
+ * plan's rows (profile_id, consent, xmin); marks found[] and, when mine is
+ * not NULL, mine[] for the rows this transaction wrote.
  */
 static void
-ReadConsents(const int64 *pids, int npids, Jsonb **consents)
+ScanConsents(SPIPlanPtr plan, const int64 *pids, int npids, const int64 *ask, int nask,
+			 Jsonb **consents, bool *found, bool *mine)
 {
-	Oid			types[1] = {INT8ARRAYOID};
 	Datum		args[1];
-	SPIPlanPtr	plan = PersonaKeptPlan(&consent_plan,
-									   "SELECT p.profile_id, p.consent FROM persona.profiles AS p "
-									   " WHERE p.profile_id OPERATOR(pg_catalog.=) ANY ($1) "
-									   " FOR KEY SHARE OF p", 1, types, CURSOR_OPT_GENERIC_PLAN);
-	bool	   *found = palloc0(sizeof(bool) * npids);
 
-	args[0] = Int64Array(pids, npids);
+	args[0] = Int64Array(ask, nask);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading the consent of profiles failed");
 	for (uint64 r = 0; r < SPI_processed; r++)
@@ -209,11 +206,52 @@ ReadConsents(const int64 *pids, int npids, Jsonb **consents)
 										 DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull)));
 		Datum		v = SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull);
 
+		CHECK_FOR_INTERRUPTS();
 		if (k < 0)
 			continue;
 		found[k] = true;
 		consents[k] = isnull ? NULL : DatumGetJsonbPCopy(v);
+		if (mine != NULL)
+			mine[k] = TransactionIdIsCurrentTransactionId(
+														  DatumGetTransactionId(SPI_getbinval(t, SPI_tuptable->tupdesc, 3, &isnull)));
 	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Reads the consent of every profile (pids, sorted and unique) into
+ * consents[], the rows locked FOR KEY SHARE against merges and forget.
+ * A row version this transaction wrote (ingest updated the profile of the
+ * event just before) is read without the lock: no one else can change it
+ * before this transaction ends, and the lock would cost a WAL record per
+ * profile.  A profile that does not exist is an error.
+ */
+static void
+ReadConsents(const int64 *pids, int npids, Jsonb **consents)
+{
+	Oid			types[1] = {INT8ARRAYOID};
+	SPIPlanPtr	read = PersonaKeptPlan(&consent_plan,
+									   "SELECT p.profile_id, p.consent, p.xmin FROM persona.profiles AS p "
+									   " WHERE p.profile_id OPERATOR(pg_catalog.=) ANY ($1)",
+									   1, types, CURSOR_OPT_GENERIC_PLAN);
+	bool	   *found = palloc0(sizeof(bool) * npids);
+	bool	   *mine = palloc0(sizeof(bool) * npids);
+	int64	   *others = palloc(sizeof(int64) * npids);
+	int			nothers = 0;
+
+	ScanConsents(read, pids, npids, pids, npids, consents, found, mine);
+	for (int k = 0; k < npids; k++)
+		if (!mine[k])
+		{
+			others[nothers++] = pids[k];
+			found[k] = false;
+		}
+	if (nothers > 0)
+		ScanConsents(PersonaKeptPlan(&consent_lock_plan,
+									 "SELECT p.profile_id, p.consent FROM persona.profiles AS p "
+									 " WHERE p.profile_id OPERATOR(pg_catalog.=) ANY ($1) "
+									 " FOR KEY SHARE OF p", 1, types, CURSOR_OPT_GENERIC_PLAN),
+					 pids, npids, others, nothers, consents, found, NULL);
 	for (int k = 0; k < npids; k++)
 		if (!found[k])
 			ereport(ERROR,
