@@ -11,7 +11,7 @@
  * Built by `make worker` (examples/worker, never installed):
  *
  *     examples/worker --channel push "dbname=shop"
- *     examples/worker --channel push --sender null --batch 1000
+ *     examples/worker --channel push --sender null --batch 1000 --drain
  *     examples/worker --channel email --sender 'command:./send-mail'
  *
  * Senders (--sender):
@@ -23,6 +23,10 @@
  *                 again later) or "dead TEXT" (failed for good), TEXT
  *                 being the error recorded; anything else, or the
  *                 command exiting, stops the worker (exit 1)
+ *
+ * --exit-when-idle SECONDS exits after that long without a message (as
+ * worker.py's); --drain exits at the first empty claim (benchmarks,
+ * one-off drains).
  *
  * A batch is fetched as plain text rows (a prepared persona_claim, one
  * round trip); the ack's bigint[] literal is built from the ids' text.
@@ -80,6 +84,7 @@ typedef struct Options
 	double		poll;
 	const char *sender;
 	double		exit_when_idle;
+	bool		drain;			/* exit at the first empty claim */
 } Options;
 
 /* A growable string; on allocation failure the worker exits (it holds no
@@ -754,7 +759,8 @@ Serve(PGconn *conn, const Options *opt, Sender *sender, double *backoff)
 			idle_since = Now();
 			continue;
 		}
-		if (opt->exit_when_idle > 0 && Now() - idle_since >= opt->exit_when_idle)
+		if (opt->drain ||
+			(opt->exit_when_idle > 0 && Now() - idle_since >= opt->exit_when_idle))
 		{
 			Log("idle, exiting");
 			break;
@@ -770,7 +776,8 @@ static void
 Usage(FILE *to)
 {
 	fputs("usage: worker --channel CHANNEL [--batch N] [--lease INTERVAL] [--poll SECONDS]\n"
-		  "              [--sender stdout|null|command:CMD] [--exit-when-idle SECONDS] [DSN]\n"
+		  "              [--sender stdout|null|command:CMD] [--exit-when-idle SECONDS] [--drain]\n"
+		  "              [DSN]\n"
 		  "A persona outbox worker: claims, sends and acks the messages of one channel.\n"
 		  "DSN is a libpq connection string (default: the PG* environment variables).\n",
 		  to);
@@ -803,6 +810,7 @@ ParseOptions(int argc, char **argv, Options *opt)
 		{"poll", required_argument, NULL, 'p'},
 		{"sender", required_argument, NULL, 's'},
 		{"exit-when-idle", required_argument, NULL, 'x'},
+		{"drain", no_argument, NULL, 'd'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
 	};
@@ -833,6 +841,9 @@ ParseOptions(int argc, char **argv, Options *opt)
 				break;
 			case 'x':
 				opt->exit_when_idle = NumberArg("exit-when-idle", optarg, 0, 86400);
+				break;
+			case 'd':
+				opt->drain = true;
 				break;
 			case 'h':
 				Usage(stdout);
@@ -911,7 +922,7 @@ main(int argc, char **argv)
 	}
 	SenderClose(&sender);
 	getrusage(RUSAGE_SELF, &ru);
-	Log("stopped: %lld sent, %lld failed, %.2f s CPU", sent_total, failed_total,
+	Log("stopped: %lld sent, %lld failed, %.3f s CPU", sent_total, failed_total,
 		ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
 		(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
 	return rc;
