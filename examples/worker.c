@@ -166,14 +166,14 @@ Sleep(double seconds)
 static void
 BufReserve(Buf *b, size_t more)
 {
+	size_t		cap = b->cap ? b->cap : 256;
+	char	   *data;
+
 	if (b->len + more + 1 <= b->cap)
 		return;
-	size_t		cap = b->cap ? b->cap : 256;
-
 	while (cap < b->len + more + 1)
 		cap *= 2;
-	char	   *data = realloc(b->data, cap);
-
+	data = realloc(b->data, cap);
 	if (data == NULL)
 	{
 		Log("out of memory");
@@ -816,10 +816,11 @@ ParseOptions(int argc, char **argv, Options *opt)
 	};
 	int			c;
 
-	*opt = (Options)
-	{
-		.dsn = "",.batch = 100,.lease = "30 seconds",.poll = 1.0
-	};
+	memset(opt, 0, sizeof(*opt));
+	opt->dsn = "";
+	opt->batch = 100;
+	opt->lease = "30 seconds";
+	opt->poll = 1.0;
 	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
 	{
 		switch (c)
