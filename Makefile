@@ -55,6 +55,19 @@ sql/persona--$(EXTVERSION).sql: $(SQL_FRAGMENTS) persona.control
 	    '\echo Use "CREATE EXTENSION persona" to load this file. \quit'; \
 	  for f in $(SQL_FRAGMENTS); do printf '\n-- ---- %s\n' $$f; cat $$f; done; } > $@
 
+# `make worker` builds examples/worker, the outbox worker in C on libpq
+# (docs/delivery.md); it is an example, never installed. libpq's headers
+# come from libpq-dev (pkg-config), or pg_config's include directory.
+WORKER_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Wno-unused-parameter \
+                $(if $(filter 1,$(PERSONA_WERROR)),-Werror)
+WORKER_CPPFLAGS = $(or $(shell pkg-config --cflags libpq 2>/dev/null),-I$(shell $(PG_CONFIG) --includedir))
+WORKER_LIBS = $(or $(shell pkg-config --libs libpq 2>/dev/null),-L$(shell $(PG_CONFIG) --libdir) -lpq)
+.PHONY: worker
+worker: examples/worker
+examples/worker: examples/worker.c
+	$(CC) $(WORKER_CFLAGS) $(WORKER_CPPFLAGS) -o $@ $< $(WORKER_LIBS)
+EXTRA_CLEAN += examples/worker
+
 # Every object is rebuilt when a header changes (PGXS tracks no headers).
 $(OBJS): $(wildcard src/*.h)
 

@@ -11,6 +11,7 @@ PACKAGES=(
 	postgresql-15-pgtap                    # pgTAP
 	libtap-parser-sourcehandler-pgtap-perl # pg_prove
 	python3-psycopg                        # examples/worker.py and its test, the fuzz battery
+	libpq-dev                              # examples/worker.c (`make worker`)
 	libipc-run-perl                        # PostgreSQL::Test::Cluster (the crash suite)
 	sqlsmith                               # make fuzz and the fuzz suite
 	python3-sklearn                        # test/bench/models.sh: the AUC beside scikit-learn's

@@ -131,9 +131,9 @@ run_ok_script() { # suite command...
 	fi
 }
 
-# test/worker/run.sh: examples/worker.py against this cluster.
+# test/worker/run.sh: examples/worker.py and examples/worker.c against this cluster.
 run_worker() {
-	say "worker: examples/worker.py"
+	say "worker: examples/worker.py and examples/worker.c"
 	run_ok_script worker bash test/worker/run.sh
 }
 

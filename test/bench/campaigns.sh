@@ -8,15 +8,18 @@
 #     /proc/PID/status) and private memory (RssAnon) after it, at both
 #     sizes. No row per message is written: the recipients are a snapshot
 #     in chunks of 1,000.
-#  2. 4 worker processes (python3 psycopg, as examples/worker.py) claim
-#     chunks of 1,000 (persona_claim renders one trait and one content
-#     field of each), read both fields, and ack each batch, until the
-#     campaign is drained. Phase time and messages/s.
+#  2. 4 worker processes claim chunks of 1,000 (persona_claim renders one
+#     trait and one content field of each), read what they send, and ack
+#     each batch, until the campaign is drained: python3 psycopg workers
+#     (examples/worker.py's code: a json_agg per column, one json.loads
+#     each) and/or examples/worker.c (`make worker`, text rows of a
+#     prepared claim, its null sender), each draining its own campaign.
+#     Phase time and messages/s.
 #  3. The naive way, in the same run: INSERT ... SELECT of every rendered
 #     message (the same trait and field) into a queue table, then the same
 #     4 workers draining it with FOR UPDATE SKIP LOCKED batches of 1,000
-#     (claim: UPDATE ... RETURNING; ack: UPDATE by id). Phase times and
-#     messages/s.
+#     (claim: UPDATE ... RETURNING; ack: UPDATE by id), in python (its
+#     backends' CPU dwarfs its workers'). Phase times and messages/s.
 #  Phases 2 and 3 alternate ($RUNS runs each, medians); every run sends a
 #  new campaign / refills the queue, and the counts are checked. Each
 #  drain also prints the CPU it cost per message, in the backends and in
@@ -30,7 +33,9 @@
 #
 # Knobs (environment): BENCH_CAMP_PROFILES (200000; the issue's size is
 # 10000000), BENCH_CAMP_SMALL (a tenth of it; the issue's is 1000000),
-# BENCH_CAMP_RUNS (2), BENCH_CAMP_WORKERS (4), BENCH_CAMP_BATCH (1000).
+# BENCH_CAMP_RUNS (2), BENCH_CAMP_WORKERS (4), BENCH_CAMP_BATCH (1000),
+# BENCH_CAMP_WORKER (both: persona drained by python and by C workers;
+# python or c: only those).
 # The defaults take a few minutes; 10 million needs about 15 GB of disk.
 set -euo pipefail
 # shellcheck source=test/bench/lib/common.sh
@@ -41,9 +46,19 @@ SMALL=${BENCH_CAMP_SMALL:-$((PROFILES / 10))}
 RUNS=${BENCH_CAMP_RUNS:-2}
 WORKERS=${BENCH_CAMP_WORKERS:-4}
 BATCH=${BENCH_CAMP_BATCH:-1000}
+case ${BENCH_CAMP_WORKER:-both} in
+python) KINDS=(py) ;;
+c) KINDS=(c) ;;
+both) KINDS=(py c) ;;
+*) echo "bench: BENCH_CAMP_WORKER is python, c or both, not ${BENCH_CAMP_WORKER}" >&2; exit 1 ;;
+esac
 
 DB=${PGDATABASE:-persona_bench}_campaigns
-EXAMPLES=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../examples" && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+EXAMPLES=$ROOT/examples
+if [[ " ${KINDS[*]} " == *" c "* ]]; then
+	"${MAKE:-make}" -s -C "$ROOT" worker PG_CONFIG="${PG_CONFIG:-pg_config}" >/dev/null
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/persona-bench-camp.XXXXXX")
 cleanup() {
 	rm -rf -- "$WORK"
@@ -153,16 +168,28 @@ t = os.times()
 print(done, round(t.user + t.system, 2))   # and this worker's CPU seconds
 PY
 
-drain() { # mode -> "seconds server_cpu_s workers_cpu_s" (counts checked by the caller)
+drain() { # mode (py, c, naive) -> "seconds server_cpu_s workers_cpu_s" (counts checked by the caller)
 	local t0 t1 c0 pids=() i
 	c0=$(server_cpu)
 	t0=$(date +%s.%N)
 	for ((i = 0; i < WORKERS; i++)); do
-		PERSONA_EXAMPLES="$EXAMPLES" /usr/bin/python3 "$WORK/worker.py" "$1" "$BATCH" >"$WORK/w$i.out" &
+		case $1 in
+		c) # exits at its first empty claim; its last log line has its counts and CPU
+			"$EXAMPLES/worker" --channel push --batch "$BATCH" --lease '5 minutes' --sender null \
+				--drain "" 2>"$WORK/w$i.err" &
+			;;
+		py) PERSONA_EXAMPLES="$EXAMPLES" /usr/bin/python3 "$WORK/worker.py" persona "$BATCH" >"$WORK/w$i.out" & ;;
+		*) PERSONA_EXAMPLES="$EXAMPLES" /usr/bin/python3 "$WORK/worker.py" naive "$BATCH" >"$WORK/w$i.out" & ;;
+		esac
 		pids+=($!)
 	done
 	for p in "${pids[@]}"; do wait "$p" || { echo "bench: a $1 worker failed" >&2; exit 1; }; done
 	t1=$(date +%s.%N)
+	if [[ $1 == c ]]; then # "worker: stopped: N sent, M failed, X s CPU" -> "N X"
+		for ((i = 0; i < WORKERS; i++)); do
+			sed -n 's/^worker: stopped: \([0-9]*\) sent, 0 failed, \([0-9.]*\) s CPU$/\1 \2/p' "$WORK/w$i.err" >"$WORK/w$i.out"
+		done
+	fi
 	backends_gone
 	echo "$(calc "$t1 - $t0") $(calc "$(server_cpu) - $c0") $(cat "$WORK"/w*.out | awk '{ s += $2 } END { print s }')"
 }
@@ -179,12 +206,13 @@ claimed_by_workers() { # what: the workers' counts add up to every message
 	sum=$(cat "$WORK"/w*.out | awk '{ s += $1 } END { print s }')
 	[[ $sum == "$PROFILES" ]] || { echo "bench: $1: workers handled $sum, expected $PROFILES" >&2; exit 1; }
 }
-persona_run() { # r -> "send_s drain_s server_cpu_s workers_cpu_s"
+persona_run() { # kind r -> "send_s drain_s server_cpu_s workers_cpu_s"
 	local s d
-	s=$(timed "SELECT persona_send_campaign('run_$1', 'toss_push', 'everyone')")
-	d=$(drain persona)
-	expect "persona run $1 sent" "SELECT messages FROM persona_campaign_report('run_$1') WHERE status = 'sent'" "$PROFILES"
-	claimed_by_workers "persona run $1"
+	s=$(timed "SELECT persona_send_campaign('run_$1_$2', 'toss_push', 'everyone')")
+	d=$(drain "$1")
+	expect "persona ($1 workers) run $2 sent" \
+		"SELECT messages FROM persona_campaign_report('run_$1_$2') WHERE status = 'sent'" "$PROFILES"
+	claimed_by_workers "persona ($1 workers) run $2"
 	echo "$s $d"
 }
 naive_run() { # r -> "insert_s drain_s server_cpu_s workers_cpu_s"
@@ -201,50 +229,78 @@ SELECT p.profile_id, p.user_id,
 	echo "$s $d"
 }
 
+# The sides, and their labels: persona with each kind of worker, then naive.
+SIDES=("${KINDS[@]}" naive)
+declare -A LABEL=([py]="persona, python workers" [c]="persona, C workers" [naive]="naive, python workers")
+declare -A HEAD=([py]="persona/py" [c]="persona/C" [naive]="naive")
+declare -A SEND DRAIN TOTAL SCPU WCPU
+
 echo
 echo "== 2/3. $(fmt_int "$PROFILES") messages, $WORKERS workers, batches of $BATCH, $RUNS runs alternating"
 echo "   persona: persona_send_campaign, then claim (rendered at claim) + ack of chunks"
 echo "   naive:   INSERT ... SELECT of rendered rows, then SKIP LOCKED claim + ack of the queue table"
-p_send="" p_drain="" p_total="" n_send="" n_drain="" n_total="" p_scpu="" p_wcpu="" n_scpu="" n_wcpu=""
 for ((r = 1; r <= RUNS; r++)); do
-	if ((r % 2)); then order="persona naive"; else order="naive persona"; fi
-	for side in $order; do
+	order=("${SIDES[@]}")
+	if ((r % 2 == 0)); then # reversed
+		order=()
+		for ((i = ${#SIDES[@]} - 1; i >= 0; i--)); do order+=("${SIDES[i]}"); done
+	fi
+	for side in "${order[@]}"; do
 		psql_q -c "CHECKPOINT"
-		if [[ $side == persona ]]; then
-			read -r ps pd psc pwc <<<"$(persona_run "$r")"
+		if [[ $side == naive ]]; then
+			read -r s d sc wc <<<"$(naive_run "$r")"
 		else
-			read -r ns nd nsc nwc <<<"$(naive_run "$r")"
+			read -r s d sc wc <<<"$(persona_run "$side" "$r")"
 		fi
+		SEND[$side]+=" $s" DRAIN[$side]+=" $d" TOTAL[$side]+=" $(calc "$s + $d")"
+		SCPU[$side]+=" $sc" WCPU[$side]+=" $wc"
+		printf '  run %d, %-24s %s %6.2f s + drain %6.2f s = %6.2f s (%s msg/s drain); drain CPU: server %6.2f s + workers %6.2f s (%.2f + %.2f us/msg)\n' \
+			"$r" "${LABEL[$side]}:" "$([[ $side == naive ]] && echo "insert" || echo "send  ")" "$s" "$d" "$(calc "$s + $d")" \
+			"$(fmt_int "$(calc "$PROFILES / $d")")" "$sc" "$wc" \
+			"$(calc "$sc * 1000000 / $PROFILES")" "$(calc "$wc * 1000000 / $PROFILES")"
 	done
-	printf '  run %d: persona send %6.2f s + drain %6.2f s = %6.2f s (%s msg/s drain) | naive insert %6.2f s + drain %6.2f s = %6.2f s (%s msg/s drain)\n' \
-		"$r" "$ps" "$pd" "$(calc "$ps + $pd")" "$(fmt_int "$(calc "$PROFILES / $pd")")" \
-		"$ns" "$nd" "$(calc "$ns + $nd")" "$(fmt_int "$(calc "$PROFILES / $nd")")"
-	printf '         drain CPU: persona server %6.2f s + workers %6.2f s (%.2f + %.2f us/msg) | naive server %6.2f s + workers %6.2f s (%.2f + %.2f us/msg)\n' \
-		"$psc" "$pwc" "$(calc "$psc * 1000000 / $PROFILES")" "$(calc "$pwc * 1000000 / $PROFILES")" \
-		"$nsc" "$nwc" "$(calc "$nsc * 1000000 / $PROFILES")" "$(calc "$nwc * 1000000 / $PROFILES")"
-	p_send+=" $ps" p_drain+=" $pd" p_total+=" $(calc "$ps + $pd")"
-	n_send+=" $ns" n_drain+=" $nd" n_total+=" $(calc "$ns + $nd")"
-	p_scpu+=" $psc" p_wcpu+=" $pwc" n_scpu+=" $nsc" n_wcpu+=" $nwc"
 done
-P_SEND=$(median <<<"$p_send") P_DRAIN=$(median <<<"$p_drain") P_TOTAL=$(median <<<"$p_total")
-N_SEND=$(median <<<"$n_send") N_DRAIN=$(median <<<"$n_drain") N_TOTAL=$(median <<<"$n_total")
-P_CPU=$(calc "$(median <<<"$p_scpu") + $(median <<<"$p_wcpu")") N_CPU=$(calc "$(median <<<"$n_scpu") + $(median <<<"$n_wcpu")")
+
+# Per side: the medians, and what the summary prints of them.
+declare -A M_SEND M_DRAIN M_TOTAL RATE_TOTAL RATE_DRAIN US_SERVER US_WORKERS FLOOR FLOOR_10M
+# shellcheck disable=SC2034 # row reads them through a nameref
+for side in "${SIDES[@]}"; do
+	M_SEND[$side]=$(median <<<"${SEND[$side]}") M_DRAIN[$side]=$(median <<<"${DRAIN[$side]}")
+	M_TOTAL[$side]=$(median <<<"${TOTAL[$side]}")
+	scpu=$(median <<<"${SCPU[$side]}") wcpu=$(median <<<"${WCPU[$side]}")
+	RATE_TOTAL[$side]=$(fmt_int "$(calc "$PROFILES / ${M_TOTAL[$side]}")")
+	RATE_DRAIN[$side]=$(fmt_int "$(calc "$PROFILES / ${M_DRAIN[$side]}")")
+	US_SERVER[$side]=$(calc "$scpu * 1000000 / $PROFILES") US_WORKERS[$side]=$(calc "$wcpu * 1000000 / $PROFILES")
+	FLOOR[$side]=$(calc "($scpu + $wcpu) / $(nproc)")
+	FLOOR_10M[$side]=$(calc "($scpu + $wcpu) / $(nproc) * 10000000 / $PROFILES")
+done
+row() { # label, printf format of a value, name of the array of values by side, [ratio]
+	local label=$1 fmt=$2 ratio=${4:-} side line
+	local -n vals=$3
+	line=$(printf '  %-34s' "$label")
+	# shellcheck disable=SC2059 # the format is the caller's
+	for side in "${SIDES[@]}"; do line+=$(printf " $fmt" "${vals[$side]}"); done
+	if [[ $ratio ]]; then
+		for side in "${KINDS[@]}"; do line+=$(printf ' %9.2fx' "$(calc "${vals[naive]} / ${vals[$side]}")"); done
+	fi
+	echo "$line"
+}
 
 echo
 echo "== Summary (medians of $RUNS runs; $(fmt_int "$PROFILES") recipients)"
-printf '  %-34s %10s %10s %8s\n' "phase" "persona" "naive" "ratio"
-printf '  %-34s %9.2fs %9.2fs %7.2fx\n' "send / INSERT ... SELECT" "$P_SEND" "$N_SEND" "$(calc "$N_SEND / $P_SEND")"
-printf '  %-34s %9.2fs %9.2fs %7.2fx\n' "drain ($WORKERS workers)" "$P_DRAIN" "$N_DRAIN" "$(calc "$N_DRAIN / $P_DRAIN")"
-printf '  %-34s %9.2fs %9.2fs %7.2fx\n' "first send to last ack" "$P_TOTAL" "$N_TOTAL" "$(calc "$N_TOTAL / $P_TOTAL")"
-printf '  %-34s %10s %10s\n' "messages/s, end to end" "$(fmt_int "$(calc "$PROFILES / $P_TOTAL")")" \
-	"$(fmt_int "$(calc "$PROFILES / $N_TOTAL")")"
-printf '  %-34s %8.2fus %8.2fus\n' "drain CPU per message: server" \
-	"$(calc "$(median <<<"$p_scpu") * 1000000 / $PROFILES")" "$(calc "$(median <<<"$n_scpu") * 1000000 / $PROFILES")"
-printf '  %-34s %8.2fus %8.2fus\n' "drain CPU per message: workers" \
-	"$(calc "$(median <<<"$p_wcpu") * 1000000 / $PROFILES")" "$(calc "$(median <<<"$n_wcpu") * 1000000 / $PROFILES")"
-printf '  %-34s %9.2fs %9.2fs\n' "drain CPU / $(nproc) CPUs (wall floor)" "$(calc "$P_CPU / $(nproc)")" "$(calc "$N_CPU / $(nproc)")"
-printf '  %-34s %9.2fs %9.2fs\n' "  the same at 10,000,000" "$(calc "$P_CPU / $(nproc) * 10000000 / $PROFILES")" \
-	"$(calc "$N_CPU / $(nproc) * 10000000 / $PROFILES")"
+line=$(printf '  %-34s' "phase")
+for side in "${SIDES[@]}"; do line+=$(printf ' %10s' "${HEAD[$side]}"); done
+for side in "${KINDS[@]}"; do line+=$(printf ' %10s' "naive/${HEAD[$side]#persona/}"); done
+echo "$line"
+row "send / INSERT ... SELECT" '%9.2fs' M_SEND ratio
+row "drain ($WORKERS workers)" '%9.2fs' M_DRAIN ratio
+row "first send to last ack" '%9.2fs' M_TOTAL ratio
+row "messages/s, end to end" '%10s' RATE_TOTAL
+row "messages/s, drain" '%10s' RATE_DRAIN
+row "drain CPU per message: server" '%8.2fus' US_SERVER
+row "drain CPU per message: workers" '%8.2fus' US_WORKERS
+row "drain CPU / $(nproc) CPUs (wall floor)" '%9.2fs' FLOOR
+row "  the same at 10,000,000" '%9.2fs' FLOOR_10M
 printf '  %-34s %10s kB at %s, %s kB at %s (private %s kB, %s kB)\n' "sending backend peak RSS" \
 	"$(fmt_int "$hwm_small")" "$(fmt_int "$SMALL")" "$(fmt_int "$hwm_big")" "$(fmt_int "$PROFILES")" \
 	"$(fmt_int "$anon_small")" "$(fmt_int "$anon_big")"
