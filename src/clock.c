@@ -34,7 +34,8 @@
  * Marking.  A profile whose first_seen or last_seen changes, or that is
  * new, may flip at another time: while a clock segment exists, those writes
  * set its next_change_at to now, so that the next tick computes its flip
- * time again: ingest (ingest_apply.c, PersonaClockSegmentsExist), merges
+ * time again: ingest (ingest_apply.c, PersonaClockSegmentsExist in
+ * segments.c), merges
  * and new profiles without events (identity.sql).
  */
 #include "postgres.h"
@@ -54,60 +55,6 @@
 #include "utils/timestamp.h"
 
 #include "persona.h"
-#include "clock.h"
-#include "defcache.h"
-
-/* ---------------------------------------------------------------------
- * Whether a clock segment exists
- * --------------------------------------------------------------------- */
-
-typedef struct ClockSegmentRow
-{
-	int32		segment_id;
-	bool		clock;
-} ClockSegmentRow;
-
-static const char *const clock_columns[] = {"segment_id", "clock"};
-
-static void
-ReadClockRow(void *entry, const Datum *values, const bool *nulls)
-{
-	ClockSegmentRow *r = (ClockSegmentRow *) entry;
-
-	r->segment_id = DatumGetInt32(values[0]);
-	r->clock = !nulls[1] && DatumGetBool(values[1]);
-}
-
-static bool clock_segments_yes = true;
-static bool clock_segments_no = false;
-
-static void *
-BuildClockFlag(void *entries, int n)
-{
-	const ClockSegmentRow *rows = (const ClockSegmentRow *) entries;
-
-	for (int i = 0; i < n; i++)
-		if (rows[i].clock)
-			return &clock_segments_yes;
-	return &clock_segments_no;
-}
-
-static DefinitionCache clock_cache = {
-	.name = "persona clock segments",
-	.relation = offsetof(PersonaCatalog, segments),
-	.columns = clock_columns,
-	.ncolumns = lengthof(clock_columns),
-	.entry_size = sizeof(ClockSegmentRow),
-	.read_row = ReadClockRow,
-	.build = BuildClockFlag,
-};
-
-/* Does a clock segment exist (read again when persona.segments changes)? */
-bool
-PersonaClockSegmentsExist(void)
-{
-	return *(bool *) PersonaDefinitions(&clock_cache);
-}
 
 /* ---------------------------------------------------------------------
  * Flip times

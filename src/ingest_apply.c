@@ -36,7 +36,6 @@
 #include "rowwriter.h"
 #include "segments.h"
 #include "traits.h"
-#include "clock.h"
 
 /* Plans of the statement-level trigger, prepared once per backend. */
 static SPIPlanPtr insert_identities_plan = NULL;
@@ -455,9 +454,6 @@ DeltaState(ProfileDelta *d, TimestampTz now, bytea **state, TimestampTz *next)
 		*state = PersonaProfileTraitsSerialize(d->traits, now);
 		*next = PersonaProfileTraitsNextChange(d->traits, now);
 	}
-	/* Clock segments: a new profile's flip times are computed by the tick. */
-	if (PersonaClockSegmentsExist())
-		*next = now;
 	d->written = true;
 }
 
@@ -472,6 +468,9 @@ DeltaState(ProfileDelta *d, TimestampTz now, bytea **state, TimestampTz *next)
 
 static Size kept_rows_bytes = 0;
 
+/* Whether segments exist, for whose refresh alone the rows are kept. */
+static bool keep_rows = false;
+
 /*
  * Keeps the row just written, from ``slot`` (NULL: it may not be the row
  * stored), for ``d``, within the budget.
@@ -482,7 +481,7 @@ KeepRow(ProfileDelta *d, TupleTableSlot *slot, MemoryContext cxt)
 	MemoryContext old;
 
 	d->row = NULL;
-	if (slot == NULL || kept_rows_bytes >= KEPT_ROWS_MAX_BYTES)
+	if (!keep_rows || slot == NULL || kept_rows_bytes >= KEPT_ROWS_MAX_BYTES)
 		return;
 	old = MemoryContextSwitchTo(cxt);
 	d->row = ExecCopySlotHeapTuple(slot);
@@ -505,6 +504,7 @@ InsertNewProfiles(ProfileDelta **list, int n)
 	RowWriter  *w = PersonaRowWriterOpen(PersonaGetCatalog()->profiles, columns, lengthof(columns));
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	MemoryContext keep = CurrentMemoryContext;
+	bool		clock = PersonaClockSegmentsExist();
 
 	SortByProfileId(list, n);
 	for (int i = 0; i < n; i++)
@@ -518,6 +518,8 @@ InsertNewProfiles(ProfileDelta **list, int n)
 
 		CHECK_FOR_INTERRUPTS();
 		DeltaState(d, now, &state, &next);
+		if (clock)				/* its flip times are computed by the tick */
+			next = now;
 		values[0] = Int64GetDatum(d->profile_id);
 		values[1] = TimestampTzGetDatum(d->first_seen);
 		values[2] = TimestampTzGetDatum(d->last_seen);
@@ -846,6 +848,7 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	kept_rows_bytes = 0;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	keep_rows = PersonaSegmentsExist();
 
 	/* Ids first seen here: identities first, then their profiles. */
 	ids = NewIds(folds, &n);

@@ -56,6 +56,7 @@ typedef struct SegmentCatalog
 {
 	int			nsegments;
 	SegmentDef *segments;		/* ordered by segment_id */
+	bool		any_clock;		/* one of them is a clock segment */
 } SegmentCatalog;
 
 static SPIPlanPtr exit_plan = NULL;
@@ -101,7 +102,10 @@ BuildSegmentCatalog(void *entries, int n)
 	sc->segments = (SegmentDef *) entries;
 	sc->nsegments = n;
 	for (int k = 0; k < n; k++)
+	{
 		sc->segments[k].state = PersonaPreparePredicate(sc->segments[k].sql, source);
+		sc->any_clock |= sc->segments[k].clock;
+	}
 	return sc;
 }
 
@@ -126,6 +130,23 @@ static SegmentCatalog *
 GetSegmentCatalog(void)
 {
 	return (SegmentCatalog *) PersonaDefinitions(&segment_cache);
+}
+
+/* Does a segment exist? */
+bool
+PersonaSegmentsExist(void)
+{
+	return GetSegmentCatalog()->nsegments > 0;
+}
+
+/*
+ * Does a clock segment exist?  Then a profile written must be looked at by
+ * the next tick (its flip times may have moved: clock.c).
+ */
+bool
+PersonaClockSegmentsExist(void)
+{
+	return GetSegmentCatalog()->any_clock;
 }
 
 /* ---------------------------------------------------------------------

@@ -15,5 +15,7 @@ extern uint64 PersonaSegmentsRefresh(const int64 *profile_ids, int nprofiles, bo
 extern uint64 PersonaSegmentsRefreshRows(const int64 *profile_ids, const HeapTuple *rows,
 										 int nprofiles, bool created,
 										 const char *const *changed, int nchanged);
+extern bool PersonaSegmentsExist(void);
+extern bool PersonaClockSegmentsExist(void);
 
 #endif							/* PERSONA_SEGMENTS_H */
