@@ -133,6 +133,15 @@ SELECT persona_ack(ARRAY[1]);
 SELECT persona_ack(ARRAY[2]);
 SELECT persona_ack(ARRAY[NULL]::bigint[]);
 SELECT persona_ack('{}') AS none;
+SELECT persona_ack(ARRAY(SELECT g FROM generate_series(1, 10001) AS g));
+-- Claim and ack write their rows directly: a read-only transaction refuses
+-- them as it refuses UPDATE (25006).
+BEGIN READ ONLY;
+SELECT persona_claim('push');
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT persona_ack(ARRAY[2]);
+ROLLBACK;
 SELECT persona_fail(999, 'x');
 SELECT persona_fail(1, 'x');
 SELECT persona_fail(2, 'x');

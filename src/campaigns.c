@@ -947,28 +947,24 @@ RecipientState(const CampaignRef *ref, int64 id, Chunk *c, bool *have)
 }
 
 /*
- * The campaign messages among the ids are marked sent; an id that is not
- * claimed or was acked already fails the whole call (55000). Returns the
- * ids left for persona_ack's path (not campaign messages, or with a row).
+ * The campaign messages among ``ids`` (ascending, distinct) are marked
+ * sent; an id that is not claimed or was acked already fails the whole call
+ * (55000). Puts the ids left for persona_ack's own path (not campaign
+ * messages, or with a row) in ``rest``, in order, and returns how many.
+ * Needs SPI connected.
  */
-PG_FUNCTION_INFO_V1(persona_campaign_ack);
-Datum
-persona_campaign_ack(PG_FUNCTION_ARGS)
+int
+PersonaCampaignAck(const int64 *ids, int n, int64 *rest)
 {
-	int			n;
-	int64	   *ids = Int8Array(PG_GETARG_DATUM(0), &n);
-	int64	   *rest = palloc(sizeof(int64) * Max(n, 1));
 	int			nrest = 0;
 	CampaignRef ref = {0};
 	Chunk		c;
 	bool		have = false;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
 	/* ids ascending: chunks are locked in order (no deadlock between acks) */
 	for (int i = 1; i < n; i++)
-		if (ids[i] < ids[i - 1])
-			elog(ERROR, "campaign ack ids must be sorted");
+		if (ids[i] <= ids[i - 1])
+			elog(ERROR, "campaign ack ids must be sorted and distinct");
 	for (int i = 0; i < n; i++)
 	{
 		char	   *st;
@@ -999,8 +995,7 @@ persona_campaign_ack(PG_FUNCTION_ARGS)
 	}
 	if (have && c.dirty)
 		WriteChunk(&c, false, 0, c.size);
-	SPI_finish();
-	PG_RETURN_DATUM(Int8ArrayDatum(rest, nrest));
+	return nrest;
 }
 
 /*

@@ -1,7 +1,8 @@
 /*
  * campaigns.h
- *	  Campaigns (campaigns.c): what persona_claim (outbox.c) calls to hand
- *	  out the chunks of campaigns, and the per-channel frequency cap.
+ *	  Campaigns (campaigns.c): what persona_claim and persona_ack
+ *	  (outbox.c) call to hand out and ack the chunks of campaigns, and the
+ *	  per-channel frequency cap.
  */
 #ifndef PERSONA_CAMPAIGNS_H
 #define PERSONA_CAMPAIGNS_H
@@ -20,5 +21,6 @@ extern int	PersonaClaimCampaigns(Datum channel, int want, TimestampTz now,
 extern void PersonaCampaignDeliveries(int64 profile_id, TimestampTz since, ArrayType *channels,
 									  void (*add) (void *arg, const char *channel), void *arg);
 extern bool PersonaCampaignMessage(int64 message_id, int64 *profile_id, int32 *action_id);
+extern int	PersonaCampaignAck(const int64 *ids, int n, int64 *rest);
 
 #endif							/* PERSONA_CAMPAIGNS_H */

@@ -109,15 +109,6 @@ CREATE FUNCTION persona.campaign_reached(campaign_id int, profile_id bigint) RET
 COMMENT ON FUNCTION persona.campaign_reached(int, bigint) IS
     'whether the campaign''s message to the profile was claimed or sent (it then counts toward caps)';
 
--- The campaign messages among ids are marked sent (the caller's batch is
--- all or none); returns the ids that are not campaign messages held in
--- chunks, for persona_ack's own path.
-CREATE FUNCTION persona.campaign_ack(message_ids bigint[]) RETURNS bigint[]
-    LANGUAGE C VOLATILE STRICT
-    AS 'MODULE_PATHNAME', 'persona_campaign_ack';
-COMMENT ON FUNCTION persona.campaign_ack(bigint[]) IS
-    'acks the campaign messages among the ids (55000 when one is not claimed); returns the other ids';
-
 -- Gives a claimed (for feedback: or sent) campaign message its row in
 -- persona.messages, so that persona_fail and persona_message_feedback
 -- treat it as any message. Nothing for other ids.

@@ -103,7 +103,6 @@ REVOKE ALL ON FUNCTION @extschema@.persona_cancel_campaign(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_campaign_report(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.campaign_snapshot(int, text, text, timestamptz, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.campaign_reached(int, bigint) FROM PUBLIC;
-REVOKE ALL ON FUNCTION persona.campaign_ack(bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.campaign_materialize(bigint, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.channel_sends(bigint, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.channel_cap_reached(bigint, text) FROM PUBLIC;

@@ -1,39 +1,57 @@
 /*
  * outbox.c
  *	  Consent and the outbox: the consent rule shared by persona_decide,
- *	  the outbox's enqueue and persona_claim, and persona_claim itself.
+ *	  the outbox's enqueue and persona_claim, and the worker protocol's
+ *	  persona_claim and persona_ack.
  *
- * persona_claim runs in three statements whatever n is:
- *	1. lock: the due messages of the channel, oldest first, FOR UPDATE SKIP
- *	   LOCKED, so that concurrent claimers never take the same row;
- *	2. in C, per message: the profile read by primary key (traits and
+ * persona_claim writes each message it takes once, with no SQL:
+ *	1. it walks the queue's index (messages_ready_idx: the channel's
+ *	   messages by ready_at, oldest first) under the statement's snapshot,
+ *	   passing over the rows whose lease holds and those another
+ *	   transaction is changing (a look at the row's header);
+ *	2. per message, in C: the profile read by primary key (traits and
  *	   consent), consent checked again, a trigger's condition checked again
  *	   (PersonaTriggerStillHolds, triggers.c), the action's content rendered
  *	   by PersonaRenderMessage (render.c), with a trigger's event as its
  *	   context;
- *	3. one UPDATE of all of them from arrays: claimed with a lease, or
- *	   cancelled (consent withdrawn, action dropped, trigger condition no
- *	   longer holding), or dead (its last
- *	   lease expired).
+ *	3. the row updated without waiting (PersonaRowUpdaterTry, rowwriter.c):
+ *	   claimed with a lease, or cancelled (consent withdrawn, action dropped,
+ *	   trigger condition no longer holding), or dead (its last lease
+ *	   expired). A row that another transaction changed or is changing
+ *	   meanwhile is skipped, as FOR UPDATE SKIP LOCKED skips it, but no row
+ *	   lock is written first: the update is the claim.
  * A claimed row keeps its ready_at, and so its place in the queue's index:
  * the lease is lease_until, a column no index holds, so that the claim's
- * UPDATE is HOT and writes no index entry. Step 1 skips the rows whose
+ * update is HOT and writes no index entry. Step 1 skips the rows whose
  * lease holds (the other workers' batches in hand, a few thousand rows at
  * most); the ack takes the row out of the index.
+ *
+ * persona_ack updates each claimed message of the batch, in id order, by
+ * its primary key (PersonaRowUpdaterUpdateIf): sent, sent_at, out of the
+ * queue's index. It waits for a concurrent claim or ack of the same row, as
+ * UPDATE does, and checks the latest version again.
  * docs/delivery.md describes the protocol and its costs.
  */
 #include "postgres.h"
 
+#include "access/skey.h"
+#include "access/stratnum.h"
+#include "access/xact.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "campaigns.h"
@@ -41,6 +59,7 @@
 #include "persona.h"
 #include "profile.h"
 #include "render.h"
+#include "rowwriter.h"
 #include "traits.h"
 #include "triggers.h"
 
@@ -50,14 +69,6 @@
 char	   *persona_opt_in_channels = NULL;
 int			persona_max_attempts = 5;
 
-/*
- * The claim's plans stay custom (planned per call, about 1% of a claim):
- * a generic plan made while the queue is empty, as when a worker connects
- * first, is a sequential scan with a sort or hash join, and it would be
- * kept for the backend's life however the queue grows.
- */
-static SPIPlanPtr claim_lock_plan = NULL;
-static SPIPlanPtr claim_update_plan = NULL;
 static SPIPlanPtr suppress_plan = NULL;
 
 /* A channel name's syntax: 1 to 32 of [a-z0-9_], starting with a letter. */
@@ -224,7 +235,7 @@ persona_lock_profile_sends(PG_FUNCTION_ARGS)
  * persona_claim
  * --------------------------------------------------------------------- */
 
-/* One locked message and what becomes of it. */
+/* One claimable message and what becomes of it. */
 typedef struct ClaimItem
 {
 	int64		message_id;
@@ -241,6 +252,84 @@ typedef struct ClaimItem
 	const char *reason;			/* cancelled: the persona.suppressions reason */
 	Jsonb	   *event;			/* a trigger's triggering event, or NULL */
 } ClaimItem;
+
+/* The columns of persona.messages that claim, ack and fail read or write. */
+typedef struct MessageColumns
+{
+	AttrNumber	message_id;
+	AttrNumber	profile_id;
+	AttrNumber	channel;
+	AttrNumber	action;
+	AttrNumber	source;
+	AttrNumber	status;
+	AttrNumber	attempts;
+	AttrNumber	sent_at;
+	AttrNumber	last_error;
+	AttrNumber	content;
+	AttrNumber	action_id;
+	AttrNumber	ready_at;
+	AttrNumber	event;
+	AttrNumber	lease_until;
+} MessageColumns;
+
+/* The outbox's relation and its columns, looked up per call. */
+static Oid
+MessagesRelation(MessageColumns *c)
+{
+	Oid			relid = get_relname_relid("messages", PersonaGetCatalog()->schema);
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "persona.messages is missing");
+	c->message_id = PersonaRequireColumn(relid, "message_id");
+	c->profile_id = PersonaRequireColumn(relid, "profile_id");
+	c->channel = PersonaRequireColumn(relid, "channel");
+	c->action = PersonaRequireColumn(relid, "action");
+	c->source = PersonaRequireColumn(relid, "source");
+	c->status = PersonaRequireColumn(relid, "status");
+	c->attempts = PersonaRequireColumn(relid, "attempts");
+	c->sent_at = PersonaRequireColumn(relid, "sent_at");
+	c->last_error = PersonaRequireColumn(relid, "last_error");
+	c->content = PersonaRequireColumn(relid, "content");
+	c->action_id = PersonaRequireColumn(relid, "action_id");
+	c->ready_at = PersonaRequireColumn(relid, "ready_at");
+	c->event = PersonaRequireColumn(relid, "event");
+	c->lease_until = PersonaRequireColumn(relid, "lease_until");
+	return relid;
+}
+
+/* An index of persona.messages by name. */
+static Oid
+MessagesIndex(const char *name)
+{
+	Oid			relid = get_relname_relid(name, PersonaGetCatalog()->schema);
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "index persona.%s is missing", name);
+	return relid;
+}
+
+/*
+ * Makes a new snapshot active, one that sees what the transaction wrote so
+ * far (a claim earlier in the same statement, say), as each statement of a
+ * PL/pgSQL function gets one; the caller pops it.
+ */
+static void
+FreshSnapshot(void)
+{
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+}
+
+/* Whether a text datum equals a C string. */
+static inline bool
+TextIs(Datum d, const char *s)
+{
+	text	   *t = DatumGetTextPP(d);
+	int			len = strlen(s);
+
+	return (int) VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), s, len) == 0;
+}
 
 static void
 CheckClaimArgs(FunctionCallInfo fcinfo, TimestampTz now, TimestampTz *lease_until)
@@ -267,266 +356,214 @@ CheckClaimArgs(FunctionCallInfo fcinfo, TimestampTz now, TimestampTz *lease_unti
 						errhint("Use the time a worker needs to send a batch, such as '30 seconds'.")));
 }
 
-/* Step 1: the due messages of the channel, locked, skipping those locked. */
-static ClaimItem *
-LockDueMessages(Datum channel, int32 n, TimestampTz now, int *nitems)
-{
-	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, INT4OID};
-	Datum		args[3] = {channel, TimestampTzGetDatum(now), Int32GetDatum(n)};
-	SPIPlanPtr	plan = PersonaKeptPlan(&claim_lock_plan,
-									   "SELECT m.message_id, m.profile_id, m.action_id, m.attempts, "
-									   "       m.status OPERATOR(pg_catalog.=) 'claimed', m.source, m.event "
-									   "FROM persona.messages AS m "
-									   "WHERE m.channel OPERATOR(pg_catalog.=) $1 "
-									   "  AND m.ready_at OPERATOR(pg_catalog.<=) $2 "
-									   "  AND (m.lease_until IS NULL "
-									   "       OR m.lease_until OPERATOR(pg_catalog.<=) $2) "
-									   "ORDER BY m.ready_at LIMIT $3 "
-									   "FOR UPDATE OF m SKIP LOCKED", 3, types, 0);
-	ClaimItem  *items;
-
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "locking due messages failed");
-	*nitems = (int) SPI_processed;
-	items = palloc0(sizeof(ClaimItem) * Max(*nitems, 1));
-	for (int i = 0; i < *nitems; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		Datum		d;
-
-		items[i].message_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		items[i].profile_id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		items[i].action_id = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-		items[i].attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-		items[i].was_claimed = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
-		items[i].source = datumCopy(SPI_getbinval(tup, desc, 6, &isnull), false, -1);
-		d = SPI_getbinval(tup, desc, 7, &isnull);
-		items[i].event = isnull ? NULL : DatumGetJsonbPCopy(d);
-	}
-	return items;
-}
-
 /*
- * Step 2: what becomes of each message, and its content rendered with the
- * profile's traits as they are now.
+ * What becomes of a message: claimed with its content rendered with the
+ * profile's traits as they are now, or cancelled, or dead.  Allocates in
+ * the current context; what the item keeps is copied to ``outer``.
  */
 static void
-DecideClaims(ClaimItem *items, int nitems, const char *channel)
+DecideClaim(ClaimItem *it, ProfileReader *r, const char *channel, MemoryContext outer)
 {
-	MemoryContext outer = CurrentMemoryContext;
-	MemoryContext tmp = AllocSetContextCreate(CurrentMemoryContext, "persona claim",
-											  ALLOCSET_DEFAULT_SIZES);
-	ProfileReader r;
+	Jsonb	   *content = PersonaActionContent(it->action_id);
+	Jsonb	   *consent;
+	Jsonb	   *declared;
+	Jsonb	   *rendered;
+	bool		isnull;
+	Datum		d;
 
-	PersonaProfileReaderBegin(&r, false);
-	for (int i = 0; i < nitems; i++)
+	it->user_id_null = true;
+	it->content = (Datum) 0;
+	it->error = NULL;
+	if (content == NULL)
+		it->status = "cancelled", it->error = "action dropped", it->reason = "action_dropped";
+	else if (!PersonaProfileFetch(r, it->profile_id))
+		it->status = "cancelled", it->error = "profile gone", it->reason = "action_dropped";
+	else
 	{
-		ClaimItem  *it = &items[i];
-		Jsonb	   *content = PersonaActionContent(it->action_id);
-		Jsonb	   *consent;
-		Jsonb	   *declared;
-		Jsonb	   *rendered;
-		bool		isnull;
-		Datum		d;
-
-		CHECK_FOR_INTERRUPTS();
-		MemoryContextReset(tmp);
-		MemoryContextSwitchTo(tmp);
-		it->user_id_null = true;
-		if (content == NULL)
-			it->status = "cancelled", it->error = "action dropped", it->reason = "action_dropped";
-		else if (!PersonaProfileFetch(&r, it->profile_id))
-			it->status = "cancelled", it->error = "profile gone", it->reason = "action_dropped";
+		d = PersonaProfileColumn(r, "consent", &isnull);
+		consent = isnull ? NULL : DatumGetJsonbP(d);
+		if (!PersonaConsented(consent, channel))
+			it->status = "cancelled", it->error = "consent", it->reason = "consent";
+		else if (it->was_claimed && it->attempts >= persona_max_attempts)
+			it->status = "dead", it->error = "lease expired on the last attempt";
+		else if (it->event != NULL &&
+				 !PersonaTriggerStillHolds(TextDatumGetCString(it->source),
+										   ExecCopySlotHeapTuple(r->profile),
+										   RelationGetDescr(r->profiles), it->event,
+										   &it->error))
+		{
+			/* A delayed trigger's message whose person no longer qualifies. */
+			it->status = "cancelled";
+			it->reason = "condition";
+			it->error = MemoryContextStrdup(outer, it->error);
+		}
 		else
 		{
-			d = PersonaProfileColumn(&r, "consent", &isnull);
-			consent = isnull ? NULL : DatumGetJsonbP(d);
-			if (!PersonaConsented(consent, channel))
-				it->status = "cancelled", it->error = "consent", it->reason = "consent";
-			else if (it->was_claimed && it->attempts >= persona_max_attempts)
-				it->status = "dead", it->error = "lease expired on the last attempt";
-			else if (it->event != NULL &&
-					 !PersonaTriggerStillHolds(TextDatumGetCString(it->source),
-											   ExecCopySlotHeapTuple(r.profile),
-											   RelationGetDescr(r.profiles), it->event,
-											   &it->error))
-			{
-				/*
-				 * A delayed trigger's message whose person no longer
-				 * qualifies.
-				 */
-				it->status = "cancelled";
-				it->reason = "condition";
-				MemoryContextSwitchTo(outer);
-				it->error = pstrdup(it->error);
-			}
-			else
-			{
-				it->status = "claimed";
-				d = PersonaProfileColumn(&r, "traits", &isnull);
-				declared = isnull ? NULL : DatumGetJsonbP(d);
-				d = PersonaProfileColumn(&r, "computed_state", &isnull);
-				rendered = PersonaRenderMessage(content, it->event, declared,
-												PersonaTraitsJson(isnull ? NULL : DatumGetByteaPP(d)));
-				d = PersonaProfileColumn(&r, "user_id", &it->user_id_null);
-				MemoryContextSwitchTo(outer);
-				it->content = datumCopy(JsonbPGetDatum(rendered), false, -1);
-				if (!it->user_id_null)
-					it->user_id = datumCopy(d, false, -1);
-			}
+			it->status = "claimed";
+			d = PersonaProfileColumn(r, "traits", &isnull);
+			declared = isnull ? NULL : DatumGetJsonbP(d);
+			d = PersonaProfileColumn(r, "computed_state", &isnull);
+			rendered = PersonaRenderMessage(content, it->event, declared,
+											PersonaTraitsJson(isnull ? NULL : DatumGetByteaPP(d)));
+			d = PersonaProfileColumn(r, "user_id", &it->user_id_null);
+			it->content = PointerGetDatum(rendered);
+			if (!it->user_id_null)
+				it->user_id = d;
 		}
-		MemoryContextSwitchTo(outer);
 	}
-	PersonaProfileReaderEnd(&r);
-	MemoryContextDelete(tmp);
 }
 
 /* Counts the messages cancelled at claim by reason (persona.suppressions). */
 static void
-CountCancelled(const ClaimItem *items, int nitems)
+CountCancelled(const Datum *sources, const Datum *reasons, int k)
 {
-	Datum	   *sources = palloc(sizeof(Datum) * Max(nitems, 1));
-	Datum	   *reasons = palloc(sizeof(Datum) * Max(nitems, 1));
-	int			k = 0;
 	Oid			types[2] = {TEXTARRAYOID, TEXTARRAYOID};
 	Datum		args[2];
 	SPIPlanPtr	plan;
 
-	for (int i = 0; i < nitems; i++)
-		if (strcmp(items[i].status, "cancelled") == 0)
-		{
-			sources[k] = items[i].source;
-			reasons[k++] = CStringGetTextDatum(items[i].reason);
-		}
 	if (k == 0)
 		return;
-	args[0] = PointerGetDatum(construct_array(sources, k, TEXTOID, -1, false, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_array(reasons, k, TEXTOID, -1, false, TYPALIGN_INT));
+	args[0] = PointerGetDatum(construct_array((Datum *) sources, k, TEXTOID, -1, false, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_array((Datum *) reasons, k, TEXTOID, -1, false, TYPALIGN_INT));
 	plan = PersonaKeptPlan(&suppress_plan, "SELECT persona.count_suppressions($1, $2)",
 						   2, types, 0);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "counting suppressions failed");
 }
 
-static int
-ItemIdCmp(const void *a, const void *b)
+/* The claim's change of a message row (PersonaRowUpdaterTry). */
+typedef struct ClaimChange
 {
-	int64		x = (*(const ClaimItem *const *) a)->message_id;
-	int64		y = (*(const ClaimItem *const *) b)->message_id;
+	const MessageColumns *col;
+	const ClaimItem *it;
+	TimestampTz lease_until;
+} ClaimChange;
 
-	return (x > y) - (x < y);
-}
-
-/* The item of a message id, by binary search over items sorted by id. */
-static const ClaimItem *
-FindItem(const ClaimItem **byid, int nitems, int64 id)
-{
-	int			lo = 0;
-	int			hi = nitems - 1;
-
-	while (lo <= hi)
-	{
-		int			mid = lo + (hi - lo) / 2;
-
-		if (byid[mid]->message_id == id)
-			return byid[mid];
-		if (byid[mid]->message_id < id)
-			lo = mid + 1;
-		else
-			hi = mid - 1;
-	}
-	elog(ERROR, "claimed message " INT64_FORMAT " was not locked", id);
-	return NULL;				/* not reached */
-}
-
-/* Step 3: every message's new state in one UPDATE; the claimed ones returned. */
 static void
-WriteClaims(const ClaimItem *items, int nitems, TimestampTz lease_until,
-			ReturnSetInfo *rsinfo)
+ClaimRow(TupleTableSlot *current, Datum *values, bool *nulls, void *arg)
 {
-	Datum	   *ids = palloc(sizeof(Datum) * nitems);
-	Datum	   *pids = palloc(sizeof(Datum) * nitems);
-	Datum	   *status = palloc(sizeof(Datum) * nitems);
-	Datum	   *content = palloc(sizeof(Datum) * nitems);
-	bool	   *content_null = palloc(sizeof(bool) * nitems);
-	Datum	   *error = palloc(sizeof(Datum) * nitems);
-	bool	   *error_null = palloc(sizeof(bool) * nitems);
-	int			dims[1] = {nitems};
-	int			lbs[1] = {1};
-	Oid			types[6] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, JSONBARRAYOID,
-	TEXTARRAYOID, TIMESTAMPTZOID};
-	Datum		args[6];
-	SPIPlanPtr	plan;
-	const ClaimItem **byid;
+	const ClaimChange *c = (const ClaimChange *) arg;
+	const MessageColumns *col = c->col;
+	const ClaimItem *it = c->it;
+	bool		claimed = strcmp(it->status, "claimed") == 0;
 
-	for (int i = 0; i < nitems; i++)
+	values[col->status - 1] = CStringGetTextDatum(it->status);
+	if (claimed)
 	{
-		ids[i] = Int64GetDatum(items[i].message_id);
-		pids[i] = Int64GetDatum(items[i].profile_id);
-		status[i] = CStringGetTextDatum(items[i].status);
-		content[i] = items[i].content;
-		content_null[i] = items[i].content == (Datum) 0;
-		error[i] = items[i].error ? CStringGetTextDatum(items[i].error) : (Datum) 0;
-		error_null[i] = items[i].error == NULL;
+		/* ready_at stays: the row keeps its place in the queue's index */
+		values[col->attempts - 1] = Int32GetDatum(it->attempts + 1);
+		values[col->lease_until - 1] = TimestampTzGetDatum(c->lease_until);
+		nulls[col->lease_until - 1] = false;
+		values[col->content - 1] = it->content;
+		nulls[col->content - 1] = false;
 	}
-	args[0] = PointerGetDatum(construct_array(ids, nitems, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[1] = PointerGetDatum(construct_array(pids, nitems, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[2] = PointerGetDatum(construct_array(status, nitems, TEXTOID, -1, false, TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_md_array(content, content_null, 1, dims, lbs,
-												 JSONBOID, -1, false, TYPALIGN_INT));
-	args[4] = PointerGetDatum(construct_md_array(error, error_null, 1, dims, lbs,
-												 TEXTOID, -1, false, TYPALIGN_INT));
-	args[5] = TimestampTzGetDatum(lease_until);
-	plan = PersonaKeptPlan(&claim_update_plan,
-						   "UPDATE persona.messages AS m "
-						   "SET status = u.status, "
-						   "    attempts = m.attempts OPERATOR(pg_catalog.+) "
-						   "      (u.status OPERATOR(pg_catalog.=) 'claimed')::pg_catalog.int4, "
-						   "    ready_at = CASE WHEN u.status OPERATOR(pg_catalog.=) 'claimed' THEN m.ready_at END, "
-						   "    lease_until = CASE WHEN u.status OPERATOR(pg_catalog.=) 'claimed' THEN $6 END, "
-						   "    content = coalesce(u.content, m.content), "
-						   "    last_error = coalesce(u.error, m.last_error) "
-						   "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-						   "  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) "
-						   "  AS u(message_id, profile_id, status, content, error) "
-						   "WHERE m.message_id OPERATOR(pg_catalog.=) u.message_id "
-						   "  AND m.profile_id OPERATOR(pg_catalog.=) u.profile_id "
-						   "RETURNING m.message_id, m.channel, m.action, m.content, m.attempts, "
-						   "  m.source, m.status", 6, types, 0);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
-		SPI_processed != (uint64) nitems)
-		elog(ERROR, "claiming messages failed");
-	byid = palloc(sizeof(ClaimItem *) * nitems);
-	for (int i = 0; i < nitems; i++)
-		byid[i] = &items[i];
-	qsort(byid, nitems, sizeof(ClaimItem *), ItemIdCmp);
-	for (uint64 r = 0; r < SPI_processed; r++)
+	else
 	{
-		HeapTuple	tup = SPI_tuptable->vals[r];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		nulls[col->ready_at - 1] = true;
+		nulls[col->lease_until - 1] = true;
+		values[col->last_error - 1] = CStringGetTextDatum(it->error);
+		nulls[col->last_error - 1] = false;
+	}
+}
+
+/*
+ * Claims up to n due messages of the channel: walks the queue's index
+ * (messages_ready_idx: channel, then ready_at, oldest first) and updates
+ * each due message that no lease holds, without waiting, skipping those
+ * another transaction is changing or changed since the snapshot (as SKIP
+ * LOCKED would, with no row lock first). Returns how many it took
+ * (claimed, cancelled or dead); the claimed ones go to the caller.
+ */
+static int
+ClaimMessages(Datum channel, int32 n, TimestampTz now, TimestampTz lease_until,
+			  ReturnSetInfo *rsinfo)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext tmp = AllocSetContextCreate(CurrentMemoryContext, "persona claim",
+											  ALLOCSET_DEFAULT_SIZES);
+	const char *chan = TextDatumGetCString(channel);
+	MessageColumns col;
+	Oid			relid = MessagesRelation(&col);
+	RowUpdater *u;
+	ScanKeyData keys[2];
+	ProfileReader r;
+	TupleTableSlot *slot;
+	Datum	   *sources = palloc(sizeof(Datum) * n);
+	Datum	   *reasons = palloc(sizeof(Datum) * n);
+	int			ncancelled = 0;
+	int			taken = 0;
+
+	/* The profiles as committed now, and the queue likewise (FreshSnapshot). */
+	PersonaProfileReaderBegin(&r, false);
+	FreshSnapshot();
+	u = PersonaRowUpdaterOpen(relid, MessagesIndex("messages_ready_idx"));
+	ScanKeyEntryInitialize(&keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   DEFAULT_COLLATION_OID, F_TEXTEQ, channel);
+	ScanKeyEntryInitialize(&keys[1], 0, 2, BTLessEqualStrategyNumber, InvalidOid,
+						   InvalidOid, F_TIMESTAMPTZ_LE, TimestampTzGetDatum(now));
+	PersonaRowUpdaterScan(u, keys, 2);
+	while (taken < n && (slot = PersonaRowUpdaterNext(u)) != NULL)
+	{
+		ClaimItem	it;
+		ClaimChange change = {&col, &it, lease_until};
 		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		Datum		values[8];
-		bool		nulls[8] = {false};
-		const ClaimItem *it;
-		char	   *st = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
+		Datum		d;
 
-		if (strcmp(st, "claimed") != 0)
+		CHECK_FOR_INTERRUPTS();
+		/* A lease that holds: another worker has it in hand. */
+		d = slot_getattr(slot, col.lease_until, &isnull);
+		if (!isnull && DatumGetTimestampTz(d) > now)
 			continue;
-		it = FindItem(byid, nitems, id);
-		values[0] = Int64GetDatum(id);
-		values[1] = Int64GetDatum(it->profile_id);
-		values[2] = it->user_id;
-		nulls[2] = it->user_id_null;
-		values[3] = SPI_getbinval(tup, desc, 2, &isnull);
-		values[4] = SPI_getbinval(tup, desc, 3, &isnull);
-		values[5] = SPI_getbinval(tup, desc, 4, &isnull);
-		values[6] = SPI_getbinval(tup, desc, 5, &isnull);
-		values[7] = SPI_getbinval(tup, desc, 6, &isnull);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		if (!PersonaRowUpdaterLooksFree(u))
+			continue;
+		MemoryContextReset(tmp);
+		MemoryContextSwitchTo(tmp);
+		memset(&it, 0, sizeof(it));
+		it.message_id = DatumGetInt64(slot_getattr(slot, col.message_id, &isnull));
+		it.profile_id = DatumGetInt64(slot_getattr(slot, col.profile_id, &isnull));
+		it.action_id = DatumGetInt32(slot_getattr(slot, col.action_id, &isnull));
+		it.attempts = DatumGetInt32(slot_getattr(slot, col.attempts, &isnull));
+		it.was_claimed = TextIs(slot_getattr(slot, col.status, &isnull), "claimed");
+		it.source = datumCopy(slot_getattr(slot, col.source, &isnull), false, -1);
+		d = slot_getattr(slot, col.event, &isnull);
+		it.event = isnull ? NULL : DatumGetJsonbPCopy(d);
+		DecideClaim(&it, &r, chan, outer);
+		if (!PersonaRowUpdaterTry(u, ClaimRow, &change))
+		{
+			MemoryContextSwitchTo(outer);
+			continue;			/* taken by another claimer meanwhile */
+		}
+		taken++;
+		slot = PersonaRowUpdaterCurrent(u); /* channel and action unchanged */
+		if (strcmp(it.status, "claimed") == 0)
+		{
+			Datum		values[8];
+			bool		nulls[8] = {false};
+
+			values[0] = Int64GetDatum(it.message_id);
+			values[1] = Int64GetDatum(it.profile_id);
+			values[2] = it.user_id;
+			nulls[2] = it.user_id_null;
+			values[3] = slot->tts_values[col.channel - 1];
+			values[4] = slot->tts_values[col.action - 1];
+			values[5] = it.content;
+			values[6] = Int32GetDatum(it.attempts + 1);
+			values[7] = it.source;
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+		MemoryContextSwitchTo(outer);
+		if (strcmp(it.status, "cancelled") == 0)
+		{
+			sources[ncancelled] = datumCopy(it.source, false, -1);
+			reasons[ncancelled++] = CStringGetTextDatum(it.reason);
+		}
 	}
+	PersonaRowUpdaterClose(u);
+	PopActiveSnapshot();
+	PersonaProfileReaderEnd(&r);
+	MemoryContextDelete(tmp);
+	CountCancelled(sources, reasons, ncancelled);
+	return taken;
 }
 
 /* Leases up to n due messages of a channel, rendered now, to the caller. */
@@ -537,24 +574,181 @@ persona_claim(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz lease_until;
-	ClaimItem  *items;
 	int			nitems;
 
 	CheckClaimArgs(fcinfo, now, &lease_until);
+	PreventCommandIfReadOnly("persona_claim()");
 	InitMaterializedSRF(fcinfo, 0);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	items = LockDueMessages(PG_GETARG_DATUM(0), PG_GETARG_INT32(1), now, &nitems);
-	if (nitems > 0)
-	{
-		DecideClaims(items, nitems, text_to_cstring(PG_GETARG_TEXT_PP(0)));
-		CountCancelled(items, nitems);
-		WriteClaims(items, nitems, lease_until, rsinfo);
-	}
+	nitems = ClaimMessages(PG_GETARG_DATUM(0), PG_GETARG_INT32(1), now, lease_until, rsinfo);
 	/* Then the chunks of campaigns (campaigns.c), up to n in all. */
 	if (nitems < PG_GETARG_INT32(1))
 		PersonaClaimCampaigns(PG_GETARG_DATUM(0), PG_GETARG_INT32(1) - nitems, now,
 							  lease_until, rsinfo);
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/* ---------------------------------------------------------------------
+ * persona_ack
+ * --------------------------------------------------------------------- */
+
+#define MAX_ACK 10000
+
+/* The ack's check and change of a message row (PersonaRowUpdaterUpdateIf). */
+typedef struct AckChange
+{
+	const MessageColumns *col;
+	TimestampTz sent_at;
+} AckChange;
+
+static bool
+AckAllowed(TupleTableSlot *current, void *arg)
+{
+	const AckChange *a = (const AckChange *) arg;
+	bool		isnull;
+
+	return TextIs(slot_getattr(current, a->col->status, &isnull), "claimed");
+}
+
+static void
+AckRow(TupleTableSlot *current, Datum *values, bool *nulls, void *arg)
+{
+	const AckChange *a = (const AckChange *) arg;
+	const MessageColumns *col = a->col;
+
+	values[col->status - 1] = CStringGetTextDatum("sent");
+	values[col->sent_at - 1] = TimestampTzGetDatum(a->sent_at);
+	nulls[col->sent_at - 1] = false;
+	nulls[col->ready_at - 1] = true;	/* out of the queue's index */
+	nulls[col->lease_until - 1] = true;
+}
+
+/* The ids of a message id array, sorted and distinct; 22004 on a null. */
+static int64 *
+SortedIds(ArrayType *a, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int64	   *ids;
+	int			k = 0;
+
+	deconstruct_array(a, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, &nulls, n);
+	ids = palloc(sizeof(int64) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+							errmsg("message_ids must not be or contain null")));
+		ids[i] = DatumGetInt64(elems[i]);
+	}
+	qsort(ids, *n, sizeof(int64), PersonaCompareInt64);
+	for (int i = 0; i < *n; i++)
+		if (k == 0 || ids[i] != ids[k - 1])
+			ids[k++] = ids[i];
+	*n = k;
+	return ids;
+}
+
+/* Appends an id to a comma list. */
+static inline void
+AppendId(StringInfo s, int64 id)
+{
+	appendStringInfo(s, "%s" INT64_FORMAT, s->len > 0 ? ", " : "", id);
+}
+
+/*
+ * Marks claimed messages sent, all or none; returns how many.  Each row is
+ * updated by its primary key, in id order (two acks of overlapping batches
+ * lock them in the same order: no deadlock), waiting for a concurrent claim
+ * or ack of the same row and checking its latest version, as UPDATE ...
+ * WHERE status = 'claimed' does.  An id that is not claimed fails the whole
+ * call, naming every such id: 42704 for ids that do not exist, then 55000
+ * for those already acked, then 55000 for the others.
+ */
+PG_FUNCTION_INFO_V1(persona_ack);
+Datum
+persona_ack(PG_FUNCTION_ARGS)
+{
+	int			n;
+	int64	   *ids;
+	int64	   *rest;
+	int			nrest;
+	int64		done = 0;
+	MessageColumns col;
+	Oid			relid;
+	RowUpdater *u;
+	AckChange	change;
+	StringInfoData missing,
+				acked,
+				unclaimed;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("message_ids must not be or contain null")));
+	ids = SortedIds(PG_GETARG_ARRAYTYPE_P(0), &n);
+	if (n == 0)
+		PG_RETURN_INT64(0);
+	if (n > MAX_ACK)
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+						errmsg("at most %d messages can be acked at once", MAX_ACK),
+						errdetail("%d were given.", n)));
+	PreventCommandIfReadOnly("persona_ack()");
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* Campaign messages without a row are acked in their chunks. */
+	rest = palloc(sizeof(int64) * n);
+	nrest = PersonaCampaignAck(ids, n, rest);
+	if (nrest == 0)
+	{
+		SPI_finish();
+		PG_RETURN_INT64(n);
+	}
+	relid = MessagesRelation(&col);
+	change.col = &col;
+	change.sent_at = GetCurrentTimestamp();
+	initStringInfo(&missing);
+	initStringInfo(&acked);
+	initStringInfo(&unclaimed);
+	FreshSnapshot();
+	u = PersonaRowUpdaterOpen(relid, MessagesIndex("messages_pkey"));
+	for (int i = 0; i < nrest; i++)
+	{
+		bool		isnull;
+
+		CHECK_FOR_INTERRUPTS();
+		switch (PersonaRowUpdaterUpdateIf(u, rest[i], AckAllowed, AckRow, &change))
+		{
+			case ROW_UPDATED:
+				done++;
+				break;
+			case ROW_MISSING:
+				AppendId(&missing, rest[i]);
+				break;
+			case ROW_REFUSED:
+				if (TextIs(slot_getattr(PersonaRowUpdaterCurrent(u), col.status, &isnull), "sent"))
+					AppendId(&acked, rest[i]);
+				else
+					AppendId(&unclaimed, rest[i]);
+				break;
+		}
+	}
+	PersonaRowUpdaterClose(u);
+	PopActiveSnapshot();
+	/* Some are not claimed: say which and why; the error undoes the rest. */
+	if (missing.len > 0)
+		ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+						errmsg("message %s does not exist", missing.data)));
+	if (acked.len > 0)
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("message %s was already acked", acked.data),
+						errdetail("Another worker acked it first: its lease had expired and it was claimed again."),
+						errhint("Ack the other messages of the batch again without it.")));
+	if (unclaimed.len > 0)
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("message %s is not claimed", unclaimed.data),
+						errhint("Only a claimed message can be acked or failed: claim it with persona_claim.")));
+	SPI_finish();
+	PG_RETURN_INT64(done + (n - nrest));
 }

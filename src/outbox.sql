@@ -55,9 +55,10 @@ COMMENT ON SEQUENCE persona.message_id_seq IS 'allocates message ids';
 -- it is final: the partial index on it is the queue, and holds only the
 -- messages that are still to go. A claim leaves ready_at as it is and
 -- writes the lease's end in lease_until, which no index holds, so that
--- the claim's update is HOT (no index entry; the fillfactor leaves the
--- page room for the claimed version); a claimer skips a row whose lease
--- holds. Only the final update (ack, dead, cancelled) leaves the queue's
+-- the claim's update is HOT (no index entry; the fillfactor of 40 leaves
+-- the page room for the claimed versions of all its rows, each bigger by
+-- its rendered content: 50 left 16% of them without); a claimer skips a
+-- row whose lease holds. Only the final update (ack, dead, cancelled) leaves the queue's
 -- index (docs/delivery.md, "Costs").
 CREATE TABLE persona.messages (
     message_id  bigint      NOT NULL DEFAULT nextval('persona.message_id_seq'),
@@ -80,7 +81,7 @@ CREATE TABLE persona.messages (
     PRIMARY KEY (message_id, profile_id),
     CHECK ((ready_at IS NULL) = (status IN ('sent', 'dead', 'cancelled'))),
     CONSTRAINT messages_lease_check CHECK ((lease_until IS NULL) = (status <> 'claimed'))
-) WITH (fillfactor = 50);
+) WITH (fillfactor = 40);
 ALTER SEQUENCE persona.message_id_seq OWNED BY persona.messages.message_id;
 CREATE INDEX messages_ready_idx ON persona.messages (channel, ready_at)
     WHERE ready_at IS NOT NULL;
@@ -270,79 +271,15 @@ CREATE FUNCTION @extschema@.persona_claim(channel text, n int DEFAULT 100,
 COMMENT ON FUNCTION @extschema@.persona_claim(text, int, interval) IS
     'leases up to n due messages of a channel to the caller, content rendered now; call it in its own transaction';
 
+-- In C (src/outbox.c): each claimed message of the batch updated by its
+-- primary key in id order, campaign messages in their chunks
+-- (src/campaigns.c); all or none.
 CREATE FUNCTION @extschema@.persona_ack(message_ids bigint[])
     RETURNS bigint
-    LANGUAGE plpgsql VOLATILE
+    LANGUAGE C VOLATILE
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    AS $$
-DECLARE
-    v_ids  bigint[];
-    v_bad  bigint[];
-    v_n    bigint;
-    v_rest bigint[];
-    v_camp bigint;
-    v_done bigint[];
-BEGIN
-    IF $1 IS NULL OR array_position($1, NULL) IS NOT NULL THEN
-        RAISE EXCEPTION 'message_ids must not be or contain null' USING ERRCODE = '22004';
-    END IF;
-    SELECT array_agg(DISTINCT x.id ORDER BY x.id) INTO v_ids FROM unnest($1) AS x(id);
-    IF v_ids IS NULL THEN
-        RETURN 0;
-    END IF;
-    IF cardinality(v_ids) > 10000 THEN
-        RAISE EXCEPTION 'at most 10000 messages can be acked at once' USING ERRCODE = '54000',
-            DETAIL = format('%s were given.', cardinality(v_ids));
-    END IF;
-    -- Campaign messages without a row are acked in their chunks (src/campaigns.sql).
-    v_rest := persona.campaign_ack(v_ids);
-    v_camp := cardinality(v_ids) - cardinality(v_rest);
-    v_ids := v_rest;
-    IF cardinality(v_ids) = 0 THEN
-        RETURN v_camp;
-    END IF;
-    -- One statement in the common case, every message claimed: it reads
-    -- the ids through one scan of an index or a bitmap, so it locks them in
-    -- the order of that index or of the heap, the same order for two acks
-    -- of overlapping batches (no deadlock). A message acked meanwhile by
-    -- another worker (a late ack) is re-checked after the wait and left out.
-    WITH u AS (
-        UPDATE persona.messages AS m
-           SET status = 'sent', sent_at = clock_timestamp(), ready_at = NULL, lease_until = NULL
-         WHERE m.message_id = ANY (v_ids) AND m.status = 'claimed'
-        RETURNING m.message_id)
-    SELECT array_agg(u.message_id) INTO v_done FROM u;
-    v_n := coalesce(cardinality(v_done), 0);
-    IF v_n = cardinality(v_ids) THEN
-        RETURN v_n + v_camp;
-    END IF;
-    -- Some are not: say which and why; the error undoes the UPDATE.
-    v_done := coalesce(v_done, '{}');
-    SELECT array_agg(x.id) INTO v_bad FROM unnest(v_ids) AS x(id)
-     WHERE NOT EXISTS (SELECT FROM persona.messages AS m WHERE m.message_id = x.id);
-    IF v_bad IS NOT NULL THEN
-        RAISE EXCEPTION 'message % does not exist', array_to_string(v_bad, ', ') USING ERRCODE = '42704';
-    END IF;
-    SELECT array_agg(m.message_id ORDER BY m.message_id) INTO v_bad FROM persona.messages AS m
-     WHERE m.message_id = ANY (v_ids) AND m.status = 'sent' AND m.message_id <> ALL (v_done);
-    IF v_bad IS NOT NULL THEN
-        RAISE EXCEPTION 'message % was already acked', array_to_string(v_bad, ', ')
-            USING ERRCODE = '55000',
-                  DETAIL = 'Another worker acked it first: its lease had expired and it was claimed again.',
-                  HINT = 'Ack the other messages of the batch again without it.';
-    END IF;
-    SELECT array_agg(m.message_id ORDER BY m.message_id) INTO v_bad FROM persona.messages AS m
-     WHERE m.message_id = ANY (v_ids) AND m.status <> 'claimed' AND m.message_id <> ALL (v_done);
-    IF v_bad IS NULL THEN   -- claimed by another worker since the UPDATE's snapshot
-        SELECT array_agg(x.id ORDER BY x.id) INTO v_bad FROM unnest(v_ids) AS x(id)
-         WHERE x.id <> ALL (v_done);
-    END IF;
-    RAISE EXCEPTION 'message % is not claimed', array_to_string(v_bad, ', ')
-        USING ERRCODE = '55000',
-              HINT = 'Only a claimed message can be acked or failed: claim it with persona_claim.';
-END
-$$;
+    AS 'MODULE_PATHNAME', 'persona_ack';
 COMMENT ON FUNCTION @extschema@.persona_ack(bigint[]) IS
     'marks claimed messages sent (all or none); returns how many';
 

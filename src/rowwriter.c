@@ -24,11 +24,21 @@
  * (at REPEATABLE READ a concurrent change is a serialization failure).  The
  * update is HOT when no indexed column changed.  A relation with row
  * triggers gets its rows locked first and updated by
- * ExecSimpleRelationUpdate, which fires them.
+ * ExecSimpleRelationUpdate, which fires them.  A check function may refuse
+ * the row (PersonaRowUpdaterUpdateIf): it sees every version the change
+ * would be computed from.
+ *
+ * A RowUpdater also walks an index of its own keys (PersonaRowUpdaterScan,
+ * PersonaRowUpdaterNext) and updates the rows it finds without waiting
+ * (PersonaRowUpdaterTry): a row that another transaction is changing, or
+ * changed since the snapshot, is skipped, as SELECT ... FOR UPDATE SKIP
+ * LOCKED skips it, but without the row lock's WAL record and dirtied page:
+ * the update itself is the claim (persona_claim, outbox.c).
  */
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -37,6 +47,7 @@
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
 #include "rewrite/rewriteHandler.h"
+#include "storage/bufmgr.h"
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/memutils.h"
@@ -291,6 +302,7 @@ struct RowUpdater
 	bool		exact;			/* next is the row the last update stored */
 	EPQState	epqstate;
 	MemoryContext cxt;			/* the scan's: btree allocates lazily */
+	bool		scanning;		/* PersonaRowUpdaterScan: walking the index */
 };
 
 /*
@@ -359,14 +371,51 @@ NextRow(RowUpdater *u, RowChangeFunc change, void *arg)
 	ExecStoreVirtualTuple(next);
 }
 
+/* The index entries of the row just stored from u->next, unless HOT. */
+static inline void
+InsertIndexEntries(RowUpdater *u, bool update_indexes)
+{
+	if (update_indexes && u->t.rri->ri_NumIndices > 0)
+		list_free(ExecInsertIndexTuples(u->t.rri, u->next, u->t.estate, true, false,
+										NULL, NIL));
+	ResetPerTupleExprContext(u->t.estate);
+}
+
+/*
+ * Computes u->next from u->current, checks its constraints and writes it
+ * over the version at ``tid``, waiting for a concurrent writer or not; on
+ * success, with its index entries unless HOT.
+ */
+static TM_Result
+WriteNext(RowUpdater *u, ItemPointer tid, RowChangeFunc change, void *arg, bool wait)
+{
+	EState	   *estate = u->t.estate;
+	TM_FailureData tmfd;
+	TM_Result	result;
+	LockTupleMode lockmode;
+	bool		update_indexes;
+
+	NextRow(u, change, arg);
+	if (u->t.rel->rd_att->constr != NULL)
+		ExecConstraints(u->t.rri, u->next, estate);
+	result = table_tuple_update(u->t.rel, tid, u->next, estate->es_output_cid,
+								estate->es_snapshot, InvalidSnapshot, wait,
+								&tmfd, &lockmode, &update_indexes);
+	if (result == TM_Ok)
+		InsertIndexEntries(u, update_indexes);
+	else
+		ResetPerTupleExprContext(estate);
+	return result;
+}
+
 /*
  * Updates the row found in u->current as UPDATE does, without locking it
  * first (a lock is a WAL record of its own): when a concurrent transaction
  * updated it meanwhile, lock its latest version and update that instead
  * (at READ COMMITTED; at REPEATABLE READ it is a serialization failure).
  */
-static bool
-UpdateFound(RowUpdater *u, RowChangeFunc change, void *arg)
+static RowUpdateResult
+UpdateFound(RowUpdater *u, RowCheckFunc check, RowChangeFunc change, void *arg)
 {
 	EState	   *estate = u->t.estate;
 	Relation	rel = u->t.rel;
@@ -375,35 +424,27 @@ UpdateFound(RowUpdater *u, RowChangeFunc change, void *arg)
 	{
 		TM_FailureData tmfd;
 		TM_Result	result;
-		LockTupleMode lockmode;
-		bool		update_indexes;
 		ItemPointerData tid = u->current->tts_tid;
 
-		NextRow(u, change, arg);
-		if (rel->rd_att->constr != NULL)
-			ExecConstraints(u->t.rri, u->next, estate);
-		result = table_tuple_update(rel, &tid, u->next, estate->es_output_cid,
-									estate->es_snapshot, InvalidSnapshot, true,
-									&tmfd, &lockmode, &update_indexes);
+		if (check != NULL && !check(u->current, arg))
+			return ROW_REFUSED;
+		result = WriteNext(u, &tid, change, arg, true);
 		if (result == TM_Ok)
-		{
-			if (update_indexes && u->t.rri->ri_NumIndices > 0)
-				list_free(ExecInsertIndexTuples(u->t.rri, u->next, estate, true, false,
-												NULL, NIL));
-			ResetPerTupleExprContext(estate);
-			return true;
-		}
+			return ROW_UPDATED;
 		if (result != TM_Updated && result != TM_Deleted)
 			elog(ERROR, "unexpected result %d updating a row of \"%s\"",
 				 (int) result, RelationGetRelationName(rel));
 		/* Gone, or at REPEATABLE READ a serialization failure. */
 		if (result == TM_Deleted || IsolationUsesXactSnapshot())
-			return Locked(u, result);
+		{
+			(void) Locked(u, result);	/* errors at REPEATABLE READ */
+			return ROW_MISSING;
+		}
 		result = table_tuple_lock(rel, &tid, estate->es_snapshot, u->current,
 								  estate->es_output_cid, LockTupleNoKeyExclusive,
 								  LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
 		if (!Locked(u, result))
-			return false;
+			return ROW_MISSING;
 	}
 }
 
@@ -423,6 +464,16 @@ HasRowUpdateTriggers(Relation rel)
 		 td->trig_update_new_table);
 }
 
+/* Updates the locked row in u->current through the executor (row triggers). */
+static void
+UpdateLocked(RowUpdater *u, RowChangeFunc change, void *arg)
+{
+	NextRow(u, change, arg);
+	EvalPlanQualSetSlot(&u->epqstate, u->next);
+	ExecSimpleRelationUpdate(u->t.rri, u->t.estate, &u->epqstate, u->current, u->next);
+	ResetPerTupleExprContext(u->t.estate);
+}
+
 /*
  * Updates the row whose key is ``key``: ``change`` gets its current version
  * and that version's values and nulls (every attribute, to be changed in
@@ -435,6 +486,20 @@ HasRowUpdateTriggers(Relation rel)
 bool
 PersonaRowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg)
 {
+	return PersonaRowUpdaterUpdateIf(u, key, NULL, change, arg) == ROW_UPDATED;
+}
+
+/*
+ * As PersonaRowUpdaterUpdate, but ``check`` (when not NULL) first sees each
+ * version ``change`` would be computed from, the latest after a concurrent
+ * update (waited for): when it returns false nothing is written
+ * (ROW_REFUSED; the row is in PersonaRowUpdaterCurrent).  ROW_MISSING: no
+ * such row.
+ */
+RowUpdateResult
+PersonaRowUpdaterUpdateIf(RowUpdater *u, int64 key, RowCheckFunc check, RowChangeFunc change,
+						  void *arg)
+{
 	ScanKeyData skey;
 	TM_FailureData tmfd;
 	TM_Result	result;
@@ -442,6 +507,7 @@ PersonaRowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *ar
 	MemoryContext old;
 	bool		found;
 
+	Assert(!u->scanning);
 	old = MemoryContextSwitchTo(u->cxt);
 	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(key));
 	index_rescan(u->scan, &skey, 1, NULL, 0);
@@ -449,9 +515,14 @@ PersonaRowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *ar
 	MemoryContextSwitchTo(old);
 	u->exact = false;
 	if (!found)
-		return false;
+		return ROW_MISSING;
 	if (!HasRowUpdateTriggers(u->t.rel))
-		return u->exact = UpdateFound(u, change, arg);
+	{
+		RowUpdateResult r = UpdateFound(u, check, change, arg);
+
+		u->exact = r == ROW_UPDATED;
+		return r;
+	}
 
 	/*
 	 * Row triggers need the row locked first (ExecSimpleRelationUpdate), as
@@ -465,12 +536,114 @@ PersonaRowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *ar
 							  IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
 							  &tmfd);
 	if (!Locked(u, result))
-		return false;
-	NextRow(u, change, arg);
-	EvalPlanQualSetSlot(&u->epqstate, u->next);
-	ExecSimpleRelationUpdate(u->t.rri, u->t.estate, &u->epqstate, u->current, u->next);
-	ResetPerTupleExprContext(u->t.estate);
-	return true;
+		return ROW_MISSING;
+	if (check != NULL && !check(u->current, arg))
+		return ROW_REFUSED;
+	UpdateLocked(u, change, arg);
+	return ROW_UPDATED;
+}
+
+/* The row last found (by key or by the scan), valid until the next call. */
+TupleTableSlot *
+PersonaRowUpdaterCurrent(RowUpdater *u)
+{
+	return u->current;
+}
+
+/*
+ * Starts a walk of the updater's index: the entries matching ``keys``
+ * (index attribute numbers, collations set), in index order, each row as
+ * the active snapshot sees it.  Not mixed with lookups by key.
+ */
+void
+PersonaRowUpdaterScan(RowUpdater *u, ScanKey keys, int nkeys)
+{
+	MemoryContext old = MemoryContextSwitchTo(u->cxt);
+
+	index_endscan(u->scan);
+	u->scan = index_beginscan(u->t.rel, u->index, u->t.estate->es_snapshot, nkeys, 0);
+	index_rescan(u->scan, keys, nkeys, NULL, 0);
+	u->scanning = true;
+	MemoryContextSwitchTo(old);
+}
+
+/* The walk's next row, or NULL at its end. */
+TupleTableSlot *
+PersonaRowUpdaterNext(RowUpdater *u)
+{
+	MemoryContext old = MemoryContextSwitchTo(u->cxt);
+	bool		found;
+
+	Assert(u->scanning);
+	found = index_getnext_slot(u->scan, ForwardScanDirection, u->current);
+	MemoryContextSwitchTo(old);
+	return found ? u->current : NULL;
+}
+
+/*
+ * Whether the row the walk is on looks free: no other transaction is
+ * changing or locking it, nor changed it since the snapshot.  A hint, read
+ * under a share lock of its page, so that a caller can skip a busy row
+ * before preparing its change; PersonaRowUpdaterTry decides.
+ */
+bool
+PersonaRowUpdaterLooksFree(RowUpdater *u)
+{
+	BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) u->current;
+	TM_Result	result;
+
+	if (!TTS_IS_BUFFERTUPLE(u->current) || !BufferIsValid(bslot->buffer))
+		return true;			/* not a heap row in a buffer: Try decides */
+	LockBuffer(bslot->buffer, BUFFER_LOCK_SHARE);
+	result = HeapTupleSatisfiesUpdate(bslot->base.tuple, u->t.estate->es_output_cid,
+									  bslot->buffer);
+	LockBuffer(bslot->buffer, BUFFER_LOCK_UNLOCK);
+	return result == TM_Ok;
+}
+
+/*
+ * Updates the row the walk is on, computed by ``change``, unless another
+ * transaction is changing or locking it, or changed it since the snapshot:
+ * then it writes nothing and returns false, without waiting (what SKIP
+ * LOCKED skips).  The update is the only record written: no row lock
+ * first, unless the relation has row triggers.
+ */
+bool
+PersonaRowUpdaterTry(RowUpdater *u, RowChangeFunc change, void *arg)
+{
+	EState	   *estate = u->t.estate;
+	Relation	rel = u->t.rel;
+	ItemPointerData tid = u->current->tts_tid;
+	TM_FailureData tmfd;
+	TM_Result	result;
+
+	Assert(u->scanning);
+	u->exact = false;
+	if (HasRowUpdateTriggers(rel))
+	{
+		result = table_tuple_lock(rel, &tid, estate->es_snapshot, u->current,
+								  estate->es_output_cid, LockTupleNoKeyExclusive,
+								  LockWaitSkip, 0, &tmfd);
+		if (result != TM_Ok)
+			return false;
+		UpdateLocked(u, change, arg);
+		return true;
+	}
+	result = WriteNext(u, &tid, change, arg, false);
+	switch (result)
+	{
+		case TM_Ok:
+			u->exact = true;
+			return true;
+		case TM_BeingModified:
+		case TM_Updated:
+		case TM_Deleted:
+			return false;
+		default:
+			elog(ERROR, "unexpected result %d updating a row of \"%s\"",
+				 (int) result, RelationGetRelationName(rel));
+	}
+	return false;				/* not reached */
 }
 
 /*

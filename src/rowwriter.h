@@ -7,6 +7,7 @@
 
 #include "postgres.h"
 
+#include "access/skey.h"
 #include "executor/tuptable.h"
 
 typedef struct RowWriter RowWriter;
@@ -22,9 +23,26 @@ typedef struct RowUpdater RowUpdater;
 typedef void (*RowChangeFunc) (TupleTableSlot *current, Datum *values, bool *nulls,
 							   void *arg);
 
+/* Whether a change may be made to this version of the row. */
+typedef bool (*RowCheckFunc) (TupleTableSlot *current, void *arg);
+
+typedef enum RowUpdateResult
+{
+	ROW_UPDATED,
+	ROW_MISSING,				/* no such row (any more) */
+	ROW_REFUSED					/* the check refused it: nothing written */
+} RowUpdateResult;
+
 extern RowUpdater *PersonaRowUpdaterOpen(Oid relid, Oid indexid);
 extern bool PersonaRowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg);
+extern RowUpdateResult PersonaRowUpdaterUpdateIf(RowUpdater *u, int64 key, RowCheckFunc check,
+												 RowChangeFunc change, void *arg);
 extern TupleTableSlot *PersonaRowUpdaterRow(RowUpdater *u);
+extern TupleTableSlot *PersonaRowUpdaterCurrent(RowUpdater *u);
+extern void PersonaRowUpdaterScan(RowUpdater *u, ScanKey keys, int nkeys);
+extern TupleTableSlot *PersonaRowUpdaterNext(RowUpdater *u);
+extern bool PersonaRowUpdaterLooksFree(RowUpdater *u);
+extern bool PersonaRowUpdaterTry(RowUpdater *u, RowChangeFunc change, void *arg);
 extern void PersonaRowUpdaterClose(RowUpdater *u);
 
 #endif							/* PERSONA_ROWWRITER_H */
