@@ -39,6 +39,7 @@ void
 PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
 {
 	const PersonaCatalog *cat = PersonaGetCatalog();
+	AttrNumber	member_pid;
 
 	memset(r, 0, sizeof(ProfileReader));
 	r->cxt = CurrentMemoryContext;
@@ -56,9 +57,15 @@ PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
 		r->member = table_slot_create(r->members, NULL);
 		r->member_segment = PersonaRequireColumn(cat->segment_members, "segment");
 		r->member_vm = InvalidBuffer;
+		member_pid = PersonaRequireColumn(cat->segment_members, "profile_id");
 		for (int k = 0; k < r->members_pkey->rd_index->indnatts; k++)
+		{
 			if (r->members_pkey->rd_index->indkey.values[k] == r->member_segment)
 				r->member_segment_key = k + 1;
+			/* Walked by profile id: it must lead the key. */
+			if (k == 0 && r->members_pkey->rd_index->indkey.values[k] == member_pid)
+				r->member_pid_key = k + 1;
+		}
 		r->member_scan->xs_want_itup = r->member_segment_key > 0;
 	}
 	r->econtext = CreateStandaloneExprContext();
@@ -184,6 +191,7 @@ PersonaProfileSegments(ProfileReader *r, int64 profile_id, int *n)
 	*n = 0;
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
 	index_rescan(r->member_scan, &key, 1, NULL, 0);
+	r->mwalking = false;
 	while ((tid = index_getnext_tid(r->member_scan, ForwardScanDirection)) != NULL)
 	{
 		bool		isnull;
@@ -210,6 +218,104 @@ PersonaProfileSegments(ProfileReader *r, int64 profile_id, int *n)
 		}
 		names[(*n)++] = PointerGetDatum(DatumGetTextPCopy(name));
 		MemoryContextSwitchTo(r->cxt);
+	}
+	MemoryContextSwitchTo(caller);
+	return names;
+}
+
+/* How far ahead PersonaProfileSegmentsOrdered walks before it descends again. */
+#define MEMBERS_WALK_MAX_GAP 16
+
+/*
+ * The segment name of the member entry the scan is on (a copy, in
+ * ``caller``), from the index alone where the visibility map allows, as
+ * PersonaProfileSegments reads it; false when its row is not visible.
+ */
+static bool
+WalkedMemberName(ProfileReader *r, MemoryContext caller, Datum *name)
+{
+	IndexScanDesc scan = r->member_scan;
+	BlockNumber block = ItemPointerGetBlockNumber(&scan->xs_heaptid);
+	bool		isnull;
+	Datum		value;
+
+	if (VM_ALL_VISIBLE(r->members, block, &r->member_vm))
+	{
+		value = index_getattr(scan->xs_itup, r->member_segment_key, scan->xs_itupdesc, &isnull);
+		PredicateLockPage(r->members, block, r->snapshot);
+	}
+	else if (index_fetch_heap(scan, r->member))
+		value = slot_getattr(r->member, r->member_segment, &isnull);
+	else
+		return false;
+	MemoryContextSwitchTo(caller);
+	*name = PointerGetDatum(DatumGetTextPCopy(value));
+	MemoryContextSwitchTo(r->cxt);
+	return true;
+}
+
+/*
+ * PersonaProfileSegments for profiles asked for in ascending order (a
+ * refresh of a statement's profiles): one forward scan of the members'
+ * primary key (profile_id, segment), from the first profile, reading each
+ * entry's profile id from the index tuple and stepping over the entries of
+ * the profiles in between, instead of a descent per profile.  A profile
+ * asked for again or below the last one, or far ahead of the entry the scan
+ * is on, starts a new scan from it.  Needs the segment in the index (as it
+ * is); otherwise it is PersonaProfileSegments.
+ */
+Datum *
+PersonaProfileSegmentsOrdered(ProfileReader *r, int64 profile_id, int *n)
+{
+	int			max = 8;
+	Datum	   *names;
+	MemoryContext caller;
+
+	Assert(r->members != NULL);
+	if (r->member_segment_key == 0 || r->member_pid_key == 0)
+		return PersonaProfileSegments(r, profile_id, n);
+	names = palloc(sizeof(Datum) * max);
+	caller = MemoryContextSwitchTo(r->cxt);
+	*n = 0;
+	if (!r->mwalking || profile_id <= r->mwalk_asked ||
+		(r->mwalk_entry && profile_id - r->mwalk_pid > MEMBERS_WALK_MAX_GAP))
+	{
+		ScanKeyData key;
+
+		ScanKeyInit(&key, r->member_pid_key, BTGreaterEqualStrategyNumber, F_INT8GE,
+					Int64GetDatum(profile_id));
+		index_rescan(r->member_scan, &key, 1, NULL, 0);
+		r->mwalking = true;
+		r->mwalk_entry = false;
+	}
+	r->mwalk_asked = profile_id;
+	for (;;)
+	{
+		bool		isnull;
+		Datum		name;
+
+		if (r->mwalk_entry && r->mwalk_pid > profile_id)
+			break;				/* the next profile's: kept for it */
+		if (r->mwalk_entry && r->mwalk_pid == profile_id &&
+			WalkedMemberName(r, caller, &name))
+		{
+			if (*n == max)
+			{
+				max *= 2;
+				names = repalloc(names, sizeof(Datum) * max);
+			}
+			names[(*n)++] = name;
+		}
+		if (index_getnext_tid(r->member_scan, ForwardScanDirection) == NULL)
+		{
+			/* No entry left: no later profile has members in this snapshot. */
+			r->mwalk_entry = false;
+			r->mwalking = false;
+			break;
+		}
+		r->mwalk_entry = true;
+		r->mwalk_pid = DatumGetInt64(index_getattr(r->member_scan->xs_itup, r->member_pid_key,
+												   r->member_scan->xs_itupdesc, &isnull));
 	}
 	MemoryContextSwitchTo(caller);
 	return names;

@@ -291,7 +291,18 @@ struct RowUpdater
 	bool		exact;			/* next is the row the last update stored */
 	EPQState	epqstate;
 	MemoryContext cxt;			/* the scan's: btree allocates lazily */
+	/* FindRow's forward walk of the index (keys asked in ascending order) */
+	bool		walking;		/* the scan runs forward from a lower key */
+	bool		walk_entry;		/* the scan is on an entry, of key walk_key */
+	int64		walk_key;
+	int64		walk_asked;		/* the last key asked for */
 };
+
+/*
+ * How far ahead (in key values) FindRow walks the index from the entry it
+ * is on before it descends from the root again.
+ */
+#define UPDATER_WALK_MAX_GAP 32
 
 /*
  * Opens ``relid`` for updates of rows found by ``indexid``, a unique index on
@@ -309,6 +320,8 @@ PersonaRowUpdaterOpen(Oid relid, Oid indexid)
 	u->next = ExecInitExtraTupleSlot(u->t.estate, RelationGetDescr(u->t.rel),
 									 &TTSOpsVirtual);
 	u->scan = index_beginscan(u->t.rel, u->index, u->t.estate->es_snapshot, 1, 0);
+	/* FindRow reads the key of each entry it walks past from the index. */
+	u->scan->xs_want_itup = true;
 	EvalPlanQualInit(&u->epqstate, u->t.estate, NULL, NIL, -1);
 	return u;
 }
@@ -424,6 +437,64 @@ HasRowUpdateTriggers(Relation rel)
 }
 
 /*
+ * Finds the row whose key is ``key`` under the scan's snapshot, into
+ * u->current.  Keys asked for in ascending order (ingest updates profiles in
+ * profile_id order) are found by one forward walk of the index from the
+ * first, reading each entry's key from the index tuple and fetching the
+ * heap only for the entries of the key asked for, instead of a descent
+ * from the root per row; a key asked for again or below the last one, or
+ * far ahead of the entry the walk is on, starts a new walk from it.  The
+ * walk sees the entries this updater's own non-HOT updates add (same key,
+ * new version): it has passed their key by then, and their versions are
+ * invisible to the snapshot anyway (this command wrote them).
+ */
+static bool
+FindRow(RowUpdater *u, int64 key)
+{
+	MemoryContext old = MemoryContextSwitchTo(u->cxt);
+	IndexScanDesc scan = u->scan;
+	bool		found = false;
+
+	if (!u->walking || key <= u->walk_asked ||
+		(u->walk_entry && key - u->walk_key > UPDATER_WALK_MAX_GAP))
+	{
+		ScanKeyData skey;
+
+		ScanKeyInit(&skey, 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(key));
+		index_rescan(scan, &skey, 1, NULL, 0);
+		u->walking = true;
+		u->walk_entry = false;
+	}
+	u->walk_asked = key;
+	for (;;)
+	{
+		if (!u->walk_entry || u->walk_key <= key)
+		{
+			bool		isnull;
+
+			/* The entry is consumed: one below key, or one of key tried. */
+			if (u->walk_entry && u->walk_key == key &&
+				(found = index_fetch_heap(scan, u->current)))
+				break;
+			if (index_getnext_tid(scan, ForwardScanDirection) == NULL)
+			{
+				/* No entry left: no larger key in this snapshot either. */
+				u->walk_entry = false;
+				u->walking = false;
+				break;
+			}
+			u->walk_entry = true;
+			u->walk_key = DatumGetInt64(index_getattr(scan->xs_itup, 1, scan->xs_itupdesc,
+													  &isnull));
+			continue;
+		}
+		break;					/* on an entry past key: none (left) for key */
+	}
+	MemoryContextSwitchTo(old);
+	return found;
+}
+
+/*
  * Updates the row whose key is ``key``: ``change`` gets its current version
  * and that version's values and nulls (every attribute, to be changed in
  * place); it may be called again for a newer version after a concurrent
@@ -435,20 +506,12 @@ HasRowUpdateTriggers(Relation rel)
 bool
 PersonaRowUpdaterUpdate(RowUpdater *u, int64 key, RowChangeFunc change, void *arg)
 {
-	ScanKeyData skey;
 	TM_FailureData tmfd;
 	TM_Result	result;
 	ItemPointerData tid;
-	MemoryContext old;
-	bool		found;
 
-	old = MemoryContextSwitchTo(u->cxt);
-	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(key));
-	index_rescan(u->scan, &skey, 1, NULL, 0);
-	found = index_getnext_slot(u->scan, ForwardScanDirection, u->current);
-	MemoryContextSwitchTo(old);
 	u->exact = false;
-	if (!found)
+	if (!FindRow(u, key))
 		return false;
 	if (!HasRowUpdateTriggers(u->t.rel))
 		return u->exact = UpdateFound(u, change, arg);

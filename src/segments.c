@@ -290,12 +290,16 @@ ReadsAny(const SegmentDef *seg, const char *const *changed, int nchanged)
 	return false;
 }
 
-/* Whether the profile is now a member of each segment (by name). */
+/*
+ * Whether the profile is now a member of each segment (by name).  Profiles
+ * come in ascending order from ingest, so the members' primary key is
+ * walked forward rather than descended per profile.
+ */
 static void
 ReadMemberships(ProfileReader *r, const SegmentCatalog *sc, int64 profile_id, bool *was_in)
 {
 	int			n;
-	Datum	   *names = PersonaProfileSegments(r, profile_id, &n);
+	Datum	   *names = PersonaProfileSegmentsOrdered(r, profile_id, &n);
 
 	memset(was_in, 0, sizeof(bool) * sc->nsegments);
 	for (int m = 0; m < n; m++)
