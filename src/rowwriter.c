@@ -44,6 +44,7 @@
 #include "utils/snapmgr.h"
 
 #include "persona.h"
+#include "profile.h"
 #include "rowwriter.h"
 
 /* The executor state both kinds of writers need for one relation. */
@@ -291,11 +292,7 @@ struct RowUpdater
 	bool		exact;			/* next is the row the last update stored */
 	EPQState	epqstate;
 	MemoryContext cxt;			/* the scan's: btree allocates lazily */
-	/* FindRow's forward walk of the index (keys asked in ascending order) */
-	bool		walking;		/* the scan runs forward from a lower key */
-	bool		walk_entry;		/* the scan is on an entry, of key walk_key */
-	int64		walk_key;
-	int64		walk_asked;		/* the last key asked for */
+	IndexWalk	walk;			/* FindRow's (keys asked in ascending order) */
 };
 
 /*
@@ -320,8 +317,7 @@ PersonaRowUpdaterOpen(Oid relid, Oid indexid)
 	u->next = ExecInitExtraTupleSlot(u->t.estate, RelationGetDescr(u->t.rel),
 									 &TTSOpsVirtual);
 	u->scan = index_beginscan(u->t.rel, u->index, u->t.estate->es_snapshot, 1, 0);
-	/* FindRow reads the key of each entry it walks past from the index. */
-	u->scan->xs_want_itup = true;
+	PersonaIndexWalkInit(&u->walk, u->scan, 1, UPDATER_WALK_MAX_GAP);
 	EvalPlanQualInit(&u->epqstate, u->t.estate, NULL, NIL, -1);
 	return u;
 }
@@ -452,44 +448,8 @@ static bool
 FindRow(RowUpdater *u, int64 key)
 {
 	MemoryContext old = MemoryContextSwitchTo(u->cxt);
-	IndexScanDesc scan = u->scan;
-	bool		found = false;
+	bool		found = PersonaIndexWalkFetch(&u->walk, key, u->current);
 
-	if (!u->walking || key <= u->walk_asked ||
-		(u->walk_entry && key - u->walk_key > UPDATER_WALK_MAX_GAP))
-	{
-		ScanKeyData skey;
-
-		ScanKeyInit(&skey, 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(key));
-		index_rescan(scan, &skey, 1, NULL, 0);
-		u->walking = true;
-		u->walk_entry = false;
-	}
-	u->walk_asked = key;
-	for (;;)
-	{
-		if (!u->walk_entry || u->walk_key <= key)
-		{
-			bool		isnull;
-
-			/* The entry is consumed: one below key, or one of key tried. */
-			if (u->walk_entry && u->walk_key == key &&
-				(found = index_fetch_heap(scan, u->current)))
-				break;
-			if (index_getnext_tid(scan, ForwardScanDirection) == NULL)
-			{
-				/* No entry left: no larger key in this snapshot either. */
-				u->walk_entry = false;
-				u->walking = false;
-				break;
-			}
-			u->walk_entry = true;
-			u->walk_key = DatumGetInt64(index_getattr(scan->xs_itup, 1, scan->xs_itupdesc,
-													  &isnull));
-			continue;
-		}
-		break;					/* on an entry past key: none (left) for key */
-	}
 	MemoryContextSwitchTo(old);
 	return found;
 }

@@ -290,11 +290,7 @@ ReadsAny(const SegmentDef *seg, const char *const *changed, int nchanged)
 	return false;
 }
 
-/*
- * Whether the profile is now a member of each segment (by name).  Profiles
- * come in ascending order from ingest, so the members' primary key is
- * walked forward rather than descended per profile.
- */
+/* Whether the profile is now a member of each segment (by name). */
 static void
 ReadMemberships(ProfileReader *r, const SegmentCatalog *sc, int64 profile_id, bool *was_in)
 {
@@ -365,7 +361,10 @@ AddChanges(Refresh *rf, int64 pid)
 
 /*
  * Whether the reader holds the profile (the row its caller wrote, when it
- * passed it, else fetched), with its memberships in rf->was_in.
+ * passed it, else fetched), with its memberships in rf->was_in.  Profiles
+ * come in ascending order (ingest sorts them), so both reads walk their
+ * index forward (PersonaProfileFetchOrdered, PersonaProfileSegmentsOrdered);
+ * any other order is read correctly, a descent per profile.
  */
 static bool
 ReadProfile(Refresh *rf, ProfileReader *r, int64 pid)
@@ -374,7 +373,7 @@ ReadProfile(Refresh *rf, ProfileReader *r, int64 pid)
 
 	if (rf->rows != NULL && rf->rows[rf->next] != NULL)
 		ExecForceStoreHeapTuple(rf->rows[rf->next], r->profile, false);
-	else if (!PersonaProfileFetch(r, pid))
+	else if (!PersonaProfileFetchOrdered(r, pid))
 		return false;
 	old = MemoryContextSwitchTo(r->econtext->ecxt_per_tuple_memory);
 	if (rf->created)
