@@ -154,32 +154,54 @@ PersonaIndexWalkNext(IndexWalk *w)
 }
 
 /*
+ * At most this many entries are stepped over to reach a key before the walk
+ * descends to it instead: a step costs a small fraction of a descent, so a
+ * walk costs at most about two descents per key, however many entries
+ * (of other profiles, or dead versions) lie in between.
+ */
+#define INDEX_WALK_MAX_STEPS 64
+
+/* A new scan of the walk's index from ``key``, not yet on an entry. */
+static void
+IndexWalkRestart(IndexWalk *w, int64 key)
+{
+	ScanKeyData skey;
+
+	ScanKeyInit(&skey, w->key_att, BTGreaterEqualStrategyNumber, F_INT8GE,
+				Int64GetDatum(key));
+	index_rescan(w->scan, &skey, 1, NULL, 0);
+	w->walking = true;
+	w->entry = false;
+}
+
+/*
  * Puts the walk on the first entry whose key is at least ``key`` (w->entry
  * false: none): the caller then takes the entries of w->key == key,
  * stepping with PersonaIndexWalkNext.  A key asked for again or below the
- * last one, or further than max_gap ahead of the entry the walk is on,
- * starts a new scan from it.  The index scan allocates as it goes, in the
+ * last one, further than max_gap ahead of the entry the walk is on, or
+ * more than INDEX_WALK_MAX_STEPS entries ahead, starts a new scan from it.  The index scan allocates as it goes, in the
  * memory context current at each call: callers keep it the same.
  */
 void
 PersonaIndexWalkTo(IndexWalk *w, int64 key)
 {
-	if (!w->walking || key <= w->asked || (w->entry && key - w->key > w->max_gap))
-	{
-		ScanKeyData skey;
+	int			steps = 0;
 
-		ScanKeyInit(&skey, w->key_att, BTGreaterEqualStrategyNumber, F_INT8GE,
-					Int64GetDatum(key));
-		index_rescan(w->scan, &skey, 1, NULL, 0);
-		w->walking = true;
-		w->entry = false;
-	}
+	if (!w->walking || key <= w->asked || (w->entry && key - w->key > w->max_gap))
+		IndexWalkRestart(w, key);
 	w->asked = key;
 	if (!w->entry)
 		(void) PersonaIndexWalkNext(w);
 	while (w->entry && w->key < key)
 	{
 		CHECK_FOR_INTERRUPTS();
+		/* Many entries between the keys (a profile in many segments). */
+		if (++steps > INDEX_WALK_MAX_STEPS)
+		{
+			IndexWalkRestart(w, key);
+			(void) PersonaIndexWalkNext(w);
+			break;
+		}
 		(void) PersonaIndexWalkNext(w);
 	}
 }
