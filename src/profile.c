@@ -35,10 +35,19 @@
 #include "persona.h"
 #include "profile.h"
 
+/*
+ * How far ahead (in profile ids) the ordered reads walk from the entry they
+ * are on before they descend again: stepping over an entry costs a small
+ * fraction of a descent, and a profile has at most a few member entries.
+ */
+#define PROFILE_WALK_MAX_GAP 64
+#define MEMBERS_WALK_MAX_GAP 16
+
 void
 PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
 {
 	const PersonaCatalog *cat = PersonaGetCatalog();
+	AttrNumber	member_pid;
 
 	memset(r, 0, sizeof(ProfileReader));
 	r->cxt = CurrentMemoryContext;
@@ -47,6 +56,7 @@ PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
 	r->profiles = table_open(cat->profiles, AccessShareLock);
 	r->profiles_pkey = index_open(cat->profiles_pkey, AccessShareLock);
 	r->profile_scan = index_beginscan(r->profiles, r->profiles_pkey, r->snapshot, 1, 0);
+	PersonaIndexWalkInit(&r->profile_walk, r->profile_scan, 1, PROFILE_WALK_MAX_GAP);
 	r->profile = table_slot_create(r->profiles, NULL);
 	if (memberships)
 	{
@@ -56,10 +66,19 @@ PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
 		r->member = table_slot_create(r->members, NULL);
 		r->member_segment = PersonaRequireColumn(cat->segment_members, "segment");
 		r->member_vm = InvalidBuffer;
+		member_pid = PersonaRequireColumn(cat->segment_members, "profile_id");
 		for (int k = 0; k < r->members_pkey->rd_index->indnatts; k++)
+		{
 			if (r->members_pkey->rd_index->indkey.values[k] == r->member_segment)
 				r->member_segment_key = k + 1;
+			/* Walked by profile id: it must lead the key. */
+			if (k == 0 && r->members_pkey->rd_index->indkey.values[k] == member_pid)
+				r->member_pid_key = k + 1;
+		}
 		r->member_scan->xs_want_itup = r->member_segment_key > 0;
+		if (r->member_segment_key > 0 && r->member_pid_key > 0)
+			PersonaIndexWalkInit(&r->member_walk, r->member_scan, r->member_pid_key,
+								 MEMBERS_WALK_MAX_GAP);
 	}
 	r->econtext = CreateStandaloneExprContext();
 	r->econtext->ecxt_scantuple = r->profile;
@@ -95,52 +114,127 @@ PersonaProfileFetch(ProfileReader *r, int64 profile_id)
 
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
 	index_rescan(r->profile_scan, &key, 1, NULL, 0);
-	r->walking = false;
+	r->profile_walk.walking = false;
 	found = index_getnext_slot(r->profile_scan, ForwardScanDirection, r->profile);
 	MemoryContextSwitchTo(old);
 	return found;
 }
 
-/* How far ahead PersonaProfileFetchOrdered walks before it descends again. */
-#define WALK_MAX_GAP 64
+/*
+ * Readies a walk over ``scan``, whose index key leads with the bigint at
+ * ``key_att`` of the index tuple.
+ */
+void
+PersonaIndexWalkInit(IndexWalk *w, IndexScanDesc scan, AttrNumber key_att, int64 max_gap)
+{
+	memset(w, 0, sizeof(IndexWalk));
+	w->scan = scan;
+	w->key_att = key_att;
+	w->max_gap = max_gap;
+	scan->xs_want_itup = true;
+}
+
+/* Steps to the next entry; false (w->entry false) when there is none. */
+bool
+PersonaIndexWalkNext(IndexWalk *w)
+{
+	bool		isnull;
+
+	if (index_getnext_tid(w->scan, ForwardScanDirection) == NULL)
+	{
+		/* No entry left: no larger key in this snapshot either. */
+		w->entry = false;
+		w->walking = false;
+		return false;
+	}
+	w->entry = true;
+	w->key = DatumGetInt64(index_getattr(w->scan->xs_itup, w->key_att,
+										 w->scan->xs_itupdesc, &isnull));
+	return true;
+}
+
+/*
+ * At most this many entries are stepped over to reach a key before the walk
+ * descends to it instead: a step costs a small fraction of a descent, so a
+ * walk costs at most about two descents per key, however many entries
+ * (of other profiles, or dead versions) lie in between.
+ */
+#define INDEX_WALK_MAX_STEPS 64
+
+/* A new scan of the walk's index from ``key``, not yet on an entry. */
+static void
+IndexWalkRestart(IndexWalk *w, int64 key)
+{
+	ScanKeyData skey;
+
+	ScanKeyInit(&skey, w->key_att, BTGreaterEqualStrategyNumber, F_INT8GE,
+				Int64GetDatum(key));
+	index_rescan(w->scan, &skey, 1, NULL, 0);
+	w->walking = true;
+	w->entry = false;
+}
+
+/*
+ * Puts the walk on the first entry whose key is at least ``key`` (w->entry
+ * false: none): the caller then takes the entries of w->key == key,
+ * stepping with PersonaIndexWalkNext.  A key asked for again or below the
+ * last one, further than max_gap ahead of the entry the walk is on, or
+ * more than INDEX_WALK_MAX_STEPS entries ahead, starts a new scan from it.  The index scan allocates as it goes, in the
+ * memory context current at each call: callers keep it the same.
+ */
+void
+PersonaIndexWalkTo(IndexWalk *w, int64 key)
+{
+	int			steps = 0;
+
+	if (!w->walking || key <= w->asked || (w->entry && key - w->key > w->max_gap))
+		IndexWalkRestart(w, key);
+	w->asked = key;
+	if (!w->entry)
+		(void) PersonaIndexWalkNext(w);
+	while (w->entry && w->key < key)
+	{
+		CHECK_FOR_INTERRUPTS();
+		/* Many entries between the keys (a profile in many segments). */
+		if (++steps > INDEX_WALK_MAX_STEPS)
+		{
+			IndexWalkRestart(w, key);
+			(void) PersonaIndexWalkNext(w);
+			break;
+		}
+		(void) PersonaIndexWalkNext(w);
+	}
+}
+
+/*
+ * The row of ``key`` visible to the scan's snapshot, into ``slot``: the
+ * heap is visited only for the entries of that key.
+ */
+bool
+PersonaIndexWalkFetch(IndexWalk *w, int64 key, TupleTableSlot *slot)
+{
+	PersonaIndexWalkTo(w, key);
+	for (; w->entry && w->key == key; (void) PersonaIndexWalkNext(w))
+		if (index_fetch_heap(w->scan, slot))
+			return true;
+	return false;
+}
 
 /*
  * PersonaProfileFetch for ids asked for in ascending order (a campaign
- * chunk's recipients): one forward scan of the primary key from the first
- * id, stepping over the ids in between, instead of a descent of the index
- * per profile. An id that goes back, or one far ahead of the scan, starts
- * a new scan from it. Do not mix with PersonaProfileFetch on one reader
- * without expecting a new scan.
+ * chunk's recipients, a refresh's profiles): one forward walk of the
+ * primary key (IndexWalk), visiting the heap only for the id asked for.
+ * Do not mix with PersonaProfileFetch on one reader without expecting a new
+ * scan.
  */
 bool
 PersonaProfileFetchOrdered(ProfileReader *r, int64 profile_id)
 {
 	MemoryContext old = MemoryContextSwitchTo(r->cxt);
-	AttrNumber	pid_att = r->profiles_pkey->rd_index->indkey.values[0];
-	bool		isnull;
+	bool		found = PersonaIndexWalkFetch(&r->profile_walk, profile_id, r->profile);
 
-	if (!r->walking || profile_id < r->walk_asked ||
-		(r->walk_row && profile_id - r->walk_pid > WALK_MAX_GAP))
-	{
-		ScanKeyData key;
-
-		ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(profile_id));
-		index_rescan(r->profile_scan, &key, 1, NULL, 0);
-		r->walking = true;
-		r->walk_row = true;
-		r->walk_pid = PG_INT64_MIN;
-	}
-	r->walk_asked = profile_id;
-	/* No row left (walk_row false): no later id exists in this snapshot. */
-	while (r->walk_row && r->walk_pid < profile_id)
-	{
-		CHECK_FOR_INTERRUPTS();
-		r->walk_row = index_getnext_slot(r->profile_scan, ForwardScanDirection, r->profile);
-		if (r->walk_row)
-			r->walk_pid = DatumGetInt64(slot_getattr(r->profile, pid_att, &isnull));
-	}
 	MemoryContextSwitchTo(old);
-	return r->walk_row && r->walk_pid == profile_id;
+	return found;
 }
 
 /* A column of the profile last fetched, by name. */
@@ -184,6 +278,7 @@ PersonaProfileSegments(ProfileReader *r, int64 profile_id, int *n)
 	*n = 0;
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
 	index_rescan(r->member_scan, &key, 1, NULL, 0);
+	r->member_walk.walking = false;
 	while ((tid = index_getnext_tid(r->member_scan, ForwardScanDirection)) != NULL)
 	{
 		bool		isnull;
@@ -210,6 +305,76 @@ PersonaProfileSegments(ProfileReader *r, int64 profile_id, int *n)
 		}
 		names[(*n)++] = PointerGetDatum(DatumGetTextPCopy(name));
 		MemoryContextSwitchTo(r->cxt);
+	}
+	MemoryContextSwitchTo(caller);
+	return names;
+}
+
+/*
+ * The segment name of the member entry the scan is on (a copy, in
+ * ``caller``), from the index alone where the visibility map allows, as
+ * PersonaProfileSegments reads it; false when its row is not visible.
+ */
+static bool
+WalkedMemberName(ProfileReader *r, MemoryContext caller, Datum *name)
+{
+	IndexScanDesc scan = r->member_scan;
+	BlockNumber block = ItemPointerGetBlockNumber(&scan->xs_heaptid);
+	bool		isnull;
+	Datum		value;
+
+	if (VM_ALL_VISIBLE(r->members, block, &r->member_vm))
+	{
+		value = index_getattr(scan->xs_itup, r->member_segment_key, scan->xs_itupdesc, &isnull);
+		PredicateLockPage(r->members, block, r->snapshot);
+	}
+	else if (index_fetch_heap(scan, r->member))
+		value = slot_getattr(r->member, r->member_segment, &isnull);
+	else
+		return false;
+	MemoryContextSwitchTo(caller);
+	*name = PointerGetDatum(DatumGetTextPCopy(value));
+	MemoryContextSwitchTo(r->cxt);
+	return true;
+}
+
+/*
+ * PersonaProfileSegments for profiles asked for in ascending order (a
+ * refresh of a statement's profiles): one forward scan of the members'
+ * primary key (profile_id, segment), from the first profile, reading each
+ * entry's profile id from the index tuple and stepping over the entries of
+ * the profiles in between, instead of a descent per profile.  A profile
+ * asked for again or below the last one, or far ahead of the entry the scan
+ * is on, starts a new scan from it.  Needs the segment in the index (as it
+ * is); otherwise it is PersonaProfileSegments.
+ */
+Datum *
+PersonaProfileSegmentsOrdered(ProfileReader *r, int64 profile_id, int *n)
+{
+	IndexWalk  *w = &r->member_walk;
+	int			max = 8;
+	Datum	   *names;
+	MemoryContext caller;
+
+	Assert(r->members != NULL);
+	if (w->scan == NULL)
+		return PersonaProfileSegments(r, profile_id, n);
+	names = palloc(sizeof(Datum) * max);
+	caller = MemoryContextSwitchTo(r->cxt);
+	*n = 0;
+	PersonaIndexWalkTo(w, profile_id);
+	for (; w->entry && w->key == profile_id; (void) PersonaIndexWalkNext(w))
+	{
+		Datum		name;
+
+		if (!WalkedMemberName(r, caller, &name))
+			continue;
+		if (*n == max)
+		{
+			max *= 2;
+			names = repalloc(names, sizeof(Datum) * max);
+		}
+		names[(*n)++] = name;
 	}
 	MemoryContextSwitchTo(caller);
 	return names;

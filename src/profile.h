@@ -14,6 +14,29 @@
 #include "utils/relcache.h"
 #include "utils/snapshot.h"
 
+/*
+ * A forward walk of a btree index whose key leads with a bigint column, for
+ * keys asked for in ascending order: one scan from the first key instead of
+ * a descent from the root per key.  The key of each entry is read from the
+ * index tuple, so entries are stepped over without visiting the heap.
+ */
+typedef struct IndexWalk
+{
+	IndexScanDesc scan;			/* xs_want_itup set by PersonaIndexWalkInit */
+	AttrNumber	key_att;		/* the bigint column in the index tuple */
+	int64		max_gap;		/* descend again for a key this far ahead */
+	bool		walking;		/* the scan runs forward from a lower key */
+	bool		entry;			/* the scan is on an entry, of key ``key`` */
+	int64		key;
+	int64		asked;			/* the last key asked for */
+} IndexWalk;
+
+extern void PersonaIndexWalkInit(IndexWalk *w, IndexScanDesc scan, AttrNumber key_att,
+								 int64 max_gap);
+extern void PersonaIndexWalkTo(IndexWalk *w, int64 key);
+extern bool PersonaIndexWalkNext(IndexWalk *w);
+extern bool PersonaIndexWalkFetch(IndexWalk *w, int64 key, TupleTableSlot *slot);
+
 typedef struct ProfileReader
 {
 	MemoryContext cxt;			/* where the scans began: they allocate there */
@@ -27,14 +50,12 @@ typedef struct ProfileReader
 	TupleTableSlot *member;
 	AttrNumber	member_segment;
 	int			member_segment_key; /* its column in members_pkey, 0: none */
+	int			member_pid_key; /* profile_id's, if it leads the key, else 0 */
+	IndexWalk	member_walk;	/* PersonaProfileSegmentsOrdered's */
 	Buffer		member_vm;		/* visibility map page of the members */
 	Snapshot	snapshot;
 	ExprContext *econtext;		/* scan tuple: the profile */
-	/* PersonaProfileFetchOrdered: the forward scan and the row it is on */
-	bool		walking;		/* the scan runs forward from a lower id */
-	bool		walk_row;		/* r->profile holds the row at walk_pid */
-	int64		walk_pid;
-	int64		walk_asked;		/* the last id asked for */
+	IndexWalk	profile_walk;	/* PersonaProfileFetchOrdered's */
 	/* PersonaProfileColumn: the columns asked for so far */
 	int			ncolumns;
 	const char *column_names[8];
@@ -46,6 +67,7 @@ extern void PersonaProfileReaderEnd(ProfileReader *r);
 extern bool PersonaProfileFetch(ProfileReader *r, int64 profile_id);
 extern bool PersonaProfileFetchOrdered(ProfileReader *r, int64 profile_id);
 extern Datum *PersonaProfileSegments(ProfileReader *r, int64 profile_id, int *n);
+extern Datum *PersonaProfileSegmentsOrdered(ProfileReader *r, int64 profile_id, int *n);
 extern Datum PersonaProfileColumn(ProfileReader *r, const char *column, bool *isnull);
 
 #endif							/* PERSONA_PROFILE_H */

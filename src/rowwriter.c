@@ -55,6 +55,7 @@
 #include "utils/snapmgr.h"
 
 #include "persona.h"
+#include "profile.h"
 #include "rowwriter.h"
 
 /* The executor state both kinds of writers need for one relation. */
@@ -303,7 +304,14 @@ struct RowUpdater
 	EPQState	epqstate;
 	MemoryContext cxt;			/* the scan's: btree allocates lazily */
 	bool		scanning;		/* PersonaRowUpdaterScan: walking the index */
+	IndexWalk	walk;			/* FindRow's (keys asked in ascending order) */
 };
+
+/*
+ * How far ahead (in key values) FindRow walks the index from the entry it
+ * is on before it descends from the root again.
+ */
+#define UPDATER_WALK_MAX_GAP 32
 
 /*
  * Opens ``relid`` for updates of rows found by ``indexid``, a unique index on
@@ -321,6 +329,7 @@ PersonaRowUpdaterOpen(Oid relid, Oid indexid)
 	u->next = ExecInitExtraTupleSlot(u->t.estate, RelationGetDescr(u->t.rel),
 									 &TTSOpsVirtual);
 	u->scan = index_beginscan(u->t.rel, u->index, u->t.estate->es_snapshot, 1, 0);
+	PersonaIndexWalkInit(&u->walk, u->scan, 1, UPDATER_WALK_MAX_GAP);
 	EvalPlanQualInit(&u->epqstate, u->t.estate, NULL, NIL, -1);
 	return u;
 }
@@ -475,6 +484,28 @@ UpdateLocked(RowUpdater *u, RowChangeFunc change, void *arg)
 }
 
 /*
+ * Finds the row whose key is ``key`` under the scan's snapshot, into
+ * u->current.  Keys asked for in ascending order (ingest updates profiles in
+ * profile_id order) are found by one forward walk of the index from the
+ * first, reading each entry's key from the index tuple and fetching the
+ * heap only for the entries of the key asked for, instead of a descent
+ * from the root per row; a key asked for again or below the last one, or
+ * far ahead of the entry the walk is on, starts a new walk from it.  The
+ * walk sees the entries this updater's own non-HOT updates add (same key,
+ * new version): it has passed their key by then, and their versions are
+ * invisible to the snapshot anyway (this command wrote them).
+ */
+static bool
+FindRow(RowUpdater *u, int64 key)
+{
+	MemoryContext old = MemoryContextSwitchTo(u->cxt);
+	bool		found = PersonaIndexWalkFetch(&u->walk, key, u->current);
+
+	MemoryContextSwitchTo(old);
+	return found;
+}
+
+/*
  * Updates the row whose key is ``key``: ``change`` gets its current version
  * and that version's values and nulls (every attribute, to be changed in
  * place); it may be called again for a newer version after a concurrent
@@ -500,21 +531,13 @@ RowUpdateResult
 PersonaRowUpdaterUpdateIf(RowUpdater *u, int64 key, RowCheckFunc check, RowChangeFunc change,
 						  void *arg)
 {
-	ScanKeyData skey;
 	TM_FailureData tmfd;
 	TM_Result	result;
 	ItemPointerData tid;
-	MemoryContext old;
-	bool		found;
 
 	Assert(!u->scanning);
-	old = MemoryContextSwitchTo(u->cxt);
-	ScanKeyInit(&skey, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(key));
-	index_rescan(u->scan, &skey, 1, NULL, 0);
-	found = index_getnext_slot(u->scan, ForwardScanDirection, u->current);
-	MemoryContextSwitchTo(old);
 	u->exact = false;
-	if (!found)
+	if (!FindRow(u, key))
 		return ROW_MISSING;
 	if (!HasRowUpdateTriggers(u->t.rel))
 	{
@@ -560,7 +583,9 @@ PersonaRowUpdaterScan(RowUpdater *u, ScanKey keys, int nkeys)
 {
 	MemoryContext old = MemoryContextSwitchTo(u->cxt);
 
+	/* u->walk's scan ends here: no lookup by key follows (Assert in UpdateIf) */
 	index_endscan(u->scan);
+	u->walk.scan = NULL;
 	u->scan = index_beginscan(u->t.rel, u->index, u->t.estate->es_snapshot, nkeys, 0);
 	index_rescan(u->scan, keys, nkeys, NULL, 0);
 	u->scanning = true;

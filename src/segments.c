@@ -295,7 +295,7 @@ static void
 ReadMemberships(ProfileReader *r, const SegmentCatalog *sc, int64 profile_id, bool *was_in)
 {
 	int			n;
-	Datum	   *names = PersonaProfileSegments(r, profile_id, &n);
+	Datum	   *names = PersonaProfileSegmentsOrdered(r, profile_id, &n);
 
 	memset(was_in, 0, sizeof(bool) * sc->nsegments);
 	for (int m = 0; m < n; m++)
@@ -361,7 +361,10 @@ AddChanges(Refresh *rf, int64 pid)
 
 /*
  * Whether the reader holds the profile (the row its caller wrote, when it
- * passed it, else fetched), with its memberships in rf->was_in.
+ * passed it, else fetched), with its memberships in rf->was_in.  Profiles
+ * come in ascending order (ingest sorts them), so both reads walk their
+ * index forward (PersonaProfileFetchOrdered, PersonaProfileSegmentsOrdered);
+ * any other order is read correctly, a descent per profile.
  */
 static bool
 ReadProfile(Refresh *rf, ProfileReader *r, int64 pid)
@@ -370,7 +373,7 @@ ReadProfile(Refresh *rf, ProfileReader *r, int64 pid)
 
 	if (rf->rows != NULL && rf->rows[rf->next] != NULL)
 		ExecForceStoreHeapTuple(rf->rows[rf->next], r->profile, false);
-	else if (!PersonaProfileFetch(r, pid))
+	else if (!PersonaProfileFetchOrdered(r, pid))
 		return false;
 	old = MemoryContextSwitchTo(r->econtext->ecxt_per_tuple_memory);
 	if (rf->created)
