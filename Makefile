@@ -27,7 +27,7 @@ ifneq ($(filter $(EXTVERSION),$(RELEASED)),)
 $(error default_version $(EXTVERSION) in persona.control is released (RELEASED): its install script is frozen; set default_version to the next version (docs/development.md))
 endif
 
-REGRESS = ingest identity bad_input traits segments decide bandit delivery triggers render experiments sendtime models roles operations cancel campaigns
+REGRESS = ingest identity bad_input traits segments decide bandit delivery triggers render experiments sendtime models roles operations cancel campaigns track
 REGRESS_OPTS = --load-extension=persona
 
 ISOLATION = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))

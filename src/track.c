@@ -50,6 +50,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_language.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -63,6 +64,7 @@
 #include "parser/parse_func.h"
 #include "partitioning/partbounds.h"
 #include "partitioning/partdesc.h"
+#include "pgstat.h"
 #include "rewrite/rewriteHandler.h"
 #include "utils/acl.h"
 #include "utils/datum.h"
@@ -112,7 +114,11 @@ typedef struct TrackShape
 	bool	   *given;			/* per attribute: an argument fills it */
 	Datum	   *constants;		/* per attribute: a constant default ... */
 	bool	   *constant_nulls; /* ... or NULL (no default, or a NULL one) */
-	Expr	  **defaults;		/* per attribute: a default computed per row */
+	Expr	  **defaults;		/* per attribute: a default computed per row,
+								 * by the executor ... */
+	FmgrInfo  **calls;			/* ... or by calling a C function without
+								 * arguments (nextval, now()) */
+	Oid		   *collations;		/* of those calls */
 	Oid			functions[NUM_FNS];
 	Oid			apply_owner;	/* the owner of persona.events_apply */
 	Oid			partition;		/* the partition last checked ... */
@@ -172,6 +178,41 @@ OnlyOwnTriggers(const TriggerDesc *td, int wanted)
 	return found == wanted;
 }
 
+/*
+ * Whether ``funcid`` is a function in C or internal: its call info may be
+ * kept across transactions (such functions keep nothing in it that the
+ * next call could trip on; an SQL function would cache a plan there).
+ */
+static bool
+IsCFunction(Oid funcid)
+{
+	HeapTuple	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(funcid));
+	bool		result;
+
+	if (!HeapTupleIsValid(tuple))
+		return false;
+	result = ((Form_pg_proc) GETSTRUCT(tuple))->prolang == ClanguageId ||
+		((Form_pg_proc) GETSTRUCT(tuple))->prolang == INTERNALlanguageId;
+	ReleaseSysCache(tuple);
+	return result;
+}
+
+/* The value of a default kept as a call (see TrackShape), as the executor calls it. */
+static Datum
+CallDefault(FmgrInfo *flinfo, Oid collation, bool *isnull)
+{
+	LOCAL_FCINFO(fcinfo, 0);
+	PgStat_FunctionCallUsage usage;
+	Datum		result;
+
+	InitFunctionCallInfoData(*fcinfo, flinfo, 0, collation, NULL, NULL);
+	pgstat_init_function_usage(fcinfo, &usage);
+	result = FunctionCallInvoke(fcinfo);
+	pgstat_end_function_usage(&usage, true);
+	*isnull = fcinfo->isnull;
+	return result;
+}
+
 /* Whether the direct path can serve persona.events as ``rel`` is now. */
 static bool
 ShapeAllowsDirect(Relation rel)
@@ -226,6 +267,15 @@ ShapeAllowsDirect(Relation rel)
 			if (!c->constisnull)
 				shape.constants[i] = datumCopy(c->constvalue, att->attbyval, att->attlen);
 		}
+		else if (IsA(expr, FuncExpr) && ((FuncExpr *) expr)->args == NIL &&
+				 !((FuncExpr *) expr)->funcretset &&
+				 IsCFunction(((FuncExpr *) expr)->funcid))
+		{
+			/* Its call info kept: no expression to set up per row. */
+			shape.calls[i] = palloc0(sizeof(FmgrInfo));
+			fmgr_info_cxt(((FuncExpr *) expr)->funcid, shape.calls[i], shape.cxt);
+			shape.collations[i] = ((FuncExpr *) expr)->inputcollid;
+		}
 		else
 			shape.defaults[i] = (Expr *) copyObject(expr);
 	}
@@ -235,6 +285,7 @@ ShapeAllowsDirect(Relation rel)
 	 * other default every row would be a restored one (ingest_row.c).
 	 */
 	if (profile_id <= 0 || shape.defaults[profile_id - 1] != NULL ||
+		shape.calls[profile_id - 1] != NULL ||
 		(!shape.constant_nulls[profile_id - 1] &&
 		 DatumGetInt64(shape.constants[profile_id - 1]) != 0))
 		return false;
@@ -264,6 +315,8 @@ GetShape(Relation rel)
 	shape.constants = palloc0(sizeof(Datum) * natts);
 	shape.constant_nulls = palloc0(sizeof(bool) * natts);
 	shape.defaults = palloc0(sizeof(Expr *) * natts);
+	shape.calls = palloc0(sizeof(FmgrInfo *) * natts);
+	shape.collations = palloc0(sizeof(Oid) * natts);
 	for (int i = 0; i < TRACK_NARGS; i++)
 		shape.attnums[i] = get_attnum(shape.events, track_columns[i]);
 	shape.event_id = get_attnum(shape.events, "event_id");
@@ -466,9 +519,13 @@ TrackDirect(FunctionCallInfo fcinfo, int64 *event_id)
 		nulls[s->attnums[i] - 1] = PG_ARGISNULL(i);
 	}
 	for (int i = 0; i < s->natts; i++)
-		if (s->defaults[i] != NULL)
+	{
+		if (s->calls[i] != NULL)
+			values[i] = CallDefault(s->calls[i], s->collations[i], &nulls[i]);
+		else if (s->defaults[i] != NULL)
 			values[i] = ExecEvalExprSwitchContext(ExecInitExpr(s->defaults[i], NULL),
 												  GetPerTupleExprContext(estate), &nulls[i]);
+	}
 
 	/* The BEFORE ROW trigger's work, then the rest of ExecInsert's. */
 	PersonaIngestTrackRow(parent, values, nulls);
