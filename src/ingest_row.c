@@ -414,7 +414,13 @@ CurrentFolds(void)
 	f->generation = ++row_folds_generation;
 	f->subid = subid;
 	f->cxt = cxt;
-	f->deltas = pidmap_create(cxt, 256, NULL);
+
+	/*
+	 * Small at first: the apply walks the table's buckets several times,
+	 * which for one event (persona_track) cost more than the event's fold
+	 * did with 512 of them; a bulk statement doubles it as it grows.
+	 */
+	f->deltas = pidmap_create(cxt, 8, NULL);
 	f->traits = traits;
 	f->ntraits = traits->ndefs;
 	f->touched = MemoryContextAllocZero(cxt, Max(traits->ndefs, 1));

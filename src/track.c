@@ -498,8 +498,16 @@ TrackDirect(FunctionCallInfo fcinfo, int64 *event_id)
 		rte->insertedCols = bms_add_member(rte->insertedCols,
 										   s->attnums[i] - FirstLowInvalidHeapAttributeNumber);
 	ExecInitRangeTable(estate, list_make1(rte));
+
+	/*
+	 * The target is only read by ExecConstraints' error message (the failing
+	 * row in persona.events' terms, its columns as given): its relation and
+	 * range table entry, without the copy of its triggers that
+	 * InitResultRelInfo would make.
+	 */
 	root = makeNode(ResultRelInfo);
-	InitResultRelInfo(root, parent, 1, NULL, 0);
+	root->ri_RangeTableIndex = 1;
+	root->ri_RelationDesc = parent;
 	rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(rri, part, 0, root, 0);
 	estate->es_output_cid = GetCurrentCommandId(true);
