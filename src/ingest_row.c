@@ -417,8 +417,8 @@ CurrentFolds(void)
 
 	/*
 	 * Small at first: the apply walks the table's buckets several times,
-	 * which for one event (persona_track) cost more than the event's fold
-	 * did with 512 of them; a bulk statement doubles it as it grows.
+	 * which for one event (persona_track) cost more than the event's fold did
+	 * with 512 of them; a bulk statement doubles it as it grows.
 	 */
 	f->deltas = pidmap_create(cxt, 8, NULL);
 	f->traits = traits;

@@ -89,13 +89,13 @@ static const Oid track_types[TRACK_NARGS] = {
 	TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, JSONBOID, TEXTOID
 };
 
-/* persona's own triggers of persona.events, by function. */
+/* persona's own INSERT triggers of persona.events, by function. */
 enum
 {
-	FN_BEGIN,					/* events_begin: BEFORE INSERT FOR EACH STATEMENT */
-	FN_RESOLVE,					/* events_resolve: BEFORE INSERT FOR EACH ROW */
-	FN_CONFIRM,					/* events_confirm: AFTER INSERT FOR EACH ROW */
-	FN_APPLY,					/* events_apply: AFTER INSERT FOR EACH STATEMENT */
+	FN_BEGIN,					/* events_begin: BEFORE, per statement */
+	FN_RESOLVE,					/* events_resolve: BEFORE, per row */
+	FN_CONFIRM,					/* events_confirm: AFTER, per row */
+	FN_APPLY,					/* events_apply: AFTER, per statement */
 	NUM_FNS
 };
 static const char *const trigger_functions[NUM_FNS] = {
@@ -122,8 +122,8 @@ typedef struct TrackShape
 	Oid			functions[NUM_FNS];
 	Oid			apply_owner;	/* the owner of persona.events_apply */
 	Oid			partition;		/* the partition last checked ... */
-	bool		partition_ok;	/* ... and whether this path may insert
-								 * into it */
+	bool		partition_ok;	/* ... and whether this path may insert into
+								 * it */
 	MemoryContext cxt;
 } TrackShape;
 
@@ -484,8 +484,8 @@ TrackDirect(FunctionCallInfo fcinfo, int64 *event_id)
 	old = MemoryContextSwitchTo(cxt);
 
 	/*
-	 * The executor state of a routed insert: persona.events the target
-	 * (range table entry 1, the columns given), the partition its child.
+	 * The executor state of a routed insert: persona.events the target (range
+	 * table entry 1, the columns given), the partition its child.
 	 */
 	estate = CreateExecutorState();
 	rte = makeNode(RangeTblEntry);
