@@ -111,6 +111,11 @@ SELECT profile_id FROM persona.events WHERE user_id = 'u-track-4';
 SELECT count(*) AS profiles FROM persona.profiles WHERE user_id = 'u-track-4';
 ROLLBACK;
 
+-- A read-only transaction gets the INSERT's error.
+BEGIN READ ONLY;
+SELECT persona_track('u-track-4', 'page_view');
+ROLLBACK;
+
 -- Several events in one statement: each call sees the ones before it, as
 -- each INSERT did.
 SELECT count(persona_track('u-track-5', 'page_view', jsonb_build_object('n', n)))

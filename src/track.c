@@ -31,18 +31,19 @@
  * function; the partition last routed to is checked once likewise.
  *
  * When anything would make an INSERT do more than this path does, the event
- * goes through INSERT ... RETURNING by SPI instead, as before 0.2.0 (see
- * DirectPathRefusal and docs/ingest.md): a trigger on persona.events or on
- * the partition other than persona's own four (user triggers, foreign keys,
+ * goes through INSERT ... RETURNING by SPI instead, as before 0.2.0
+ * (TrackDirect, ShapeAllowsDirect and PartitionAllowsDirect decide;
+ * docs/ingest.md lists the cases): a trigger on persona.events or on the
+ * partition other than persona's own four (user triggers, foreign keys,
  * deferrable unique constraints), one of those four disabled or not firing
  * (session_replication_role = replica), a rule or row-level security on
- * persona.events, a stored generated column, a column whose type or
- * default is not the one persona made in a way the path relies on, a
- * partition that is not a plain table or whose columns differ from
- * persona.events', an event that no partition takes (the INSERT raises the
- * error), a caller without INSERT and SELECT on persona.events (the INSERT
- * checks column privileges and raises the error), or persona.events_apply
- * owned by another role than persona_track.
+ * persona.events, a read-only transaction (a standby's included), a stored
+ * generated column, a column whose type or default is not the one persona
+ * made in a way the path relies on, a partition that is not a plain table
+ * or whose columns differ from persona.events', an event that no partition
+ * takes (the INSERT raises the error), a caller without INSERT and SELECT
+ * on persona.events (the INSERT checks column privileges and raises the
+ * error), or persona.events_apply owned by another role than persona_track.
  */
 #include "postgres.h"
 
@@ -434,7 +435,9 @@ TrackDirect(FunctionCallInfo fcinfo, int64 *event_id)
 	bool	   *nulls;
 	int			level;
 
-	if (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
+	/* The INSERT refuses a read-only transaction with its own error. */
+	if (XactReadOnly || IsInParallelMode() ||
+		SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA)
 		return false;
 
 	/* As the INSERT's plan would: the lock first, then the snapshot. */
