@@ -911,8 +911,8 @@ persona_events_resolve(PG_FUNCTION_ARGS)
  * on the row as it will be stored (every column of persona.events, in the
  * layout of ``rel``, its defaults computed): the checks of
  * persona_events_resolve, the profile_id set in ``values``, and the fold.
- * The row is sure to be stored as it is: no other row trigger fires, and
- * its event_id is fresh.
+ * The row is stored as it is or the statement fails: no other row trigger
+ * fires, and nothing (no ON CONFLICT) can skip it.
  */
 void
 PersonaIngestTrackRow(Relation rel, Datum *values, bool *nulls)
