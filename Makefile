@@ -7,7 +7,7 @@ EXTENSION  = persona
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" persona.control)
 
 MODULE_big = persona
-OBJS = src/persona.o src/catalog.o src/defcache.o src/rowwriter.o src/validate.o src/ingest.o src/idmap.o src/ingest_row.o src/ingest_apply.o src/traits.o src/predicate.o src/profile.o src/segments.o src/decide.o src/bandit.o src/render.o src/outbox.o src/triggers.o src/enqueue.o src/announcer.o src/experiments.o src/sendtime.o src/models.o src/campaigns.o src/clock.o
+OBJS = src/persona.o src/catalog.o src/defcache.o src/rowwriter.o src/validate.o src/ingest.o src/idmap.o src/ingest_row.o src/ingest_apply.o src/track.o src/traits.o src/predicate.o src/profile.o src/segments.o src/decide.o src/bandit.o src/render.o src/outbox.o src/triggers.o src/enqueue.o src/announcer.o src/experiments.o src/sendtime.o src/models.o src/campaigns.o src/clock.o
 
 # The current version's install script is assembled from the per-concept
 # fragments in src/, in this order, so each function's declaration sits
@@ -27,7 +27,7 @@ ifneq ($(filter $(EXTVERSION),$(RELEASED)),)
 $(error default_version $(EXTVERSION) in persona.control is released (RELEASED): its install script is frozen; set default_version to the next version (docs/development.md))
 endif
 
-REGRESS = ingest identity bad_input traits segments decide bandit delivery triggers render experiments sendtime models roles operations cancel campaigns
+REGRESS = ingest identity bad_input traits segments decide bandit delivery triggers render experiments sendtime models roles operations cancel campaigns track
 REGRESS_OPTS = --load-extension=persona
 
 ISOLATION = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))

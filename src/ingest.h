@@ -8,7 +8,8 @@
  *	- ingest_row.c: the row triggers: checks, identity lookup, folding;
  *	- ingest_apply.c: the statement trigger: new identities, new profiles,
  *	  profile updates, segment refresh;
- *	- ingest.c: persona_track and what the triggers share.
+ *	- track.c: persona_track, which runs both phases itself;
+ *	- ingest.c: what the triggers share.
  */
 #ifndef PERSONA_INGEST_H
 #define PERSONA_INGEST_H
@@ -255,6 +256,13 @@ extern void PersonaIngestEndStatement(void);
 extern void PersonaIngestForgetStatements(SubTransactionId subid);
 extern void PersonaIngestCommitFolds(SubTransactionId mySubid, SubTransactionId parentSubid);
 extern bool PersonaIngestAbortFolds(SubTransactionId mySubid);
+extern void PersonaIngestTrackRow(Relation rel, Datum *values, bool *nulls);
+
+/* ingest_apply.c */
+extern void PersonaIngestApply(void);
+
+/* track.c */
+extern void PersonaTrackInit(void);
 
 /* ingest.c */
 extern TriggerData *PersonaIngestRequireInsertTrigger(FunctionCallInfo fcinfo, bool before,

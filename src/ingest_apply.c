@@ -817,6 +817,21 @@ PG_FUNCTION_INFO_V1(persona_events_apply);
 Datum
 persona_events_apply(PG_FUNCTION_ARGS)
 {
+	(void) PersonaIngestRequireInsertTrigger(fcinfo, false, false,
+											 "persona_events_apply must be fired AFTER INSERT FOR EACH STATEMENT");
+	PersonaIngestEndStatement();
+	PersonaIngestApply();
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * The apply of an insert into persona.events: the statement trigger's, and
+ * persona_track's when it inserts its event itself (track.c), which runs it
+ * as the trigger would run, with persona.maintenance on.
+ */
+void
+PersonaIngestApply(void)
+{
 	RowFolds   *folds;
 	MemoryContext batch;
 	MemoryContext old;
@@ -828,15 +843,12 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	SortedId   *ids;
 	int			n = 0;
 
-	(void) PersonaIngestRequireInsertTrigger(fcinfo, false, false,
-											 "persona_events_apply must be fired AFTER INSERT FOR EACH STATEMENT");
-	PersonaIngestEndStatement();
 	PersonaIngestCloseIdentityScan();
 	folds = PersonaIngestTakeFolds();
 	if (folds == NULL)
 	{
 		IdMapPrune();
-		return PointerGetDatum(NULL);
+		return;
 	}
 	deltas = folds->deltas;
 	Assert(deltas->members > 0);	/* folds are made for a row */
@@ -919,5 +931,4 @@ persona_events_apply(PG_FUNCTION_ARGS)
 	MemoryContextDelete(batch);
 	MemoryContextDelete(folds->cxt);
 	IdMapPrune();
-	return PointerGetDatum(NULL);
 }

@@ -167,6 +167,28 @@ CheckEvent(const Datum *values, const bool *nulls)
 				 errmsg("occurred_at of an event must be finite")));
 }
 
+/*
+ * Checks an event's row (every column, deformed): its ids, copied into the
+ * buffers (PERSONA_MAX_ID_BYTES + 1 bytes each) and returned (NULL for a
+ * NULL id), at least one of them, and its other columns.
+ */
+static void
+CheckRow(const Datum *values, const bool *nulls, char *user_buf, char *anonymous_buf,
+		 char **user_id, char **anonymous_id)
+{
+	*user_id = CheckId(values[event_columns.user_id - 1],
+					   nulls[event_columns.user_id - 1], "user_id", user_buf);
+	*anonymous_id = CheckId(values[event_columns.anonymous_id - 1],
+							nulls[event_columns.anonymous_id - 1], "anonymous_id",
+							anonymous_buf);
+	if (*user_id == NULL && *anonymous_id == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("an event needs a user_id or an anonymous_id"),
+				 errhint("Pass the known user id, or the anonymous id of the device.")));
+	CheckEvent(values, nulls);
+}
+
 /* ---------------------------------------------------------------------
  * Identity lookup
  * --------------------------------------------------------------------- */
@@ -341,6 +363,18 @@ ResolveProfile(const char *id, bool is_user)
 	return entry;
 }
 
+/*
+ * The entry of the id an event resolves by: a known user id wins (the
+ * anonymous id is kept on the event).
+ */
+static inline IdEntry *
+ResolveRowProfile(const char *user_id, const char *anonymous_id)
+{
+	if (user_id != NULL)
+		return ResolveProfile(user_id, true);
+	return ResolveProfile(anonymous_id, false);
+}
+
 /* ---------------------------------------------------------------------
  * Folding rows
  * --------------------------------------------------------------------- */
@@ -380,7 +414,13 @@ CurrentFolds(void)
 	f->generation = ++row_folds_generation;
 	f->subid = subid;
 	f->cxt = cxt;
-	f->deltas = pidmap_create(cxt, 256, NULL);
+
+	/*
+	 * Small at first: the apply walks the table's buckets several times,
+	 * which for one event (persona_track) cost more than the event's fold did
+	 * with 512 of them; a bulk statement doubles it as it grows.
+	 */
+	f->deltas = pidmap_create(cxt, 8, NULL);
 	f->traits = traits;
 	f->ntraits = traits->ndefs;
 	f->touched = MemoryContextAllocZero(cxt, Max(traits->ndefs, 1));
@@ -818,18 +858,7 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 		row_natts = desc->natts;
 	}
 	heap_deform_tuple(tuple, desc, row_values, row_nulls);
-
-	user_id = CheckId(row_values[event_columns.user_id - 1],
-					  row_nulls[event_columns.user_id - 1], "user_id", user_buf);
-	anonymous_id = CheckId(row_values[event_columns.anonymous_id - 1],
-						   row_nulls[event_columns.anonymous_id - 1], "anonymous_id",
-						   anonymous_buf);
-	if (user_id == NULL && anonymous_id == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("an event needs a user_id or an anonymous_id"),
-				 errhint("Pass the known user id, or the anonymous id of the device.")));
-	CheckEvent(row_values, row_nulls);
+	CheckRow(row_values, row_nulls, user_buf, anonymous_buf, &user_id, &anonymous_id);
 
 	/*
 	 * A row that comes with its profile_id is a restored one (pg_dump writes
@@ -857,11 +886,7 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 				 errdetail("Events are applied to their profiles by the statement triggers of persona.events, which do not fire for a statement on a partition."),
 				 errhint("Insert into persona.events: each row is routed to its partition.")));
 
-	/* A known user id wins; the anonymous id is kept on the event. */
-	if (user_id != NULL)
-		entry = ResolveProfile(user_id, true);
-	else
-		entry = ResolveProfile(anonymous_id, false);
+	entry = ResolveRowProfile(user_id, anonymous_id);
 	profile_id = Int64GetDatum(entry->profile_id);
 
 	attnum = event_columns.profile_id;
@@ -879,6 +904,32 @@ persona_events_resolve(PG_FUNCTION_ARGS)
 		folded_event_id = event_id;
 	}
 	return PointerGetDatum(result);
+}
+
+/*
+ * The row phase of an event that persona_track inserts itself (track.c),
+ * on the row as it will be stored (every column of persona.events, in the
+ * layout of ``rel``, its defaults computed): the checks of
+ * persona_events_resolve, the profile_id set in ``values``, and the fold.
+ * The row is stored as it is or the statement fails: no other row trigger
+ * fires, and nothing (no ON CONFLICT) can skip it.
+ */
+void
+PersonaIngestTrackRow(Relation rel, Datum *values, bool *nulls)
+{
+	char		user_buf[PERSONA_MAX_ID_BYTES + 1];
+	char		anonymous_buf[PERSONA_MAX_ID_BYTES + 1];
+	char	   *user_id;
+	char	   *anonymous_id;
+	IdEntry    *entry;
+
+	ResolveEventColumns(rel);
+	default_event_id = 0;		/* no BEFORE ROW trigger will ask */
+	CheckRow(values, nulls, user_buf, anonymous_buf, &user_id, &anonymous_id);
+	entry = ResolveRowProfile(user_id, anonymous_id);
+	values[event_columns.profile_id - 1] = Int64GetDatum(entry->profile_id);
+	nulls[event_columns.profile_id - 1] = false;
+	FoldRow(values, entry);
 }
 
 /*
