@@ -141,12 +141,13 @@ sub reap
 # Waits (at most 60 s) for a query of the pattern to be running, plus $ms.
 sub wait_active
 {
-	my ($pattern, $ms, $tries) = @_;
+	my ($pattern, $ms, $tries, $states) = @_;
 	my $pid;
+	$states ||= "'active'";
 	for (1 .. ($tries || 600))
 	{
 		$pid = sql("SELECT pid FROM pg_stat_activity WHERE datname = '$db'"
-			  . " AND state = 'active' AND pid <> pg_backend_pid() AND query LIKE '$pattern' LIMIT 1");
+			  . " AND state IN ($states) AND pid <> pg_backend_pid() AND query LIKE '$pattern' LIMIT 1");
 		last if $pid;
 		usleep(100_000);
 	}
@@ -399,7 +400,7 @@ sub worker
 {
 	my ($w, $forget) = @_;
 	my $s = "CREATE TEMP TABLE batch (message_id bigint);\n";
-	for my $k (1 .. 3000)
+	for my $k (1 .. 10000)
 	{
 		$s .= "BEGIN;\nINSERT INTO batch SELECT message_id FROM persona_claim('push', 20, '2 seconds');\n";
 		if ($forget && $k % 4 == 0)
@@ -423,9 +424,11 @@ for my $round ('all', 'backend')
 	my $pid = wait_active('INSERT INTO batch SELECT message_id FROM persona_claim%', 1500);
 	if ($round eq 'backend')
 	{
-		# A worker in persona_ack if one is caught within 10 s, else any worker.
+		# A worker in persona_ack if one is caught within 10 s, else a worker
+		# in or between claim and ack (an empty queue makes claims so quick
+		# that polling rarely catches one running).
 		$pid = wait_active('%persona_ack%', 0, 100)
-		  || wait_active('%persona_claim%', 0);
+		  || wait_active('%batch%', 0, 600, "'active', 'idle in transaction'");
 	}
 	if ($round eq 'all')
 	{
