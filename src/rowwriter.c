@@ -12,8 +12,10 @@
  * an array built for it, and (for ON CONFLICT) a speculative insertion.
  * A RowWriter does what logical replication's apply worker does for each
  * row (ExecSimpleRelationInsert): BEFORE ROW triggers, CHECK and NOT NULL
- * constraints, the heap insert, every index entry (unique ones checked,
- * waiting for in-progress inserters as usual), AFTER ROW triggers.  Columns
+ * constraints (the CHECK constraints compiled once per backend, not per
+ * statement: CompiledChecks), the heap insert, every index entry (unique
+ * ones checked, waiting for in-progress inserters as usual), AFTER ROW
+ * triggers.  Columns
  * the caller does not set take their defaults.  Statement-level triggers do
  * not fire.
  *
@@ -39,9 +41,11 @@
 #include "rewrite/rewriteHandler.h"
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "persona.h"
 #include "rowwriter.h"
@@ -54,6 +58,102 @@ typedef struct RowTarget
 	ResultRelInfo *rri;
 	bool		triggers;		/* after-trigger query bracket opened */
 } RowTarget;
+
+/*
+ * The CHECK constraints of a relation, compiled once per backend: the
+ * executor compiles them (stringToNode, expression_planner, ExecInitExpr)
+ * once per statement, which for a statement that writes one row costs
+ * more than the row.  An entry goes stale when its relation changes (a
+ * relcache invalidation) or any function does (an SQL function may have
+ * been inlined into the expressions); a stale entry's memory is handed to
+ * the transaction that notices, since a writer of that transaction may
+ * still be evaluating it.
+ */
+typedef struct CheckCache
+{
+	Oid			relid;
+	bool		stale;
+	int			ncheck;
+	ExprState **exprs;
+	MemoryContext cxt;
+	struct CheckCache *next;
+} CheckCache;
+
+static CheckCache *check_caches = NULL;
+static bool check_callbacks = false;
+
+static void
+CheckCacheRelcacheCallback(Datum arg, Oid relid)
+{
+	for (CheckCache *c = check_caches; c != NULL; c = c->next)
+		if (!OidIsValid(relid) || relid == c->relid)
+			c->stale = true;
+}
+
+static void
+CheckCacheSyscacheCallback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	for (CheckCache *c = check_caches; c != NULL; c = c->next)
+		c->stale = true;
+}
+
+/*
+ * The compiled CHECK constraints of an open relation, in the order of its
+ * constr->check (as ExecRelCheck expects them in ri_ConstraintExprs).
+ */
+static ExprState **
+CompiledChecks(Relation rel)
+{
+	TupleConstr *constr = rel->rd_att->constr;
+	CheckCache *c;
+	MemoryContext old;
+
+	if (!check_callbacks)
+	{
+		CacheRegisterRelcacheCallback(CheckCacheRelcacheCallback, (Datum) 0);
+		CacheRegisterSyscacheCallback(PROCOID, CheckCacheSyscacheCallback, (Datum) 0);
+		check_callbacks = true;
+	}
+	for (c = check_caches; c != NULL; c = c->next)
+		if (c->relid == RelationGetRelid(rel))
+			break;
+	if (c != NULL && !c->stale && c->ncheck == constr->num_check)
+		return c->exprs;
+	if (c == NULL)
+	{
+		c = MemoryContextAllocZero(TopMemoryContext, sizeof(CheckCache));
+		c->relid = RelationGetRelid(rel);
+		c->next = check_caches;
+		check_caches = c;
+	}
+	else if (c->cxt != NULL)
+		MemoryContextSetParent(c->cxt, TopTransactionContext);
+	c->exprs = NULL;
+	c->stale = false;
+	c->cxt = AllocSetContextCreate(TopMemoryContext, "persona check constraints",
+								   ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(c->cxt);
+	PG_TRY();
+	{
+		c->exprs = palloc(sizeof(ExprState *) * constr->num_check);
+		for (int i = 0; i < constr->num_check; i++)
+			c->exprs[i] = ExecInitExpr(expression_planner(stringToNode(constr->check[i].ccbin)),
+									   NULL);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(c->cxt);
+		c->cxt = NULL;
+		c->exprs = NULL;
+		c->stale = true;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	c->ncheck = constr->num_check;
+	return c->exprs;
+}
 
 static void
 OpenTarget(RowTarget *t, Oid relid)
@@ -72,6 +172,8 @@ OpenTarget(RowTarget *t, Oid relid)
 	t->estate->es_output_cid = GetCurrentCommandId(true);
 	t->estate->es_snapshot = GetActiveSnapshot();
 	ExecOpenIndices(t->rri, false);
+	if (t->rel->rd_att->constr != NULL && t->rel->rd_att->constr->num_check > 0)
+		t->rri->ri_ConstraintExprs = CompiledChecks(t->rel);
 	t->triggers = false;
 	/* Only AFTER ROW triggers (foreign keys too) queue events here. */
 	if (t->rel->trigdesc != NULL &&
