@@ -13,7 +13,7 @@
  * A RowWriter does what logical replication's apply worker does for each
  * row (ExecSimpleRelationInsert): BEFORE ROW triggers, CHECK and NOT NULL
  * constraints (the CHECK constraints compiled once per backend, not per
- * statement: CompiledChecks), the heap insert, every index entry (unique
+ * statement, as are the column defaults: CompiledRel), the heap insert, every index entry (unique
  * ones checked, waiting for in-progress inserters as usual), AFTER ROW
  * triggers.  Columns
  * the caller does not set take their defaults.  Statement-level triggers do
@@ -57,102 +57,135 @@ typedef struct RowTarget
 	EState	   *estate;
 	ResultRelInfo *rri;
 	bool		triggers;		/* after-trigger query bracket opened */
+	struct CompiledRel *compiled;	/* its expressions, compiled once */
 } RowTarget;
 
 /*
- * The CHECK constraints of a relation, compiled once per backend: the
- * executor compiles them (stringToNode, expression_planner, ExecInitExpr)
- * once per statement, which for a statement that writes one row costs
- * more than the row.  An entry goes stale when its relation changes (a
- * relcache invalidation) or any function does (an SQL function may have
- * been inlined into the expressions); a stale entry's memory is handed to
- * the transaction that notices, since a writer of that transaction may
- * still be evaluating it.
+ * What the executor compiles per statement for a relation, compiled once
+ * per backend: its CHECK constraints and its column defaults
+ * (stringToNode, expression_planner, ExecInitExpr).  For a statement that
+ * writes one row (a trigger's message per persona_track) that cost more
+ * than the row.  An entry goes stale when its relation changes (a relcache
+ * invalidation) or any function does (an SQL function may have been
+ * inlined into the expressions); a stale entry's memory is handed to the
+ * transaction that notices, since a writer of that transaction may still
+ * be evaluating it.  Only the expressions are kept: a default's value is
+ * still computed per statement (now()), or per row when volatile.
  */
-typedef struct CheckCache
+typedef struct CompiledRel
 {
 	Oid			relid;
 	bool		stale;
-	int			ncheck;
-	ExprState **exprs;
 	MemoryContext cxt;
-	struct CheckCache *next;
-} CheckCache;
+	int			natts;
+	int			ncheck;
+	ExprState **checks;			/* as ExecRelCheck expects them */
+	char	   *default_known;	/* per attribute: its default was looked up */
+	ExprState **defaults;		/* per attribute: NULL when it has none */
+	bool	   *default_volatile;
+	struct CompiledRel *next;
+} CompiledRel;
 
-static CheckCache *check_caches = NULL;
-static bool check_callbacks = false;
+static CompiledRel *compiled_rels = NULL;
+static bool compiled_callbacks = false;
 
 static void
-CheckCacheRelcacheCallback(Datum arg, Oid relid)
+CompiledRelcacheCallback(Datum arg, Oid relid)
 {
-	for (CheckCache *c = check_caches; c != NULL; c = c->next)
+	for (CompiledRel *c = compiled_rels; c != NULL; c = c->next)
 		if (!OidIsValid(relid) || relid == c->relid)
 			c->stale = true;
 }
 
 static void
-CheckCacheSyscacheCallback(Datum arg, int cacheid, uint32 hashvalue)
+CompiledSyscacheCallback(Datum arg, int cacheid, uint32 hashvalue)
 {
-	for (CheckCache *c = check_caches; c != NULL; c = c->next)
+	for (CompiledRel *c = compiled_rels; c != NULL; c = c->next)
 		c->stale = true;
 }
 
-/*
- * The compiled CHECK constraints of an open relation, in the order of its
- * constr->check (as ExecRelCheck expects them in ri_ConstraintExprs).
- */
-static ExprState **
-CompiledChecks(Relation rel)
+/* The compiled expressions of an open relation, its CHECK constraints compiled. */
+static CompiledRel *
+GetCompiledRel(Relation rel)
 {
-	TupleConstr *constr = rel->rd_att->constr;
-	CheckCache *c;
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			ncheck = desc->constr != NULL ? desc->constr->num_check : 0;
+	CompiledRel *c;
+	MemoryContext cxt;
 	MemoryContext old;
 
-	if (!check_callbacks)
+	if (!compiled_callbacks)
 	{
-		CacheRegisterRelcacheCallback(CheckCacheRelcacheCallback, (Datum) 0);
-		CacheRegisterSyscacheCallback(PROCOID, CheckCacheSyscacheCallback, (Datum) 0);
-		check_callbacks = true;
+		CacheRegisterRelcacheCallback(CompiledRelcacheCallback, (Datum) 0);
+		CacheRegisterSyscacheCallback(PROCOID, CompiledSyscacheCallback, (Datum) 0);
+		compiled_callbacks = true;
 	}
-	for (c = check_caches; c != NULL; c = c->next)
+	for (c = compiled_rels; c != NULL; c = c->next)
 		if (c->relid == RelationGetRelid(rel))
 			break;
-	if (c != NULL && !c->stale && c->ncheck == constr->num_check)
-		return c->exprs;
+	if (c != NULL && !c->stale && c->natts == desc->natts && c->ncheck == ncheck)
+		return c;
 	if (c == NULL)
 	{
-		c = MemoryContextAllocZero(TopMemoryContext, sizeof(CheckCache));
+		c = MemoryContextAllocZero(TopMemoryContext, sizeof(CompiledRel));
 		c->relid = RelationGetRelid(rel);
-		c->next = check_caches;
-		check_caches = c;
+		c->next = compiled_rels;
+		compiled_rels = c;
 	}
 	else if (c->cxt != NULL)
 		MemoryContextSetParent(c->cxt, TopTransactionContext);
-	c->exprs = NULL;
-	c->stale = false;
-	c->cxt = AllocSetContextCreate(TopMemoryContext, "persona check constraints",
-								   ALLOCSET_SMALL_SIZES);
-	old = MemoryContextSwitchTo(c->cxt);
+	c->cxt = NULL;
+	c->stale = true;			/* until it is complete */
+	cxt = AllocSetContextCreate(TopMemoryContext, "persona compiled relation",
+								ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		c->exprs = palloc(sizeof(ExprState *) * constr->num_check);
-		for (int i = 0; i < constr->num_check; i++)
-			c->exprs[i] = ExecInitExpr(expression_planner(stringToNode(constr->check[i].ccbin)),
-									   NULL);
+		c->checks = palloc(sizeof(ExprState *) * Max(ncheck, 1));
+		for (int i = 0; i < ncheck; i++)
+			c->checks[i] = ExecInitExpr(expression_planner(stringToNode(desc->constr->check[i].ccbin)),
+										NULL);
 	}
 	PG_CATCH();
 	{
 		MemoryContextSwitchTo(old);
-		MemoryContextDelete(c->cxt);
-		c->cxt = NULL;
-		c->exprs = NULL;
-		c->stale = true;
+		MemoryContextDelete(cxt);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	c->default_known = palloc0(desc->natts);
+	c->defaults = palloc0(sizeof(ExprState *) * desc->natts);
+	c->default_volatile = palloc0(sizeof(bool) * desc->natts);
 	MemoryContextSwitchTo(old);
-	c->ncheck = constr->num_check;
-	return c->exprs;
+	c->cxt = cxt;
+	c->natts = desc->natts;
+	c->ncheck = ncheck;
+	c->stale = false;
+	return c;
+}
+
+/* The compiled default of attribute attnum, NULL when it has none. */
+static ExprState *
+CompiledDefault(CompiledRel *c, Relation rel, AttrNumber attnum, bool *isvolatile)
+{
+	int			i = attnum - 1;
+
+	if (!c->default_known[i])
+	{
+		MemoryContext old = MemoryContextSwitchTo(c->cxt);
+		Expr	   *expr = (Expr *) build_column_default(rel, attnum);
+
+		if (expr != NULL)
+		{
+			expr = expression_planner(expr);
+			c->default_volatile[i] = contain_volatile_functions((Node *) expr);
+			c->defaults[i] = ExecInitExpr(expr, NULL);
+		}
+		MemoryContextSwitchTo(old);
+		c->default_known[i] = true;
+	}
+	*isvolatile = c->default_volatile[i];
+	return c->defaults[i];
 }
 
 static void
@@ -172,8 +205,9 @@ OpenTarget(RowTarget *t, Oid relid)
 	t->estate->es_output_cid = GetCurrentCommandId(true);
 	t->estate->es_snapshot = GetActiveSnapshot();
 	ExecOpenIndices(t->rri, false);
-	if (t->rel->rd_att->constr != NULL && t->rel->rd_att->constr->num_check > 0)
-		t->rri->ri_ConstraintExprs = CompiledChecks(t->rel);
+	t->compiled = GetCompiledRel(t->rel);
+	if (t->compiled->ncheck > 0)
+		t->rri->ri_ConstraintExprs = t->compiled->checks;
 	t->triggers = false;
 	/* Only AFTER ROW triggers (foreign keys too) queue events here. */
 	if (t->rel->trigdesc != NULL &&
@@ -259,22 +293,21 @@ PersonaRowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
-		Expr	   *expr;
 		ExprState  *state;
+		bool		isvolatile;
 		Datum		value;
 
 		if (set[i] || att->attisdropped)
 			continue;
-		expr = (Expr *) build_column_default(w->t.rel, i + 1);
-		if (expr == NULL)
+		state = CompiledDefault(w->t.compiled, w->t.rel, i + 1, &isvolatile);
+		if (state == NULL)
 			continue;
-		state = ExecPrepareExpr(expr, w->t.estate);
 
 		/*
 		 * A default without volatile functions (a constant, now()) has the
 		 * same value for every row of the statement: computed once.
 		 */
-		if (contain_volatile_functions((Node *) expr))
+		if (isvolatile)
 		{
 			w->defaults[i] = state;
 			continue;
