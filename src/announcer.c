@@ -351,8 +351,8 @@ AnnounceOutbox(Stream *s, int64 horizon)
 		{
 			/*
 			 * Generic: a custom plan (which the plan cache keeps choosing,
-			 * the range of ids being small) was planned again every
-			 * round, a third of the announcer's time under load.
+			 * the range of ids being small) was planned again every round, a
+			 * third of the announcer's time under load.
 			 */
 			channels_plan = SPI_prepare_cursor("SELECT DISTINCT m.channel FROM persona.messages AS m"
 											   " WHERE m.message_id OPERATOR(pg_catalog.>) $1"
