@@ -161,6 +161,36 @@ SELECT source, reason, messages FROM persona.suppressions
  WHERE source IN ('trigger:t_capped', 'trigger:t_cool') ORDER BY 1, 2;
 ROLLBACK;
 
+-- A firing reads the actions from a per-backend cache, and writes its
+-- message with the outbox's constraints and defaults compiled once per
+-- backend (src/rowwriter.c): each follows a change made since, in the same
+-- session: a cap given to the action, a constraint added to
+-- persona.messages, a default changed, and each undone by a rollback.
+BEGIN;
+SELECT persona_create_action('t_later', 'tlater', '{"t": "hi"}');
+SELECT persona_create_trigger('t_later', 'later_view', 't_later');
+SELECT persona_track('t-later', 'later_view') > 0 AS fired;
+SELECT persona_update_action('t_later', '{"cap_per_day": 1}');
+SELECT persona_track('t-later', 'later_view') > 0 AS fired_over_cap;
+SELECT count(*) AS later_messages FROM persona.messages WHERE source = 'trigger:t_later';
+SELECT reason, messages FROM persona.suppressions WHERE source = 'trigger:t_later';
+SELECT persona_update_action('t_later', '{"cap_per_day": null}');
+SAVEPOINT changed;
+ALTER TABLE persona.messages ADD CONSTRAINT t_later_check CHECK (attempts < 0) NOT VALID;
+\set VERBOSITY terse
+SELECT persona_track('t-later', 'later_view') > 0 AS fired_against_check;
+\set VERBOSITY default
+ROLLBACK TO changed;
+ALTER TABLE persona.messages ALTER COLUMN attempts SET DEFAULT 7;
+SELECT persona_track('t-later', 'later_view') > 0 AS fired_with_default;
+SELECT attempts AS default_attempts FROM persona.messages
+ WHERE source = 'trigger:t_later' ORDER BY message_id DESC LIMIT 1;
+ROLLBACK TO changed;
+SELECT persona_track('t-later', 'later_view') > 0 AS fired_again;
+SELECT attempts, count(*) AS later_messages FROM persona.messages
+ WHERE source = 'trigger:t_later' GROUP BY attempts ORDER BY attempts;
+ROLLBACK;
+
 -- Action conditions cannot name event; trigger conditions can.
 SELECT persona_create_action('t_bad', 'web', '{}', condition => $$event IS NULL$$);
 

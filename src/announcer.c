@@ -349,9 +349,15 @@ AnnounceOutbox(Stream *s, int64 horizon)
 
 		if (channels_plan == NULL)
 		{
-			channels_plan = SPI_prepare("SELECT DISTINCT m.channel FROM persona.messages AS m"
-										" WHERE m.message_id OPERATOR(pg_catalog.>) $1"
-										"   AND m.message_id OPERATOR(pg_catalog.<=) $2", 2, types);
+			/*
+			 * Generic: a custom plan (which the plan cache keeps choosing,
+			 * the range of ids being small) was planned again every round, a
+			 * third of the announcer's time under load.
+			 */
+			channels_plan = SPI_prepare_cursor("SELECT DISTINCT m.channel FROM persona.messages AS m"
+											   " WHERE m.message_id OPERATOR(pg_catalog.>) $1"
+											   "   AND m.message_id OPERATOR(pg_catalog.<=) $2", 2, types,
+											   CURSOR_OPT_GENERIC_PLAN);
 			if (channels_plan == NULL || SPI_keepplan(channels_plan) != 0)
 				elog(ERROR, "preparing the announcer's queries failed");
 		}

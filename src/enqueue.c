@@ -4,8 +4,10 @@
  *
  * A statement that fires triggers for thousands of events queues their
  * messages here in a fixed number of queries, whatever their number: the
- * actions are read once, the consent of every profile once (FOR KEY SHARE,
- * against merges), what counts toward caps and cooldowns once per profile
+ * actions come from a per-backend definitions cache (defcache.c), the
+ * consent of every profile is read by its primary key (rows this
+ * transaction did not write are read again FOR KEY SHARE, against merges,
+ * in one query), what counts toward caps and cooldowns once per profile
  * and capped action (persona.recent_sends), and the messages are written
  * by a RowWriter (rowwriter.c: heap_multi_insert and the index entries
  * directly, the CHECK constraints compiled once per statement, the
@@ -39,20 +41,25 @@
 
 #include "announcer.h"
 #include "campaigns.h"
+#include "defcache.h"
 #include "enqueue.h"
 #include "experiments.h"
 #include "outbox.h"
 #include "persona.h"
+#include "profile.h"
 #include "rowwriter.h"
 #include "sendtime.h"
 
 extern Datum persona_holdout_suppresses(PG_FUNCTION_ARGS);
 
-/* One row of persona.actions, as enqueueing needs it. */
+/*
+ * One row of persona.actions, as enqueueing needs it; kept per backend in
+ * a definitions cache (defcache.c) until persona.actions changes.
+ */
 typedef struct EnqueueAction
 {
+	int32		action_id;		/* first: defcache.c sorts by it */
 	char	   *name;
-	int32		action_id;
 	char	   *channel;
 	bool		capped;			/* a cap_per_day or a cooldown */
 	int32		cap_per_day;	/* 0: none */
@@ -61,6 +68,13 @@ typedef struct EnqueueAction
 	Interval	span;			/* greatest(24 hours, cooldown): recent_sends'
 								 * span */
 } EnqueueAction;
+
+/* The cached actions, ordered by name. */
+typedef struct EnqueueActions
+{
+	EnqueueAction *actions;
+	int			n;
+} EnqueueActions;
 
 /* What counts toward the caps of one profile and capped action. */
 typedef struct SendCount
@@ -71,8 +85,6 @@ typedef struct SendCount
 	TimestampTz latest;			/* DT_NOBEGIN: none */
 } SendCount;
 
-static SPIPlanPtr action_plan = NULL;
-static SPIPlanPtr consent_plan = NULL;
 static SPIPlanPtr consent_lock_plan = NULL;
 static SPIPlanPtr recent_plan = NULL;
 static SPIPlanPtr suppress_plan = NULL;
@@ -121,137 +133,153 @@ Int64Array(const int64 *values, int n)
 	return PointerGetDatum(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
-/* The actions named by the items (each name once), read in one query. */
+static const char *const action_columns[] = {
+	"action_id", "name", "channel", "cap_per_day", "cooldown"
+};
+
+static void
+ReadActionRow(void *entry, const Datum *values, const bool *nulls)
+{
+	EnqueueAction *a = (EnqueueAction *) entry;
+
+	a->action_id = DatumGetInt32(values[0]);
+	a->name = TextDatumGetCString(values[1]);
+	a->channel = TextDatumGetCString(values[2]);
+	a->cap_per_day = nulls[3] ? 0 : DatumGetInt32(values[3]);
+	a->has_cooldown = !nulls[4];
+	if (!nulls[4])
+		a->cooldown = *DatumGetIntervalP(values[4]);
+	a->capped = a->cap_per_day > 0 || a->has_cooldown;
+	a->span.time = USECS_PER_DAY;
+	if (a->has_cooldown &&
+		DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(&a->cooldown),
+										  IntervalPGetDatum(&a->span))) > 0)
+		a->span = a->cooldown;
+}
+
+static int
+CompareActionNames(const void *a, const void *b)
+{
+	return strcmp(((const EnqueueAction *) a)->name, ((const EnqueueAction *) b)->name);
+}
+
+static void *
+BuildActions(void *entries, int n)
+{
+	EnqueueActions *ea = palloc(sizeof(EnqueueActions));
+
+	ea->actions = (EnqueueAction *) entries;
+	ea->n = n;
+	if (n > 1)
+		qsort(ea->actions, n, sizeof(EnqueueAction), CompareActionNames);
+	return ea;
+}
+
+static DefinitionCache action_cache = {
+	.name = "persona enqueue actions",
+	.relation = offsetof(PersonaCatalog, actions),
+	.columns = action_columns,
+	.ncolumns = lengthof(action_columns),
+	.entry_size = sizeof(EnqueueAction),
+	.read_row = ReadActionRow,
+	.build = BuildActions,
+};
+
+/*
+ * The actions named by the items, from the cached definitions (no query
+ * per call): item_action[i] is the index of items[i]'s action in the
+ * returned array, -1 when there is no such action.
+ */
 static EnqueueAction *
 ReadActions(const EnqueueItem *items, int n, int *nactions, int *item_action)
 {
-	const char **names = palloc(sizeof(char *) * n);
-	int			nnames = 0;
-	EnqueueAction *actions;
-	Oid			types[1] = {TEXTARRAYOID};
-	Datum		args[1];
-	SPIPlanPtr	plan;
+	EnqueueActions *ea = (EnqueueActions *) PersonaDefinitions(&action_cache);
 
+	*nactions = ea->n;
 	for (int i = 0; i < n; i++)
 	{
-		bool		seen = false;
+		EnqueueAction key = {.name = (char *) items[i].action};
+		EnqueueAction *a;
 
-		for (int k = 0; k < nnames && !seen; k++)
-			seen = strcmp(names[k], items[i].action) == 0;
-		if (!seen)
-			names[nnames++] = items[i].action;
-	}
-	plan = PersonaKeptPlan(&action_plan,
-						   "SELECT a.name, a.action_id, a.channel, a.cap_per_day, a.cooldown "
-						   "  FROM persona.actions AS a "
-						   " WHERE a.name OPERATOR(pg_catalog.=) ANY ($1)", 1, types, CURSOR_OPT_GENERIC_PLAN);
-	args[0] = TextArray(names, nnames);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading the actions of queued messages failed");
-	actions = palloc0(sizeof(EnqueueAction) * Max(SPI_processed, 1));
-	*nactions = (int) SPI_processed;
-	for (uint64 r = 0; r < SPI_processed; r++)
-	{
-		HeapTuple	t = SPI_tuptable->vals[r];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		EnqueueAction *a = &actions[r];
-		bool		isnull;
-		Datum		v;
-
-		a->name = TextDatumGetCString(SPI_getbinval(t, desc, 1, &isnull));
-		a->action_id = DatumGetInt32(SPI_getbinval(t, desc, 2, &isnull));
-		a->channel = TextDatumGetCString(SPI_getbinval(t, desc, 3, &isnull));
-		v = SPI_getbinval(t, desc, 4, &isnull);
-		a->cap_per_day = isnull ? 0 : DatumGetInt32(v);
-		v = SPI_getbinval(t, desc, 5, &isnull);
-		a->has_cooldown = !isnull;
-		if (!isnull)
-			a->cooldown = *DatumGetIntervalP(v);
-		a->capped = a->cap_per_day > 0 || a->has_cooldown;
-		a->span.time = USECS_PER_DAY;
-		if (a->has_cooldown &&
-			DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(&a->cooldown),
-											  IntervalPGetDatum(&a->span))) > 0)
-			a->span = a->cooldown;
-	}
-	for (int i = 0; i < n; i++)
-	{
-		item_action[i] = -1;
-		for (int k = 0; k < *nactions; k++)
-			if (strcmp(actions[k].name, items[i].action) == 0)
-				item_action[i] = k;
-	}
-	return actions;
-}
-
-/*
- * Reads the consent of profiles into consents[] (indexes into pids) from
- * plan's rows (profile_id, consent, xmin); marks found[] and, when mine is
- * not NULL, mine[] for the rows this transaction wrote.
- */
-static void
-ScanConsents(SPIPlanPtr plan, const int64 *pids, int npids, const int64 *ask, int nask,
-			 Jsonb **consents, bool *found, bool *mine)
-{
-	Datum		args[1];
-
-	args[0] = Int64Array(ask, nask);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading the consent of profiles failed");
-	for (uint64 r = 0; r < SPI_processed; r++)
-	{
-		HeapTuple	t = SPI_tuptable->vals[r];
-		bool		isnull;
-		int			k = PersonaFindInt64(pids, npids,
-										 DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull)));
-		Datum		v = SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull);
-
-		CHECK_FOR_INTERRUPTS();
-		if (k < 0)
+		if (i > 0 && strcmp(items[i].action, items[i - 1].action) == 0)
+		{
+			item_action[i] = item_action[i - 1];
 			continue;
-		found[k] = true;
-		consents[k] = isnull ? NULL : DatumGetJsonbPCopy(v);
-		if (mine != NULL)
-			mine[k] = TransactionIdIsCurrentTransactionId(
-														  DatumGetTransactionId(SPI_getbinval(t, SPI_tuptable->tupdesc, 3, &isnull)));
+		}
+		a = ea->n == 0 ? NULL
+			: bsearch(&key, ea->actions, ea->n, sizeof(EnqueueAction), CompareActionNames);
+		item_action[i] = a == NULL ? -1 : (int) (a - ea->actions);
 	}
-	SPI_freetuptable(SPI_tuptable);
+	return ea->actions;
 }
 
 /*
  * Reads the consent of every profile (pids, sorted and unique) into
  * consents[], the rows locked FOR KEY SHARE against merges and forget.
- * A row version this transaction wrote (ingest updated the profile of the
- * event just before) is read without the lock: no one else can change it
- * before this transaction ends, and the lock would cost a WAL record per
- * profile.  A profile that does not exist is an error.
+ * Each row is first read by its primary key, without SQL: a row version
+ * this transaction wrote (ingest updated the profile of the event just
+ * before) is used as it is: no one else can change it before this
+ * transaction ends, and the lock would cost a WAL record per profile.  The
+ * others are read again, locked, in one query.  A profile that does not
+ * exist is an error.
  */
 static void
 ReadConsents(const int64 *pids, int npids, Jsonb **consents)
 {
 	Oid			types[1] = {INT8ARRAYOID};
-	SPIPlanPtr	read = PersonaKeptPlan(&consent_plan,
-									   "SELECT p.profile_id, p.consent, p.xmin FROM persona.profiles AS p "
-									   " WHERE p.profile_id OPERATOR(pg_catalog.=) ANY ($1)",
-									   1, types, CURSOR_OPT_GENERIC_PLAN);
 	bool	   *found = palloc0(sizeof(bool) * npids);
-	bool	   *mine = palloc0(sizeof(bool) * npids);
 	int64	   *others = palloc(sizeof(int64) * npids);
 	int			nothers = 0;
+	ProfileReader r;
 
-	ScanConsents(read, pids, npids, pids, npids, consents, found, mine);
+	PersonaProfileReaderBegin(&r, false);
 	for (int k = 0; k < npids; k++)
-		if (!mine[k])
+	{
+		bool		isnull;
+		Datum		v;
+
+		CHECK_FOR_INTERRUPTS();
+		if (PersonaProfileFetch(&r, pids[k]))
+			v = slot_getsysattr(r.profile, MinTransactionIdAttributeNumber, &isnull);
+		else
+			v = TransactionIdGetDatum(InvalidTransactionId);
+		if (!TransactionIdIsCurrentTransactionId(DatumGetTransactionId(v)))
 		{
 			others[nothers++] = pids[k];
-			found[k] = false;
+			continue;
 		}
+		found[k] = true;
+		v = PersonaProfileColumn(&r, "consent", &isnull);
+		consents[k] = isnull ? NULL : DatumGetJsonbPCopy(v);
+	}
+	PersonaProfileReaderEnd(&r);
 	if (nothers > 0)
-		ScanConsents(PersonaKeptPlan(&consent_lock_plan,
-									 "SELECT p.profile_id, p.consent FROM persona.profiles AS p "
-									 " WHERE p.profile_id OPERATOR(pg_catalog.=) ANY ($1) "
-									 " FOR KEY SHARE OF p", 1, types, CURSOR_OPT_GENERIC_PLAN),
-					 pids, npids, others, nothers, consents, found, NULL);
+	{
+		SPIPlanPtr	plan = PersonaKeptPlan(&consent_lock_plan,
+										   "SELECT p.profile_id, p.consent FROM persona.profiles AS p "
+										   " WHERE p.profile_id OPERATOR(pg_catalog.=) ANY ($1) "
+										   " FOR KEY SHARE OF p", 1, types, CURSOR_OPT_GENERIC_PLAN);
+		Datum		args[1];
+
+		args[0] = Int64Array(others, nothers);
+		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "reading the consent of profiles failed");
+		for (uint64 row = 0; row < SPI_processed; row++)
+		{
+			HeapTuple	t = SPI_tuptable->vals[row];
+			bool		isnull;
+			int			k = PersonaFindInt64(pids, npids,
+											 DatumGetInt64(SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &isnull)));
+			Datum		v = SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &isnull);
+
+			CHECK_FOR_INTERRUPTS();
+			if (k < 0)
+				continue;
+			found[k] = true;
+			consents[k] = isnull ? NULL : DatumGetJsonbPCopy(v);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
 	for (int k = 0; k < npids; k++)
 		if (!found[k])
 			ereport(ERROR,

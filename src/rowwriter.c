@@ -12,8 +12,10 @@
  * an array built for it, and (for ON CONFLICT) a speculative insertion.
  * A RowWriter does what logical replication's apply worker does for each
  * row (ExecSimpleRelationInsert): BEFORE ROW triggers, CHECK and NOT NULL
- * constraints, the heap insert, every index entry (unique ones checked,
- * waiting for in-progress inserters as usual), AFTER ROW triggers.  Columns
+ * constraints (the CHECK constraints compiled once per backend, not per
+ * statement, as are the column defaults: CompiledRel), the heap insert, every index entry (unique
+ * ones checked, waiting for in-progress inserters as usual), AFTER ROW
+ * triggers.  Columns
  * the caller does not set take their defaults.  Statement-level triggers do
  * not fire.
  *
@@ -50,9 +52,11 @@
 #include "storage/bufmgr.h"
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "persona.h"
 #include "profile.h"
@@ -65,7 +69,136 @@ typedef struct RowTarget
 	EState	   *estate;
 	ResultRelInfo *rri;
 	bool		triggers;		/* after-trigger query bracket opened */
+	struct CompiledRel *compiled;	/* its expressions, compiled once */
 } RowTarget;
+
+/*
+ * What the executor compiles per statement for a relation, compiled once
+ * per backend: its CHECK constraints and its column defaults
+ * (stringToNode, expression_planner, ExecInitExpr).  For a statement that
+ * writes one row (a trigger's message per persona_track) that cost more
+ * than the row.  An entry goes stale when its relation changes (a relcache
+ * invalidation) or any function does (an SQL function may have been
+ * inlined into the expressions); a stale entry's memory is handed to the
+ * transaction that notices, since a writer of that transaction may still
+ * be evaluating it.  Only the expressions are kept: a default's value is
+ * still computed per statement (now()), or per row when volatile.
+ */
+typedef struct CompiledRel
+{
+	Oid			relid;
+	bool		stale;
+	MemoryContext cxt;
+	int			natts;
+	int			ncheck;
+	ExprState **checks;			/* as ExecRelCheck expects them */
+	char	   *default_known;	/* per attribute: its default was looked up */
+	ExprState **defaults;		/* per attribute: NULL when it has none */
+	bool	   *default_volatile;
+	struct CompiledRel *next;
+} CompiledRel;
+
+static CompiledRel *compiled_rels = NULL;
+static bool compiled_callbacks = false;
+
+static void
+CompiledRelcacheCallback(Datum arg, Oid relid)
+{
+	for (CompiledRel *c = compiled_rels; c != NULL; c = c->next)
+		if (!OidIsValid(relid) || relid == c->relid)
+			c->stale = true;
+}
+
+static void
+CompiledSyscacheCallback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	for (CompiledRel *c = compiled_rels; c != NULL; c = c->next)
+		c->stale = true;
+}
+
+/* The compiled expressions of an open relation, its CHECK constraints compiled. */
+static CompiledRel *
+GetCompiledRel(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			ncheck = desc->constr != NULL ? desc->constr->num_check : 0;
+	CompiledRel *c;
+	MemoryContext cxt;
+	MemoryContext old;
+
+	if (!compiled_callbacks)
+	{
+		CacheRegisterRelcacheCallback(CompiledRelcacheCallback, (Datum) 0);
+		CacheRegisterSyscacheCallback(PROCOID, CompiledSyscacheCallback, (Datum) 0);
+		compiled_callbacks = true;
+	}
+	for (c = compiled_rels; c != NULL; c = c->next)
+		if (c->relid == RelationGetRelid(rel))
+			break;
+	if (c != NULL && !c->stale && c->natts == desc->natts && c->ncheck == ncheck)
+		return c;
+	if (c == NULL)
+	{
+		c = MemoryContextAllocZero(TopMemoryContext, sizeof(CompiledRel));
+		c->relid = RelationGetRelid(rel);
+		c->next = compiled_rels;
+		compiled_rels = c;
+	}
+	else if (c->cxt != NULL)
+		MemoryContextSetParent(c->cxt, TopTransactionContext);
+	c->cxt = NULL;
+	c->stale = true;			/* until it is complete */
+	cxt = AllocSetContextCreate(TopMemoryContext, "persona compiled relation",
+								ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		c->checks = palloc(sizeof(ExprState *) * Max(ncheck, 1));
+		for (int i = 0; i < ncheck; i++)
+			c->checks[i] = ExecInitExpr(expression_planner(stringToNode(desc->constr->check[i].ccbin)),
+										NULL);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	c->default_known = palloc0(desc->natts);
+	c->defaults = palloc0(sizeof(ExprState *) * desc->natts);
+	c->default_volatile = palloc0(sizeof(bool) * desc->natts);
+	MemoryContextSwitchTo(old);
+	c->cxt = cxt;
+	c->natts = desc->natts;
+	c->ncheck = ncheck;
+	c->stale = false;
+	return c;
+}
+
+/* The compiled default of attribute attnum, NULL when it has none. */
+static ExprState *
+CompiledDefault(CompiledRel *c, Relation rel, AttrNumber attnum, bool *isvolatile)
+{
+	int			i = attnum - 1;
+
+	if (!c->default_known[i])
+	{
+		MemoryContext old = MemoryContextSwitchTo(c->cxt);
+		Expr	   *expr = (Expr *) build_column_default(rel, attnum);
+
+		if (expr != NULL)
+		{
+			expr = expression_planner(expr);
+			c->default_volatile[i] = contain_volatile_functions((Node *) expr);
+			c->defaults[i] = ExecInitExpr(expr, NULL);
+		}
+		MemoryContextSwitchTo(old);
+		c->default_known[i] = true;
+	}
+	*isvolatile = c->default_volatile[i];
+	return c->defaults[i];
+}
 
 static void
 OpenTarget(RowTarget *t, Oid relid)
@@ -84,6 +217,9 @@ OpenTarget(RowTarget *t, Oid relid)
 	t->estate->es_output_cid = GetCurrentCommandId(true);
 	t->estate->es_snapshot = GetActiveSnapshot();
 	ExecOpenIndices(t->rri, false);
+	t->compiled = GetCompiledRel(t->rel);
+	if (t->compiled->ncheck > 0)
+		t->rri->ri_ConstraintExprs = t->compiled->checks;
 	t->triggers = false;
 	/* Only AFTER ROW triggers (foreign keys too) queue events here. */
 	if (t->rel->trigdesc != NULL &&
@@ -169,22 +305,21 @@ PersonaRowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
-		Expr	   *expr;
 		ExprState  *state;
+		bool		isvolatile;
 		Datum		value;
 
 		if (set[i] || att->attisdropped)
 			continue;
-		expr = (Expr *) build_column_default(w->t.rel, i + 1);
-		if (expr == NULL)
+		state = CompiledDefault(w->t.compiled, w->t.rel, i + 1, &isvolatile);
+		if (state == NULL)
 			continue;
-		state = ExecPrepareExpr(expr, w->t.estate);
 
 		/*
 		 * A default without volatile functions (a constant, now()) has the
 		 * same value for every row of the statement: computed once.
 		 */
-		if (contain_volatile_functions((Node *) expr))
+		if (isvolatile)
 		{
 			w->defaults[i] = state;
 			continue;
