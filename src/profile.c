@@ -161,14 +161,29 @@ PersonaIndexWalkNext(IndexWalk *w)
  */
 #define INDEX_WALK_MAX_STEPS 64
 
-/* A new scan of the walk's index from ``key``, not yet on an entry. */
+/*
+ * A new scan of the walk's index from ``key``, not yet on an entry.
+ *
+ * The walk's first scan looks ``key`` up by equality; only a second key
+ * starts a scan forward (>=) from it.  A `>=` scan reads each leaf page it
+ * lands on to its end (btree checks and copies every entry after the key,
+ * a few hundred of them), which is most of a lookup's cost when the walk
+ * serves one key, as the statement of a single event does; a walk of many
+ * keys pays one descent more.
+ */
 static void
 IndexWalkRestart(IndexWalk *w, int64 key)
 {
 	ScanKeyData skey;
 
-	ScanKeyInit(&skey, w->key_att, BTGreaterEqualStrategyNumber, F_INT8GE,
-				Int64GetDatum(key));
+	w->exact = !w->restarted;
+	w->restarted = true;
+	if (w->exact)
+		ScanKeyInit(&skey, w->key_att, BTEqualStrategyNumber, F_INT8EQ,
+					Int64GetDatum(key));
+	else
+		ScanKeyInit(&skey, w->key_att, BTGreaterEqualStrategyNumber, F_INT8GE,
+					Int64GetDatum(key));
 	index_rescan(w->scan, &skey, 1, NULL, 0);
 	w->walking = true;
 	w->entry = false;
@@ -177,7 +192,8 @@ IndexWalkRestart(IndexWalk *w, int64 key)
 /*
  * Puts the walk on the first entry whose key is at least ``key`` (w->entry
  * false: none): the caller then takes the entries of w->key == key,
- * stepping with PersonaIndexWalkNext.  A key asked for again or below the
+ * stepping with PersonaIndexWalkNext.  The walk's first key is looked up
+ * (IndexWalkRestart); a second key, a key asked for again or below the
  * last one, further than max_gap ahead of the entry the walk is on, or
  * more than INDEX_WALK_MAX_STEPS entries ahead, starts a new scan from it.  The index scan allocates as it goes, in the
  * memory context current at each call: callers keep it the same.
@@ -187,7 +203,8 @@ PersonaIndexWalkTo(IndexWalk *w, int64 key)
 {
 	int			steps = 0;
 
-	if (!w->walking || key <= w->asked || (w->entry && key - w->key > w->max_gap))
+	if (!w->walking || w->exact || key <= w->asked ||
+		(w->entry && key - w->key > w->max_gap))
 		IndexWalkRestart(w, key);
 	w->asked = key;
 	if (!w->entry)

@@ -26,6 +26,8 @@ typedef struct IndexWalk
 	AttrNumber	key_att;		/* the bigint column in the index tuple */
 	int64		max_gap;		/* descend again for a key this far ahead */
 	bool		walking;		/* the scan runs forward from a lower key */
+	bool		exact;			/* ... or is the first key's lookup (=) */
+	bool		restarted;		/* a scan began since PersonaIndexWalkInit */
 	bool		entry;			/* the scan is on an entry, of key ``key`` */
 	int64		key;
 	int64		asked;			/* the last key asked for */
