@@ -54,9 +54,7 @@ PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
 	CommandCounterIncrement();
 	r->snapshot = RegisterSnapshot(GetTransactionSnapshot());
 	r->profiles = table_open(cat->profiles, AccessShareLock);
-	r->profiles_pkey = index_open(cat->profiles_pkey, AccessShareLock);
-	r->profile_scan = index_beginscan(r->profiles, r->profiles_pkey, r->snapshot, 1, 0);
-	PersonaIndexWalkInit(&r->profile_walk, r->profile_scan, 1, PROFILE_WALK_MAX_GAP);
+	/* The primary key is opened by the first fetch (ProfileScan). */
 	r->profile = table_slot_create(r->profiles, NULL);
 	if (memberships)
 	{
@@ -98,10 +96,31 @@ PersonaProfileReaderEnd(ProfileReader *r)
 		table_close(r->members, AccessShareLock);
 	}
 	ExecDropSingleTupleTableSlot(r->profile);
-	index_endscan(r->profile_scan);
-	index_close(r->profiles_pkey, AccessShareLock);
+	if (r->profile_scan != NULL)
+	{
+		index_endscan(r->profile_scan);
+		index_close(r->profiles_pkey, AccessShareLock);
+	}
 	table_close(r->profiles, AccessShareLock);
 	UnregisterSnapshot(r->snapshot);
+}
+
+/*
+ * The scan of the profiles' primary key, begun at the first fetch: a
+ * reader given the rows its caller just wrote (the refresh of an ingest
+ * statement's profiles) never opens it.  Called in r->cxt, and in the
+ * (sub)transaction the reader began in, as its other scans are.
+ */
+static IndexScanDesc
+ProfileScan(ProfileReader *r)
+{
+	if (r->profile_scan == NULL)
+	{
+		r->profiles_pkey = index_open(PersonaGetCatalog()->profiles_pkey, AccessShareLock);
+		r->profile_scan = index_beginscan(r->profiles, r->profiles_pkey, r->snapshot, 1, 0);
+		PersonaIndexWalkInit(&r->profile_walk, r->profile_scan, 1, PROFILE_WALK_MAX_GAP);
+	}
+	return r->profile_scan;
 }
 
 /* Fetches a profile's row into r->profile; false if there is none. */
@@ -112,6 +131,7 @@ PersonaProfileFetch(ProfileReader *r, int64 profile_id)
 	MemoryContext old = MemoryContextSwitchTo(r->cxt);
 	bool		found;
 
+	(void) ProfileScan(r);
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
 	index_rescan(r->profile_scan, &key, 1, NULL, 0);
 	r->profile_walk.walking = false;
@@ -248,8 +268,10 @@ bool
 PersonaProfileFetchOrdered(ProfileReader *r, int64 profile_id)
 {
 	MemoryContext old = MemoryContextSwitchTo(r->cxt);
-	bool		found = PersonaIndexWalkFetch(&r->profile_walk, profile_id, r->profile);
+	bool		found;
 
+	(void) ProfileScan(r);
+	found = PersonaIndexWalkFetch(&r->profile_walk, profile_id, r->profile);
 	MemoryContextSwitchTo(old);
 	return found;
 }

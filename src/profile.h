@@ -43,7 +43,7 @@ typedef struct ProfileReader
 {
 	MemoryContext cxt;			/* where the scans began: they allocate there */
 	Relation	profiles;
-	Relation	profiles_pkey;
+	Relation	profiles_pkey;	/* with profile_scan: NULL until a fetch */
 	IndexScanDesc profile_scan;
 	TupleTableSlot *profile;	/* the last profile fetched */
 	Relation	members;		/* NULL: memberships are not read */
