@@ -54,9 +54,7 @@ PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
 	CommandCounterIncrement();
 	r->snapshot = RegisterSnapshot(GetTransactionSnapshot());
 	r->profiles = table_open(cat->profiles, AccessShareLock);
-	r->profiles_pkey = index_open(cat->profiles_pkey, AccessShareLock);
-	r->profile_scan = index_beginscan(r->profiles, r->profiles_pkey, r->snapshot, 1, 0);
-	PersonaIndexWalkInit(&r->profile_walk, r->profile_scan, 1, PROFILE_WALK_MAX_GAP);
+	/* The primary key is opened by the first fetch (ProfileScan). */
 	r->profile = table_slot_create(r->profiles, NULL);
 	if (memberships)
 	{
@@ -98,10 +96,31 @@ PersonaProfileReaderEnd(ProfileReader *r)
 		table_close(r->members, AccessShareLock);
 	}
 	ExecDropSingleTupleTableSlot(r->profile);
-	index_endscan(r->profile_scan);
-	index_close(r->profiles_pkey, AccessShareLock);
+	if (r->profile_scan != NULL)
+	{
+		index_endscan(r->profile_scan);
+		index_close(r->profiles_pkey, AccessShareLock);
+	}
 	table_close(r->profiles, AccessShareLock);
 	UnregisterSnapshot(r->snapshot);
+}
+
+/*
+ * The scan of the profiles' primary key, begun at the first fetch: a
+ * reader given the rows its caller just wrote (the refresh of an ingest
+ * statement's profiles) never opens it.  Called in r->cxt, and in the
+ * (sub)transaction the reader began in, as its other scans are.
+ */
+static IndexScanDesc
+ProfileScan(ProfileReader *r)
+{
+	if (r->profile_scan == NULL)
+	{
+		r->profiles_pkey = index_open(PersonaGetCatalog()->profiles_pkey, AccessShareLock);
+		r->profile_scan = index_beginscan(r->profiles, r->profiles_pkey, r->snapshot, 1, 0);
+		PersonaIndexWalkInit(&r->profile_walk, r->profile_scan, 1, PROFILE_WALK_MAX_GAP);
+	}
+	return r->profile_scan;
 }
 
 /* Fetches a profile's row into r->profile; false if there is none. */
@@ -112,6 +131,7 @@ PersonaProfileFetch(ProfileReader *r, int64 profile_id)
 	MemoryContext old = MemoryContextSwitchTo(r->cxt);
 	bool		found;
 
+	(void) ProfileScan(r);
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(profile_id));
 	index_rescan(r->profile_scan, &key, 1, NULL, 0);
 	r->profile_walk.walking = false;
@@ -161,14 +181,29 @@ PersonaIndexWalkNext(IndexWalk *w)
  */
 #define INDEX_WALK_MAX_STEPS 64
 
-/* A new scan of the walk's index from ``key``, not yet on an entry. */
+/*
+ * A new scan of the walk's index from ``key``, not yet on an entry.
+ *
+ * The walk's first scan looks ``key`` up by equality; only a second key
+ * starts a scan forward (>=) from it.  A `>=` scan reads each leaf page it
+ * lands on to its end (btree checks and copies every entry after the key,
+ * a few hundred of them), which is most of a lookup's cost when the walk
+ * serves one key, as the statement of a single event does; a walk of many
+ * keys pays one descent more.
+ */
 static void
 IndexWalkRestart(IndexWalk *w, int64 key)
 {
 	ScanKeyData skey;
 
-	ScanKeyInit(&skey, w->key_att, BTGreaterEqualStrategyNumber, F_INT8GE,
-				Int64GetDatum(key));
+	w->exact = !w->restarted;
+	w->restarted = true;
+	if (w->exact)
+		ScanKeyInit(&skey, w->key_att, BTEqualStrategyNumber, F_INT8EQ,
+					Int64GetDatum(key));
+	else
+		ScanKeyInit(&skey, w->key_att, BTGreaterEqualStrategyNumber, F_INT8GE,
+					Int64GetDatum(key));
 	index_rescan(w->scan, &skey, 1, NULL, 0);
 	w->walking = true;
 	w->entry = false;
@@ -177,7 +212,8 @@ IndexWalkRestart(IndexWalk *w, int64 key)
 /*
  * Puts the walk on the first entry whose key is at least ``key`` (w->entry
  * false: none): the caller then takes the entries of w->key == key,
- * stepping with PersonaIndexWalkNext.  A key asked for again or below the
+ * stepping with PersonaIndexWalkNext.  The walk's first key is looked up
+ * (IndexWalkRestart); a second key, a key asked for again or below the
  * last one, further than max_gap ahead of the entry the walk is on, or
  * more than INDEX_WALK_MAX_STEPS entries ahead, starts a new scan from it.  The index scan allocates as it goes, in the
  * memory context current at each call: callers keep it the same.
@@ -187,7 +223,8 @@ PersonaIndexWalkTo(IndexWalk *w, int64 key)
 {
 	int			steps = 0;
 
-	if (!w->walking || key <= w->asked || (w->entry && key - w->key > w->max_gap))
+	if (!w->walking || w->exact || key <= w->asked ||
+		(w->entry && key - w->key > w->max_gap))
 		IndexWalkRestart(w, key);
 	w->asked = key;
 	if (!w->entry)
@@ -231,8 +268,10 @@ bool
 PersonaProfileFetchOrdered(ProfileReader *r, int64 profile_id)
 {
 	MemoryContext old = MemoryContextSwitchTo(r->cxt);
-	bool		found = PersonaIndexWalkFetch(&r->profile_walk, profile_id, r->profile);
+	bool		found;
 
+	(void) ProfileScan(r);
+	found = PersonaIndexWalkFetch(&r->profile_walk, profile_id, r->profile);
 	MemoryContextSwitchTo(old);
 	return found;
 }

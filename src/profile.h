@@ -26,6 +26,8 @@ typedef struct IndexWalk
 	AttrNumber	key_att;		/* the bigint column in the index tuple */
 	int64		max_gap;		/* descend again for a key this far ahead */
 	bool		walking;		/* the scan runs forward from a lower key */
+	bool		exact;			/* ... or is the first key's lookup (=) */
+	bool		restarted;		/* a scan began since PersonaIndexWalkInit */
 	bool		entry;			/* the scan is on an entry, of key ``key`` */
 	int64		key;
 	int64		asked;			/* the last key asked for */
@@ -41,7 +43,7 @@ typedef struct ProfileReader
 {
 	MemoryContext cxt;			/* where the scans began: they allocate there */
 	Relation	profiles;
-	Relation	profiles_pkey;
+	Relation	profiles_pkey;	/* with profile_scan: NULL until a fetch */
 	IndexScanDesc profile_scan;
 	TupleTableSlot *profile;	/* the last profile fetched */
 	Relation	members;		/* NULL: memberships are not read */
