@@ -200,6 +200,26 @@ CompiledDefault(CompiledRel *c, Relation rel, AttrNumber attnum, bool *isvolatil
 	return c->defaults[i];
 }
 
+/*
+ * For writers of their own (persona_track's, track.c): the CHECK
+ * constraints of ``rel`` compiled once per backend, to be set as its
+ * ResultRelInfo's ri_ConstraintExprs (NULL when it has none) ...
+ */
+ExprState **
+PersonaCompiledChecks(Relation rel)
+{
+	CompiledRel *c = GetCompiledRel(rel);
+
+	return c->ncheck > 0 ? c->checks : NULL;
+}
+
+/* ... and the default of its attribute ``attnum``, NULL when it has none. */
+ExprState *
+PersonaCompiledDefault(Relation rel, AttrNumber attnum, bool *isvolatile)
+{
+	return CompiledDefault(GetCompiledRel(rel), rel, attnum, isvolatile);
+}
+
 static void
 OpenTarget(RowTarget *t, Oid relid)
 {

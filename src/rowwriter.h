@@ -9,6 +9,8 @@
 
 #include "access/skey.h"
 #include "executor/tuptable.h"
+#include "nodes/execnodes.h"
+#include "utils/relcache.h"
 
 typedef struct RowWriter RowWriter;
 
@@ -16,6 +18,8 @@ extern RowWriter *PersonaRowWriterOpen(Oid relid, const char *const *columns, in
 extern TupleTableSlot *PersonaRowWriterInsert(RowWriter *w, const Datum *values, const bool *nulls);
 extern bool PersonaRowWriterRowsExact(const RowWriter *w);
 extern void PersonaRowWriterClose(RowWriter *w);
+extern ExprState **PersonaCompiledChecks(Relation rel);
+extern ExprState *PersonaCompiledDefault(Relation rel, AttrNumber attnum, bool *isvolatile);
 
 typedef struct RowUpdater RowUpdater;
 

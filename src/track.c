@@ -80,6 +80,7 @@
 
 #include "ingest.h"
 #include "persona.h"
+#include "rowwriter.h"
 
 /* persona_track's arguments, in their order, and the columns they fill. */
 #define TRACK_NARGS 6
@@ -115,8 +116,8 @@ typedef struct TrackShape
 	bool	   *given;			/* per attribute: an argument fills it */
 	Datum	   *constants;		/* per attribute: a constant default ... */
 	bool	   *constant_nulls; /* ... or NULL (no default, or a NULL one) */
-	Expr	  **defaults;		/* per attribute: a default computed per row,
-								 * by the executor ... */
+	bool	   *computed;		/* per attribute: a default computed per row,
+								 * compiled once (PersonaCompiledDefault) ... */
 	FmgrInfo  **calls;			/* ... or by calling a C function without
 								 * arguments (nextval, now()) */
 	Oid		   *collations;		/* of those calls */
@@ -278,14 +279,14 @@ ShapeAllowsDirect(Relation rel)
 			shape.collations[i] = ((FuncExpr *) expr)->inputcollid;
 		}
 		else
-			shape.defaults[i] = (Expr *) copyObject(expr);
+			shape.computed[i] = true;
 	}
 
 	/*
 	 * profile_id 0 (or NULL) is what makes the row a new event: with any
 	 * other default every row would be a restored one (ingest_row.c).
 	 */
-	if (profile_id <= 0 || shape.defaults[profile_id - 1] != NULL ||
+	if (profile_id <= 0 || shape.computed[profile_id - 1] ||
 		shape.calls[profile_id - 1] != NULL ||
 		(!shape.constant_nulls[profile_id - 1] &&
 		 DatumGetInt64(shape.constants[profile_id - 1]) != 0))
@@ -315,7 +316,7 @@ GetShape(Relation rel)
 	shape.given = palloc0(sizeof(bool) * natts);
 	shape.constants = palloc0(sizeof(Datum) * natts);
 	shape.constant_nulls = palloc0(sizeof(bool) * natts);
-	shape.defaults = palloc0(sizeof(Expr *) * natts);
+	shape.computed = palloc0(sizeof(bool) * natts);
 	shape.calls = palloc0(sizeof(FmgrInfo *) * natts);
 	shape.collations = palloc0(sizeof(Oid) * natts);
 	for (int i = 0; i < TRACK_NARGS; i++)
@@ -533,16 +534,23 @@ TrackDirect(FunctionCallInfo fcinfo, int64 *event_id)
 	{
 		if (s->calls[i] != NULL)
 			values[i] = CallDefault(s->calls[i], s->collations[i], &nulls[i]);
-		else if (s->defaults[i] != NULL)
-			values[i] = ExecEvalExprSwitchContext(ExecInitExpr(s->defaults[i], NULL),
+		else if (s->computed[i])
+		{
+			bool		isvolatile;
+
+			values[i] = ExecEvalExprSwitchContext(PersonaCompiledDefault(parent, i + 1, &isvolatile),
 												  GetPerTupleExprContext(estate), &nulls[i]);
+		}
 	}
 
 	/* The BEFORE ROW trigger's work, then the rest of ExecInsert's. */
 	PersonaIngestTrackRow(parent, values, nulls);
 	ExecStoreVirtualTuple(slot);
 	if (RelationGetDescr(part)->constr != NULL)
+	{
+		rri->ri_ConstraintExprs = PersonaCompiledChecks(part);
 		ExecConstraints(rri, slot, estate);
+	}
 	*event_id = DatumGetInt64(values[s->event_id - 1]);
 	table_tuple_insert(part, slot, estate->es_output_cid, 0, NULL);
 	if (rri->ri_NumIndices > 0)
