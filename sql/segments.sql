@@ -249,12 +249,14 @@ SELECT l.op, count(*) AS left_behind FROM persona.segment_log l
    AND NOT EXISTS (SELECT FROM persona.merges m WHERE m.from_profile_id = l.profile_id)
  GROUP BY l.op;
 
--- Dropping a segment removes its members, each exit logged.
-SELECT count(*) AS members FROM persona.segment_members WHERE segment = 'viewers';
+-- Dropping a segment removes its members, each exit logged. (How many
+-- members it has depends on the page views earlier suites left behind.)
+SELECT count(*) AS viewers FROM persona.segment_members WHERE segment = 'viewers' \gset
+SELECT :viewers >= 2 AS has_members;
 SELECT coalesce(max(log_id), 0) AS last_log_id FROM persona.segment_log \gset
 SELECT persona_drop_segment('viewers');
 SELECT count(*) AS members FROM persona.segment_members WHERE segment = 'viewers';
-SELECT op, segment, count(*) AS logged FROM persona.segment_log
+SELECT op, segment, count(*) = :viewers AS one_per_member FROM persona.segment_log
  WHERE log_id > :last_log_id GROUP BY op, segment;
 
 -- A definition never blocks ingest. A predicate that fails on a profile's
