@@ -223,3 +223,33 @@ SELECT p.event_count, t.seen_views,
 DROP FUNCTION track_nested(int);
 DROP FUNCTION track_undone(text);
 SELECT persona_drop_trait('seen_views');
+-- A bulk insert for many known people reads persona.identities whole into
+-- the id map once it has looked up as many ids one by one as reading the
+-- table costs (ingest_row.c, LoadIdentities).  ANALYZE invalidates what
+-- the map holds, so that the second insert starts from an empty map.
+-- Known user ids in scrambled order, anonymous ids, and new ids after the
+-- load, each on its own profile; rolled back.
+BEGIN;
+INSERT INTO persona.events (user_id, event_type)
+SELECT 'bulk-' || n, 'page_view' FROM generate_series(1, 3000) AS n;
+INSERT INTO persona.events (anonymous_id, event_type)
+SELECT 'bulk-anon-' || n, 'page_view' FROM generate_series(1, 60) AS n;
+ANALYZE persona.identities;
+INSERT INTO persona.events (user_id, anonymous_id, event_type)
+SELECT CASE WHEN n % 100 = 0 THEN NULL
+            WHEN n % 97 = 0 THEN 'bulk-new-' || n
+            ELSE 'bulk-' || (n * 7919 % 3000 + 1) END,
+       CASE WHEN n % 100 = 0 THEN 'bulk-anon-' || (n / 100) END,
+       'page_view'
+  FROM generate_series(1, 6000) AS n;
+-- The table was read once, in sequence.
+SELECT seq_scan FROM pg_stat_xact_all_tables WHERE relid = 'persona.identities'::regclass;
+SELECT count(*) FILTER (WHERE e.profile_id = i.profile_id) AS on_their_profile, count(*) AS events
+  FROM persona.events e JOIN persona.identities i ON i.id = coalesce(e.user_id, e.anonymous_id)
+ WHERE coalesce(e.user_id, e.anonymous_id) LIKE 'bulk-%';
+SELECT count(*) AS profiles, sum(p.event_count) AS events,
+       count(*) FILTER (WHERE p.event_count <> (SELECT count(*) FROM persona.events e
+                                                 WHERE e.profile_id = p.profile_id)) AS miscounted
+  FROM persona.profiles p
+ WHERE p.profile_id IN (SELECT i.profile_id FROM persona.identities i WHERE i.id LIKE 'bulk-%');
+ROLLBACK;

@@ -214,6 +214,8 @@ typedef struct IdentityScan
 	CommandId	cid;
 	ResourceOwner owner;		/* holds the relations and buffers */
 	SubTransactionId subid;		/* of that owner */
+	int64		found;			/* ids it found */
+	bool		loaded;			/* the id map was filled from the table */
 } IdentityScan;
 
 static IdentityScan id_scan;
@@ -248,6 +250,15 @@ PersonaIngestForgetIdentityScan(SubTransactionId subid)
 		id_scan.rel = NULL;
 }
 
+/* Whether the open scan is the current statement's, on the current catalog's table. */
+static inline bool
+IdentityScanCurrent(const PersonaCatalog *cat)
+{
+	return id_scan.snapshot == GetActiveSnapshot() && id_scan.lxid == MyProc->lxid &&
+		id_scan.cid == GetCurrentCommandId(false) &&
+		RelationGetRelid(id_scan.rel) == cat->identities;
+}
+
 /*
  * Looks an id up in persona.identities under the active snapshot.  The
  * primary key carries profile_id (INCLUDE), so an id on an all-visible heap
@@ -261,10 +272,7 @@ LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
 	ItemPointer tid;
 	bool		found = false;
 
-	if (id_scan.rel != NULL &&
-		(id_scan.snapshot != GetActiveSnapshot() || id_scan.lxid != MyProc->lxid ||
-		 id_scan.cid != GetCurrentCommandId(false) ||
-		 RelationGetRelid(id_scan.rel) != cat->identities))
+	if (id_scan.rel != NULL && !IdentityScanCurrent(cat))
 		PersonaIngestCloseIdentityScan();
 	if (id_scan.rel == NULL)
 	{
@@ -282,6 +290,8 @@ LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
 		id_scan.cid = GetCurrentCommandId(false);
 		id_scan.owner = CurrentResourceOwner;
 		id_scan.subid = GetCurrentSubTransactionId();
+		id_scan.found = 0;
+		id_scan.loaded = false;
 		MemoryContextSwitchTo(old);
 	}
 
@@ -312,7 +322,121 @@ LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
 		found = !isnull;
 	}
 	pfree(t);
+	if (found)
+		id_scan.found++;
 	return found;
+}
+
+/*
+ * A new entry of the id map for ``id`` (not in it), resolved to ``profile_id``
+ * (pending when the id has no identity row yet).
+ */
+static IdEntry *
+AddIdEntry(idmap_hash *map, const char *id, int len, int64 profile_id, bool pending,
+		   bool is_user)
+{
+	IdEntry    *entry;
+	IdSlot	   *slot;
+	bool		found;
+
+	entry = MemoryContextAlloc(PersonaIdMap.cxt, offsetof(IdEntry, id) + len + 1);
+	memcpy(entry->id, id, len);
+	entry->id[len] = '\0';
+	entry->profile_id = profile_id;
+	entry->pending = pending;
+	entry->is_user = is_user;
+	entry->created_in = GetCurrentSubTransactionId();
+	entry->written_in = InvalidSubTransactionId;
+	entry->delta = NULL;
+	entry->delta_folds = 0;
+	slot = idmap_insert(map, entry->id, &found);
+	slot->entry = entry;
+	if (pending)
+		PersonaIdMap.pending++;
+	return entry;
+}
+
+/*
+ * Identity rows per page of persona.identities, about (an id of a dozen
+ * bytes), and what a lookup by index costs against reading one page in
+ * sequence and entering its rows in the id map (measured: a descent of the
+ * primary key with its buffer accesses and comparisons, about 3 us, against
+ * about 0.2 us per row read in sequence).
+ */
+#define IDENTITIES_PER_PAGE 120
+#define LOOKUPS_PER_PAGE 8
+
+/*
+ * Whether the statement should read the whole of persona.identities into
+ * the id map rather than go on looking its ids up one by one.  A bulk insert
+ * of events for many known people looks up most of the ids in the table,
+ * in no order, a descent of the index each: once it has found as many as
+ * reading the table would cost (the rule of renting skis until their price
+ * is spent), reading it costs at most as much again, and every later known
+ * id of the statement is in memory.  Ids not found (new people) do not
+ * count: the table cannot answer them.  Only when the table fits in the
+ * map's bound; once per scan (statement).
+ */
+static bool
+ShouldLoadIdentities(const PersonaCatalog *cat)
+{
+	BlockNumber pages;
+
+	if (id_scan.loaded || id_scan.found < 1024 || id_scan.found % 1024 != 0 ||
+		!IdentityScanCurrent(cat))
+		return false;
+	pages = RelationGetNumberOfBlocks(id_scan.rel);
+	if ((double) pages * IDENTITIES_PER_PAGE + PersonaIdMap.map->members > ID_MAP_MAX_ENTRIES)
+		return false;
+	return id_scan.found >= (int64) pages * LOOKUPS_PER_PAGE;
+}
+
+/*
+ * Enters every id of persona.identities that the map does not hold, as the
+ * statement's lookups would find it (the same snapshot), up to the map's
+ * bound.  What the map holds then is what it would have cached one lookup
+ * at a time, and the same invalidation keeps it true.
+ */
+static void
+LoadIdentities(idmap_hash *map)
+{
+	TableScanDesc scan;
+	TupleTableSlot *slot = id_scan.slot;
+	MemoryContext old = MemoryContextSwitchTo(id_scan.cxt);
+	char		buf[PERSONA_MAX_ID_BYTES + 1];
+
+	id_scan.loaded = true;
+	scan = table_beginscan(id_scan.rel, id_scan.snapshot, 0, NULL);
+	MemoryContextSwitchTo(old);
+	while (map->members < ID_MAP_MAX_ENTRIES &&
+		   table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		text	   *t;
+		int			len;
+
+		CHECK_FOR_INTERRUPTS();
+		slot_getsomeattrs(slot, 3);
+		if (slot->tts_isnull[0] || slot->tts_isnull[1] || slot->tts_isnull[2])
+			continue;
+		t = (text *) PG_DETOAST_DATUM_PACKED(slot->tts_values[0]);
+		len = VARSIZE_ANY_EXHDR(t);
+		if (len <= PERSONA_MAX_ID_BYTES)
+		{
+			text	   *kind = (text *) PG_DETOAST_DATUM_PACKED(slot->tts_values[2]);
+
+			memcpy(buf, VARDATA_ANY(t), len);
+			buf[len] = '\0';
+			if (idmap_lookup(map, buf) == NULL)
+				AddIdEntry(map, buf, len, DatumGetInt64(slot->tts_values[1]), false,
+						   VARSIZE_ANY_EXHDR(kind) == 4 && memcmp(VARDATA_ANY(kind), "user", 4) == 0);
+			if ((Pointer) kind != DatumGetPointer(slot->tts_values[2]))
+				pfree(kind);
+		}
+		if ((Pointer) t != DatumGetPointer(slot->tts_values[0]))
+			pfree(t);
+	}
+	ExecClearTuple(slot);
+	table_endscan(scan);
 }
 
 /*
@@ -325,7 +449,6 @@ ResolveProfile(const char *id, bool is_user)
 	const PersonaCatalog *cat = PersonaGetCatalog();
 	idmap_hash *map;
 	IdSlot	   *slot;
-	IdEntry    *entry;
 	int64		profile_id;
 	bool		found;
 
@@ -335,6 +458,13 @@ ResolveProfile(const char *id, bool is_user)
 	slot = idmap_lookup(map, id);
 	if (slot != NULL)
 		return slot->entry;
+	if (id_scan.rel != NULL && ShouldLoadIdentities(cat))
+	{
+		LoadIdentities(map);
+		slot = idmap_lookup(map, id);
+		if (slot != NULL)
+			return slot->entry;
+	}
 
 	if (LookupIdentity(cat, id, &profile_id))
 		found = true;
@@ -347,20 +477,7 @@ ResolveProfile(const char *id, bool is_user)
 	/* Folds point to entries: the map starts over only when none do. */
 	if (map->members >= ID_MAP_MAX_ENTRIES && PersonaIdMap.pending == 0 && row_folds == NULL)
 		map = IdMapGet(true);
-	entry = MemoryContextAlloc(PersonaIdMap.cxt, offsetof(IdEntry, id) + strlen(id) + 1);
-	strcpy(entry->id, id);
-	entry->profile_id = profile_id;
-	entry->pending = !found;
-	entry->is_user = is_user;
-	entry->created_in = GetCurrentSubTransactionId();
-	entry->written_in = InvalidSubTransactionId;
-	entry->delta = NULL;
-	entry->delta_folds = 0;
-	slot = idmap_insert(map, entry->id, &found);
-	slot->entry = entry;
-	if (entry->pending)
-		PersonaIdMap.pending++;
-	return entry;
+	return AddIdEntry(map, id, strlen(id), profile_id, !found, is_user);
 }
 
 /*

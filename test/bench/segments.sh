@@ -47,7 +47,8 @@
 # BENCH_SEG_IRR_NEW_RUNS (2, new users), BENCH_PL_USERS (as BENCH_SEG_USERS;
 # 2 events each), BENCH_PL_RUNS (3), BENCH_TICK_PROFILES (1000000),
 # BENCH_TICK_RUNS (3 per due fraction), BENCH_TICK_CLOCK (1: also time one
-# tick with a clock segment present).
+# tick with a clock segment present), BENCH_SEG_KNOWN_ONLY (1: run case 1c
+# alone, the known users against plain, $BENCH_SEG_RUNS runs per side).
 set -euo pipefail
 # shellcheck source=test/bench/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -64,6 +65,7 @@ PL_RUNS=${BENCH_PL_RUNS:-3}
 TICK_PROFILES=${BENCH_TICK_PROFILES:-1000000}
 TICK_RUNS=${BENCH_TICK_RUNS:-3}
 TICK_CLOCK=${BENCH_TICK_CLOCK:-1}
+KNOWN_ONLY=${BENCH_SEG_KNOWN_ONLY:-0}
 
 BULK_TARGET=33     # persona events/s as a % of plain's
 KNOWN_TARGET=50    # the same for known users (issue 18)
@@ -401,6 +403,34 @@ bulk_case() { # side
 		FROM (SELECT segment, count(*) AS n FROM persona.segment_members GROUP BY 1) AS m")"
 }
 
+# Known users: the same insert again for people persona already has (an
+# application's steady stream; issue 18's bulk floor, >= 50% of plain). A
+# snapshot of persona after one insert of bseg_src with the 4 segments is
+# restored before each run (also used by 3).
+known_case() {
+	psql_q -c "$RESET_DATA" -c "$PERSONA_INSERT" >/dev/null
+	psql_q -c 'CREATE TABLE bseg_snap_profiles AS SELECT * FROM persona.profiles' \
+		-c 'CREATE TABLE bseg_snap_identities AS SELECT * FROM persona.identities' \
+		-c 'CREATE TABLE bseg_snap_members AS SELECT * FROM persona.segment_members' >/dev/null
+	echo
+	echo "== 1c. the same insert for $USERS known users (each already has 2 events and the memberships"
+	echo "       they imply), 3 traits + 4 segments, against plain"
+	compare known plain persona plain "$EVENTS" "$EVENTS" "$RUNS"
+	KNOWN_MS=$MED_A KNOWN_PLAIN_MS=$MED_B
+	KNOWN_RATE=$(calc "$EVENTS * 1000 / $KNOWN_MS")
+	KNOWN_PLAIN_RATE=$(calc "$EVENTS * 1000 / $KNOWN_PLAIN_MS")
+	KNOWN_RATIO=$(calc "100 * $KNOWN_PLAIN_MS / $KNOWN_MS")
+	printf '  median: persona %.1f ms = %s events/s | plain %.1f ms = %s events/s\n' \
+		"$KNOWN_MS" "$(fmt_int "$KNOWN_RATE")" "$KNOWN_PLAIN_MS" "$(fmt_int "$KNOWN_PLAIN_RATE")"
+	printf '  persona/plain %.1f%% (target >= %d%%); each persona run enters %s memberships\n' \
+		"$KNOWN_RATIO" "$KNOWN_TARGET" "$(fmt_int "$(val "SELECT count(*) FROM persona.segment_log")")"
+}
+
+if [[ $KNOWN_ONLY == 1 ]]; then
+	known_case
+	exit 0
+fi
+
 # ---------------------------------------------------------------------------
 # 1. Bulk ingest with 3 traits and 4 segments, against plain
 # ---------------------------------------------------------------------------
@@ -442,26 +472,7 @@ printf '  are evaluated for all %s profiles in one query; each entry writes a se
 printf '  and a segment_log row, %s index entries between them, and is announced by the announcer (no NOTIFY from the writer))\n' \
 	"$(val "SELECT count(*) FROM pg_index WHERE indrelid IN ('persona.segment_members'::regclass, 'persona.segment_log'::regclass)")"
 
-# Known users: the same insert again for people persona already has (an
-# application's steady stream; issue 18's bulk floor, >= 50% of plain). A
-# snapshot of persona after one insert of bseg_src with the 4 segments is
-# restored before each run (also used by 3).
-psql_q -c "$RESET_DATA" -c "$PERSONA_INSERT" >/dev/null
-psql_q -c 'CREATE TABLE bseg_snap_profiles AS SELECT * FROM persona.profiles' \
-	-c 'CREATE TABLE bseg_snap_identities AS SELECT * FROM persona.identities' \
-	-c 'CREATE TABLE bseg_snap_members AS SELECT * FROM persona.segment_members' >/dev/null
-echo
-echo "== 1c. the same insert for $USERS known users (each already has 2 events and the memberships"
-echo "       they imply), 3 traits + 4 segments, against plain"
-compare known plain persona plain "$EVENTS" "$EVENTS" "$RUNS"
-KNOWN_MS=$MED_A KNOWN_PLAIN_MS=$MED_B
-KNOWN_RATE=$(calc "$EVENTS * 1000 / $KNOWN_MS")
-KNOWN_PLAIN_RATE=$(calc "$EVENTS * 1000 / $KNOWN_PLAIN_MS")
-KNOWN_RATIO=$(calc "100 * $KNOWN_PLAIN_MS / $KNOWN_MS")
-printf '  median: persona %.1f ms = %s events/s | plain %.1f ms = %s events/s\n' \
-	"$KNOWN_MS" "$(fmt_int "$KNOWN_RATE")" "$KNOWN_PLAIN_MS" "$(fmt_int "$KNOWN_PLAIN_RATE")"
-printf '  persona/plain %.1f%% (target >= %d%%); each persona run enters %s memberships\n' \
-	"$KNOWN_RATIO" "$KNOWN_TARGET" "$(fmt_int "$(val "SELECT count(*) FROM persona.segment_log")")"
+known_case
 
 # The same with 4 selective segments instead of the 4 that nearly everyone
 # enters: what a segment costs when it takes in a few percent of the people.
