@@ -215,7 +215,9 @@ typedef struct IdentityScan
 	ResourceOwner owner;		/* holds the relations and buffers */
 	SubTransactionId subid;		/* of that owner */
 	int64		found;			/* ids it found */
-	bool		loaded;			/* the id map was filled from the table */
+	int64		next_check;		/* found count at which to weigh reading the
+								 * table (ShouldLoadIdentities); never again
+								 * once it was read */
 } IdentityScan;
 
 static IdentityScan id_scan;
@@ -291,7 +293,7 @@ LookupIdentity(const PersonaCatalog *cat, const char *id, int64 *profile_id)
 		id_scan.owner = CurrentResourceOwner;
 		id_scan.subid = GetCurrentSubTransactionId();
 		id_scan.found = 0;
-		id_scan.loaded = false;
+		id_scan.next_check = 1024;
 		MemoryContextSwitchTo(old);
 	}
 
@@ -375,16 +377,17 @@ AddIdEntry(idmap_hash *map, const char *id, int len, int64 profile_id, bool pend
  * is spent), reading it costs at most as much again, and every later known
  * id of the statement is in memory.  Ids not found (new people) do not
  * count: the table cannot answer them.  Only when the table fits in the
- * map's bound; once per scan (statement).
+ * map's bound; once per scan (statement).  Weighed once per 1,024 ids
+ * found, not per lookup: the table's size is a system call.
  */
 static bool
 ShouldLoadIdentities(const PersonaCatalog *cat)
 {
 	BlockNumber pages;
 
-	if (id_scan.loaded || id_scan.found < 1024 || id_scan.found % 1024 != 0 ||
-		!IdentityScanCurrent(cat))
+	if (id_scan.found < id_scan.next_check || !IdentityScanCurrent(cat))
 		return false;
+	id_scan.next_check = id_scan.found + 1024;
 	pages = RelationGetNumberOfBlocks(id_scan.rel);
 	if ((double) pages * IDENTITIES_PER_PAGE + PersonaIdMap.map->members > ID_MAP_MAX_ENTRIES)
 		return false;
@@ -405,7 +408,7 @@ LoadIdentities(idmap_hash *map)
 	MemoryContext old = MemoryContextSwitchTo(id_scan.cxt);
 	char		buf[PERSONA_MAX_ID_BYTES + 1];
 
-	id_scan.loaded = true;
+	id_scan.next_check = PG_INT64_MAX;
 	scan = table_beginscan(id_scan.rel, id_scan.snapshot, 0, NULL);
 	MemoryContextSwitchTo(old);
 	while (map->members < ID_MAP_MAX_ENTRIES &&
