@@ -122,6 +122,29 @@ SELECT count(persona_track('u-track-5', 'page_view', jsonb_build_object('n', n))
   FROM generate_series(1, 5) AS n;
 SELECT event_count FROM persona.profiles WHERE user_id = 'u-track-5';
 
+-- A profile updated by event after event, each in its transaction, stays
+-- on its page: the update prunes the page's dead versions when the room
+-- runs out (rowwriter.c PruneIfFull), so the updates stay HOT.  Without
+-- pruning, a new page every 70 or so versions: about 14 updates in 1,000
+-- would not be HOT.
+SELECT pg_stat_force_next_flush();
+SELECT persona_track('u-track-hot', 'page_view') > 0 AS tracked;
+SELECT pg_stat_clear_snapshot();
+SELECT n_tup_upd AS upd0, n_tup_hot_upd AS hot0
+  FROM pg_stat_user_tables WHERE relid = 'persona.profiles'::regclass \gset
+\set ECHO none
+\o /dev/null
+SELECT format('SELECT persona_track(%L, %L)', 'u-track-hot', 'page_view')
+  FROM generate_series(1, 1000) \gexec
+\o
+\set ECHO all
+SELECT pg_stat_force_next_flush();
+SELECT event_count FROM persona.profiles WHERE user_id = 'u-track-hot';
+SELECT pg_stat_clear_snapshot();
+SELECT n_tup_upd - :upd0 AS updates,
+       (n_tup_upd - :upd0) - (n_tup_hot_upd - :hot0) <= 3 AS nearly_all_hot
+  FROM pg_stat_user_tables WHERE relid = 'persona.profiles'::regclass;
+
 DROP TABLE track_audit;
 DROP FUNCTION track_audit_event();
 DROP FUNCTION track_audit_statement();

@@ -48,6 +48,7 @@
 #include "executor/executor.h"
 #include "nodes/makefuncs.h"
 #include "optimizer/optimizer.h"
+#include "pgstat.h"
 #include "rewrite/rewriteHandler.h"
 #include "storage/bufmgr.h"
 #include "utils/datum.h"
@@ -460,6 +461,7 @@ struct RowUpdater
 	MemoryContext cxt;			/* the scan's: btree allocates lazily */
 	bool		scanning;		/* PersonaRowUpdaterScan: walking the index */
 	IndexWalk	walk;			/* FindRow's (keys asked in ascending order) */
+	Buffer		buffer;			/* FetchVersion's last page, kept pinned */
 };
 
 /*
@@ -639,12 +641,92 @@ UpdateLocked(RowUpdater *u, RowChangeFunc change, void *arg)
 }
 
 /*
+ * Prunes a page holding a row about to be updated when the new version may
+ * not fit beside it: the page is marked full (an update found no room
+ * there) or less than a tenth of it is free, PostgreSQL's threshold for a
+ * table at fillfactor 100.  The pruning on access that index_fetch_heap
+ * does (heap_page_prune_opt) prunes whenever the free space is under the
+ * relation's fillfactor target instead: persona.profiles keeps half of
+ * each page free, room for a bulk statement's new version of every row on
+ * it, so every fetch after an update of any row of the page pruned it, a
+ * pass over the page per event.  Pruning when the room runs out removes
+ * the same dead versions, a dozen updates at a time.  Otherwise as
+ * heap_page_prune_opt does it (PostgreSQL 15): only versions dead to every
+ * snapshot, only with a cleanup lock taken without waiting; with
+ * old_snapshot_threshold set, heap_page_prune_opt itself decides.
+ */
+static void
+PruneIfFull(Relation rel, Buffer buffer)
+{
+	Page		page = BufferGetPage(buffer);
+	TransactionId prune_xid = ((PageHeader) page)->pd_prune_xid;
+	GlobalVisState *vistest;
+	int			ndeleted;
+	int			nnewlpdead;
+
+	if (!TransactionIdIsValid(prune_xid))
+		return;
+	if (OldSnapshotThresholdActive())
+	{
+		heap_page_prune_opt(rel, buffer);
+		return;
+	}
+	/* Unlocked, as heap_page_prune_opt reads it: a hint, checked again. */
+	if (!PageIsFull(page) && PageGetHeapFreeSpace(page) >= BLCKSZ / 10)
+		return;
+	vistest = GlobalVisTestFor(rel);
+	if (!GlobalVisTestIsRemovableXid(vistest, prune_xid) ||
+		!ConditionalLockBufferForCleanup(buffer))
+		return;
+	if (PageIsFull(page) || PageGetHeapFreeSpace(page) < BLCKSZ / 10)
+	{
+		ndeleted = heap_page_prune(rel, buffer, InvalidTransactionId, vistest,
+								   InvalidTransactionId, 0, &nnewlpdead, NULL);
+		if (ndeleted > nnewlpdead)
+			pgstat_update_heap_dead_tuples(rel, ndeleted - nnewlpdead);
+	}
+	LockBuffer(buffer, BUFFER_LOCK_UNLOCK);
+}
+
+/*
+ * The version of the HOT chain at ``tid`` visible to the scan's snapshot,
+ * into u->current, as index_fetch_heap finds it (heapam_index_fetch_tuple,
+ * with its predicate lock and its hint to the index scan that the chain is
+ * dead), after PruneIfFull instead of the pruning on access.
+ */
+static bool
+FetchVersion(RowUpdater *u, ItemPointer tid)
+{
+	IndexScanDesc scan = u->walk.scan;
+	BufferHeapTupleTableSlot *bslot = (BufferHeapTupleTableSlot *) u->current;
+	ItemPointerData at = *tid;
+	bool		all_dead = false;
+	bool		found;
+
+	u->buffer = ReleaseAndReadBuffer(u->buffer, u->t.rel, ItemPointerGetBlockNumber(tid));
+	PruneIfFull(u->t.rel, u->buffer);
+	LockBuffer(u->buffer, BUFFER_LOCK_SHARE);
+	found = heap_hot_search_buffer(&at, u->t.rel, u->buffer, scan->xs_snapshot,
+								   &bslot->base.tupdata, &all_dead, true);
+	bslot->base.tupdata.t_self = at;
+	LockBuffer(u->buffer, BUFFER_LOCK_UNLOCK);
+	if (!scan->xactStartedInRecovery)
+		scan->kill_prior_tuple = all_dead;
+	if (!found)
+		return false;
+	u->current->tts_tableOid = RelationGetRelid(u->t.rel);
+	ExecStoreBufferHeapTuple(&bslot->base.tupdata, u->current, u->buffer);
+	pgstat_count_heap_fetch(scan->indexRelation);
+	return true;
+}
+
+/*
  * Finds the row whose key is ``key`` under the scan's snapshot, into
  * u->current.  Keys asked for in ascending order (ingest updates profiles in
  * profile_id order) are found by one forward walk of the index from the
  * first, reading each entry's key from the index tuple and fetching the
- * heap only for the entries of the key asked for, instead of a descent
- * from the root per row; a key asked for again or below the last one, or
+ * heap only for the entries of the key asked for (FetchVersion), instead
+ * of a descent from the root per row; a key asked for again or below the last one, or
  * far ahead of the entry the walk is on, starts a new walk from it.  The
  * walk sees the entries this updater's own non-HOT updates add (same key,
  * new version): it has passed their key by then, and their versions are
@@ -654,8 +736,18 @@ static bool
 FindRow(RowUpdater *u, int64 key)
 {
 	MemoryContext old = MemoryContextSwitchTo(u->cxt);
-	bool		found = PersonaIndexWalkFetch(&u->walk, key, u->current);
+	IndexScanDesc scan = u->walk.scan;
+	bool		found = false;
 
+	Assert(IsMVCCSnapshot(scan->xs_snapshot));
+	ExecClearTuple(u->current); /* a second pin would keep PruneIfFull out */
+	PersonaIndexWalkTo(&u->walk, key);
+	for (; u->walk.entry && u->walk.key == key; (void) PersonaIndexWalkNext(&u->walk))
+		if (FetchVersion(u, &scan->xs_heaptid))
+		{
+			found = true;
+			break;
+		}
 	MemoryContextSwitchTo(old);
 	return found;
 }
@@ -839,6 +931,9 @@ PersonaRowUpdaterRow(RowUpdater *u)
 void
 PersonaRowUpdaterClose(RowUpdater *u)
 {
+	ExecClearTuple(u->current);
+	if (BufferIsValid(u->buffer))
+		ReleaseBuffer(u->buffer);
 	index_endscan(u->scan);
 	index_close(u->index, NoLock);
 	EvalPlanQualEnd(&u->epqstate);
