@@ -155,7 +155,9 @@ persona_announce_change(PG_FUNCTION_ARGS)
  * BEFORE UPDATE OR DELETE OR TRUNCATE FOR EACH STATEMENT on the tables
  * persona maintains (and BEFORE UPDATE OR DELETE FOR EACH ROW on
  * persona.events, whose partitions a statement may name directly): refuses
- * the statement unless persona.maintenance is on, as persona's own functions set it (SET clause) for their writes.  A
+ * the statement unless persona.maintenance is on, as persona's own functions
+ * set it (SET clause) for their writes, or persona_track is applying its
+ * event (persona_applying, set in C: see track.c).  A
  * hand-written change would leave profiles, traits and segments silently
  * inconsistent with the events (docs/operations.md).  Ingest never runs it:
  * it inserts events and writes profiles with no SQL UPDATE.
@@ -175,7 +177,7 @@ persona_refuse_direct_change(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("persona_refuse_direct_change must be fired BEFORE UPDATE OR DELETE OR TRUNCATE")));
-	if (persona_maintenance)
+	if (persona_maintenance || persona_applying)
 	{
 		/* A row trigger lets the row through as it is. */
 		if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))

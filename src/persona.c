@@ -18,6 +18,7 @@ PG_MODULE_MAGIC;
 
 int			persona_max_event_bytes = 65536;
 bool		persona_maintenance = false;
+bool		persona_applying = false;
 
 void		_PG_init(void);
 

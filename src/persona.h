@@ -37,6 +37,12 @@ PersonaFindInt64(const int64 *sorted, int n, int64 value)
 extern int	persona_max_event_bytes;
 extern bool persona_maintenance;
 
+/*
+ * persona_track's apply in progress (track.c): the guard of the maintained
+ * tables lets it through as persona.maintenance would.
+ */
+extern bool persona_applying;
+
 /* OIDs of persona's own relations, looked up once and kept (catalog.c). */
 typedef struct PersonaCatalog
 {

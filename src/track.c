@@ -22,7 +22,8 @@
  *	   insert and the partition's index entries, as logical replication's
  *	   apply does (ExecSimpleRelationInsert without its triggers);
  *	5. runs the statement trigger's apply (ingest_apply.c) as that trigger
- *	   runs, with persona.maintenance on: profiles, segments, linked events.
+ *	   runs, with the guard of maintained tables letting it through (as
+ *	   persona.maintenance would): profiles, segments, linked events.
  *
  * What persona.events looks like (its columns, their defaults, its
  * triggers, and whether this path can honour everything an INSERT would
@@ -434,7 +435,7 @@ TrackDirect(FunctionCallInfo fcinfo, int64 *event_id)
 	TupleTableSlot *slot;
 	Datum	   *values;
 	bool	   *nulls;
-	int			level;
+	bool		applying;
 
 	/* The INSERT refuses a read-only transaction with its own error. */
 	if (XactReadOnly || IsInParallelMode() ||
@@ -561,13 +562,23 @@ TrackDirect(FunctionCallInfo fcinfo, int64 *event_id)
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 
-	/* The statement trigger's work, with its SET clause. */
-	level = NewGUCNestLevel();
-	(void) set_config_option("persona.maintenance", "on",
-							 superuser() ? PGC_SUSET : PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	PersonaIngestApply();
-	AtEOXact_GUC(true, level);
+	/*
+	 * The statement trigger's work, with the guard letting it through as the
+	 * trigger's SET persona.maintenance clause would.  A flag, not that GUC:
+	 * a GUC set and restored costs a pass over every GUC (AtEOXact_GUC), a
+	 * microsecond per event.  PG_FINALLY restores it whatever happens.
+	 */
+	applying = persona_applying;
+	persona_applying = true;
+	PG_TRY();
+	{
+		PersonaIngestApply();
+	}
+	PG_FINALLY();
+	{
+		persona_applying = applying;
+	}
+	PG_END_TRY();
 
 	PopActiveSnapshot();
 	table_close(part, NoLock);
