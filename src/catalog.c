@@ -1,7 +1,8 @@
 /*
  * catalog.c
- *	  OIDs of persona's relations, cached per backend and forgotten on any
- *	  relcache invalidation (DROP/CREATE EXTENSION, ALTER TABLE ...).
+ *	  OIDs of persona's relations (and a few column numbers), cached per
+ *	  backend and forgotten on any relcache invalidation (DROP/CREATE
+ *	  EXTENSION, ALTER TABLE ...).
  */
 #include "postgres.h"
 
@@ -68,6 +69,8 @@ PersonaGetCatalog(void)
 		catalog.segments = RequireRelation(schema, "segments");
 		catalog.segment_members = RequireRelation(schema, "segment_members");
 		catalog.segment_members_pkey = RequireRelation(schema, "segment_members_pkey");
+		catalog.member_segment = PersonaRequireColumn(catalog.segment_members, "segment");
+		catalog.member_profile_id = PersonaRequireColumn(catalog.segment_members, "profile_id");
 		catalog.segment_log = RequireRelation(schema, "segment_log");
 		catalog.segment_source = RequireRelation(schema, "segment_source");
 		catalog.decision_source = RequireRelation(schema, "decision_source");

@@ -58,6 +58,8 @@ typedef struct PersonaCatalog
 	Oid			segments;
 	Oid			segment_members;
 	Oid			segment_members_pkey;
+	AttrNumber	member_segment; /* segment_members' columns */
+	AttrNumber	member_profile_id;
 	Oid			segment_log;
 	Oid			segment_source;
 	Oid			decision_source;

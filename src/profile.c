@@ -47,7 +47,6 @@ void
 PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
 {
 	const PersonaCatalog *cat = PersonaGetCatalog();
-	AttrNumber	member_pid;
 
 	memset(r, 0, sizeof(ProfileReader));
 	r->cxt = CurrentMemoryContext;
@@ -62,15 +61,14 @@ PersonaProfileReaderBegin(ProfileReader *r, bool memberships)
 		r->members_pkey = index_open(cat->segment_members_pkey, AccessShareLock);
 		r->member_scan = index_beginscan(r->members, r->members_pkey, r->snapshot, 1, 0);
 		r->member = table_slot_create(r->members, NULL);
-		r->member_segment = PersonaRequireColumn(cat->segment_members, "segment");
+		r->member_segment = cat->member_segment;
 		r->member_vm = InvalidBuffer;
-		member_pid = PersonaRequireColumn(cat->segment_members, "profile_id");
 		for (int k = 0; k < r->members_pkey->rd_index->indnatts; k++)
 		{
 			if (r->members_pkey->rd_index->indkey.values[k] == r->member_segment)
 				r->member_segment_key = k + 1;
 			/* Walked by profile id: it must lead the key. */
-			if (k == 0 && r->members_pkey->rd_index->indkey.values[k] == member_pid)
+			if (k == 0 && r->members_pkey->rd_index->indkey.values[k] == cat->member_profile_id)
 				r->member_pid_key = k + 1;
 		}
 		r->member_scan->xs_want_itup = r->member_segment_key > 0;
