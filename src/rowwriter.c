@@ -70,6 +70,7 @@ typedef struct RowTarget
 	EState	   *estate;
 	ResultRelInfo *rri;
 	bool		triggers;		/* after-trigger query bracket opened */
+	bool		indices_open;	/* rri's indexes (TargetIndices) */
 	struct CompiledRel *compiled;	/* its expressions, compiled once */
 } RowTarget;
 
@@ -221,8 +222,28 @@ PersonaCompiledDefault(Relation rel, AttrNumber attnum, bool *isvolatile)
 	return CompiledDefault(GetCompiledRel(rel), rel, attnum, isvolatile);
 }
 
+/*
+ * Opens the target's indexes for the executor's index maintenance, once.
+ * An updater opens them only for an update that is not HOT, or one that
+ * goes through the executor: opening and closing them is most of the
+ * set-up of a statement that updates one profile, HOT.
+ */
 static void
-OpenTarget(RowTarget *t, Oid relid)
+TargetIndices(RowTarget *t)
+{
+	if (!t->indices_open)
+	{
+		MemoryContext old = MemoryContextSwitchTo(t->estate->es_query_cxt);
+
+		ExecOpenIndices(t->rri, false);
+		MemoryContextSwitchTo(old);
+		t->indices_open = true;
+	}
+}
+
+/* Opens ``relid`` for writes, with its indexes or not yet (TargetIndices). */
+static void
+OpenTarget(RowTarget *t, Oid relid, bool indices)
 {
 	RangeTblEntry *rte = makeNode(RangeTblEntry);
 
@@ -237,7 +258,9 @@ OpenTarget(RowTarget *t, Oid relid)
 	InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
 	t->estate->es_output_cid = GetCurrentCommandId(true);
 	t->estate->es_snapshot = GetActiveSnapshot();
-	ExecOpenIndices(t->rri, false);
+	t->indices_open = false;
+	if (indices)
+		TargetIndices(t);
 	t->compiled = GetCompiledRel(t->rel);
 	if (t->compiled->ncheck > 0)
 		t->rri->ri_ConstraintExprs = t->compiled->checks;
@@ -303,7 +326,7 @@ PersonaRowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 	TupleDesc	desc;
 	bool	   *set;
 
-	OpenTarget(&w->t, relid);
+	OpenTarget(&w->t, relid, true);
 	desc = RelationGetDescr(w->t.rel);
 	w->batched = !(desc->constr != NULL && desc->constr->has_generated_stored) &&
 		!(w->t.rel->trigdesc != NULL &&
@@ -479,7 +502,7 @@ PersonaRowUpdaterOpen(Oid relid, Oid indexid)
 {
 	RowUpdater *u = palloc0(sizeof(RowUpdater));
 
-	OpenTarget(&u->t, relid);
+	OpenTarget(&u->t, relid, false);
 	u->cxt = CurrentMemoryContext;
 	u->index = index_open(indexid, AccessShareLock);
 	u->current = table_slot_create(u->t.rel, &u->t.estate->es_tupleTable);
@@ -541,6 +564,8 @@ NextRow(RowUpdater *u, RowChangeFunc change, void *arg)
 static inline void
 InsertIndexEntries(RowUpdater *u, bool update_indexes)
 {
+	if (update_indexes)
+		TargetIndices(&u->t);
 	if (update_indexes && u->t.rri->ri_NumIndices > 0)
 		list_free(ExecInsertIndexTuples(u->t.rri, u->next, u->t.estate, true, false,
 										NULL, NIL));
@@ -636,6 +661,7 @@ UpdateLocked(RowUpdater *u, RowChangeFunc change, void *arg)
 {
 	NextRow(u, change, arg);
 	EvalPlanQualSetSlot(&u->epqstate, u->next);
+	TargetIndices(&u->t);
 	ExecSimpleRelationUpdate(u->t.rri, u->t.estate, &u->epqstate, u->current, u->next);
 	ResetPerTupleExprContext(u->t.estate);
 }
