@@ -256,6 +256,8 @@ OpenTarget(RowTarget *t, Oid relid, bool indices)
 	ExecInitRangeTable(t->estate, list_make1(rte));
 	t->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
+	/* Where AFTER ROW triggers look for it, or they open the table again. */
+	t->estate->es_opened_result_relations = list_make1(t->rri);
 	t->estate->es_output_cid = GetCurrentCommandId(true);
 	t->estate->es_snapshot = GetActiveSnapshot();
 	t->indices_open = false;
@@ -284,7 +286,8 @@ CloseTarget(RowTarget *t)
 {
 	if (t->triggers)
 		AfterTriggerEndQuery(t->estate);
-	ExecCloseIndices(t->rri);
+	/* Its indexes, and the relations AFTER ROW triggers opened, if any. */
+	ExecCloseResultRelations(t->estate);
 	ExecResetTupleTable(t->estate->es_tupleTable, false);
 	FreeExecutorState(t->estate);
 	table_close(t->rel, NoLock);
