@@ -149,6 +149,20 @@ SELECT persona_drop_action('no_such_action');
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT count(*) AS actions FROM persona.actions;
 
+-- A condition that cannot fail on the data (comparisons of traits) is
+-- evaluated without a subtransaction; one that may (a cast of the context)
+-- keeps it, and when it fails only its action is out, counted and warned
+-- about (src/predicate.c PredicateMayFail).
+SELECT persona_create_action('nf_rich', 'web', '{"title": "Rich"}', condition => 'd_cart_value > 10000');
+SELECT persona_create_action('nf_poor', 'web', '{"title": "Poor"}', condition => 'd_cart_value < 10000 OR d_cart_value IS NULL');
+SELECT persona_create_action('nf_qty', 'web', '{"title": "Qty"}', condition => $$(context->>'qty')::int > 1$$);
+SELECT a.name, persona.predicate_may_fail(a.condition, 'persona.decision_source') AS may_fail
+  FROM persona.actions a WHERE a.name LIKE 'nf\_%' ORDER BY 1;
+SELECT action FROM persona_decide('d-asha', '{"qty": "2"}', 'web', n => 20) WHERE action LIKE 'nf\_%' ORDER BY 1;
+SELECT action FROM persona_decide('d-asha', '{"qty": "many"}', 'web', n => 20) WHERE action LIKE 'nf\_%' ORDER BY 1;
+SELECT a.name, s.errors, s.last_error FROM persona.action_stats s JOIN persona.actions a USING (action_id)
+ WHERE a.name LIKE 'nf\_%' ORDER BY 1;
+
 -- Clean up for the files that follow.
 SELECT persona_drop_action(name) FROM persona.actions ORDER BY action_id;
 SELECT persona_drop_segment('d_big_cart');

@@ -4034,3 +4034,17 @@ BEGIN
     PERFORM set_config('persona.maintenance', 'off', true);
 END
 $$;
+
+-- ---------------------------------------------------------------------
+-- Predicates that cannot fail
+-- ---------------------------------------------------------------------
+-- A predicate, condition or trigger condition that provably raises no data
+-- exception or program limit on any profile is evaluated without a
+-- subtransaction (src/predicate.c PredicateMayFail); this internal function
+-- tells which (docs/segments.md).
+CREATE FUNCTION persona.predicate_may_fail(predicate text, source regclass) RETURNS boolean
+    LANGUAGE C STABLE
+    AS 'MODULE_PATHNAME', 'persona_predicate_may_fail';
+COMMENT ON FUNCTION persona.predicate_may_fail(text, regclass) IS
+    'whether a predicate over a source relation may fail on a profile''s data (a data exception or a program limit), so that its evaluation runs in a subtransaction';
+REVOKE ALL ON FUNCTION persona.predicate_may_fail(text, regclass) FROM PUBLIC;

@@ -326,6 +326,52 @@ SELECT persona_drop_segment('s_ratio');
 SELECT count(*) AS stats_rows FROM persona.segment_stats st
  WHERE NOT EXISTS (SELECT FROM persona.segments s WHERE s.segment_id = st.segment_id);
 
+-- Predicates that cannot fail on any profile's data (comparisons of traits
+-- and columns with AND, OR, NOT, IS NULL, COALESCE, CASE) are evaluated
+-- without a subtransaction; one that may (a cast, arithmetic, a jsonb
+-- operator, a pattern, a clock function) keeps it (src/predicate.c
+-- PredicateMayFail). The internal persona.predicate_may_fail tells which.
+SELECT v.predicate, persona.predicate_may_fail(v.predicate, 'persona.segment_source') AS may_fail
+  FROM (VALUES ('s_views >= 2'), ('s_cart_value > 100 AND s_views >= 1'),
+               ('coalesce(s_cart_value, 0) > 99.5 OR s_views IS NULL'),
+               ($$CASE WHEN s_views > 3 THEN s_cart_value > 10 ELSE user_id = 'x' END$$),
+               ($$user_id IN ('a', 'b') IS NOT TRUE AND nullif(s_views, 0) IS NOT NULL$$),
+               ($$first_seen < timestamptz '2030-01-01'$$),
+               ($$(traits->>'age')::int > 30$$), ('s_cart_value + 1 > 100'),
+               ('s_views * 2 > 4'), ($$traits ? 'age'$$), ($$user_id LIKE 's-%'$$),
+               ($$last_seen > now() - interval '1 day'$$), ('s_views::int > 1')) AS v(predicate);
+SELECT persona.predicate_may_fail('s_views >= 1', 'persona.decision_source') AS condition_may_fail,
+       persona.predicate_may_fail($$context->>'page' = 'home'$$, 'persona.decision_source') AS context_may_fail,
+       persona.predicate_may_fail($$event IS NOT NULL$$, 'persona.trigger_source') AS event_may_fail;
+-- It checks what it is given as a definition is checked.
+SELECT persona.predicate_may_fail($$pg_read_file('/etc/passwd') <> ''$$, 'persona.segment_source');
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona.predicate_may_fail(NULL, 'persona.segment_source') IS NULL AS null_is_null;
+-- A segment over count and sum traits: evaluated as before.
+SELECT persona_create_segment('s_nofail', 's_views >= 2 AND s_cart_value > 100');
+SELECT persona_track('s-nofail-1', 'page_view') > 0 AS tracked;
+SELECT persona_track('s-nofail-1', 'add_to_cart', '{"price": 150}') > 0 AS tracked;
+SELECT persona_in_segment('s-nofail-1', 's_nofail') AS member_before;
+SELECT persona_track('s-nofail-1', 'page_view') > 0 AS tracked;
+SELECT persona_track('s-nofail-2', 'page_view') > 0 AS tracked;
+SELECT persona_in_segment('s-nofail-1', 's_nofail') AS member,
+       persona_in_segment('s-nofail-2', 's_nofail') AS other_member;
+-- Beside one that may fail in the same refresh: the profile it fails for is
+-- counted and left out of that segment only.
+SELECT persona_create_segment('s_nofail_age', $$s_views >= 1 AND (traits->>'level')::int > 3$$);
+SELECT persona_identify('s-nofail-bad', '{"level": "unknown"}') > 0 AS identified;
+SELECT persona_track('s-nofail-bad', 'page_view') > 0 AS tracked;
+SELECT persona_track('s-nofail-bad', 'add_to_cart', '{"price": 500}') > 0 AS tracked;
+SELECT persona_track('s-nofail-bad', 'page_view') > 0 AS tracked;
+SELECT persona_in_segment('s-nofail-bad', 's_nofail') AS member,
+       persona_in_segment('s-nofail-bad', 's_nofail_age') AS age_member;
+SELECT s.name, coalesce(st.errors, 0) AS errors, st.last_error
+  FROM persona.segments s LEFT JOIN persona.segment_stats st USING (segment_id)
+ WHERE s.name IN ('s_nofail', 's_nofail_age') ORDER BY 1;
+SELECT l.op, count(*) FROM persona.segment_log l WHERE l.segment = 's_nofail' GROUP BY 1;
+SELECT persona_drop_segment('s_nofail');
+SELECT persona_drop_segment('s_nofail_age');
+
 -- Known profiles touched densely and sparsely in one statement: ingest
 -- finds the profiles to update and reads their memberships by walking the
 -- indexes forward in profile_id order, stepping over the profiles (and the

@@ -221,6 +221,19 @@ SELECT persona.trait_bigint(:'v2', 999) AS distinct_now,
 SELECT persona.trait_bigint('\x02012ee70708808ece1cc0843d00000200000000000012348080df9cb4899b0b000000000000123480f29080b4899b0b00', 999);
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 
+-- A numeric in a state that numeric_recv would refuse (a bad sign, a digit
+-- beyond 9999) makes the state corrupt too, never a data exception: the
+-- decoders raise nothing of class 22, so that predicates over traits need no
+-- subtransaction (src/predicate.c PredicateMayFail).
+SELECT persona.trait_numeric('\x02011502020000000100020a000100000000000000780000', 2) AS sum_120;
+SELECT persona.trait_numeric('\x02011502020000000100020a000100001234000000780000', 2);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+SELECT persona.trait_numeric('\x02011502020000000100020a000100000000000027100000', 2);
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+-- A windowed sum whose buckets add up beyond numeric's range (each bucket
+-- fitted) reads Infinity, and so does its average.
+SELECT persona.trait_numeric('\x02012f020280808ebeeb85cd0580c084a1d9f90b000200010a00017fff00000000270f02010a00017fff00000000270f0000', 2) AS sum_beyond,
+       persona.trait_numeric('\x02012f020580808ebeeb85cd0580c084a1d9f90b000200010a00017fff00000000270f02010a00017fff00000000270f0000', 2) AS avg_beyond;
 -- A trait state stays small: a dozen traits over a busy profile.
 SELECT octet_length(computed_state) < 4096 AS compact
   FROM persona.profiles WHERE user_id = 't-asha';

@@ -83,6 +83,8 @@ typedef struct ActionDef
 	char	   *condition_sql;	/* NULL: no condition */
 	ExprState  *condition;		/* it, compiled over a profile row; context is
 								 * $1 */
+	bool		condition_may_fail; /* it may fail on the data (class 22 or
+									 * 54): evaluated in a subtransaction */
 	int32		priority;
 	double		value;
 	int32		cap_per_day;	/* 0: no cap */
@@ -179,7 +181,8 @@ BuildActionCatalog(void *entries, int n)
 	for (int k = 0; k < n; k++)
 		if (ac->actions[k].condition_sql != NULL)
 		{
-			ac->actions[k].condition = PersonaPreparePredicate(ac->actions[k].condition_sql, source);
+			ac->actions[k].condition = PersonaPreparePredicate(ac->actions[k].condition_sql, source,
+															   &ac->actions[k].condition_may_fail);
 			ac->nconditions++;
 		}
 	return ac;
@@ -506,7 +509,8 @@ EvaluateConditions(void *arg)
 /*
  * Evaluates the conditions flagged in ``flagged`` (or only action ``only``
  * when it is not negative) against the profile row of the reader, inside a
- * subtransaction (PersonaTryEvaluation).  Returns true with the results in
+ * subtransaction (PersonaTryEvaluation), unless none of them can fail on the
+ * data (ActionDef.condition_may_fail).  Returns true with the results in
  * profile->condition, or false when a condition failed on this profile's
  * data or this call's context (a data exception, or a program limit such
  * as an over-long string): the error is returned in ``error``.  Any other
@@ -517,7 +521,13 @@ TryConditions(const ActionCatalog *ac, const bool *flagged, int only, ProfileRea
 			  DecideProfile *profile, ErrorData **error)
 {
 	ConditionRun run = {ac, flagged, only, r, profile};
-	bool		ok = PersonaTryEvaluation(EvaluateConditions, &run, error);
+	bool		may_fail = false;
+	bool		ok;
+
+	for (int k = 0; k < ac->nactions; k++)
+		if (only >= 0 ? k == only : flagged[k])
+			may_fail |= ac->actions[k].condition_may_fail;
+	ok = PersonaTryEvaluation(EvaluateConditions, &run, may_fail, error);
 
 	ResetExprContext(r->econtext);
 	return ok;

@@ -57,6 +57,7 @@ REVOKE ALL ON FUNCTION @extschema@.persona_tick() FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.persona_schedule() FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.compile_predicate(text, regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.compile_definition() FROM PUBLIC;
+REVOKE ALL ON FUNCTION persona.predicate_may_fail(text, regclass) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.refresh_segments(bigint[], text[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.evaluate_segment(text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION persona.clock_flip(text) FROM PUBLIC;

@@ -86,10 +86,11 @@ struct List;
 extern char *PersonaCompilePredicate(const char *predicate, Oid relid,
 									 struct List **reads, bool *clock);
 struct ExprState;
-extern struct ExprState *PersonaPreparePredicate(const char *sql, Oid relid);
+extern struct ExprState *PersonaPreparePredicate(const char *sql, Oid relid, bool *may_fail);
 extern int	PersonaPinSearchPath(void);
 extern void PersonaUnpinSearchPath(int level);
-extern bool PersonaTryEvaluation(void (*body) (void *arg), void *arg, ErrorData **error);
+extern bool PersonaTryEvaluation(void (*body) (void *arg), void *arg, bool may_fail,
+								 ErrorData **error);
 
 /* ingest.c */
 extern void PersonaIngestInit(void);

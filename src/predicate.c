@@ -40,6 +40,7 @@
 #include "access/relation.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_language.h"
 #include "catalog/pg_namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -52,6 +53,7 @@
 #include "parser/parse_coerce.h"
 #include "parser/parse_collate.h"
 #include "parser/parse_expr.h"
+#include "parser/parse_func.h"
 #include "parser/parse_node.h"
 #include "parser/parse_relation.h"
 #include "parser/parse_type.h"
@@ -589,6 +591,166 @@ ExpandView(Node *expr, Relation view)
 	return expr;
 }
 
+/* ---------------------------------------------------------------------
+ * Predicates that cannot fail on the data
+ * --------------------------------------------------------------------- */
+
+/* persona's trait decoders, the calls the views make for trait columns. */
+static const char *const trait_decoders[] = {
+	"trait_bigint", "trait_numeric", "trait_text"
+};
+
+/* Their OIDs in the extension's schema, InvalidOid for one not there. */
+typedef struct NoFailContext
+{
+	Oid			decoders[lengthof(trait_decoders)];
+} NoFailContext;
+
+/*
+ * The decoder ``name``(bytea, integer) in the extension's schema, or
+ * InvalidOid: it must also still be the C function of that name in
+ * persona's library, the code this file vouches for.
+ */
+static Oid
+LookupDecoder(Oid schema, const char *name)
+{
+	Oid			argtypes[2] = {BYTEAOID, INT4OID};
+	char	   *nspname = get_namespace_name(schema);
+	Oid			func;
+	HeapTuple	tuple;
+	bool		ours = false;
+
+	if (nspname == NULL)
+		return InvalidOid;
+	func = LookupFuncName(list_make2(makeString(nspname), makeString(pstrdup(name))),
+						  2, argtypes, true);
+	if (!OidIsValid(func))
+		return InvalidOid;
+	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(func));
+	if (HeapTupleIsValid(tuple))
+	{
+		Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tuple);
+		bool		isnull;
+		Datum		src = SysCacheGetAttr(PROCOID, tuple, Anum_pg_proc_prosrc, &isnull);
+
+		ours = proc->prolang == ClanguageId && !proc->proretset && !isnull &&
+			strcmp(TextDatumGetCString(src), psprintf("persona_%s", name)) == 0;
+		ReleaseSysCache(tuple);
+	}
+	return ours ? func : InvalidOid;
+}
+
+/*
+ * The comparisons of numeric, which PostgreSQL 15 does not mark LEAKPROOF
+ * but which raise nothing on any value: cmp_numerics orders NaN and the
+ * infinities without an error, and reads nothing but its two arguments.  A
+ * trait of sum, avg, min or max is a numeric, compared with a constant.
+ */
+static const Oid numeric_comparisons[] = {
+	F_NUMERIC_EQ, F_NUMERIC_NE, F_NUMERIC_LT, F_NUMERIC_LE, F_NUMERIC_GT, F_NUMERIC_GE,
+	F_NUMERIC_CMP
+};
+
+/* check_functions_in_node's callback: true for a function that may fail. */
+static bool
+FunctionMayFail(Oid func, void *arg)
+{
+	NoFailContext *cxt = (NoFailContext *) arg;
+
+	for (int i = 0; i < (int) lengthof(cxt->decoders); i++)
+		if (func == cxt->decoders[i])
+			return false;
+	for (int i = 0; i < (int) lengthof(numeric_comparisons); i++)
+		if (func == numeric_comparisons[i])
+			return false;
+	return !get_func_leakproof(func);
+}
+
+static bool
+MayFailWalker(Node *node, void *arg)
+{
+	if (node == NULL)
+		return false;
+	switch (nodeTag(node))
+	{
+		case T_List:
+		case T_Var:
+		case T_Const:
+		case T_Param:
+		case T_BoolExpr:
+		case T_NullTest:
+		case T_BooleanTest:
+		case T_RelabelType:
+		case T_OpExpr:
+		case T_DistinctExpr:
+		case T_NullIfExpr:
+		case T_CoalesceExpr:
+		case T_CaseExpr:
+		case T_CaseWhen:
+		case T_CaseTestExpr:
+			break;
+		case T_FuncExpr:
+			if (((FuncExpr *) node)->funcretset)
+				return true;
+			break;
+		case T_ScalarArrayOpExpr:
+			{
+				ScalarArrayOpExpr *saop = (ScalarArrayOpExpr *) node;
+
+				/* A hashed ANY (a long IN list) also runs these. */
+				if ((OidIsValid(saop->hashfuncid) && FunctionMayFail(saop->hashfuncid, arg)) ||
+					(OidIsValid(saop->negfuncid) && FunctionMayFail(saop->negfuncid, arg)))
+					return true;
+				break;
+			}
+		default:
+			return true;
+	}
+	if (check_functions_in_node(node, FunctionMayFail, arg))
+		return true;
+	return expression_tree_walker(node, MayFailWalker, arg);
+}
+
+/*
+ * Whether a planned expression may raise an error of class 22 (data
+ * exception) or 54 (program limit exceeded) for some profile's data, the
+ * errors PersonaTryEvaluation catches.  False only when that is impossible
+ * whatever the data, so that its evaluation needs no subtransaction:
+ *
+ *	- The nodes allowed raise nothing of their own on any value: reading a
+ *	  column, a constant or a parameter, AND/OR/NOT, IS [NOT] NULL, IS
+ *	  [NOT] TRUE/FALSE/UNKNOWN, a binary-compatible relabeling, COALESCE,
+ *	  CASE; operators and calls (also IS DISTINCT FROM, NULLIF, ANY/ALL over
+ *	  an array) raise only what their functions raise.  Every other node
+ *	  may fail: a cast through text (CoerceViaIO), an array or row
+ *	  constructor, a subscript, a set-returning call, ...
+ *	- Every function a node runs (check_functions_in_node, which also sees
+ *	  the functions an operator, a cast or an I/O coercion runs) is
+ *	  LEAKPROOF: a leakproof function may raise no error that depends on its
+ *	  arguments (PostgreSQL's definition; the comparisons of integers,
+ *	  floats, numerics, timestamps, booleans and text are, casts,
+ *	  arithmetic and jsonb operators are not).  What a leakproof function
+ *	  may raise whatever its arguments (out of memory, a cancel) is not of
+ *	  those classes, and is thrown with or without a subtransaction.  The
+ *	  comparisons of numeric are not marked so in PostgreSQL 15, yet raise
+ *	  nothing on any value either (numeric_comparisons).
+ *	- Or it is one of persona's trait decoders (traits.c): they raise
+ *	  nothing of class 22 or 54 on any state.  A malformed state is
+ *	  XX001, a decoder called for a trait of another kind 42804, a sum
+ *	  beyond numeric's range saturates to infinity, and an average divides
+ *	  by a count of at least one.
+ */
+static bool
+PredicateMayFail(Node *expr)
+{
+	const PersonaCatalog *cat = PersonaGetCatalog();
+	NoFailContext cxt;
+
+	for (int i = 0; i < (int) lengthof(trait_decoders); i++)
+		cxt.decoders[i] = LookupDecoder(cat->schema, trait_decoders[i]);
+	return MayFailWalker(expr, &cxt);
+}
+
 /*
  * A predicate that was checked and stored (predicate_sql, condition_sql)
  * prepared for evaluation in C against one row of persona.profiles: the
@@ -598,10 +760,11 @@ ExpandView(Node *expr, Relation view)
  * parameter 2.  The text is checked again
  * on the way, as it is compiled on every write.  The result lives in the
  * current memory context; evaluate it with the profile row as the scan
- * tuple.
+ * tuple.  ``may_fail``, unless NULL, is set to whether its evaluation may
+ * raise an error PersonaTryEvaluation catches (PredicateMayFail).
  */
 ExprState *
-PersonaPreparePredicate(const char *sql, Oid relid)
+PersonaPreparePredicate(const char *sql, Oid relid, bool *may_fail)
 {
 	int			pinned = PersonaPinSearchPath();
 	Relation	rel = relation_open(relid, AccessShareLock);
@@ -613,6 +776,8 @@ PersonaPreparePredicate(const char *sql, Oid relid)
 	expr = ExpandView(expr, rel);
 	relation_close(rel, AccessShareLock);
 	expr = (Node *) expression_planner((Expr *) expr);
+	if (may_fail != NULL)
+		*may_fail = PredicateMayFail(expr);
 	state = ExecInitExpr((Expr *) expr, NULL);
 	PersonaUnpinSearchPath(pinned);
 	return state;
@@ -667,6 +832,28 @@ persona_compile_predicate(PG_FUNCTION_ARGS)
 	values[1] = ReadsArray(reads);
 	values[2] = BoolGetDatum(clock);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/*
+ * Whether a predicate over a source relation, prepared as the definitions
+ * caches prepare it, may fail on a profile's data (PredicateMayFail): its
+ * evaluation then runs in a subtransaction.  For tests and diagnosis.
+ */
+PG_FUNCTION_INFO_V1(persona_predicate_may_fail);
+Datum
+persona_predicate_may_fail(PG_FUNCTION_ARGS)
+{
+	List	   *reads;
+	bool		clock;
+	bool		may_fail;
+	char	   *sql;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	sql = PersonaCompilePredicate(RequirePredicateText(PG_GETARG_TEXT_PP(0)),
+								  PG_GETARG_OID(1), &reads, &clock);
+	(void) PersonaPreparePredicate(sql, PG_GETARG_OID(1), &may_fail);
+	PG_RETURN_BOOL(may_fail);
 }
 
 /*
@@ -748,7 +935,7 @@ persona_compile_definition(PG_FUNCTION_ARGS)
 		 * here, when the definition is written, and never when the cache
 		 * loads it in the middle of ingest.
 		 */
-		(void) PersonaPreparePredicate(sql, source);
+		(void) PersonaPreparePredicate(sql, source, NULL);
 		values[1] = CStringGetTextDatum(sql);
 		values[2] = ReadsArray(reads);
 		values[3] = BoolGetDatum(clock);
@@ -771,14 +958,25 @@ persona_compile_definition(PG_FUNCTION_ARGS)
  * scans must also close them.  A definition a marketer wrote must not stop
  * valid data from going in: callers count the error and go on
  * (segments.c, decide.c).
+ *
+ * ``may_fail`` false: the caller knows that every expression ``body``
+ * evaluates was prepared cannot-fail (PersonaPreparePredicate), so that no
+ * error of those classes can arise; ``body`` then runs as is, without the
+ * subtransaction (which costs a begin, a release and a pass over the GUCs
+ * per call), and any error it raises is thrown as it would have been.
  */
 bool
-PersonaTryEvaluation(void (*body) (void *arg), void *arg, ErrorData **error)
+PersonaTryEvaluation(void (*body) (void *arg), void *arg, bool may_fail, ErrorData **error)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool ok = true;
 
+	if (!may_fail)
+	{
+		body(arg);
+		return true;
+	}
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();

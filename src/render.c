@@ -695,7 +695,7 @@ FetchLinked(const char *link, const char *column, const char *key)
 	{
 		ErrorData  *error;
 
-		convertible = PersonaTryEvaluation(ConvertKey, &k, &error);
+		convertible = PersonaTryEvaluation(ConvertKey, &k, true, &error);
 	}
 	if (convertible && OidIsValid(lp->index) &&
 		check_enable_rls(relid, InvalidOid, false) != RLS_ENABLED)

@@ -47,6 +47,8 @@ typedef struct SegmentDef
 	Datum		name_text;		/* the name as text (member and log rows) */
 	char	   *sql;			/* the checked, deparsed predicate */
 	ExprState  *state;			/* it, compiled over a persona.profiles row */
+	bool		may_fail;		/* it may fail on a profile's data (class 22
+								 * or 54): evaluated in a subtransaction */
 	int			nreads;
 	char	  **reads;			/* columns of persona.segment_source it reads */
 	bool		clock;			/* calls a function of the clock */
@@ -103,7 +105,8 @@ BuildSegmentCatalog(void *entries, int n)
 	sc->nsegments = n;
 	for (int k = 0; k < n; k++)
 	{
-		sc->segments[k].state = PersonaPreparePredicate(sc->segments[k].sql, source);
+		sc->segments[k].state = PersonaPreparePredicate(sc->segments[k].sql, source,
+														&sc->segments[k].may_fail);
 		sc->any_clock |= sc->segments[k].clock;
 	}
 	return sc;
@@ -444,7 +447,7 @@ RedoProfile(Refresh *rf, int64 pid)
 		if (!rf->evaluate[k])
 			continue;
 		rf->only = k;
-		if (PersonaTryEvaluation(EvaluateAlone, rf, &error))
+		if (PersonaTryEvaluation(EvaluateAlone, rf, rf->sc->segments[k].may_fail, &error))
 			AddChanges(rf, pid);
 		else
 		{
@@ -534,7 +537,8 @@ RecordPredicateErrors(const Refresh *rf)
  * one subtransaction, and only when a predicate fails on a profile's data
  * (PersonaTryEvaluation) is that profile redone alone, segment by segment
  * (RedoProfile), before the batch goes on after it in a new
- * subtransaction.  Nothing is written inside them: the changes are noted
+ * subtransaction.  When every predicate evaluated is one that cannot fail
+ * (SegmentDef.may_fail false, predicate.c), the batch runs without one.  Nothing is written inside them: the changes are noted
  * in memory and written afterwards.  Returns the number of entries and
  * exits.
  */
@@ -545,6 +549,7 @@ RefreshSegments(const SegmentCatalog *sc, const bool *evaluate, const int64 *pro
 	Refresh		rf = {0};
 	ProfileReader alone;
 	bool		failed = false;
+	bool		may_fail = false;
 	uint64		nchanges = 0;
 
 	rf.sc = sc;
@@ -558,12 +563,18 @@ RefreshSegments(const SegmentCatalog *sc, const bool *evaluate, const int64 *pro
 	rf.is_in = palloc0(sizeof(bool) * sc->nsegments);
 	rf.errors = palloc0(sizeof(int64) * sc->nsegments);
 	rf.last_error = palloc0(sizeof(ErrorData *) * sc->nsegments);
+	for (int k = 0; k < sc->nsegments; k++)
+		may_fail |= evaluate[k] && sc->segments[k].may_fail;
 	for (;;)
 	{
 		ErrorData  *error;
 
-		/* A profile's changes are noted once all its predicates answered. */
-		if (PersonaTryEvaluation(EvaluateBatch, &rf, &error))
+		/*
+		 * A profile's changes are noted once all its predicates answered.
+		 * When none of them can fail, no subtransaction: the batch then
+		 * completes or throws.
+		 */
+		if (PersonaTryEvaluation(EvaluateBatch, &rf, may_fail, &error))
 			break;
 		if (!failed)
 		{

@@ -697,6 +697,28 @@ PersonaTraitCombine(TraitState *into, const TraitState *from)
 }
 
 /*
+ * a + b, or +/-Infinity when the sum no longer fits numeric (beyond 10^131071,
+ * possible only across the cells of a window, each of which fitted): only
+ * then can two finite values overflow, and both have the sign of the sum.
+ * The value of a trait raises no data exception, so that a predicate over
+ * traits never needs a subtransaction (predicate.c, PredicateMayFail).
+ */
+static Numeric
+NumericAddSaturating(Numeric a, Numeric b)
+{
+	bool		overflow = false;
+	Numeric		sum = numeric_add_opt_error(a, b, &overflow);
+
+	if (!overflow)
+		return sum;
+	return DatumGetNumeric(DirectFunctionCall3(numeric_in,
+											   CStringGetDatum(NumericCmp(a, int64_to_numeric(0)) < 0
+															   ? "-Infinity" : "Infinity"),
+											   ObjectIdGetDatum(InvalidOid),
+											   Int32GetDatum(-1)));
+}
+
+/*
  * The value of a trait at ``now``: bigint for count and count_distinct,
  * numeric for sum, avg, min and max, text for first and last.
  */
@@ -730,7 +752,7 @@ PersonaTraitValue(const TraitState *s, TimestampTz now, bool *isnull)
 		{
 			case TRAIT_SUM:
 			case TRAIT_AVG:
-				num = num == NULL ? c->num : NumericAdd(num, c->num);
+				num = num == NULL ? c->num : NumericAddSaturating(num, c->num);
 				break;
 			case TRAIT_MIN:
 				if (num == NULL || NumericCmp(c->num, num) < 0)
@@ -751,7 +773,9 @@ PersonaTraitValue(const TraitState *s, TimestampTz now, bool *isnull)
 			default:
 				break;
 		}
-		n += c->n;
+		/* Counts are never negative (RecvState): n >= 1 from here on. */
+		if (pg_add_s64_overflow(n, c->n, &n))
+			n = PG_INT64_MAX;
 	}
 
 	switch (s->kind)
@@ -765,6 +789,13 @@ PersonaTraitValue(const TraitState *s, TimestampTz now, bool *isnull)
 		case TRAIT_AVG:
 			if (num == NULL)
 				break;
+
+			/*
+			 * n >= 1 (a cell with a value counts at least one event, and the
+			 * count saturates), so neither division by zero nor overflow: the
+			 * quotient is no larger than the sum, and its scale is capped by
+			 * numeric_div.
+			 */
 			return DirectFunctionCall2(numeric_div, NumericGetDatum(num),
 									   DirectFunctionCall1(int8_numeric, Int64GetDatum(n)));
 		case TRAIT_MIN:
@@ -892,6 +923,57 @@ SendNumeric(StringInfo buf, Numeric num)
 	pfree(b);
 }
 
+/*
+ * numeric_recv's checks of its input (PostgreSQL 15: ndigits, weight, sign,
+ * dscale, then ndigits digits, each an int16 in network order), made before
+ * it runs: a malformed numeric is then a corrupt state (XX001) like any
+ * other malformed byte, never numeric_recv's invalid binary representation
+ * (22P03), a data exception.  The trait decoders must raise no error of
+ * class 22 (predicate.c, PredicateMayFail).  numeric_recv raises nothing
+ * else of class 22: a weight is an int16, and trunc_var drops every digit
+ * below the scale (at most 16,383 decimal places), so the first digit kept
+ * never overflows the weight.  A shorter buffer is left to numeric_recv's
+ * own reads (protocol violation, 08P01), as before.
+ */
+#define RECV_NUMERIC_POS	0x0000
+#define RECV_NUMERIC_NEG	0x4000
+#define RECV_NUMERIC_NAN	0xC000
+#define RECV_NUMERIC_PINF	0xD000
+#define RECV_NUMERIC_NINF	0xF000
+#define RECV_NUMERIC_DSCALE_MASK 0x3FFF
+#define RECV_NUMERIC_NBASE	10000
+
+static inline uint16
+NumericWord(const char *p)
+{
+	return (uint16) (((uint8) p[0] << 8) | (uint8) p[1]);
+}
+
+static bool
+NumericBytesValid(const char *p, int len)
+{
+	int			ndigits;
+	uint16		sign;
+
+	if (len < 8)
+		return true;
+	ndigits = NumericWord(p);
+	sign = NumericWord(p + 4);
+	if (sign != RECV_NUMERIC_POS && sign != RECV_NUMERIC_NEG && sign != RECV_NUMERIC_NAN &&
+		sign != RECV_NUMERIC_PINF && sign != RECV_NUMERIC_NINF)
+		return false;
+	if ((NumericWord(p + 6) & ~RECV_NUMERIC_DSCALE_MASK) != 0)
+		return false;
+	for (int i = 0; i < ndigits && 8 + 2 * i + 1 < len; i++)
+	{
+		int16		d = (int16) NumericWord(p + 8 + 2 * i);
+
+		if (d < 0 || d >= RECV_NUMERIC_NBASE)
+			return false;
+	}
+	return true;
+}
+
 static Numeric
 RecvNumeric(StringInfo buf)
 {
@@ -902,6 +984,7 @@ RecvNumeric(StringInfo buf)
 	sub.len = len;
 	sub.maxlen = len;
 	sub.cursor = 0;
+	CheckState(NumericBytesValid(sub.data, len));
 	return DatumGetNumeric(DirectFunctionCall3(numeric_recv, PointerGetDatum(&sub),
 											   ObjectIdGetDatum(InvalidOid),
 											   Int32GetDatum(-1)));

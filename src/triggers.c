@@ -45,6 +45,8 @@ typedef struct TriggerDef
 	char	   *source;			/* trigger:NAME */
 	char	   *condition_sql;	/* NULL: no condition */
 	ExprState  *condition;
+	bool		condition_may_fail; /* it may fail on the data (class 22 or
+									 * 54): evaluated in a subtransaction */
 	Interval	delay;
 } TriggerDef;
 
@@ -95,7 +97,8 @@ BuildTriggerCatalog(void *entries, int n)
 		TriggerDef *d = &tc->defs[k];
 
 		if (d->condition_sql != NULL)
-			d->condition = PersonaPreparePredicate(d->condition_sql, source);
+			d->condition = PersonaPreparePredicate(d->condition_sql, source,
+												   &d->condition_may_fail);
 		if (d->event_type != NULL)
 		{
 			tc->events.trigger_ids[tc->events.n] = d->trigger_id;
@@ -258,7 +261,8 @@ EvalFirings(void *arg)
 
 /*
  * Evaluates the conditions of firings[lo, hi) (those whose trigger has one)
- * inside one subtransaction, into holds[], each against its profile row
+ * inside one subtransaction (none when no condition among them can fail on
+ * the data: TriggerDef.condition_may_fail), into holds[], each against its profile row
  * (rows[i], copied beforehand: buffer pins taken inside the subtransaction
  * would belong to it).  Returns false when a condition failed on its
  * profile's data or its event (a data exception or a program limit), the
@@ -270,7 +274,16 @@ TryConditions(const TriggerCatalog *tc, const TriggerFiring *firings, int lo, in
 			  ErrorData **error)
 {
 	FiringBatch b = {tc, firings, lo, hi, rows, econtext, params, holds};
-	bool		ok = PersonaTryEvaluation(EvalFirings, &b, error);
+	bool		may_fail = false;
+	bool		ok;
+
+	for (int i = lo; i < hi && !may_fail; i++)
+	{
+		const TriggerDef *d = FindTrigger(tc, firings[i].trigger_id);
+
+		may_fail = d != NULL && d->condition != NULL && d->condition_may_fail;
+	}
+	ok = PersonaTryEvaluation(EvalFirings, &b, may_fail, error);
 
 	ResetExprContext(econtext);
 	return ok;
@@ -562,7 +575,7 @@ PersonaTriggerStillHolds(const char *source, HeapTuple profile, TupleDesc desc,
 	a.def = def;
 	a.econtext = econtext;
 	a.holds = false;
-	ok = PersonaTryEvaluation(EvalRecheck, &a, &error);
+	ok = PersonaTryEvaluation(EvalRecheck, &a, def->condition_may_fail, &error);
 	ExecDropSingleTupleTableSlot(econtext->ecxt_scantuple);
 	FreeExprContext(econtext, true);
 	if (!ok)
