@@ -493,9 +493,16 @@ ClaimMessages(Datum channel, int32 n, TimestampTz now, TimestampTz lease_until,
 	int			ncancelled = 0;
 	int			taken = 0;
 
-	/* The profiles as committed now, and the queue likewise (FreshSnapshot). */
-	PersonaProfileReaderBegin(&r, false);
+	/*
+	 * The queue as committed now (FreshSnapshot), then the profiles from a
+	 * snapshot taken after it: a message the queue's snapshot sees was
+	 * committed with its profile or after it, so the reader sees that
+	 * profile.  (Begun the other way round, the reader missed the new profile
+	 * of a message committed in between, and the claim cancelled it as
+	 * "profile gone".)
+	 */
 	FreshSnapshot();
+	PersonaProfileReaderBegin(&r, false);
 	u = PersonaRowUpdaterOpen(relid, MessagesIndex("messages_ready_idx"));
 	ScanKeyEntryInitialize(&keys[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
 						   DEFAULT_COLLATION_OID, F_TEXTEQ, channel);
