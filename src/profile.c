@@ -213,8 +213,9 @@ IndexWalkRestart(IndexWalk *w, int64 key)
  * stepping with PersonaIndexWalkNext.  The walk's first key is looked up
  * (IndexWalkRestart); a second key, a key asked for again or below the
  * last one, further than max_gap ahead of the entry the walk is on, or
- * more than INDEX_WALK_MAX_STEPS entries ahead, starts a new scan from it.  The index scan allocates as it goes, in the
- * memory context current at each call: callers keep it the same.
+ * more than INDEX_WALK_MAX_STEPS entries ahead, starts a new scan from
+ * it.  The index scan allocates as it goes, in the memory context current
+ * at each call: callers keep it the same.
  */
 void
 PersonaIndexWalkTo(IndexWalk *w, int64 key)

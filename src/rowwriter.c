@@ -755,11 +755,11 @@ FetchVersion(RowUpdater *u, ItemPointer tid)
  * profile_id order) are found by one forward walk of the index from the
  * first, reading each entry's key from the index tuple and fetching the
  * heap only for the entries of the key asked for (FetchVersion), instead
- * of a descent from the root per row; a key asked for again or below the last one, or
- * far ahead of the entry the walk is on, starts a new walk from it.  The
- * walk sees the entries this updater's own non-HOT updates add (same key,
- * new version): it has passed their key by then, and their versions are
- * invisible to the snapshot anyway (this command wrote them).
+ * of a descent from the root per row; a key asked for again or below the
+ * last one, or far ahead of the entry the walk is on, starts a new walk
+ * from it.  The walk sees the entries this updater's own non-HOT updates
+ * add (same key, new version): it has passed their key by then, and their
+ * versions are invisible to the snapshot anyway (this command wrote them).
  */
 static bool
 FindRow(RowUpdater *u, int64 key)

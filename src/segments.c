@@ -538,9 +538,9 @@ RecordPredicateErrors(const Refresh *rf)
  * (PersonaTryEvaluation) is that profile redone alone, segment by segment
  * (RedoProfile), before the batch goes on after it in a new
  * subtransaction.  When every predicate evaluated is one that cannot fail
- * (SegmentDef.may_fail false, predicate.c), the batch runs without one.  Nothing is written inside them: the changes are noted
- * in memory and written afterwards.  Returns the number of entries and
- * exits.
+ * (SegmentDef.may_fail false, predicate.c), the batch runs without one.
+ * Nothing is written inside them: the changes are noted in memory and
+ * written afterwards.  Returns the number of entries and exits.
  */
 static uint64
 RefreshSegments(const SegmentCatalog *sc, const bool *evaluate, const int64 *profile_ids,
