@@ -568,10 +568,12 @@ static inline void
 InsertIndexEntries(RowUpdater *u, bool update_indexes)
 {
 	if (update_indexes)
+	{
 		TargetIndices(&u->t);
-	if (update_indexes && u->t.rri->ri_NumIndices > 0)
-		list_free(ExecInsertIndexTuples(u->t.rri, u->next, u->t.estate, true, false,
-										NULL, NIL));
+		if (u->t.rri->ri_NumIndices > 0)
+			list_free(ExecInsertIndexTuples(u->t.rri, u->next, u->t.estate, true, false,
+											NULL, NIL));
+	}
 	ResetPerTupleExprContext(u->t.estate);
 }
 

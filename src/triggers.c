@@ -262,11 +262,11 @@ EvalFirings(void *arg)
 /*
  * Evaluates the conditions of firings[lo, hi) (those whose trigger has one)
  * inside one subtransaction (none when no condition among them can fail on
- * the data: TriggerDef.condition_may_fail), into holds[], each against its profile row
- * (rows[i], copied beforehand: buffer pins taken inside the subtransaction
- * would belong to it).  Returns false when a condition failed on its
- * profile's data or its event (a data exception or a program limit), the
- * error in ``error``; any other error is thrown.
+ * the data: TriggerDef.condition_may_fail), into holds[], each against its
+ * profile row (rows[i], copied beforehand: buffer pins taken inside the
+ * subtransaction would belong to it).  Returns false when a condition failed
+ * on its profile's data or its event (a data exception or a program limit),
+ * the error in ``error``; any other error is thrown.
  */
 static bool
 TryConditions(const TriggerCatalog *tc, const TriggerFiring *firings, int lo, int hi,
