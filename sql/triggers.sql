@@ -62,6 +62,25 @@ SELECT count(*) AS inside FROM pg_temp.msgs WHERE user_id = 't-asha' AND action 
 ROLLBACK;
 SELECT count(*) AS after_rollback FROM pg_temp.msgs WHERE user_id = 't-asha' AND action = 't_thanks_mail';
 
+-- A condition and the consent are read from the profile as the event's
+-- statement left it: the count the event itself raised, a consent withdrawn
+-- earlier in the same transaction, a profile the statement created.
+SELECT persona_define_trait('t_visits', 'count', 'visit');
+SELECT persona_create_action('t_visit_mail', 'email', '{"title": "again"}');
+SELECT persona_create_trigger('t_second_visit', 'visit', 't_visit_mail', condition => $$t_visits = 2$$);
+SELECT persona_track('t-vi', 'visit') > 0 AS first_visit;
+BEGIN;
+SELECT persona_set_consent('t-vi', 'email', false);
+SELECT persona_track('t-vi', 'visit') > 0 AS second_visit;
+SELECT reason, messages FROM persona.suppressions WHERE source = 'trigger:t_second_visit';
+ROLLBACK;
+SELECT persona_track('t-vi', 'visit') > 0 AS second_visit;
+INSERT INTO persona.events (user_id, event_type) VALUES ('t-vo', 'visit'), ('t-vo', 'visit'), ('t-vi', 'visit');
+SELECT user_id, count(*) FROM pg_temp.msgs WHERE action = 't_visit_mail' GROUP BY 1 ORDER BY 1;
+SELECT persona_drop_trigger('t_second_visit');
+SELECT persona_drop_action('t_visit_mail');
+SELECT persona_drop_trait('t_visits');
+
 -- A condition that fails on an event skips that firing, with a warning,
 -- counted; the event is ingested.
 SELECT persona_create_trigger('t_qty', 'restock_request', 't_cart_push',

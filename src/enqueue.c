@@ -27,6 +27,8 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -214,17 +216,55 @@ ReadActions(const EnqueueItem *items, int n, int *nactions, int *item_action)
 }
 
 /*
- * Reads the consent of every profile (pids, sorted and unique) into
- * consents[], the rows locked FOR KEY SHARE against merges and forget.
- * Each row is first read by its primary key, without SQL: a row version
- * this transaction wrote (ingest updated the profile of the event just
- * before) is used as it is: no one else can change it before this
- * transaction ends, and the lock would cost a WAL record per profile.  The
- * others are read again, locked, in one query.  A profile that does not
- * exist is an error.
+ * The consents of the profile rows the caller passed (rows[k] for pids[k],
+ * or NULL), versions this transaction wrote (ingest's, for the profile of
+ * the event just applied: EnqueueItem.profile_row), into consents[], marked
+ * found.  Returns how many are left to read.
+ */
+static int
+ConsentsOfRows(const HeapTuple *rows, int npids, Jsonb **consents, bool *found)
+{
+	Relation	profiles = NULL;
+	AttrNumber	att = InvalidAttrNumber;
+	int			left = 0;
+
+	for (int k = 0; k < npids; k++)
+	{
+		bool		isnull;
+		Datum		v;
+
+		if (rows[k] == NULL)
+		{
+			left++;
+			continue;
+		}
+		if (profiles == NULL)
+		{
+			profiles = table_open(PersonaGetCatalog()->profiles, AccessShareLock);
+			att = PersonaRequireColumn(RelationGetRelid(profiles), "consent");
+		}
+		v = heap_getattr(rows[k], att, RelationGetDescr(profiles), &isnull);
+		consents[k] = isnull ? NULL : DatumGetJsonbPCopy(v);
+		found[k] = true;
+	}
+	if (profiles != NULL)
+		table_close(profiles, AccessShareLock);
+	return left;
+}
+
+/*
+ * Reads the consent of every profile (pids, sorted and unique; rows[k], the
+ * row of pids[k] when the caller has it, or NULL) into consents[], the rows
+ * locked FOR KEY SHARE against merges and forget.  A row version this
+ * transaction wrote (ingest updated the profile of the event just before)
+ * is used as it is: no one else can change it before this transaction
+ * ends, and the lock would cost a WAL record per profile.  The rows not
+ * passed are first read by their primary key, without SQL, for the same
+ * test; the others are read again, locked, in one query.  A profile that
+ * does not exist is an error.
  */
 static void
-ReadConsents(const int64 *pids, int npids, Jsonb **consents)
+ReadConsents(const int64 *pids, const HeapTuple *rows, int npids, Jsonb **consents)
 {
 	Oid			types[1] = {INT8ARRAYOID};
 	bool	   *found = palloc0(sizeof(bool) * npids);
@@ -232,27 +272,32 @@ ReadConsents(const int64 *pids, int npids, Jsonb **consents)
 	int			nothers = 0;
 	ProfileReader r;
 
-	PersonaProfileReaderBegin(&r, false);
-	for (int k = 0; k < npids; k++)
+	if (ConsentsOfRows(rows, npids, consents, found) > 0)
 	{
-		bool		isnull;
-		Datum		v;
-
-		CHECK_FOR_INTERRUPTS();
-		if (PersonaProfileFetch(&r, pids[k]))
-			v = slot_getsysattr(r.profile, MinTransactionIdAttributeNumber, &isnull);
-		else
-			v = TransactionIdGetDatum(InvalidTransactionId);
-		if (!TransactionIdIsCurrentTransactionId(DatumGetTransactionId(v)))
+		PersonaProfileReaderBegin(&r, false);
+		for (int k = 0; k < npids; k++)
 		{
-			others[nothers++] = pids[k];
-			continue;
+			bool		isnull;
+			Datum		v;
+
+			CHECK_FOR_INTERRUPTS();
+			if (found[k])
+				continue;
+			if (PersonaProfileFetch(&r, pids[k]))
+				v = slot_getsysattr(r.profile, MinTransactionIdAttributeNumber, &isnull);
+			else
+				v = TransactionIdGetDatum(InvalidTransactionId);
+			if (!TransactionIdIsCurrentTransactionId(DatumGetTransactionId(v)))
+			{
+				others[nothers++] = pids[k];
+				continue;
+			}
+			found[k] = true;
+			v = PersonaProfileColumn(&r, "consent", &isnull);
+			consents[k] = isnull ? NULL : DatumGetJsonbPCopy(v);
 		}
-		found[k] = true;
-		v = PersonaProfileColumn(&r, "consent", &isnull);
-		consents[k] = isnull ? NULL : DatumGetJsonbPCopy(v);
+		PersonaProfileReaderEnd(&r);
 	}
-	PersonaProfileReaderEnd(&r);
 	if (nothers > 0)
 	{
 		SPIPlanPtr	plan = PersonaKeptPlan(&consent_lock_plan,
@@ -525,6 +570,7 @@ PersonaEnqueue(const EnqueueItem *items, int n, bool dropped_counts, int64 *ids)
 	int64	   *locks;
 	int			nlocks = 0;
 	Jsonb	  **consents;
+	HeapTuple  *rows;
 	SendCount  *counts;
 	int			ncounts = 0;
 	const char **reasons;
@@ -572,8 +618,16 @@ PersonaEnqueue(const EnqueueItem *items, int n, bool dropped_counts, int64 *ids)
 	}
 	npids = SortUnique(pids, npids);
 	consents = palloc0(sizeof(Jsonb *) * Max(npids, 1));
+	rows = palloc0(sizeof(HeapTuple) * Max(npids, 1));
+	for (int i = 0; i < n; i++)
+	{
+		int			k = PersonaFindInt64(pids, npids, items[i].profile_id);
+
+		if (items[i].profile_row != NULL && k >= 0)
+			rows[k] = items[i].profile_row;
+	}
 	if (npids > 0)
-		ReadConsents(pids, npids, consents);
+		ReadConsents(pids, rows, npids, consents);
 
 	/*
 	 * The channel (an action on the channel "best": the person's best
@@ -698,6 +752,7 @@ persona_enqueue_message(PG_FUNCTION_ARGS)
 				 errmsg("a message source must be 1 to 300 bytes")));
 	item.due_at = PG_ARGISNULL(3) ? GetCurrentTimestamp() : PG_GETARG_TIMESTAMPTZ(3);
 	item.event = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P(4);
+	item.profile_row = NULL;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	PersonaEnqueue(&item, 1, false, &id);

@@ -8,6 +8,7 @@
 
 #include "postgres.h"
 
+#include "access/htup.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -19,6 +20,8 @@ typedef struct EnqueueItem
 	const char *source;			/* trigger:NAME, campaign:NAME */
 	TimestampTz due_at;
 	Jsonb	   *event;			/* kept for the check at claim, or NULL */
+	HeapTuple	profile_row;	/* the profile's row as this transaction wrote
+								 * it, or NULL: it is read */
 } EnqueueItem;
 
 /*

@@ -468,7 +468,10 @@ DeltaState(ProfileDelta *d, TimestampTz now, bytea **state, TimestampTz *next)
 
 static Size kept_rows_bytes = 0;
 
-/* Whether segments exist, for whose refresh alone the rows are kept. */
+/*
+ * Whether segments exist or rows fired triggers: the rows are kept for the
+ * refresh, the trigger conditions and the consent of the messages.
+ */
 static bool keep_rows = false;
 
 /*
@@ -860,7 +863,7 @@ PersonaIngestApply(void)
 	kept_rows_bytes = 0;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	keep_rows = PersonaSegmentsExist();
+	keep_rows = PersonaSegmentsExist() || folds->nfirings > 0;
 
 	/* Ids first seen here: identities first, then their profiles. */
 	ids = NewIds(folds, &n);
@@ -921,9 +924,17 @@ PersonaIngestApply(void)
 	RefreshSegments(deltas, folds->touched_names);
 	if (folds->nfirings > 0)
 	{
+		HeapTuple  *rows = palloc(sizeof(HeapTuple) * folds->nfirings);
+
 		for (int i = 0; i < folds->nfirings; i++)
+		{
+			PidSlot    *s;
+
 			folds->firings[i].profile_id = MovedTo(folds->firings[i].profile_id);
-		PersonaTriggersFire(folds->firings, folds->nfirings);
+			s = pidmap_lookup(deltas, folds->firings[i].profile_id);
+			rows[i] = s != NULL && s->delta->written ? s->delta->row : NULL;
+		}
+		PersonaTriggersFire(folds->firings, rows, folds->nfirings);
 	}
 	SPI_finish();
 

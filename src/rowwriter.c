@@ -97,8 +97,22 @@ typedef struct CompiledRel
 	char	   *default_known;	/* per attribute: its default was looked up */
 	ExprState **defaults;		/* per attribute: NULL when it has none */
 	bool	   *default_volatile;
+	struct ColumnList *columns; /* column lists resolved to numbers */
 	struct CompiledRel *next;
 } CompiledRel;
+
+/*
+ * A writer's column names resolved to attribute numbers: a syscache lookup
+ * per column per statement was most of what opening a writer of one row
+ * cost, after its indexes.
+ */
+typedef struct ColumnList
+{
+	char	  **names;			/* copies */
+	int			n;
+	AttrNumber *attnums;
+	struct ColumnList *next;
+} ColumnList;
 
 static CompiledRel *compiled_rels = NULL;
 static bool compiled_callbacks = false;
@@ -170,12 +184,47 @@ GetCompiledRel(Relation rel)
 	c->default_known = palloc0(desc->natts);
 	c->defaults = palloc0(sizeof(ExprState *) * desc->natts);
 	c->default_volatile = palloc0(sizeof(bool) * desc->natts);
+	c->columns = NULL;
 	MemoryContextSwitchTo(old);
 	c->cxt = cxt;
 	c->natts = desc->natts;
 	c->ncheck = ncheck;
 	c->stale = false;
 	return c;
+}
+
+/* The attribute numbers of ``names``, resolved once per compiled relation. */
+static const AttrNumber *
+CompiledColumns(CompiledRel *c, Relation rel, const char *const *names, int n)
+{
+	ColumnList *l;
+	MemoryContext old;
+
+	for (l = c->columns; l != NULL; l = l->next)
+	{
+		int			i = 0;
+
+		if (l->n != n)
+			continue;
+		while (i < n && strcmp(l->names[i], names[i]) == 0)
+			i++;
+		if (i == n)
+			return l->attnums;
+	}
+	old = MemoryContextSwitchTo(c->cxt);
+	l = palloc(sizeof(ColumnList));
+	l->n = n;
+	l->names = palloc(sizeof(char *) * Max(n, 1));
+	l->attnums = palloc(sizeof(AttrNumber) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		l->names[i] = pstrdup(names[i]);
+		l->attnums[i] = PersonaRequireColumn(RelationGetRelid(rel), names[i]);
+	}
+	l->next = c->columns;
+	c->columns = l;
+	MemoryContextSwitchTo(old);
+	return l->attnums;
 }
 
 /* The compiled default of attribute attnum, NULL when it has none. */
@@ -339,12 +388,11 @@ PersonaRowWriterOpen(Oid relid, const char *const *columns, int ncolumns)
 	w->slots = palloc0(sizeof(TupleTableSlot *) * (w->batched ? WRITER_BATCH_ROWS : 1));
 	w->ncolumns = ncolumns;
 	w->attnums = palloc(sizeof(AttrNumber) * ncolumns);
+	memcpy(w->attnums, CompiledColumns(w->t.compiled, w->t.rel, columns, ncolumns),
+		   sizeof(AttrNumber) * ncolumns);
 	set = palloc0(sizeof(bool) * desc->natts);
 	for (int i = 0; i < ncolumns; i++)
-	{
-		w->attnums[i] = PersonaRequireColumn(relid, columns[i]);
 		set[w->attnums[i] - 1] = true;
-	}
 	w->base_values = palloc0(sizeof(Datum) * desc->natts);
 	w->base_nulls = palloc(sizeof(bool) * desc->natts);
 	memset(w->base_nulls, true, sizeof(bool) * desc->natts);

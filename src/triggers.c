@@ -316,17 +316,19 @@ RecordConditionError(const TriggerDef *d, ErrorData *edata)
 /*
  * Fires the triggers of a statement's events, in order: evaluates their
  * conditions and queues the messages of those that hold.  Runs inside the
- * caller's SPI connection, after the profiles are written.
+ * caller's SPI connection, after the profiles are written.  ``rows`` (may
+ * be NULL), per firing: its profile's row as the statement wrote it, or
+ * NULL: it is read.
  */
 void
-PersonaTriggersFire(const TriggerFiring *firings, int n)
+PersonaTriggersFire(const TriggerFiring *firings, const HeapTuple *rows, int n)
 {
 	TriggerCatalog *tc = GetTriggerCatalog();
 	bool	   *holds;
 	bool		any = false;
 	ProfileReader r;
 	ParamListInfo params;
-	HeapTuple  *rows;
+	HeapTuple  *profiles;
 	ExprContext *econtext;
 	ErrorData  *error = NULL;
 	EnqueueItem *items;
@@ -355,7 +357,7 @@ PersonaTriggersFire(const TriggerFiring *firings, int n)
 			params->params[p].ptype = JSONBOID;
 		}
 		PersonaProfileReaderBegin(&r, false);
-		rows = palloc0(sizeof(HeapTuple) * n);
+		profiles = palloc0(sizeof(HeapTuple) * n);
 		for (int i = 0; i < n; i++)
 		{
 			const TriggerDef *d = FindTrigger(tc, firings[i].trigger_id);
@@ -363,16 +365,21 @@ PersonaTriggersFire(const TriggerFiring *firings, int n)
 			CHECK_FOR_INTERRUPTS();
 			if (d == NULL || d->condition == NULL)
 				continue;
+			if (rows != NULL && rows[i] != NULL)
+			{
+				profiles[i] = rows[i];
+				continue;
+			}
 			if (!PersonaProfileFetch(&r, firings[i].profile_id))
 				elog(ERROR, "profile " INT64_FORMAT " is gone", firings[i].profile_id);
-			rows[i] = ExecCopySlotHeapTuple(r.profile);
+			profiles[i] = ExecCopySlotHeapTuple(r.profile);
 		}
 		econtext = CreateStandaloneExprContext();
 		econtext->ecxt_scantuple = MakeSingleTupleTableSlot(RelationGetDescr(r.profiles),
 															&TTSOpsHeapTuple);
 		econtext->ecxt_param_list_info = params;
 		PersonaProfileReaderEnd(&r);
-		if (!TryConditions(tc, firings, 0, n, rows, econtext, params, holds, &error))
+		if (!TryConditions(tc, firings, 0, n, profiles, econtext, params, holds, &error))
 		{
 			/* One at a time: only the failing firings are skipped. */
 			for (int i = 0; i < n; i++)
@@ -382,7 +389,7 @@ PersonaTriggersFire(const TriggerFiring *firings, int n)
 				if (d == NULL || d->condition == NULL)
 					continue;
 				holds[i] = false;
-				if (!TryConditions(tc, firings, i, i + 1, rows, econtext, params, holds, &error))
+				if (!TryConditions(tc, firings, i, i + 1, profiles, econtext, params, holds, &error))
 					RecordConditionError(d, error);
 			}
 		}
@@ -410,6 +417,7 @@ PersonaTriggersFire(const TriggerFiring *firings, int n)
 															 IntervalPGetDatum(&d->delay)));
 		/* The event is kept for the check and the rendering at claim. */
 		it->event = firings[i].event;
+		it->profile_row = rows != NULL ? rows[i] : NULL;
 	}
 	PersonaEnqueue(items, nitems, true, NULL);
 }
@@ -494,7 +502,7 @@ PersonaTriggersFireSegments(const char *const *segments, const Datum *pids, int 
 		return;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	PersonaTriggersFire(firings, nfirings);
+	PersonaTriggersFire(firings, NULL, nfirings);
 	SPI_finish();
 }
 

@@ -37,7 +37,7 @@ typedef struct TriggerFiring
 
 extern TriggerEventTypes *PersonaTriggerEventTypes(void);
 extern Jsonb *PersonaTriggerEventObject(text *event_type, Jsonb *properties, Jsonb *context);
-extern void PersonaTriggersFire(const TriggerFiring *firings, int n);
+extern void PersonaTriggersFire(const TriggerFiring *firings, const HeapTuple *rows, int n);
 extern void PersonaTriggersFireSegments(const char *const *segments, const Datum *pids, int n,
 										bool entered);
 extern bool PersonaTriggerStillHolds(const char *source, HeapTuple profile, TupleDesc desc,
