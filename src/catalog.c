@@ -81,6 +81,8 @@ PersonaGetCatalog(void)
 		catalog.assignments_pkey = get_relname_relid("assignments_pkey", schema);
 		catalog.triggers = get_relname_relid("triggers", schema);
 		catalog.trigger_source = get_relname_relid("trigger_source", schema);
+		catalog.messages = get_relname_relid("messages", schema);
+		catalog.profile_consent = get_attnum(catalog.profiles, "consent");
 		catalog_valid = true;
 	}
 	return &catalog;

@@ -735,7 +735,7 @@ ApplyCaps(const DecideRequest *req, int64 profile_id, CandidateSet *set)
 	}
 	if (nlimited == 0)
 		return;
-	if (OidIsValid(get_relname_relid("messages", PersonaGetCatalog()->schema)))
+	if (OidIsValid(PersonaGetCatalog()->messages))
 		plan = PersonaKeptPlan(&recent_plan,
 							   "SELECT r.action_id, r.last_day, r.latest "
 							   "FROM persona.recent_sends($1, $2, $3) AS r", 3, types, 0);

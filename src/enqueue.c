@@ -240,8 +240,12 @@ ConsentsOfRows(const HeapTuple *rows, int npids, Jsonb **consents, bool *found)
 		}
 		if (profiles == NULL)
 		{
-			profiles = table_open(PersonaGetCatalog()->profiles, AccessShareLock);
-			att = PersonaRequireColumn(RelationGetRelid(profiles), "consent");
+			const PersonaCatalog *cat = PersonaGetCatalog();
+
+			profiles = table_open(cat->profiles, AccessShareLock);
+			att = cat->profile_consent;
+			if (att == InvalidAttrNumber)
+				att = PersonaRequireColumn(cat->profiles, "consent");
 		}
 		v = heap_getattr(rows[k], att, RelationGetDescr(profiles), &isnull);
 		consents[k] = isnull ? NULL : DatumGetJsonbPCopy(v);
@@ -498,14 +502,14 @@ InsertMessages(const EnqueueItem *items, const int *item_action, char *const *ch
 
 	if (ids != NULL)
 		memset(ids, 0, sizeof(int64) * n);
-	relid = get_relname_relid("messages", PersonaGetCatalog()->schema);
+	relid = PersonaGetCatalog()->messages;
 	if (!OidIsValid(relid))
 		elog(ERROR, "persona.messages is missing");
 	/* As the INSERT this replaces: the caller must be allowed to insert. */
 	aclresult = pg_class_aclcheck(relid, GetUserId(), ACL_INSERT);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult, OBJECT_TABLE, "messages");
-	id_attnum = PersonaRequireColumn(relid, "message_id");
+	id_attnum = ids != NULL ? PersonaRequireColumn(relid, "message_id") : InvalidAttrNumber;
 	w = NULL;
 	for (int i = 0; i < n; i++)
 	{

@@ -276,7 +276,7 @@ typedef struct MessageColumns
 static Oid
 MessagesRelation(MessageColumns *c)
 {
-	Oid			relid = get_relname_relid("messages", PersonaGetCatalog()->schema);
+	Oid			relid = PersonaGetCatalog()->messages;
 
 	if (!OidIsValid(relid))
 		elog(ERROR, "persona.messages is missing");

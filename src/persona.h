@@ -69,6 +69,8 @@ typedef struct PersonaCatalog
 	Oid			assignments_pkey;	/* likewise */
 	Oid			triggers;		/* likewise */
 	Oid			trigger_source; /* likewise */
+	Oid			messages;		/* likewise */
+	AttrNumber	profile_consent;	/* likewise: profiles' consent column */
 } PersonaCatalog;
 
 extern const PersonaCatalog *PersonaGetCatalog(void);
