@@ -14,7 +14,11 @@
 #     the seed example "city is Mumbai and the cart is over 5,000"),
 #     against plain again. Then the 4 segments for known users (the same
 #     insert again, each person already having 2 events and the memberships
-#     they imply), against plain: issue 18's bulk floor.
+#     they imply), against plain: issue 18's bulk floor; and, as the ceiling
+#     of that ratio, plain SQL writing the same rows persona writes for it
+#     (the events, the new profile versions, the member and log rows of the
+#     changes), their values taken from a persona run beforehand, against
+#     plain again.
 #  2. The same logic as a naive PL/pgSQL implementation: a FOR EACH ROW
 #     trigger on a copy of the table upserts a per-user counters row (the
 #     windowed count by a query over the user's events), then runs each of
@@ -48,7 +52,8 @@
 # 2 events each), BENCH_PL_RUNS (3), BENCH_TICK_PROFILES (1000000),
 # BENCH_TICK_RUNS (3 per due fraction), BENCH_TICK_CLOCK (1: also time one
 # tick with a clock segment present), BENCH_SEG_KNOWN_ONLY (1: run case 1c
-# alone, the known users against plain, $BENCH_SEG_RUNS runs per side).
+# alone, the known users against plain, and its ceiling, $BENCH_SEG_RUNS
+# runs per side).
 set -euo pipefail
 # shellcheck source=test/bench/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -95,6 +100,7 @@ END \$\$"
 cleanup() {
 	psql_q -c "$DROP_DEFS" -c "$RESET_DATA" \
 		-c 'DROP TABLE IF EXISTS bseg_src, bseg_pl_src, plain, pl_events, pl_counters, pl_segments, pl_members, pl_log, bseg_snap_profiles, bseg_snap_identities, bseg_snap_members' \
+		-c 'DROP TABLE IF EXISTS bseg_ideal_new, bseg_ideal_changes, bseg_ideal_profiles, bseg_ideal_members, bseg_ideal_log' \
 		-c 'DROP FUNCTION IF EXISTS pl_apply()' >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -351,6 +357,24 @@ bulk_run() { # side
 			"SELECT count(*) FROM persona.segment_members WHERE segment LIKE 'bseg\\_x%'" 0
 		psql_q -c 'VACUUM ANALYZE persona.events, persona.profiles, persona.segment_members, persona.segment_log'
 		;;
+	ideal)
+		# The rows of a persona run of "known", written by plain SQL into
+		# copies of persona's tables restored to the same snapshot.
+		psql_q -c 'TRUNCATE plain, bseg_ideal_profiles, bseg_ideal_members, bseg_ideal_log' \
+			-c 'INSERT INTO bseg_ideal_profiles SELECT * FROM bseg_snap_profiles' \
+			-c 'INSERT INTO bseg_ideal_members SELECT * FROM bseg_snap_members' \
+			-c 'VACUUM ANALYZE bseg_ideal_profiles, bseg_ideal_members' -c CHECKPOINT
+		ms=$(timed "$PLAIN_INSERT; $IDEAL_WRITES")
+		expect "plain rows (ceiling)" "SELECT count(*) FROM plain" "$EVENTS"
+		expect "profiles written (ceiling)" \
+			"SELECT count(*) FROM bseg_ideal_profiles AS p JOIN bseg_ideal_new AS n USING (profile_id)
+			  WHERE (p.*)::text = (n.*)::text" "$USERS"
+		expect "members (ceiling)" "SELECT count(*) FROM bseg_ideal_members" \
+			"$(val "SELECT count(*) FROM persona.segment_members")"
+		expect "log rows (ceiling)" "SELECT count(*) FROM bseg_ideal_log" \
+			"$(val "SELECT count(*) FROM bseg_ideal_changes")"
+		psql_q -c 'VACUUM ANALYZE plain, bseg_ideal_profiles, bseg_ideal_members, bseg_ideal_log'
+		;;
 	persona_pl)
 		psql_q -c "$RESET_DATA" -c CHECKPOINT
 		ms=$(timed "$PERSONA_PL_INSERT")
@@ -424,6 +448,54 @@ known_case() {
 		"$KNOWN_MS" "$(fmt_int "$KNOWN_RATE")" "$KNOWN_PLAIN_MS" "$(fmt_int "$KNOWN_PLAIN_RATE")"
 	printf '  persona/plain %.1f%% (target >= %d%%); each persona run enters %s memberships\n' \
 		"$KNOWN_RATIO" "$KNOWN_TARGET" "$(fmt_int "$(val "SELECT count(*) FROM persona.segment_log")")"
+	ideal_case
+}
+
+# The ceiling of 1c: what plain SQL takes to write the rows persona writes
+# there, knowing their values beforehand (no identity resolved, no trait
+# folded, no predicate evaluated), in one transaction with the plain
+# insert: the events into `plain`, the profiles' new versions (an UPDATE
+# of every column from the rows a persona run left), the changes' member
+# rows and log rows, into copies of persona's tables with their indexes and
+# fillfactor. plain / that is the most any implementation that keeps
+# persona's tables can reach.
+ideal_case() {
+	local ff
+	ff=$(val "SELECT coalesce(array_to_string(reloptions, ', '), 'fillfactor = 100') FROM pg_class
+	          WHERE oid = 'persona.profiles'::regclass")
+	psql_q -c 'SET client_min_messages = warning' \
+		-c 'DROP TABLE IF EXISTS bseg_ideal_new, bseg_ideal_changes, bseg_ideal_profiles, bseg_ideal_members, bseg_ideal_log' \
+		-c "$RESET_DATA" \
+		-c 'INSERT INTO persona.profiles SELECT * FROM bseg_snap_profiles' \
+		-c 'INSERT INTO persona.identities SELECT * FROM bseg_snap_identities' \
+		-c 'INSERT INTO persona.segment_members SELECT * FROM bseg_snap_members' \
+		-c "$PERSONA_INSERT" \
+		-c 'CREATE TABLE bseg_ideal_new AS SELECT * FROM persona.profiles' \
+		-c 'CREATE TABLE bseg_ideal_changes AS SELECT segment, profile_id, op FROM persona.segment_log ORDER BY log_id' \
+		-c "CREATE TABLE bseg_ideal_profiles (LIKE persona.profiles INCLUDING ALL) WITH ($ff)" \
+		-c 'CREATE TABLE bseg_ideal_members (LIKE persona.segment_members INCLUDING ALL)' \
+		-c 'CREATE TABLE bseg_ideal_log (LIKE persona.segment_log INCLUDING ALL)' \
+		-c 'VACUUM ANALYZE bseg_ideal_new, bseg_ideal_changes' >/dev/null
+	local cols ncols
+	cols="FROM pg_attribute WHERE attrelid = 'persona.profiles'::regclass AND attnum > 0
+	        AND NOT attisdropped AND attname <> 'profile_id'"
+	ncols=$(val "SELECT string_agg('n.' || quote_ident(attname), ', ' ORDER BY attnum) $cols")
+	cols=$(val "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) $cols")
+	IDEAL_WRITES="UPDATE bseg_ideal_profiles AS p SET ($cols) = ($ncols)
+	                FROM bseg_ideal_new AS n WHERE n.profile_id = p.profile_id;
+	              DELETE FROM bseg_ideal_members AS m USING bseg_ideal_changes AS c
+	               WHERE c.op = 'exit' AND m.segment = c.segment AND m.profile_id = c.profile_id;
+	              INSERT INTO bseg_ideal_members (segment, profile_id)
+	              SELECT segment, profile_id FROM bseg_ideal_changes WHERE op = 'enter';
+	              INSERT INTO bseg_ideal_log (segment, profile_id, op) SELECT segment, profile_id, op FROM bseg_ideal_changes"
+	echo
+	echo "== 1c'. the ceiling of 1c: plain SQL writing the rows persona writes there ($(fmt_int "$USERS") profile versions,"
+	echo "       $(fmt_int "$(val "SELECT count(*) FROM bseg_ideal_changes")") member and log rows), values known beforehand, with the plain insert, against plain"
+	compare ideal plain ceiling plain "$EVENTS" "$EVENTS" "$RUNS"
+	IDEAL_MS=$MED_A IDEAL_PLAIN_MS=$MED_B
+	IDEAL_RATIO=$(calc "100 * $IDEAL_PLAIN_MS / $IDEAL_MS")
+	printf '  median: rows written %.1f ms | plain %.1f ms: plain/that %.1f%% (persona in 1c: %.1f%%)\n' \
+		"$IDEAL_MS" "$IDEAL_PLAIN_MS" "$IDEAL_RATIO" "$KNOWN_RATIO"
 }
 
 if [[ $KNOWN_ONLY == 1 ]]; then
@@ -631,6 +703,8 @@ printf '  %-52s %14s %14s %8.1f%% %8s%% %4s\n' "1. bulk, 3 traits + 4 segments v
 	"$(fmt_int "$P4_RATE")" "$(fmt_int "$PLAIN_RATE")" "$BULK_RATIO" ">=$BULK_TARGET" "$(met_ge "$BULK_RATIO" "$BULK_TARGET")"
 printf '  %-52s %14s %14s %8.1f%% %8s%% %4s\n' "   the same, known users (events/s)" \
 	"$(fmt_int "$KNOWN_RATE")" "$(fmt_int "$KNOWN_PLAIN_RATE")" "$KNOWN_RATIO" ">=$KNOWN_TARGET" "$(met_ge "$KNOWN_RATIO" "$KNOWN_TARGET")"
+printf '  %-52s %14.1f %14.1f %8.1f%%\n' "   its ceiling: the same rows by plain SQL (ms)" \
+	"$IDEAL_MS" "$IDEAL_PLAIN_MS" "$IDEAL_RATIO"
 printf '  %-52s %14s %14s %8.1f%% %8s%% %4s\n' "   the same, 4 selective segments (events/s)" \
 	"$(fmt_int "$PSEL_RATE")" "$(fmt_int "$PLAINSEL_RATE")" "$SEL_RATIO" ">=$BULK_TARGET" "$(met_ge "$SEL_RATIO" "$BULK_TARGET")"
 printf '  %-52s %14s %14s %8.1fx %8sx %4s\n' "2. vs naive PL/pgSQL triggers (events/s)" \
