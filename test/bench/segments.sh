@@ -18,7 +18,8 @@
 #     of that ratio, plain SQL writing the same rows persona writes for it
 #     (the events, the new profile versions, the member and log rows of the
 #     changes), their values taken from a persona run beforehand, against
-#     plain again.
+#     plain again. Then both once more for people with 4 events each, whose
+#     memberships change less (1d).
 #  2. The same logic as a naive PL/pgSQL implementation: a FOR EACH ROW
 #     trigger on a copy of the table upserts a per-user counters row (the
 #     windowed count by a query over the user's events), then runs each of
@@ -51,9 +52,9 @@
 # BENCH_SEG_IRR_NEW_RUNS (2, new users), BENCH_PL_USERS (as BENCH_SEG_USERS;
 # 2 events each), BENCH_PL_RUNS (3), BENCH_TICK_PROFILES (1000000),
 # BENCH_TICK_RUNS (3 per due fraction), BENCH_TICK_CLOCK (1: also time one
-# tick with a clock segment present), BENCH_SEG_KNOWN_ONLY (1: run case 1c
-# alone, the known users against plain, and its ceiling, $BENCH_SEG_RUNS
-# runs per side).
+# tick with a clock segment present), BENCH_SEG_KNOWN_ONLY (1: run the known
+# users' cases 1c and 1d alone, each against plain and its ceiling,
+# $BENCH_SEG_RUNS runs per side).
 set -euo pipefail
 # shellcheck source=test/bench/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -101,6 +102,7 @@ cleanup() {
 	psql_q -c "$DROP_DEFS" -c "$RESET_DATA" \
 		-c 'DROP TABLE IF EXISTS bseg_src, bseg_pl_src, plain, pl_events, pl_counters, pl_segments, pl_members, pl_log, bseg_snap_profiles, bseg_snap_identities, bseg_snap_members' \
 		-c 'DROP TABLE IF EXISTS bseg_ideal_new, bseg_ideal_changes, bseg_ideal_profiles, bseg_ideal_members, bseg_ideal_log' \
+		-c 'DROP TABLE IF EXISTS bseg_steady_profiles, bseg_steady_identities, bseg_steady_members' \
 		-c 'DROP FUNCTION IF EXISTS pl_apply()' >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -340,15 +342,16 @@ bulk_run() { # side
 		psql_q -c 'VACUUM ANALYZE persona.events, persona.profiles, persona.identities, persona.segment_members, persona.segment_log'
 		;;
 	known | known100)
-		# Every profile exists: the state after one insert of bseg_src.
+		# Every profile exists: the snapshot $SNAP, the state after
+		# $SNAP_PASSES inserts of bseg_src.
 		psql_q -c "$RESET_DATA" \
-			-c 'INSERT INTO persona.profiles SELECT * FROM bseg_snap_profiles' \
-			-c 'INSERT INTO persona.identities SELECT * FROM bseg_snap_identities' \
-			-c 'INSERT INTO persona.segment_members SELECT * FROM bseg_snap_members' \
+			-c "INSERT INTO persona.profiles SELECT * FROM ${SNAP}_profiles" \
+			-c "INSERT INTO persona.identities SELECT * FROM ${SNAP}_identities" \
+			-c "INSERT INTO persona.segment_members SELECT * FROM ${SNAP}_members" \
 			-c 'VACUUM ANALYZE persona.profiles, persona.identities, persona.segment_members' -c CHECKPOINT
 		ms=$(timed "$PERSONA_INSERT")
 		expect "profiles (known users)" "SELECT count(*) || '/' || sum(event_count) FROM persona.profiles" \
-			"$USERS/$((2 * EVENTS))"
+			"$USERS/$(((SNAP_PASSES + 1) * EVENTS))"
 		expect "segment members (4 segments, against persona.segment_source)" \
 			"SELECT count(*) FROM persona.segment_members WHERE segment NOT LIKE 'bseg\\_x%'" \
 			"$(val "SELECT sum((bseg_carts >= 2)::int + (bseg_cart_value > 500)::int + (bseg_carts_7d >= 2)::int
@@ -361,8 +364,8 @@ bulk_run() { # side
 		# The rows of a persona run of "known", written by plain SQL into
 		# copies of persona's tables restored to the same snapshot.
 		psql_q -c 'TRUNCATE plain, bseg_ideal_profiles, bseg_ideal_members, bseg_ideal_log' \
-			-c 'INSERT INTO bseg_ideal_profiles SELECT * FROM bseg_snap_profiles' \
-			-c 'INSERT INTO bseg_ideal_members SELECT * FROM bseg_snap_members' \
+			-c "INSERT INTO bseg_ideal_profiles SELECT * FROM ${SNAP}_profiles" \
+			-c "INSERT INTO bseg_ideal_members SELECT * FROM ${SNAP}_members" \
 			-c 'VACUUM ANALYZE bseg_ideal_profiles, bseg_ideal_members' -c CHECKPOINT
 		ms=$(timed "$PLAIN_INSERT; $IDEAL_WRITES")
 		expect "plain rows (ceiling)" "SELECT count(*) FROM plain" "$EVENTS"
@@ -427,15 +430,26 @@ bulk_case() { # side
 		FROM (SELECT segment, count(*) AS n FROM persona.segment_members GROUP BY 1) AS m")"
 }
 
+# Takes a snapshot of persona after $2 inserts of bseg_src with the 4
+# segments, as tables $1_profiles, $1_identities and $1_members, and makes
+# it the one the known users' runs restore.
+snapshot() { # prefix passes
+	local i
+	psql_q -c "$RESET_DATA" >/dev/null
+	for ((i = 0; i < $2; i++)); do psql_q -c "$PERSONA_INSERT" >/dev/null; done
+	psql_q -c "CREATE TABLE $1_profiles AS SELECT * FROM persona.profiles" \
+		-c "CREATE TABLE $1_identities AS SELECT * FROM persona.identities" \
+		-c "CREATE TABLE $1_members AS SELECT * FROM persona.segment_members" >/dev/null
+	SNAP=$1 SNAP_PASSES=$2
+}
+
 # Known users: the same insert again for people persona already has (an
 # application's steady stream; issue 18's bulk floor, >= 50% of plain). A
 # snapshot of persona after one insert of bseg_src with the 4 segments is
-# restored before each run (also used by 3).
+# restored before each run (also used by 3). Then the same from a snapshot
+# after two inserts, where fewer memberships change.
 known_case() {
-	psql_q -c "$RESET_DATA" -c "$PERSONA_INSERT" >/dev/null
-	psql_q -c 'CREATE TABLE bseg_snap_profiles AS SELECT * FROM persona.profiles' \
-		-c 'CREATE TABLE bseg_snap_identities AS SELECT * FROM persona.identities' \
-		-c 'CREATE TABLE bseg_snap_members AS SELECT * FROM persona.segment_members' >/dev/null
+	snapshot bseg_snap 1
 	echo
 	echo "== 1c. the same insert for $USERS known users (each already has 2 events and the memberships"
 	echo "       they imply), 3 traits + 4 segments, against plain"
@@ -448,27 +462,41 @@ known_case() {
 		"$KNOWN_MS" "$(fmt_int "$KNOWN_RATE")" "$KNOWN_PLAIN_MS" "$(fmt_int "$KNOWN_PLAIN_RATE")"
 	printf '  persona/plain %.1f%% (target >= %d%%); each persona run enters %s memberships\n' \
 		"$KNOWN_RATIO" "$KNOWN_TARGET" "$(fmt_int "$(val "SELECT count(*) FROM persona.segment_log")")"
-	ideal_case
+	ideal_case "1c'. the ceiling of 1c" "$KNOWN_RATIO"
+	KNOWN_IDEAL_MS=$IDEAL_MS KNOWN_IDEAL_PLAIN_MS=$IDEAL_PLAIN_MS KNOWN_IDEAL_RATIO=$IDEAL_RATIO
+
+	snapshot bseg_steady 2
+	echo
+	echo "== 1d. the same insert once more: each known user already has 4 events (fewer memberships change)"
+	compare known plain persona plain "$EVENTS" "$EVENTS" "$RUNS"
+	STEADY_MS=$MED_A STEADY_PLAIN_MS=$MED_B
+	STEADY_RATIO=$(calc "100 * $STEADY_PLAIN_MS / $STEADY_MS")
+	printf '  median: persona %.1f ms | plain %.1f ms: persona/plain %.1f%%; each persona run changes %s memberships\n' \
+		"$STEADY_MS" "$STEADY_PLAIN_MS" "$STEADY_RATIO" "$(fmt_int "$(val "SELECT count(*) FROM persona.segment_log")")"
+	ideal_case "1d'. the ceiling of 1d" "$STEADY_RATIO"
+	psql_q -c 'DROP TABLE bseg_steady_profiles, bseg_steady_identities, bseg_steady_members' >/dev/null
+	SNAP=bseg_snap SNAP_PASSES=1
 }
 
-# The ceiling of 1c: what plain SQL takes to write the rows persona writes
-# there, knowing their values beforehand (no identity resolved, no trait
+# The ceiling of a known users' case: what plain SQL takes to write the
+# rows persona writes there, from the snapshot $SNAP, knowing their values
+# beforehand (no identity resolved, no trait
 # folded, no predicate evaluated), in one transaction with the plain
 # insert: the events into `plain`, the profiles' new versions (an UPDATE
 # of every column from the rows a persona run left), the changes' member
 # rows and log rows, into copies of persona's tables with their indexes and
 # fillfactor. plain / that is the most any implementation that keeps
 # persona's tables can reach.
-ideal_case() {
+ideal_case() { # label persona_ratio
 	local ff
 	ff=$(val "SELECT coalesce(array_to_string(reloptions, ', '), 'fillfactor = 100') FROM pg_class
 	          WHERE oid = 'persona.profiles'::regclass")
 	psql_q -c 'SET client_min_messages = warning' \
 		-c 'DROP TABLE IF EXISTS bseg_ideal_new, bseg_ideal_changes, bseg_ideal_profiles, bseg_ideal_members, bseg_ideal_log' \
 		-c "$RESET_DATA" \
-		-c 'INSERT INTO persona.profiles SELECT * FROM bseg_snap_profiles' \
-		-c 'INSERT INTO persona.identities SELECT * FROM bseg_snap_identities' \
-		-c 'INSERT INTO persona.segment_members SELECT * FROM bseg_snap_members' \
+		-c "INSERT INTO persona.profiles SELECT * FROM ${SNAP}_profiles" \
+		-c "INSERT INTO persona.identities SELECT * FROM ${SNAP}_identities" \
+		-c "INSERT INTO persona.segment_members SELECT * FROM ${SNAP}_members" \
 		-c "$PERSONA_INSERT" \
 		-c 'CREATE TABLE bseg_ideal_new AS SELECT * FROM persona.profiles' \
 		-c 'CREATE TABLE bseg_ideal_changes AS SELECT segment, profile_id, op FROM persona.segment_log ORDER BY log_id' \
@@ -489,13 +517,13 @@ ideal_case() {
 	              SELECT segment, profile_id FROM bseg_ideal_changes WHERE op = 'enter';
 	              INSERT INTO bseg_ideal_log (segment, profile_id, op) SELECT segment, profile_id, op FROM bseg_ideal_changes"
 	echo
-	echo "== 1c'. the ceiling of 1c: plain SQL writing the rows persona writes there ($(fmt_int "$USERS") profile versions,"
+	echo "== $1: plain SQL writing the rows persona writes there ($(fmt_int "$USERS") profile versions,"
 	echo "       $(fmt_int "$(val "SELECT count(*) FROM bseg_ideal_changes")") member and log rows), values known beforehand, with the plain insert, against plain"
 	compare ideal plain ceiling plain "$EVENTS" "$EVENTS" "$RUNS"
 	IDEAL_MS=$MED_A IDEAL_PLAIN_MS=$MED_B
 	IDEAL_RATIO=$(calc "100 * $IDEAL_PLAIN_MS / $IDEAL_MS")
-	printf '  median: rows written %.1f ms | plain %.1f ms: plain/that %.1f%% (persona in 1c: %.1f%%)\n' \
-		"$IDEAL_MS" "$IDEAL_PLAIN_MS" "$IDEAL_RATIO" "$KNOWN_RATIO"
+	printf '  median: rows written %.1f ms | plain %.1f ms: plain/that %.1f%% (persona: %.1f%%)\n' \
+		"$IDEAL_MS" "$IDEAL_PLAIN_MS" "$IDEAL_RATIO" "$2"
 }
 
 if [[ $KNOWN_ONLY == 1 ]]; then
@@ -703,6 +731,10 @@ printf '  %-52s %14s %14s %8.1f%% %8s%% %4s\n' "1. bulk, 3 traits + 4 segments v
 	"$(fmt_int "$P4_RATE")" "$(fmt_int "$PLAIN_RATE")" "$BULK_RATIO" ">=$BULK_TARGET" "$(met_ge "$BULK_RATIO" "$BULK_TARGET")"
 printf '  %-52s %14s %14s %8.1f%% %8s%% %4s\n' "   the same, known users (events/s)" \
 	"$(fmt_int "$KNOWN_RATE")" "$(fmt_int "$KNOWN_PLAIN_RATE")" "$KNOWN_RATIO" ">=$KNOWN_TARGET" "$(met_ge "$KNOWN_RATIO" "$KNOWN_TARGET")"
+printf '  %-52s %14.1f %14.1f %8.1f%%\n' "   its ceiling: the same rows by plain SQL (ms)" \
+	"$KNOWN_IDEAL_MS" "$KNOWN_IDEAL_PLAIN_MS" "$KNOWN_IDEAL_RATIO"
+printf '  %-52s %14.1f %14.1f %8.1f%%\n' "   known users with 4 events each (ms)" \
+	"$STEADY_MS" "$STEADY_PLAIN_MS" "$STEADY_RATIO"
 printf '  %-52s %14.1f %14.1f %8.1f%%\n' "   its ceiling: the same rows by plain SQL (ms)" \
 	"$IDEAL_MS" "$IDEAL_PLAIN_MS" "$IDEAL_RATIO"
 printf '  %-52s %14s %14s %8.1f%% %8s%% %4s\n' "   the same, 4 selective segments (events/s)" \
