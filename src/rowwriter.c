@@ -83,8 +83,9 @@ typedef struct RowTarget
  * invalidation) or any function does (an SQL function may have been
  * inlined into the expressions); a stale entry's memory is handed to the
  * transaction that notices, since a writer of that transaction may still
- * be evaluating it.  Only the expressions are kept: a default's value is
- * still computed per statement (now()), or per row when volatile.
+ * be evaluating it.  Only the expressions are kept, and the column numbers
+ * of the writers' column lists: a default's value is still computed per
+ * statement (now()), or per row when volatile.
  */
 typedef struct CompiledRel
 {
