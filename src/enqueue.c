@@ -215,6 +215,16 @@ ReadActions(const EnqueueItem *items, int n, int *nactions, int *item_action)
 	return ea->actions;
 }
 
+/* persona.profiles' consent column. */
+static AttrNumber
+ConsentColumn(void)
+{
+	const PersonaCatalog *cat = PersonaGetCatalog();
+
+	return cat->profile_consent != InvalidAttrNumber ? cat->profile_consent
+		: PersonaRequireColumn(cat->profiles, "consent");
+}
+
 /*
  * The consents of the profile rows the caller passed (rows[k] for pids[k],
  * or NULL), versions this transaction wrote (ingest's, for the profile of
@@ -240,12 +250,8 @@ ConsentsOfRows(const HeapTuple *rows, int npids, Jsonb **consents, bool *found)
 		}
 		if (profiles == NULL)
 		{
-			const PersonaCatalog *cat = PersonaGetCatalog();
-
-			profiles = table_open(cat->profiles, AccessShareLock);
-			att = cat->profile_consent;
-			if (att == InvalidAttrNumber)
-				att = PersonaRequireColumn(cat->profiles, "consent");
+			profiles = table_open(PersonaGetCatalog()->profiles, AccessShareLock);
+			att = ConsentColumn();
 		}
 		v = heap_getattr(rows[k], att, RelationGetDescr(profiles), &isnull);
 		consents[k] = isnull ? NULL : DatumGetJsonbPCopy(v);
@@ -278,6 +284,8 @@ ReadConsents(const int64 *pids, const HeapTuple *rows, int npids, Jsonb **consen
 
 	if (ConsentsOfRows(rows, npids, consents, found) > 0)
 	{
+		AttrNumber	att = ConsentColumn();
+
 		PersonaProfileReaderBegin(&r, false);
 		for (int k = 0; k < npids; k++)
 		{
@@ -297,7 +305,7 @@ ReadConsents(const int64 *pids, const HeapTuple *rows, int npids, Jsonb **consen
 				continue;
 			}
 			found[k] = true;
-			v = PersonaProfileColumn(&r, "consent", &isnull);
+			v = slot_getattr(r.profile, att, &isnull);
 			consents[k] = isnull ? NULL : DatumGetJsonbPCopy(v);
 		}
 		PersonaProfileReaderEnd(&r);

@@ -312,6 +312,15 @@ MEMBERS_SEL=$(val "SELECT sum($SELECTIVE_EXPECTED)
 	        FROM bseg_src GROUP BY user_id) AS u")
 MEMBERS_PL=$(members_expected bseg_pl_src)
 
+# Empties persona's data and loads the snapshot $SNAP (see snapshot), then
+# runs the psql options given, in the same session.
+restore_snapshot() { # psql options...
+	psql_q -c "$RESET_DATA" \
+		-c "INSERT INTO persona.profiles SELECT * FROM ${SNAP}_profiles" \
+		-c "INSERT INTO persona.identities SELECT * FROM ${SNAP}_identities" \
+		-c "INSERT INTO persona.segment_members SELECT * FROM ${SNAP}_members" "$@"
+}
+
 # One measured run of a side -> ms
 bulk_run() { # side
 	local ms
@@ -344,11 +353,8 @@ bulk_run() { # side
 	known | known100)
 		# Every profile exists: the snapshot $SNAP, the state after
 		# $SNAP_PASSES inserts of bseg_src.
-		psql_q -c "$RESET_DATA" \
-			-c "INSERT INTO persona.profiles SELECT * FROM ${SNAP}_profiles" \
-			-c "INSERT INTO persona.identities SELECT * FROM ${SNAP}_identities" \
-			-c "INSERT INTO persona.segment_members SELECT * FROM ${SNAP}_members" \
-			-c 'VACUUM ANALYZE persona.profiles, persona.identities, persona.segment_members' -c CHECKPOINT
+		restore_snapshot -c 'VACUUM ANALYZE persona.profiles, persona.identities, persona.segment_members' \
+			-c CHECKPOINT
 		ms=$(timed "$PERSONA_INSERT")
 		expect "profiles (known users)" "SELECT count(*) || '/' || sum(event_count) FROM persona.profiles" \
 			"$USERS/$(((SNAP_PASSES + 1) * EVENTS))"
@@ -492,12 +498,8 @@ ideal_case() { # label persona_ratio
 	ff=$(val "SELECT coalesce(array_to_string(reloptions, ', '), 'fillfactor = 100') FROM pg_class
 	          WHERE oid = 'persona.profiles'::regclass")
 	psql_q -c 'SET client_min_messages = warning' \
-		-c 'DROP TABLE IF EXISTS bseg_ideal_new, bseg_ideal_changes, bseg_ideal_profiles, bseg_ideal_members, bseg_ideal_log' \
-		-c "$RESET_DATA" \
-		-c "INSERT INTO persona.profiles SELECT * FROM ${SNAP}_profiles" \
-		-c "INSERT INTO persona.identities SELECT * FROM ${SNAP}_identities" \
-		-c "INSERT INTO persona.segment_members SELECT * FROM ${SNAP}_members" \
-		-c "$PERSONA_INSERT" \
+		-c 'DROP TABLE IF EXISTS bseg_ideal_new, bseg_ideal_changes, bseg_ideal_profiles, bseg_ideal_members, bseg_ideal_log'
+	restore_snapshot -c "$PERSONA_INSERT" \
 		-c 'CREATE TABLE bseg_ideal_new AS SELECT * FROM persona.profiles' \
 		-c 'CREATE TABLE bseg_ideal_changes AS SELECT segment, profile_id, op FROM persona.segment_log ORDER BY log_id' \
 		-c "CREATE TABLE bseg_ideal_profiles (LIKE persona.profiles INCLUDING ALL) WITH ($ff)" \
