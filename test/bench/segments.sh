@@ -19,7 +19,8 @@
 #     (the events, the new profile versions, the member and log rows of the
 #     changes), their values taken from a persona run beforehand, against
 #     plain again. Then both once more for people with 4 events each, whose
-#     memberships change less (1d).
+#     memberships change less (1d), and that statement with no trait and no
+#     segment defined (1d0): what the floor leaves for traits and segments.
 #  2. The same logic as a naive PL/pgSQL implementation: a FOR EACH ROW
 #     trigger on a copy of the table upserts a per-user counters row (the
 #     windowed count by a query over the user's events), then runs each of
@@ -53,7 +54,7 @@
 # 2 events each), BENCH_PL_RUNS (3), BENCH_TICK_PROFILES (1000000),
 # BENCH_TICK_RUNS (3 per due fraction), BENCH_TICK_CLOCK (1: also time one
 # tick with a clock segment present), BENCH_SEG_KNOWN_ONLY (1: run the known
-# users' cases 1c and 1d alone, each against plain and its ceiling,
+# users' cases 1c, 1d (each against plain and its ceiling) and 1d0 alone,
 # $BENCH_SEG_RUNS runs per side).
 set -euo pipefail
 # shellcheck source=test/bench/lib/common.sh
@@ -312,13 +313,15 @@ MEMBERS_SEL=$(val "SELECT sum($SELECTIVE_EXPECTED)
 	        FROM bseg_src GROUP BY user_id) AS u")
 MEMBERS_PL=$(members_expected bseg_pl_src)
 
-# Empties persona's data and loads the snapshot $SNAP (see snapshot), then
-# runs the psql options given, in the same session.
+# Empties persona's data and loads the snapshot $SNAP (see snapshot), the
+# memberships of the segments defined now, then runs the psql options
+# given, in the same session.
 restore_snapshot() { # psql options...
 	psql_q -c "$RESET_DATA" \
 		-c "INSERT INTO persona.profiles SELECT * FROM ${SNAP}_profiles" \
 		-c "INSERT INTO persona.identities SELECT * FROM ${SNAP}_identities" \
-		-c "INSERT INTO persona.segment_members SELECT * FROM ${SNAP}_members" "$@"
+		-c "INSERT INTO persona.segment_members SELECT m.* FROM ${SNAP}_members AS m
+		      WHERE m.segment IN (SELECT s.name FROM persona.segments AS s)" "$@"
 }
 
 # One measured run of a side -> ms
@@ -365,6 +368,15 @@ bulk_run() { # side
 		expect "members of the 96 irrelevant segments" \
 			"SELECT count(*) FROM persona.segment_members WHERE segment LIKE 'bseg\\_x%'" 0
 		psql_q -c 'VACUUM ANALYZE persona.events, persona.profiles, persona.segment_members, persona.segment_log'
+		;;
+	known_bare)
+		# The same with nothing defined: ids resolved, profiles updated.
+		restore_snapshot -c 'VACUUM ANALYZE persona.profiles, persona.identities' -c CHECKPOINT
+		ms=$(timed "$PERSONA_INSERT")
+		expect "profiles (known users, nothing defined)" \
+			"SELECT count(*) || '/' || sum(event_count) FROM persona.profiles" "$USERS/$(((SNAP_PASSES + 1) * EVENTS))"
+		expect "segment members (nothing defined)" "SELECT count(*) FROM persona.segment_members" 0
+		psql_q -c 'VACUUM ANALYZE persona.events, persona.profiles'
 		;;
 	ideal)
 		# The rows of a persona run of "known", written by plain SQL into
@@ -470,6 +482,7 @@ known_case() {
 		"$KNOWN_RATIO" "$KNOWN_TARGET" "$(fmt_int "$(val "SELECT count(*) FROM persona.segment_log")")"
 	ideal_case "1c'. the ceiling of 1c" "$KNOWN_RATIO"
 	KNOWN_IDEAL_MS=$IDEAL_MS KNOWN_IDEAL_PLAIN_MS=$IDEAL_PLAIN_MS KNOWN_IDEAL_RATIO=$IDEAL_RATIO
+	KNOWN_CHANGES=$(val "SELECT count(*) FROM bseg_ideal_changes")
 
 	snapshot bseg_steady 2
 	echo
@@ -480,6 +493,30 @@ known_case() {
 	printf '  median: persona %.1f ms | plain %.1f ms: persona/plain %.1f%%; each persona run changes %s memberships\n' \
 		"$STEADY_MS" "$STEADY_PLAIN_MS" "$STEADY_RATIO" "$(fmt_int "$(val "SELECT count(*) FROM persona.segment_log")")"
 	ideal_case "1d'. the ceiling of 1d" "$STEADY_RATIO"
+	STEADY_CHANGES=$(val "SELECT count(*) FROM bseg_ideal_changes")
+
+	echo
+	echo "== 1d0. the statement and snapshot of 1d with no trait and no segment defined (ids resolved,"
+	echo "        profiles updated): what the floor leaves for the 3 traits and 4 segments"
+	drop_segments "${FOUR[@]}"
+	drop_traits
+	compare known_bare plain persona plain "$EVENTS" "$EVENTS" "$RUNS"
+	BARE_MS=$MED_A BARE_PLAIN_MS=$MED_B
+	BARE_RATIO=$(calc "100 * $BARE_PLAIN_MS / $BARE_MS")
+	BARE_BUDGET=$(calc "100 * $BARE_PLAIN_MS / $KNOWN_TARGET - $BARE_MS")
+	printf '  median: persona %.1f ms | plain %.1f ms: persona/plain %.1f%%\n' "$BARE_MS" "$BARE_PLAIN_MS" "$BARE_RATIO"
+	printf '  at %d%% of plain, the 3 traits and 4 segments may add %.1f ms to that, for %s trait folds,\n' \
+		"$KNOWN_TARGET" "$BARE_BUDGET" "$(fmt_int "3 * $EVENTS")"
+	printf '  %s predicate evaluations and the %s member and log rows of 1d; in 1d they add %.1f ms\n' \
+		"$(fmt_int "4 * $USERS")" "$(fmt_int "2 * $STEADY_CHANGES")" "$(calc "$STEADY_MS - $BARE_MS")"
+	# What a change costs plain SQL: the two ceilings write the same events
+	# and as many profile versions; they differ in their changes.
+	CHANGE_US=$(calc "1000 * ($KNOWN_IDEAL_MS - $IDEAL_MS) / ($KNOWN_CHANGES - $STEADY_CHANGES)")
+	printf '  plain SQL writes a change (member row and log row) in about %.1f us (1c'"'"' - 1d'"'"'), so 1d'"'"'s\n' "$CHANGE_US"
+	printf '  %s changes alone take it about %.1f ms\n' "$(fmt_int "$STEADY_CHANGES")" "$(calc "$CHANGE_US * $STEADY_CHANGES / 1000")"
+	psql_q -c "$RESET_DATA" >/dev/null
+	define_traits
+	define_segments "${FOUR[@]}"
 	psql_q -c 'DROP TABLE bseg_steady_profiles, bseg_steady_identities, bseg_steady_members' >/dev/null
 	SNAP=bseg_snap SNAP_PASSES=1
 }
@@ -739,6 +776,8 @@ printf '  %-52s %14.1f %14.1f %8.1f%%\n' "   known users with 4 events each (ms)
 	"$STEADY_MS" "$STEADY_PLAIN_MS" "$STEADY_RATIO"
 printf '  %-52s %14.1f %14.1f %8.1f%%\n' "   its ceiling: the same rows by plain SQL (ms)" \
 	"$IDEAL_MS" "$IDEAL_PLAIN_MS" "$IDEAL_RATIO"
+printf '  %-52s %14.1f %14.1f %8.1f%%\n' "   the same, no trait or segment defined (ms)" \
+	"$BARE_MS" "$BARE_PLAIN_MS" "$BARE_RATIO"
 printf '  %-52s %14s %14s %8.1f%% %8s%% %4s\n' "   the same, 4 selective segments (events/s)" \
 	"$(fmt_int "$PSEL_RATE")" "$(fmt_int "$PLAINSEL_RATE")" "$SEL_RATIO" ">=$BULK_TARGET" "$(met_ge "$SEL_RATIO" "$BULK_TARGET")"
 printf '  %-52s %14s %14s %8.1fx %8sx %4s\n' "2. vs naive PL/pgSQL triggers (events/s)" \
