@@ -776,7 +776,7 @@ printf '  %-52s %14.1f %14.1f %8.1f%%\n' "   known users with 4 events each (ms)
 	"$STEADY_MS" "$STEADY_PLAIN_MS" "$STEADY_RATIO"
 printf '  %-52s %14.1f %14.1f %8.1f%%\n' "   its ceiling: the same rows by plain SQL (ms)" \
 	"$IDEAL_MS" "$IDEAL_PLAIN_MS" "$IDEAL_RATIO"
-printf '  %-52s %14.1f %14.1f %8.1f%%\n' "   the same, no trait or segment defined (ms)" \
+printf '  %-52s %14.1f %14.1f %8.1f%%\n' "   the same 4 events each, nothing defined (ms)" \
 	"$BARE_MS" "$BARE_PLAIN_MS" "$BARE_RATIO"
 printf '  %-52s %14s %14s %8.1f%% %8s%% %4s\n' "   the same, 4 selective segments (events/s)" \
 	"$(fmt_int "$PSEL_RATE")" "$(fmt_int "$PLAINSEL_RATE")" "$SEL_RATIO" ">=$BULK_TARGET" "$(met_ge "$SEL_RATIO" "$BULK_TARGET")"
